@@ -1,0 +1,1 @@
+"""Datasets (CSV), video IO, transforms."""
