@@ -1,0 +1,412 @@
+"""Scoring videos of the "shapes" world against their prompts.
+
+For each video the object is found by colour in every frame, and four things are checked against the
+colour, shape and direction named in the prompt:
+
+- **colour**: the majority colour of the bright pixels (each channel on/off relative to the pixel's
+  brightest channel, so blurred or dim pixels still vote for the right hue);
+- **shape**: per frame, the object's mask is compared with an ideal circle, square and upward triangle
+  fitted to its bounding box (intersection over union); the majority over frames wins. The fill ratio of
+  the box (circle ~0.785, square 1.0, triangle 0.5) is reported too;
+- **direction**: the slope of a least-squares line through the object's centroids over time; the
+  larger axis and its sign give left/right/up/down, and a path shorter than :data:`MIN_TRAVEL` of the
+  canvas counts as "static";
+- **temporal consistency**: exactly one object in every frame and a stable size (largest / smallest
+  area <= :data:`MAX_AREA_RATIO`).
+
+All functions take uint8 frames ``[T, H, W, 3]`` and need only numpy.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from sorakit.errors import UserError
+from sorakit.tools.synth import (
+    COLORS,
+    HELDOUT,
+    MOTIONS,
+    SHAPES,
+    TRAIN_TEMPLATES,
+    combos,
+    make_caption,
+)
+
+FG_THRESHOLD = 0.4  # a pixel is foreground when its brightest channel exceeds this (0..1)
+MIN_TRAVEL = 0.125  # centroid travel below this fraction of the canvas width is "static"
+MAX_AREA_RATIO = 1.5  # temporal consistency: largest / smallest object area over the frames
+MIN_AREA = 0.01  # an object smaller than this fraction of the frame is "missing"
+SECOND_OBJECT = 0.15  # another component at least this fraction of the main one is a second object
+
+# colour name of each on/off channel pattern (r, g, b)
+_CODE_TO_COLOR = {
+    (1, 0, 0): "red",
+    (0, 1, 0): "green",
+    (0, 0, 1): "blue",
+    (1, 1, 0): "yellow",
+    (0, 1, 1): "cyan",
+    (1, 0, 1): "magenta",
+}
+
+# words recognised in prompts (evaluation prompts may use synonyms never used in training)
+COLOR_WORDS: dict[str, str] = {name: name for name in COLORS} | {"purple": "magenta", "pink": "magenta"}
+SHAPE_WORDS: dict[str, str] = {
+    "circle": "circle",
+    "circles": "circle",
+    "disc": "circle",
+    "disk": "circle",
+    "ball": "circle",
+    "dot": "circle",
+    "round": "circle",
+    "square": "square",
+    "squares": "square",
+    "box": "square",
+    "block": "square",
+    "triangle": "triangle",
+    "triangles": "triangle",
+    "triangular": "triangle",
+}
+DIRECTION_WORDS: dict[str, str] = {
+    "left": "left",
+    "leftward": "left",
+    "leftwards": "left",
+    "west": "left",
+    "right": "right",
+    "rightward": "right",
+    "rightwards": "right",
+    "east": "right",
+    "up": "up",
+    "upward": "up",
+    "upwards": "up",
+    "top": "up",
+    "rises": "up",
+    "rising": "up",
+    "north": "up",
+    "down": "down",
+    "downward": "down",
+    "downwards": "down",
+    "bottom": "down",
+    "falls": "down",
+    "falling": "down",
+    "sinking": "down",
+    "south": "down",
+}
+
+# Phrasings that never occur in training captions (set "novel").
+NOVEL_TEMPLATES: tuple[str, ...] = (
+    "watch the {c} {s} head {d}",
+    "here is one {c} {s}; it glides {d}",
+    "the {s} is {c} and it keeps heading {d}",
+    "{c} {s} shifting steadily {d} through the scene",
+    "an animation of a {c} {s} that travels in the {d} direction",
+    "video: single {c} {s}, motion {d}",
+    "see how the {c} {s} makes its way {d}",
+    "one {c} {s} heading {d} on a dark screen",
+)
+NOVEL_DIRECTIONS: dict[str, tuple[str, ...]] = {"left": ("left",), "right": ("right",), "up": ("up",), "down": ("down",)}
+
+
+def parse_prompt(text: str) -> tuple[str, str, str]:
+    """The (colour, shape, direction) named by a prompt; raises :class:`UserError` when one is missing."""
+    words = re.findall(r"[a-z]+", text.lower())
+    found: dict[str, str | None] = {"colour": None, "shape": None, "direction": None}
+    for kind, table in (("colour", COLOR_WORDS), ("shape", SHAPE_WORDS), ("direction", DIRECTION_WORDS)):
+        for w in words:
+            if w in table:
+                found[kind] = table[w]
+                break
+    missing = [k for k, v in found.items() if v is None]
+    if missing:
+        raise UserError(f"prompt {text!r} names no {' / '.join(missing)} of the shapes world")
+    return found["colour"], found["shape"], found["direction"]  # type: ignore[return-value]
+
+
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected components of a boolean ``[H, W]`` mask: labels ``[H, W]`` (0 = background), count."""
+    h, w = mask.shape
+    big = h * w + 1
+    lab = np.where(mask, np.arange(1, h * w + 1).reshape(h, w), big)
+    while True:
+        p = np.pad(lab, 1, constant_values=big)
+        nb = lab.copy()
+        for dy in (0, 1, 2):
+            for dx in (0, 1, 2):
+                nb = np.minimum(nb, p[dy : dy + h, dx : dx + w])
+        nb = np.where(mask, nb, big)
+        if np.array_equal(nb, lab):
+            break
+        lab = nb
+    roots = np.unique(lab[mask])
+    out = np.zeros((h, w), dtype=np.int32)
+    if roots.size:
+        out[mask] = np.searchsorted(roots, lab[mask]) + 1
+    return out, int(roots.size)
+
+
+def _template(shape: str, h: int, w: int, x0: float, y0: float, bw: float, bh: float) -> np.ndarray:
+    """Boolean ``[H, W]`` mask (pixel centres) of an ideal shape fitted to the box (x0, y0, bw, bh)."""
+    u = (np.arange(w) + 0.5 - x0)[None, :] / bw
+    v = (np.arange(h) + 0.5 - y0)[:, None] / bh
+    inside = (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)
+    if shape == "square":
+        return inside
+    if shape == "circle":
+        return (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25
+    return inside & (np.abs(u - 0.5) <= 0.5 * v)  # upward triangle
+
+
+@dataclass
+class FrameObject:
+    """The main object of one frame."""
+
+    area: int
+    cx: float
+    cy: float
+    shape: str
+    fill: float
+    n_objects: int
+
+
+@dataclass
+class VideoAnalysis:
+    """What the evaluator sees in one video."""
+
+    color: str | None
+    shape: str | None
+    direction: str | None
+    consistent: bool
+    displacement: tuple[float, float] = (0.0, 0.0)  # (dx, dy) px over the whole clip
+    frames_with_object: int = 0
+    num_frames: int = 0
+    area_ratio: float = float("inf")
+    mean_fill: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def analyze_frame(frame: np.ndarray, min_area: int) -> FrameObject | None:
+    """Find the largest bright connected component of a uint8 ``[H, W, 3]`` frame and classify its shape."""
+    x = frame.astype(np.float32) / 255.0
+    fg = x.max(axis=-1) > FG_THRESHOLD
+    if fg.sum() < min_area:
+        return None
+    labels, n = label_components(fg)
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    main = int(np.argmax(areas)) + 1
+    area = int(areas[main - 1])
+    if area < min_area:
+        return None
+    n_objects = int((areas >= max(min_area * 0.5, SECOND_OBJECT * area)).sum())
+    m = labels == main
+    ys, xs = np.nonzero(m)
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    bw, bh = float(x1 - x0), float(y1 - y0)
+    h, w = m.shape
+    best, best_iou = "square", -1.0
+    for shape in SHAPES:
+        t = _template(shape, h, w, float(x0), float(y0), bw, bh)
+        inter = float((t & m).sum())
+        union = float((t | m).sum())
+        iou = inter / union if union else 0.0
+        if iou > best_iou:
+            best, best_iou = shape, iou
+    return FrameObject(area, float(xs.mean()), float(ys.mean()), best, area / (bw * bh), n_objects)
+
+
+def _video_color(frames: np.ndarray) -> str | None:
+    x = frames.astype(np.float32) / 255.0
+    peak = x.max(axis=-1)
+    fg = peak > FG_THRESHOLD
+    if not fg.any():
+        return None
+    bits = (x[fg] > 0.5 * peak[fg][:, None]).astype(np.int64)  # [N, 3]
+    codes = bits[:, 0] * 4 + bits[:, 1] * 2 + bits[:, 2]
+    counts = np.bincount(codes, minlength=8)
+    best = int(np.argmax(counts))
+    return _CODE_TO_COLOR.get(((best >> 2) & 1, (best >> 1) & 1, best & 1))
+
+
+def analyze_video(frames: np.ndarray) -> VideoAnalysis:
+    """Colour, shape, direction and temporal consistency of a uint8 ``[T, H, W, 3]`` video."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be [T, H, W, 3], got {list(frames.shape)}")
+    t, h, w, _ = frames.shape
+    min_area = max(4, int(MIN_AREA * h * w))
+    objs = [analyze_frame(f, min_area) for f in frames]
+    present = [(i, o) for i, o in enumerate(objs) if o is not None]
+    res = VideoAnalysis(
+        color=_video_color(frames), shape=None, direction=None, consistent=False, num_frames=t,
+        frames_with_object=len(present),
+    )
+    if not present:
+        res.notes.append("no object")
+        return res
+    shapes = [o.shape for _, o in present]
+    res.shape = max(SHAPES, key=shapes.count)
+    res.mean_fill = float(np.mean([o.fill for _, o in present]))
+    areas = np.array([o.area for _, o in present], dtype=np.float64)
+    res.area_ratio = float(areas.max() / areas.min())
+    if len(present) >= 2:
+        ts = np.array([i for i, _ in present], dtype=np.float64)
+        cx = np.array([o.cx for _, o in present])
+        cy = np.array([o.cy for _, o in present])
+        sx = np.polyfit(ts, cx, 1)[0]
+        sy = np.polyfit(ts, cy, 1)[0]
+        dx, dy = sx * (t - 1), sy * (t - 1)
+        res.displacement = (float(dx), float(dy))
+        if max(abs(dx), abs(dy)) < MIN_TRAVEL * w:
+            res.direction = "static"
+        elif abs(dx) >= abs(dy):
+            res.direction = "right" if dx > 0 else "left"
+        else:
+            res.direction = "down" if dy > 0 else "up"
+    multi = sum(o.n_objects > 1 for _, o in present)
+    if len(present) < t:
+        res.notes.append(f"object missing in {t - len(present)} frame(s)")
+    if multi:
+        res.notes.append(f"more than one object in {multi} frame(s)")
+    if res.area_ratio > MAX_AREA_RATIO:
+        res.notes.append(f"size unstable (area ratio {res.area_ratio:.2f})")
+    res.consistent = len(present) == t and multi == 0 and res.area_ratio <= MAX_AREA_RATIO
+    return res
+
+
+@dataclass
+class Score:
+    """One video scored against its prompt."""
+
+    prompt: str
+    target: tuple[str, str, str]
+    analysis: VideoAnalysis
+    group: str = "custom"
+
+    @property
+    def color_ok(self) -> bool:
+        return self.analysis.color == self.target[0]
+
+    @property
+    def shape_ok(self) -> bool:
+        return self.analysis.shape == self.target[1]
+
+    @property
+    def direction_ok(self) -> bool:
+        return self.analysis.direction == self.target[2]
+
+    @property
+    def all_ok(self) -> bool:
+        return self.color_ok and self.shape_ok and self.direction_ok
+
+    def row(self) -> dict[str, object]:
+        a = asdict(self.analysis)
+        return {
+            "group": self.group,
+            "prompt": self.prompt,
+            "want_color": self.target[0],
+            "want_shape": self.target[1],
+            "want_direction": self.target[2],
+            "color": a["color"],
+            "shape": a["shape"],
+            "direction": a["direction"],
+            "color_ok": self.color_ok,
+            "shape_ok": self.shape_ok,
+            "direction_ok": self.direction_ok,
+            "all_ok": self.all_ok,
+            "consistent": self.analysis.consistent,
+            "dx": round(a["displacement"][0], 2),
+            "dy": round(a["displacement"][1], 2),
+            "fill": round(a["mean_fill"], 3),
+            "notes": "; ".join(a["notes"]),
+        }
+
+
+def score_video(frames: np.ndarray, prompt: str, group: str = "custom") -> Score:
+    """Analyse `frames` ``[T, H, W, 3]`` uint8 and compare with what `prompt` asks for."""
+    return Score(prompt, parse_prompt(prompt), analyze_video(frames), group)
+
+
+METRICS = ("color", "shape", "direction", "all", "consistent")
+
+
+def summarize(scores: Sequence[Score]) -> dict[str, dict[str, float]]:
+    """Accuracy (%) per group and overall: ``{group: {n, color, shape, direction, all, consistent}}``."""
+    groups: dict[str, list[Score]] = {}
+    for s in scores:
+        groups.setdefault(s.group, []).append(s)
+    if len(groups) > 1:
+        groups["overall"] = list(scores)
+    out = {}
+    for name, items in groups.items():
+        n = len(items)
+        out[name] = {
+            "n": float(n),
+            "color": 100.0 * sum(s.color_ok for s in items) / n,
+            "shape": 100.0 * sum(s.shape_ok for s in items) / n,
+            "direction": 100.0 * sum(s.direction_ok for s in items) / n,
+            "all": 100.0 * sum(s.all_ok for s in items) / n,
+            "consistent": 100.0 * sum(s.analysis.consistent for s in items) / n,
+        }
+    return out
+
+
+def format_table(summary: dict[str, dict[str, float]]) -> str:
+    """A Markdown table of :func:`summarize`'s result."""
+    lines = [
+        "| prompts | n | colour % | shape % | direction % | all three % | temporally consistent % |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in summary.items():
+        lines.append(
+            f"| {name} | {int(m['n'])} | {m['color']:.1f} | {m['shape']:.1f} | {m['direction']:.1f} | "
+            f"{m['all']:.1f} | {m['consistent']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompt sets
+
+PROMPT_SETS = ("train", "novel", "heldout")
+
+
+def prompt_set(name: str, n: int, seed: int = 0) -> list[tuple[str, tuple[str, str, str]]]:
+    """`n` prompts with their targets.
+
+    - ``train``: training phrasings, combinations seen in training;
+    - ``novel``: phrasings from :data:`NOVEL_TEMPLATES` (never in training), seen combinations;
+    - ``heldout``: training phrasings of the held-out combinations :data:`HELDOUT`.
+
+    Combinations are cycled in a seeded random order so every colour, shape and motion is covered.
+    """
+    if name not in PROMPT_SETS:
+        raise UserError(f"unknown prompt set {name!r} (valid: {', '.join(PROMPT_SETS)})")
+    rng = np.random.default_rng([seed, PROMPT_SETS.index(name)])
+    triples = list(HELDOUT) if name == "heldout" else combos("default")
+    order = rng.permutation(len(triples))
+    out = []
+    for i in range(n):
+        c, s, m = triples[order[i % len(triples)]]
+        if name == "novel":
+            template = NOVEL_TEMPLATES[i % len(NOVEL_TEMPLATES)]
+            text = template.format(c=c, s=s, d=NOVEL_DIRECTIONS[m][0])
+        else:
+            text = make_caption(c, s, m, rng)
+        out.append((text, (c, s, m)))
+    return out
+
+
+def check_novel_templates() -> None:
+    """Assert that no novel template coincides with a training template (used by the tests)."""
+    train = {t.replace("{a}", "") for t in TRAIN_TEMPLATES}
+    for t in NOVEL_TEMPLATES:
+        assert t not in train, t
+
+
+def iter_all_targets() -> Iterable[tuple[str, str, str]]:
+    for c in COLORS:
+        for s in SHAPES:
+            for m in MOTIONS:
+                yield c, s, m

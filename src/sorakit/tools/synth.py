@@ -1,0 +1,245 @@
+"""The "shapes" world: synthetic text-to-video data that sorakit's built-in model is trained on.
+
+Every video shows one solid object on a black background: a colour from :data:`COLORS`, a shape from
+:data:`SHAPES` (the triangle points up) and a straight motion from :data:`MOTIONS`. On a 64 px canvas the
+object's bounding box is 14-22 px and it moves 1.5-2.5 px per frame (both scale with the canvas), and it
+stays fully inside the frame in every frame. Captions come from :data:`TRAIN_TEMPLATES` and always name the
+colour, the shape and the direction. The colour-shape-motion combinations of :data:`HELDOUT` are left out
+of training (``holdout="default"``) so that an evaluation can test composition.
+
+Rendering is anti-aliased (4x4 supersampling of the coverage), so sub-pixel motion is smooth.
+Generation is deterministic: video ``i`` of a run with seed ``s`` depends only on ``(s, i)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sorakit.errors import UserError
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+    "cyan": (0, 255, 255),
+    "magenta": (255, 0, 255),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+MOTIONS: tuple[str, ...] = ("left", "right", "up", "down")
+# unit displacement (dx, dy) per motion, image coordinates (y grows downwards)
+MOTION_VECTORS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+# Colour-shape-motion combinations never shown in training with holdout="default": every colour,
+# shape and motion still appears in training, only these triples are new.
+HELDOUT: tuple[tuple[str, str, str], ...] = (
+    ("red", "triangle", "up"),
+    ("green", "circle", "left"),
+    ("blue", "square", "down"),
+    ("yellow", "triangle", "right"),
+    ("cyan", "circle", "down"),
+    ("magenta", "square", "up"),
+    ("red", "square", "left"),
+    ("blue", "circle", "right"),
+)
+
+# Direction phrasings used in training captions (the "to the" forms need the template "{move} {dir}").
+DIRECTION_PHRASES: dict[str, tuple[str, ...]] = {
+    "left": ("left", "to the left", "leftward", "leftwards", "towards the left"),
+    "right": ("right", "to the right", "rightward", "rightwards", "towards the right"),
+    "up": ("up", "upward", "upwards", "towards the top"),
+    "down": ("down", "downward", "downwards", "towards the bottom"),
+}
+MOVE_VERBS: tuple[str, ...] = ("moving", "going", "travelling", "sliding", "drifting")
+MOVE_VERBS_3P: tuple[str, ...] = ("moves", "goes", "travels", "slides")
+
+# Caption templates used for training: {a} is "a "/"" (with or without article), {c} colour, {s} shape,
+# {m} a present participle, {v} a third-person verb, {d} a direction phrase.
+TRAIN_TEMPLATES: tuple[str, ...] = (
+    "{a}{c} {s} {m} {d}",
+    "{a}{c} {s} {v} {d}",
+    "{a}{c} {s} {m} {d} on a black background",
+    "{a}{c} {s} that {v} {d}",
+    "{a}{c} {s}, {m} {d}",
+    "{a}{c} {s} is {m} {d}",
+    "{a}{s} in {c} {m} {d}",
+    "{a}{c} colored {s} {m} {d}",
+    "{a}{c} {s} {v} {d} across the frame",
+    "{a}solid {c} {s} {m} {d}",
+    "{a}{c} {s} {m} {d} over black",
+    "{a}{s}, {c}, {m} {d}",
+)
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    """One video of the shapes world (pixel units of the full canvas)."""
+
+    color: str
+    shape: str
+    motion: str
+    side: float  # bounding-box side, px
+    speed: float  # px per frame
+    x0: float  # top-left corner of the bounding box in frame 0
+    y0: float
+    caption: str
+
+
+def combos(holdout: str = "default") -> list[tuple[str, str, str]]:
+    """The colour-shape-motion triples used for training under a hold-out mode ('default' or 'none')."""
+    if holdout not in ("default", "none"):
+        raise UserError(f"--holdout must be 'default' or 'none', got {holdout!r}")
+    held = set(HELDOUT) if holdout == "default" else set()
+    return [(c, s, m) for c in COLORS for s in SHAPES for m in MOTIONS if (c, s, m) not in held]
+
+
+def make_caption(color: str, shape: str, motion: str, rng: np.random.Generator) -> str:
+    """A random training caption naming the colour, the shape and the direction."""
+    template = TRAIN_TEMPLATES[rng.integers(len(TRAIN_TEMPLATES))]
+    article = "a " if rng.random() < 0.6 else ""
+    return template.format(
+        a=article,
+        c=color,
+        s=shape,
+        m=MOVE_VERBS[rng.integers(len(MOVE_VERBS))],
+        v=MOVE_VERBS_3P[rng.integers(len(MOVE_VERBS_3P))],
+        d=DIRECTION_PHRASES[motion][rng.integers(len(DIRECTION_PHRASES[motion]))],
+    )
+
+
+def sample_spec(
+    rng: np.random.Generator,
+    triples: Sequence[tuple[str, str, str]],
+    size: int = 64,
+    frames: int = 16,
+) -> ShapeSpec:
+    """Draw one video: a triple, object size and speed, and a start position that keeps the object inside."""
+    color, shape, motion = triples[rng.integers(len(triples))]
+    scale = size / 64.0
+    side = float(rng.uniform(14.0, 22.0)) * scale
+    speed = float(rng.uniform(1.5, 2.5)) * scale
+    travel = speed * (frames - 1)
+    dx, dy = MOTION_VECTORS[motion]
+    # along the motion axis the whole path must fit; across it any position inside the frame
+    free = size - side
+    if travel > free:  # tiny canvases / long videos: slow down so the object never leaves
+        speed = free / max(frames - 1, 1)
+        travel = speed * (frames - 1)
+    lo_x, hi_x = (travel if dx < 0 else 0.0), (free - travel if dx > 0 else free)
+    lo_y, hi_y = (travel if dy < 0 else 0.0), (free - travel if dy > 0 else free)
+    x0 = float(rng.uniform(lo_x, hi_x))
+    y0 = float(rng.uniform(lo_y, hi_y))
+    return ShapeSpec(color, shape, motion, side, speed, x0, y0, make_caption(color, shape, motion, rng))
+
+
+def shape_coverage(shape: str, height: int, width: int, x: float, y: float, side: float, ss: int = 4) -> np.ndarray:
+    """Fraction of each pixel covered by the shape whose bounding box has top-left (x, y) and side `side`.
+
+    Returns float32 ``[H, W]`` in [0, 1], computed by ``ss`` x ``ss`` supersampling.
+    """
+    offs = (np.arange(ss, dtype=np.float32) + 0.5) / ss
+    ys = (np.arange(height, dtype=np.float32)[:, None] + offs[None, :]).reshape(-1)  # [H*ss]
+    xs = (np.arange(width, dtype=np.float32)[:, None] + offs[None, :]).reshape(-1)  # [W*ss]
+    u = (xs[None, :] - x) / side  # [1, W*ss] position inside the box, 0..1
+    v = (ys[:, None] - y) / side  # [H*ss, 1]
+    inside = (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)
+    if shape == "square":
+        mask = inside
+    elif shape == "circle":
+        mask = (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25
+    elif shape == "triangle":  # apex at the top centre, base along the bottom edge
+        mask = inside & (np.abs(u - 0.5) <= 0.5 * v)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    mask = np.broadcast_to(mask, (height * ss, width * ss)).astype(np.float32)
+    return mask.reshape(height, ss, width, ss).mean(axis=(1, 3))
+
+
+def render(spec: ShapeSpec, size: int = 64, frames: int = 16) -> np.ndarray:
+    """Frames ``[T, H, W, 3]`` uint8 of one video."""
+    dx, dy = MOTION_VECTORS[spec.motion]
+    rgb = np.asarray(COLORS[spec.color], dtype=np.float32)
+    out = np.empty((frames, size, size, 3), dtype=np.uint8)
+    for t in range(frames):
+        x = spec.x0 + dx * spec.speed * t
+        y = spec.y0 + dy * spec.speed * t
+        cov = shape_coverage(spec.shape, size, size, x, y, spec.side)
+        out[t] = np.clip(np.rint(cov[..., None] * rgb), 0, 255).astype(np.uint8)
+    return out
+
+
+def video_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of video `index` of a run with `seed` (independent of worker count and order)."""
+    return np.random.default_rng([int(seed), int(index)])
+
+
+CSV_COLUMNS = ("path", "text", "num_frames", "fps", "height", "width", "color", "shape", "motion")
+
+
+def _make_one(job: tuple[int, int, str, int, int, float, str]) -> dict[str, str]:
+    index, seed, holdout, size, frames, fps, out_dir = job
+    from sorakit.data.video import write_video
+
+    rng = video_rng(seed, index)
+    spec = sample_spec(rng, combos(holdout), size=size, frames=frames)
+    path = Path(out_dir) / "videos" / f"{index:06d}.mp4"
+    if not path.exists():  # resumable: an existing file was written atomically by the same (seed, index)
+        write_video(path, render(spec, size, frames), fps=fps)
+    return {
+        "path": str(path.resolve()),
+        "text": spec.caption,
+        "num_frames": str(frames),
+        "fps": f"{fps:g}",
+        "height": str(size),
+        "width": str(size),
+        "color": spec.color,
+        "shape": spec.shape,
+        "motion": spec.motion,
+    }
+
+
+def synthesize(
+    output: str | os.PathLike,
+    num_videos: int,
+    seed: int = 0,
+    size: int = 64,
+    frames: int = 16,
+    fps: float = 8,
+    holdout: str = "default",
+    workers: int = 1,
+) -> Path:
+    """Write `num_videos` videos under ``output/videos/`` and ``output/train.csv``; returns the CSV path."""
+    if num_videos < 1:
+        raise UserError(f"--num-videos must be >= 1, got {num_videos}")
+    if size < 16 or size % 2:
+        raise UserError(f"--size must be an even number >= 16, got {size}")
+    if frames < 2:
+        raise UserError(f"--frames must be >= 2, got {frames}")
+    if fps <= 0:
+        raise UserError(f"--fps must be > 0, got {fps}")
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    combos(holdout)  # validates the mode
+    out = Path(output)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    jobs = [(i, seed, holdout, size, frames, float(fps), str(out)) for i in range(num_videos)]
+    if workers == 1:
+        rows = [_make_one(j) for j in jobs]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            rows = list(pool.map(_make_one, jobs, chunksize=max(1, num_videos // (workers * 8))))
+    csv_path = out / "train.csv"
+    tmp = csv_path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, csv_path)
+    return csv_path
