@@ -1,0 +1,121 @@
+"""Local paths or Hugging Face hub ids for weights: resolve either to a local file or directory.
+
+A name that exists on disk is used as it is. Otherwise a name shaped like a hub id
+(``owner/repo`` for a directory, ``owner/repo/file.pth`` for one file, or one of the known upstream
+checkpoint names in :data:`KNOWN_CHECKPOINTS` such as ``OpenSora-v1-HQ-16x256x256.pth``) is looked up
+in the huggingface_hub cache and downloaded there on first use. Offline (or with ``HF_HUB_OFFLINE=1``)
+a missing download is a one-line :class:`UserError` telling what to download and which flag takes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from sorakit.errors import UserError
+
+# Upstream checkpoint file names Open-Sora 1.0 accepted for --ckpt-path -> (hub repo, file in the repo)
+# or a plain URL for weights that live outside the hub.
+KNOWN_CHECKPOINTS: dict[str, tuple[str, str] | str] = {
+    "OpenSora-v1-16x256x256.pth": ("hpcai-tech/Open-Sora", "OpenSora-v1-16x256x256.pth"),
+    "OpenSora-v1-HQ-16x256x256.pth": ("hpcai-tech/Open-Sora", "OpenSora-v1-HQ-16x256x256.pth"),
+    "OpenSora-v1-HQ-16x512x512.pth": ("hpcai-tech/Open-Sora", "OpenSora-v1-HQ-16x512x512.pth"),
+    "PixArt-XL-2-256x256.pth": ("PixArt-alpha/PixArt-alpha", "PixArt-XL-2-256x256.pth"),
+    "PixArt-XL-2-SAM-256x256.pth": ("PixArt-alpha/PixArt-alpha", "PixArt-XL-2-SAM-256x256.pth"),
+    "PixArt-XL-2-512x512.pth": ("PixArt-alpha/PixArt-alpha", "PixArt-XL-2-512x512.pth"),
+    "PixArt-XL-2-1024-MS.pth": ("PixArt-alpha/PixArt-alpha", "PixArt-XL-2-1024-MS.pth"),
+    "Latte-XL-2-256x256-ucf101.pt": ("maxin-cn/Latte", "ucf101.pt"),
+    "DiT-XL-2-256x256.pt": "https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt",
+    "DiT-XL-2-512x512.pt": "https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-512x512.pt",
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_HUB_FILE = re.compile(r"^([A-Za-z0-9][\w.\-]*/[\w.\-]+)/(.+\.(?:pt|pth|bin|safetensors|ckpt))$")
+
+
+def is_hub_id(name: str) -> bool:
+    """True for ``owner/repo`` (a hub repository) that is not an existing local path."""
+    return bool(_HUB_ID.match(name)) and not Path(name).exists()
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _download_error(name: str, what: str, flag: str, exc: Exception) -> UserError:
+    reason = "offline (HF_HUB_OFFLINE is set)" if _offline() else f"download failed ({type(exc).__name__})"
+    return UserError(
+        f"{what} '{name}' is not on disk and {reason}: run `huggingface-cli download {name} --local-dir DIR` "
+        f"on a connected machine and pass {flag} DIR"
+    )
+
+
+def resolve_dir(name: str | os.PathLike, what: str = "model", flag: str = "--model") -> Path:
+    """A local directory, or a hub repository id fetched into the hub cache (weights and configs only).
+
+    Raises :class:`UserError` (one line) when it is neither on disk nor obtainable.
+    """
+    path = Path(os.path.expanduser(str(name)))
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UserError(f"{what}: expected a directory, got a file: {name}")
+    text = str(name)
+    if not _HUB_ID.match(text):
+        raise UserError(f"{what}: no such directory: {name}")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*tokenizer*"]
+    try:
+        return Path(snapshot_download(text, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        pass
+    if _offline():
+        raise _download_error(text, what, flag, RuntimeError("offline"))
+    try:
+        return Path(snapshot_download(text, allow_patterns=patterns))
+    except Exception as exc:
+        raise _download_error(text, what, flag, exc) from exc
+
+
+def resolve_file(name: str | os.PathLike, what: str = "checkpoint", flag: str = "--ckpt") -> Path:
+    """A local file, a known upstream checkpoint name, or ``owner/repo/path/file.pth`` on the hub.
+
+    Raises :class:`UserError` (one line) when it is neither on disk nor obtainable.
+    """
+    path = Path(os.path.expanduser(str(name)))
+    if path.is_file():
+        return path
+    if path.is_dir():
+        return path  # a sorakit model directory; the caller decides
+    text = str(name)
+    known = KNOWN_CHECKPOINTS.get(Path(text).name) if text == Path(text).name else None
+    if isinstance(known, str):
+        raise UserError(f"{what} '{text}' is not on disk: download {known} and pass {flag} PATH")
+    if known is not None:
+        repo, filename = known
+    else:
+        match = _HUB_FILE.match(text)
+        if not match:
+            raise UserError(f"{what}: no such file: {name}")
+        repo, filename = match.group(1), match.group(2)
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo, filename, local_files_only=True))
+    except Exception:
+        pass
+    if _offline():
+        raise _file_error(text, repo, filename, what, flag, "offline (HF_HUB_OFFLINE is set)")
+    try:
+        return Path(hf_hub_download(repo, filename))
+    except Exception as exc:
+        raise _file_error(text, repo, filename, what, flag, f"download failed ({type(exc).__name__})") from exc
+
+
+def _file_error(name: str, repo: str, filename: str, what: str, flag: str, reason: str) -> UserError:
+    return UserError(
+        f"{what} '{name}' is not on disk and {reason}: run `huggingface-cli download {repo} {filename} "
+        f"--local-dir DIR` on a connected machine and pass {flag} DIR/{filename}"
+    )
