@@ -1,0 +1,81 @@
+"""Small helpers shared by every sampler: model-call counting, seeded noise, dtypes, progress bars."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+import torch
+
+ModelFn = Callable[..., torch.Tensor]
+"""`model_fn(x [B, C, ...], t [B], **kwargs) -> prediction [B, C or 2C, ...]`."""
+
+T = TypeVar("T")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a sampler does its arithmetic in: float64 stays, everything else is float32.
+
+    Half-precision latents are lifted to float32 because the schedule coefficients span 5 orders
+    of magnitude (sqrt(1/acp) reaches 157 at t = 999) and `x0 = a*x - b*eps` cancels badly in bf16.
+    Run the model itself under autocast for half-precision speed.
+    """
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal noise shaped like `x`, drawn from `generator` on the generator's device.
+
+    Drawing on the generator's device (then moving) makes a CPU generator give the same numbers
+    whether the latents live on CPU or GPU.
+    """
+    device = generator.device if generator is not None else x.device
+    noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+    return noise.to(x.device)
+
+
+def randn(shape, generator: torch.Generator | None = None, device=None, dtype=None) -> torch.Tensor:
+    """`torch.randn` drawn on the generator's device and moved to `device`."""
+    draw_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
+
+
+def expand_to(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[B] -> [B, 1, 1, ...] with as many dims as `like`."""
+    return v.reshape(v.shape + (1,) * (like.dim() - v.dim()))
+
+
+class CallCounter:
+    """Wraps a model callable and counts calls (one batched forward = one call)."""
+
+    def __init__(self, fn: ModelFn) -> None:
+        self.fn = fn
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        self.calls += 1
+        return self.fn(*args, **kwargs)
+
+
+def progress_iter(it: Iterable[T], enabled: bool, total: int | None = None, desc: str | None = None) -> Iterator[T]:
+    """`tqdm(it)` when enabled, else `it` unchanged."""
+    if not enabled:
+        return iter(it)
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(it, total=total, desc=desc, leave=False))
+
+
+def split_prediction(out: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Split a model output into (prediction [B, C, ...], variance values [B, C, ...] or None).
+
+    A learned-sigma model returns 2C channels (prediction | variance interpolation values); a plain
+    model returns C. Anything else is an error that names both numbers.
+    """
+    if out.shape[1] == channels:
+        return out, None
+    if out.shape[1] == 2 * channels:
+        return out[:, :channels], out[:, channels:]
+    raise ValueError(
+        f"model output has {out.shape[1]} channels; expected {channels} or {2 * channels} for latents with {channels}"
+    )

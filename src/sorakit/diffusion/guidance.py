@@ -1,0 +1,105 @@
+"""Classifier-free guidance as a wrapper around a model callable (k-diffusion style).
+
+`cfg_model_fn(model, y, y_null, scale)` returns a plain `model_fn(x, t)` that any sampler can call:
+it runs the conditional and the null-caption rows in ONE batch and returns the guided prediction
+for the n rows it was given. Samplers never see captions.
+
+Which channels are guided:
+- default (`guided_channels=None`): every prediction channel, i.e. all C channels of eps / v. For a
+  learned-sigma model (2C output channels) the C variance channels are not a prediction to
+  extrapolate; they are taken from the conditional rows unguided (as later Open-Sora versions do).
+- `guided_channels=3`: **Open-Sora 1.0 parity option.** Its `forward_with_cfg` guided only
+  channels 0..2 (a leftover from RGB-pixel GLIDE code) and left channel 3 of the 4 latent
+  channels, and the variance channels, raw. Use it only to reproduce Open-Sora 1.0's published
+  samples bit for bit; it is not better.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float, guided_channels: int | None = None) -> torch.Tensor:
+    """uncond + scale * (cond - uncond) on the first `guided_channels` channels; the rest from `cond`.
+
+    Args:
+        cond, uncond: [n, K, ...] predictions with and without the caption.
+        scale: guidance scale (1 = conditional prediction).
+        guided_channels: how many leading channels to guide (None = all K).
+    """
+    if guided_channels is None or guided_channels >= cond.shape[1]:
+        return uncond + scale * (cond - uncond)
+    k = guided_channels
+    guided = uncond[:, :k] + scale * (cond[:, :k] - uncond[:, :k])
+    return torch.cat([guided, cond[:, k:]], dim=1)
+
+
+def _repeat_rows(v: torch.Tensor, n: int) -> torch.Tensor:
+    """A per-sample tensor with n rows -> 2n rows (cond rows, then the same for the null rows)."""
+    return torch.cat([v, v], dim=0) if v.shape[0] == n else v
+
+
+class CFGModel:
+    """`model_fn(x [n, C, ...], t [n]) -> guided prediction [n, K, ...]` (see module docstring).
+
+    The wrapped model is called once per step as
+    `model(cat([x, x]), cat([t, t]), cat([y, y_null]), mask=mask2, **model_kwargs)` where `mask2`
+    is the caption mask with its n rows doubled (the null rows use the conditional rows' token
+    counts, exactly what Open-Sora's model did when it repeated an n-row mask itself).
+
+    Args:
+        model: `model(x, t, y, mask=..., **kw) -> [2n, K, ...]` (e.g. STDiT).
+        y: conditional caption embeddings [n, ...]; y_null: null captions [n, ...].
+        scale: guidance scale; 1.0 (or no y_null) skips the null rows and costs one n-row call.
+        mask: caption mask [n, L] (or already [2n, L]) or None.
+        guided_channels: None = all prediction channels; 3 = Open-Sora 1.0 parity.
+        model_kwargs: extra per-call keyword arguments, passed unchanged.
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., torch.Tensor],
+        y: torch.Tensor,
+        y_null: torch.Tensor | None,
+        scale: float,
+        mask: torch.Tensor | None = None,
+        guided_channels: int | None = None,
+        **model_kwargs,
+    ) -> None:
+        self.model = model
+        self.y = y
+        self.y_null = y_null
+        self.scale = float(scale)
+        self.mask = mask
+        self.guided_channels = guided_channels
+        self.model_kwargs = model_kwargs
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if self.y_null is None or self.scale == 1.0:
+            return self.model(x, t, self.y, mask=self.mask, **self.model_kwargs)
+        mask = None if self.mask is None else _repeat_rows(self.mask, n)
+        out = self.model(
+            torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.y, self.y_null]), mask=mask, **self.model_kwargs
+        )
+        cond, uncond = out[:n], out[n:]
+        channels = x.shape[1]
+        if out.shape[1] == 2 * channels:  # learned sigma: guide eps, keep the conditional variance values
+            k = channels if self.guided_channels is None else min(self.guided_channels, channels)
+            return guide(cond, uncond, self.scale, k)
+        return guide(cond, uncond, self.scale, self.guided_channels)
+
+
+def cfg_model_fn(
+    model: Callable[..., torch.Tensor],
+    y: torch.Tensor,
+    y_null: torch.Tensor | None,
+    scale: float,
+    mask: torch.Tensor | None = None,
+    guided_channels: int | None = None,
+    **model_kwargs,
+) -> CFGModel:
+    """Build the guided `model_fn(x, t)` for a sampler. See `CFGModel`."""
+    return CFGModel(model, y, y_null, scale, mask=mask, guided_channels=guided_channels, **model_kwargs)
