@@ -1,0 +1,338 @@
+"""Shared file handling for the data tools: CSV reading/writing (header row, atomic replace, durable
+appends), input discovery (a file, a folder or a CSV of paths) and a small parallel map.
+
+Conventions used by every tool:
+
+- A CSV has a header row; the training columns are `path`, `text` and optionally `num_frames`, `fps`,
+  `height`, `width`, `start_frame`, `end_frame` (exclusive), `label`.
+- Values are kept as strings, so a row that goes through a tool unchanged is written back unchanged.
+- A relative `path` in a CSV is resolved against the CSV's own folder (then the working directory);
+  the tools write absolute paths (``sorakit data csv paths --relative`` makes them relative).
+- Nothing is lost: a row that cannot be processed goes to a failures CSV with an `error` column.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sorakit.errors import UserError
+
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".gif")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MEDIA_EXTS = VIDEO_EXTS + IMAGE_EXTS
+
+# Column order used when a tool writes a CSV: known columns first, others after in first-seen order.
+PREFERRED_ORDER = (
+    "path",
+    "text",
+    "label",
+    "num_frames",
+    "fps",
+    "height",
+    "width",
+    "aspect_ratio",
+    "duration",
+    "start_frame",
+    "end_frame",
+    "start",
+    "end",
+)
+
+Row = dict[str, str]
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def is_image(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(IMAGE_EXTS)
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(VIDEO_EXTS)
+
+
+def read_csv(path: str | os.PathLike, require: Sequence[str] = ()) -> tuple[list[str], list[Row]]:
+    """Read a CSV with a header row -> (column names, rows as dicts of strings).
+
+    Raises UserError when the file is missing, has no header, or lacks a `require`d column.
+    Missing cells read as "" (never None), so every row has every column.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"CSV file not found: {p}")
+    with open(p, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        if not fields:
+            raise UserError(f"{p} is empty or has no header row (expected columns like path,text)")
+        rows: list[Row] = []
+        for r in reader:
+            extra = r.pop(None, None)  # more cells than header columns
+            if extra:
+                raise UserError(f"{p}: line {reader.line_num} has more cells than the header has columns")
+            rows.append({k: ("" if v is None else v) for k, v in r.items()})
+    missing = [c for c in require if c not in fields]
+    if missing:
+        hint = ""
+        if fields and (Path(fields[0]).suffix.lower() in MEDIA_EXTS or os.sep in fields[0]):
+            hint = " (the first line looks like data: add a header row such as path,text,num_frames)"
+        raise UserError(f"{p} has no column {', '.join(missing)}; its columns are {', '.join(fields)}{hint}")
+    return fields, rows
+
+
+def order_fields(rows: Iterable[Row], first: Sequence[str] = ()) -> list[str]:
+    """Column names of `rows`: `first`, then PREFERRED_ORDER's, then the rest in first-seen order."""
+    seen: dict[str, None] = {}
+    for r in rows:
+        for k in r:
+            seen.setdefault(k, None)
+    out = [c for c in first if c in seen]
+    out += [c for c in PREFERRED_ORDER if c in seen and c not in out]
+    out += [c for c in seen if c not in out]
+    return out
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Row], fields: Sequence[str] | None = None) -> Path:
+    """Write `rows` with a header, atomically: a temporary file in the same folder, fsync, rename.
+
+    A reader never sees a half-written CSV; an interrupted write leaves the old file in place.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if fields is None:
+        fields = order_fields(rows)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore", restval="")
+            w.writeheader()
+            for r in rows:
+                w.writerow(r)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+class CSVAppender:
+    """Appends rows to a CSV one at a time, each flushed and fsynced, for long resumable runs.
+
+    If the file exists its header is kept (new columns are not added: rows are written with the
+    existing columns); otherwise the header is `fields`. Use as a context manager.
+    """
+
+    def __init__(self, path: str | os.PathLike, fields: Sequence[str]):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        existing: list[str] = []
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            with open(self.path, newline="", encoding="utf-8") as f:
+                existing = next(csv.reader(f), [])
+            _ensure_trailing_newline(self.path)
+        self.fields = existing or list(fields)
+        self._f = open(self.path, "a", newline="", encoding="utf-8")
+        self._w = csv.DictWriter(self._f, fieldnames=self.fields, extrasaction="ignore", restval="")
+        if not existing:
+            self._w.writeheader()
+            self._sync()
+
+    def write(self, row: Row) -> None:
+        self._w.writerow(row)
+        self._sync()
+
+    def _sync(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+    def __enter__(self) -> CSVAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _ensure_trailing_newline(path: Path) -> None:
+    """A run killed mid-line leaves a partial last line: drop it so the next append starts clean."""
+    with open(path, "rb+") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        # find the last newline and truncate after it
+        pos = size - 1
+        chunk = 4096
+        while pos > 0:
+            start = max(0, pos - chunk)
+            f.seek(start)
+            data = f.read(pos - start)
+            i = data.rfind(b"\n")
+            if i >= 0:
+                f.truncate(start + i + 1)
+                return
+            pos = start
+        f.truncate(0)
+
+
+def read_csv_if_exists(path: str | os.PathLike) -> tuple[list[str], list[Row]]:
+    """Like read_csv, but a missing or empty file gives ([], [])."""
+    p = Path(path)
+    if not p.is_file() or p.stat().st_size == 0:
+        return [], []
+    return read_csv(p)
+
+
+def resolve_path(path: str, base: Path | None) -> Path:
+    """Where a `path` cell points: absolute as is; relative against `base` (the CSV's folder) when
+    the file exists there, else against the working directory when it exists there, else `base`."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or base is None:
+        return p
+    cand = base / p
+    if cand.exists() or not p.exists():
+        return cand
+    return p
+
+
+def failures_path(output: str | os.PathLike) -> Path:
+    """Default failures file next to an output CSV: `clips.csv` -> `clips.failures.csv`."""
+    p = Path(output)
+    return p.with_name(f"{p.stem}.failures.csv")
+
+
+def collect_inputs(
+    source: str | os.PathLike, exts: Sequence[str] = MEDIA_EXTS
+) -> tuple[list[Row], list[Path]]:
+    """Rows to process from a media file, a folder (searched recursively for `exts`) or a CSV.
+
+    Returns (rows, resolved paths), one resolved absolute path per row. A folder or a single file
+    gives rows {"path": absolute path}; a CSV gives its rows unchanged (so their other columns are
+    carried through), and needs a `path` column.
+    """
+    p = Path(source).expanduser()
+    if not p.exists():
+        raise UserError(f"input not found: {p}")
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in exts)
+        if not files:
+            raise UserError(f"no files with extensions {', '.join(exts)} under {p}")
+        files = [f.resolve() for f in files]
+        return [{"path": str(f)} for f in files], files
+    if p.suffix.lower() == ".csv":
+        _, rows = read_csv(p, require=("path",))
+        base = p.resolve().parent
+        return rows, [resolve_path(r["path"], base).absolute() for r in rows]
+    return [{"path": str(p.resolve())}], [p.resolve()]
+
+
+def parallel_map(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    workers: int = 1,
+    desc: str | None = None,
+    processes: bool = False,
+    unit: str = "file",
+) -> Iterator[tuple[int, R]]:
+    """Apply `fn` to `items` with a tqdm bar; yields (index, result) as results complete.
+
+    `workers <= 1` runs in this process, in order. `processes=True` uses a spawn-based process pool
+    (for CPU-bound Python work; `fn` must be importable); otherwise threads (enough for PyAV, which
+    decodes outside the GIL). Exceptions raised by `fn` propagate: callers catch per item inside `fn`.
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(items), desc=desc, unit=unit, disable=True if not desc else None, leave=False)
+    try:
+        if workers <= 1 or len(items) <= 1:
+            for i, it in enumerate(items):
+                yield i, fn(it)
+                bar.update(1)
+            return
+        ex: Executor
+        if processes:
+            import multiprocessing as mp
+
+            ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        else:
+            ex = ThreadPoolExecutor(max_workers=workers)
+        with ex:
+            futs = {ex.submit(fn, it): i for i, it in enumerate(items)}
+            for fut in as_completed(futs):
+                yield futs[fut], fut.result()
+                bar.update(1)
+    finally:
+        bar.close()
+
+
+def check_workers(workers: int) -> int:
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    return workers
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as a single line for a failures CSV."""
+    msg = str(exc).strip().replace("\r", " ").replace("\n", " ")
+    name = type(exc).__name__
+    return f"{name}: {msg}" if msg else name
+
+
+def fmt_float(x: Any, digits: int = 6) -> str:
+    """A float as a short string (no trailing zeros); ints stay ints."""
+    if isinstance(x, int):
+        return str(x)
+    s = f"{float(x):.{digits}f}".rstrip("0").rstrip(".")
+    return s if s not in ("", "-0") else "0"
+
+
+def write_outputs(
+    output: str | os.PathLike,
+    rows: Sequence[Row],
+    failures: Sequence[Row],
+    failures_file: str | os.PathLike | None = None,
+    first: Sequence[str] = ("path",),
+) -> Path | None:
+    """Write the output CSV and, when there are failures, the failures CSV (`error` column last).
+
+    A stale failures file from an earlier run is removed when this run has none. Returns the
+    failures path when one was written.
+    """
+    write_csv(output, rows, order_fields(rows, first) if rows else list(first))
+    fpath = Path(failures_file) if failures_file else failures_path(output)
+    if failures:
+        fields = [c for c in order_fields(failures, first) if c != "error"] + ["error"]
+        write_csv(fpath, failures, fields)
+        return fpath
+    if fpath.is_file():
+        fpath.unlink()
+    return None
+
+
+def report(output: str | os.PathLike, n_rows: int, failures: Sequence[Row], fpath: Path | None, what: str = "rows") -> None:
+    """One summary line on stderr, plus the first few failure reasons."""
+    import sys
+
+    msg = f"wrote {n_rows} {what} to {output}"
+    if failures:
+        msg += f"; {len(failures)} failed (listed in {fpath})"
+    print(msg, file=sys.stderr)
+    for r in failures[:5]:
+        print(f"  failed: {r.get('path', '')}: {r.get('error', '')}", file=sys.stderr)
+    if len(failures) > 5:
+        print(f"  ... and {len(failures) - 5} more", file=sys.stderr)

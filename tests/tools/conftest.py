@@ -1,0 +1,74 @@
+"""Synthetic videos for the data tool tests: several shots with known cut frames, each shot with its
+own content (colour, pattern) and its own slow motion, encoded as real H.264 files with PyAV."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+H, W = 48, 64
+
+
+def shot_frame(kind: int, t: int, seed: int) -> np.ndarray:
+    """Frame t (uint8 [H, W, 3]) of a shot of pattern `kind`; consecutive frames differ by a little motion."""
+    rng = np.random.default_rng(seed)
+    c1 = rng.integers(30, 226, 3)
+    c2 = 255 - c1
+    yy, xx = np.mgrid[0:H, 0:W]
+    if kind % 4 == 0:  # solid background, a square moving right
+        img = np.broadcast_to(c1, (H, W, 3)).copy()
+        x = (4 + 2 * t) % (W - 12)
+        img[16:28, x : x + 12] = c2
+    elif kind % 4 == 1:  # horizontal gradient scrolling left
+        ramp = ((xx + t) % W) / W
+        img = (c1[None, None] * (1 - ramp[..., None]) + c2[None, None] * ramp[..., None])
+    elif kind % 4 == 2:  # checkerboard drifting down
+        check = (((yy + t) // 8 + xx // 8) % 2).astype(bool)
+        img = np.where(check[..., None], c1, c2)
+    else:  # vertical gradient with a disc moving down-right
+        ramp = yy / H
+        img = c1[None, None] * (1 - ramp[..., None]) + c2[None, None] * ramp[..., None]
+        cy, cx = 10 + t % 28, 10 + t % 44
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 36] = c2 // 2
+    return np.ascontiguousarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def make_video(path: Path, shot_lengths: list[int], fps: int = 24, seed: int = 0) -> list[int]:
+    """Write an H.264 MP4 of consecutive shots; returns the cut frames (first frame of each new shot)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.options = {"crf": "20"}
+        for k, n in enumerate(shot_lengths):
+            for t in range(n):
+                frame = av.VideoFrame.from_ndarray(shot_frame(seed + k, t, seed * 100 + k), format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return list(np.cumsum(shot_lengths)[:-1])
+
+
+@pytest.fixture
+def media(tmp_path: Path) -> dict:
+    """A folder with two good videos, one truncated MP4 and one text file named .mp4."""
+    d = tmp_path / "media"
+    a_shots, b_shots = [18, 22, 20, 16], [30, 17]
+    cuts_a = make_video(d / "a.mp4", a_shots, fps=24, seed=1)
+    cuts_b = make_video(d / "sub" / "b.mp4", b_shots, fps=30, seed=5)
+    make_video(d / "trunc.mp4", [40], fps=24, seed=9)
+    data = (d / "trunc.mp4").read_bytes()
+    (d / "trunc.mp4").write_bytes(data[: len(data) // 2])
+    (d / "notes.mp4").write_text("this is not a video\n")
+    return {
+        "dir": d,
+        "a": (d / "a.mp4", cuts_a, sum(a_shots), 24),
+        "b": (d / "sub" / "b.mp4", cuts_b, sum(b_shots), 30),
+        "bad": [d / "trunc.mp4", d / "notes.mp4"],
+    }
