@@ -1,0 +1,41 @@
+"""Pieces shared unchanged by STDiT, PixArt, DiT and Latte."""
+
+from sorakit.models.layers.attention import Attention, MultiHeadCrossAttention, caption_key_mask
+from sorakit.models.layers.blocks import (
+    DropPath,
+    FinalLayer,
+    Mlp,
+    T2IFinalLayer,
+    layer_norm,
+    modulate_fp32_norm,
+    t2i_modulate,
+)
+from sorakit.models.layers.embeddings import (
+    CaptionEmbedder,
+    LabelEmbedder,
+    PatchEmbed3D,
+    TimestepEmbedder,
+    get_1d_sincos_pos_embed,
+    get_2d_sincos_pos_embed,
+    timestep_features,
+)
+
+__all__ = [
+    "Attention",
+    "CaptionEmbedder",
+    "DropPath",
+    "FinalLayer",
+    "LabelEmbedder",
+    "Mlp",
+    "MultiHeadCrossAttention",
+    "PatchEmbed3D",
+    "T2IFinalLayer",
+    "TimestepEmbedder",
+    "caption_key_mask",
+    "get_1d_sincos_pos_embed",
+    "get_2d_sincos_pos_embed",
+    "layer_norm",
+    "modulate_fp32_norm",
+    "t2i_modulate",
+    "timestep_features",
+]

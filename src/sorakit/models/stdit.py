@@ -1,0 +1,222 @@
+"""STDiT: the spatial-temporal diffusion transformer of Open-Sora 1.0 (PixArt-alpha blocks + temporal attention).
+
+Read top to bottom: `STDiTBlock` (one layer) then `STDiT` (embeddings, blocks, final layer). Parameter
+names and constructor arguments are the upstream ones, so an official checkpoint loads with
+`load_state_dict(sd, strict=True)`.
+
+Block (adaLN-single):
+  1. spatial self-attention inside each frame on the modulated LayerNorm, gated by gate_msa;
+  2. temporal self-attention across frames at each spatial position on the raw residual (the temporal
+     position embedding is added to its input in block 0 only), gated by the SAME gate_msa;
+  3. cross-attention to the caption tokens (no norm, no gate);
+  4. MLP on the modulated LayerNorm, gated by gate_mlp.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+from sorakit.models.base import DiffusionTransformer
+from sorakit.models.layers import (
+    Attention,
+    CaptionEmbedder,
+    DropPath,
+    Mlp,
+    MultiHeadCrossAttention,
+    PatchEmbed3D,
+    T2IFinalLayer,
+    TimestepEmbedder,
+    caption_key_mask,
+    get_1d_sincos_pos_embed,
+    get_2d_sincos_pos_embed,
+    layer_norm,
+    t2i_modulate,
+)
+
+
+class STDiTBlock(nn.Module):
+    """One STDiT layer on tokens `[B, T'*S, D]` laid out (t, s) with S = H'*W'."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0) -> None:
+        super().__init__()
+        # Registration order = upstream state-dict order.
+        self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
+        self.attn = Attention(hidden_size, num_heads, qkv_bias=True)
+        self.cross_attn = MultiHeadCrossAttention(hidden_size, num_heads)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.attn_temp = Attention(hidden_size, num_heads, qkv_bias=True)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        t0: torch.Tensor,
+        y_mask: torch.Tensor | None,
+        tpe: torch.Tensor | None,
+        num_frames: int,
+    ) -> torch.Tensor:
+        """x `[B, N, D]`, y `[B, L, D]` caption tokens, t0 `[B, 6D]`, y_mask `[B, L]` bool or None,
+        tpe `[1, T', D]` or None, num_frames = T'. Returns `[B, N, D]`."""
+        B, N, D = x.shape
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            self.scale_shift_table[None] + t0.reshape(B, 6, -1)
+        ).chunk(6, dim=1)
+
+        # spatial: attention inside each frame
+        x_s = t2i_modulate(layer_norm(x), shift_msa, scale_msa)
+        x_s = rearrange(x_s, "B (T S) D -> (B T) S D", T=num_frames)
+        x_s = self.attn(x_s)
+        x_s = rearrange(x_s, "(B T) S D -> B (T S) D", T=num_frames)
+        x = x + self.drop_path(gate_msa * x_s)
+
+        # temporal: attention across frames at each spatial position; no norm, reuses gate_msa
+        x_t = rearrange(x, "B (T S) D -> (B S) T D", T=num_frames)
+        if tpe is not None:
+            x_t = x_t + tpe
+        x_t = self.attn_temp(x_t)
+        x_t = rearrange(x_t, "(B S) T D -> B (T S) D", B=B)
+        x = x + self.drop_path(gate_msa * x_t)
+
+        # cross-attention to the caption: no norm, no gate
+        x = x + self.cross_attn(x, y, y_mask)
+
+        # MLP
+        x_m = t2i_modulate(layer_norm(x), shift_mlp, scale_mlp)
+        x = x + self.drop_path(gate_mlp * self.mlp(x_m))
+        return x
+
+
+class STDiT(DiffusionTransformer):
+    """Spatial-temporal DiT conditioned on T5 caption embeddings (Open-Sora 1.0).
+
+    `forward(x [B, C, T, H, W], timestep [B], y [B, 1, L, Cy], mask [n, L] | None)` ->
+    `[B, C_out, T, H, W]` with C_out = 2C when `pred_sigma` (channels [0, C) = noise, [C, 2C) = variance
+    interpolation values). Any T, H, W divisible by the patch is accepted; position embeddings for sizes
+    other than `input_size` are computed on the fly.
+
+    `no_temporal_pos_emb` is accepted for config compatibility; as in upstream STDiT it does not switch the
+    temporal position embedding off.
+    """
+
+    def __init__(
+        self,
+        input_size: tuple[int, int, int] = (1, 32, 32),
+        in_channels: int = 4,
+        patch_size: tuple[int, int, int] = (1, 2, 2),
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        class_dropout_prob: float = 0.1,
+        pred_sigma: bool = True,
+        drop_path: float = 0.0,
+        no_temporal_pos_emb: bool = False,
+        caption_channels: int = 4096,
+        model_max_length: int = 120,
+        space_scale: float = 1.0,
+        time_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.config = dict(
+            input_size=list(input_size), in_channels=in_channels, patch_size=list(patch_size),
+            hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+            class_dropout_prob=class_dropout_prob, pred_sigma=pred_sigma, drop_path=drop_path,
+            no_temporal_pos_emb=no_temporal_pos_emb, caption_channels=caption_channels,
+            model_max_length=model_max_length, space_scale=space_scale, time_scale=time_scale,
+        )  # fmt: skip
+        self.input_size = tuple(input_size)
+        self.patch_size = tuple(patch_size)
+        self.in_channels = in_channels
+        self.pred_sigma = pred_sigma
+        self.out_channels = in_channels * 2 if pred_sigma else in_channels
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.depth = depth
+        self.mlp_ratio = mlp_ratio
+        self.caption_channels = caption_channels
+        self.model_max_length = model_max_length
+        self.space_scale = space_scale
+        self.time_scale = time_scale
+        self.no_temporal_pos_emb = no_temporal_pos_emb
+        nt, nh, nw = self._built_grid
+        self.num_temporal = nt
+        self.num_spatial = nh * nw
+
+        self.register_buffer("pos_embed", get_2d_sincos_pos_embed(hidden_size, nh, nw, space_scale))
+        self.register_buffer("pos_embed_temporal", get_1d_sincos_pos_embed(hidden_size, nt, time_scale))
+
+        self.x_embedder = PatchEmbed3D(self.patch_size, in_channels, hidden_size)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
+        self.y_embedder = CaptionEmbedder(caption_channels, hidden_size, class_dropout_prob, model_max_length)
+        rates = [r.item() for r in torch.linspace(0, drop_path, depth)]
+        self.blocks = nn.ModuleList(
+            [STDiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio, drop_path=rates[i]) for i in range(depth)]
+        )
+        self.final_layer = T2IFinalLayer(hidden_size, self.patch_size[0] * self.patch_size[1] * self.patch_size[2],
+                                         self.out_channels)  # fmt: skip
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """Upstream init: xavier Linear layers, N(0, 0.02) embedding MLPs, zero cross-attn/temporal/final outputs."""
+
+        def _basic_init(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.constant_(module.bias, 0)
+
+        self.apply(_basic_init)
+        w = self.x_embedder.proj.weight.data
+        nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        nn.init.normal_(self.t_block[1].weight, std=0.02)
+        nn.init.normal_(self.y_embedder.y_proj.fc1.weight, std=0.02)
+        nn.init.normal_(self.y_embedder.y_proj.fc2.weight, std=0.02)
+        for block in self.blocks:
+            nn.init.constant_(block.cross_attn.proj.weight, 0)
+            nn.init.constant_(block.cross_attn.proj.bias, 0)
+        nn.init.constant_(self.final_layer.linear.weight, 0)
+        nn.init.constant_(self.final_layer.linear.bias, 0)
+        self.initialize_temporal()
+
+    def initialize_temporal(self) -> None:
+        """Zero the temporal attention's output projection: the block then computes what PixArt computes."""
+        for block in self.blocks:
+            nn.init.constant_(block.attn_temp.proj.weight, 0)
+            nn.init.constant_(block.attn_temp.proj.bias, 0)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        force_drop_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x `[B, C, T, H, W]`, timestep `[B]`, y `[B, 1, L, Cy]`, mask `[n, L]` 0/1 (n divides B) or None,
+        force_drop_ids `[B]` (1 = replace the caption by the null caption). Returns `[B, C_out, T, H, W]`."""
+        B = x.shape[0]
+        grid = self.patch_grid(x)
+        nt, nh, nw = grid
+
+        x = self.x_embedder(x)  # [B, N, D]
+        x = rearrange(x, "B (T S) D -> B T S D", T=nt)
+        x = x + self._spatial_pos_embed(self.pos_embed, nh, nw, self.space_scale, None, x)
+        x = rearrange(x, "B T S D -> B (T S) D")
+
+        t = self.t_embedder(timestep, dtype=x.dtype)  # [B, D]
+        t0 = self.t_block(t)  # [B, 6D]
+        y = self.y_embedder(y, self.training, force_drop_ids).squeeze(1)  # [B, L, D]
+        y_mask = caption_key_mask(mask, B)
+        tpe = self._temporal_pos_embed(self.pos_embed_temporal, nt, self.time_scale, x)
+
+        for i, block in enumerate(self.blocks):
+            x = self._run_block(block, x, y, t0, y_mask, tpe if i == 0 else None, nt)
+
+        x = self.final_layer(x, t)  # [B, N, prod(patch) * C_out]
+        return self.unpatchify(x, grid)
