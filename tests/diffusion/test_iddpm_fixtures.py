@@ -171,7 +171,9 @@ def test_training_losses(ref, dtype):
     frozen = torch.cat([eps, ref["tl_model_output"][:, 4:].to(dtype)], dim=1)
     terms = diffusion.vb_terms_bpd(x0, seen["x_t"], t, frozen)
     assert_rel(terms["true_mean"], ref[f"tl_{tag}_true_mean"], tol, "true_mean")
-    assert_rel(terms["true_log_variance"].expand_as(x0), ref[f"tl_{tag}_true_log_variance"], 1e-6, "true_logvar")
+    assert_rel(
+        terms["true_log_variance"].expand_as(x0), ref[f"tl_{tag}_true_log_variance"], 1e-6, "true_logvar"
+    )
     assert_rel(terms["p_mean"], ref[f"tl_{tag}_p_mean"], tol, "p_mean")
     assert_rel(terms["p_log_variance"], ref[f"tl_{tag}_p_log_variance"], tol, "p_log_variance")
 
@@ -179,7 +181,9 @@ def test_training_losses(ref, dtype):
 def test_training_loss_gradient_does_not_reach_mean_through_vb(ref):
     diffusion = IDDPM(num_sampling_steps=None)
     out_param = ref["tl_model_output"].clone().requires_grad_(True)
-    losses = diffusion.training_losses(lambda x, t: out_param, ref["tl_x_start"], ref["tl_t"], noise=ref["tl_noise"])
+    losses = diffusion.training_losses(
+        lambda x, t: out_param, ref["tl_x_start"], ref["tl_t"], noise=ref["tl_noise"]
+    )
     losses["vb"].sum().backward()
     assert out_param.grad[:, :4].abs().max() == 0  # eps detached inside the bound
     assert out_param.grad[:, 4:].abs().max() > 0
@@ -205,7 +209,9 @@ def test_cfg_call_parity(ref):
     assert_rel(seen["y"], y, 0.0, "captions")
     assert seen["t"].tolist() == t.tolist()
     assert seen["mask"].tolist() == torch.cat([mask, mask]).tolist()
-    assert_rel(toy_model(seen["x"], seen["t"], seen["y"], seen["mask"]), ref["cfg_model_output"], 1e-12, "raw")
+    assert_rel(
+        toy_model(seen["x"], seen["t"], seen["y"], seen["mask"]), ref["cfg_model_output"], 1e-12, "raw"
+    )
     assert_rel(guided, ref["cfg_guided"][:n], 1e-12, "guided (3-channel parity)")
     # Upstream copies the guided channels into the null half too; its other channels stay raw.
     assert_rel(ref["cfg_guided"][n:, :3], guided[:, :3], 1e-12, "null half guided")
@@ -285,7 +291,9 @@ def test_sample_loop_2n_rows_replay(fixtures, tag):
     z2 = torch.cat([r["z"], r["z"]])
     tol = tol_for(dtype)
     x = z2
-    for k, out in enumerate(diffusion.sample_progressive(forward_with_cfg_2n, z2, noise=list(r["step_noise"]))):
+    for k, out in enumerate(
+        diffusion.sample_progressive(forward_with_cfg_2n, z2, noise=list(r["step_noise"]))
+    ):
         assert_rel(x, r["step_x"][k], tol, f"step {k} x")
         assert_rel(raw_outputs[k], r["step_model_output"][k], tol, f"step {k} raw output")
         assert_rel(out["model_output"], r["step_guided_output"][k], tol, f"step {k} guided output")

@@ -57,7 +57,9 @@ class CallCounter:
         return self.fn(*args, **kwargs)
 
 
-def progress_iter(it: Iterable[T], enabled: bool, total: int | None = None, desc: str | None = None) -> Iterator[T]:
+def progress_iter(
+    it: Iterable[T], enabled: bool, total: int | None = None, desc: str | None = None
+) -> Iterator[T]:
     """`tqdm(it)` when enabled, else `it` unchanged."""
     if not enabled:
         return iter(it)

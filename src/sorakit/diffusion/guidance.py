@@ -21,7 +21,9 @@ from collections.abc import Callable
 import torch
 
 
-def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float, guided_channels: int | None = None) -> torch.Tensor:
+def guide(
+    cond: torch.Tensor, uncond: torch.Tensor, scale: float, guided_channels: int | None = None
+) -> torch.Tensor:
     """uncond + scale * (cond - uncond) on the first `guided_channels` channels; the rest from `cond`.
 
     Args:
@@ -82,7 +84,11 @@ class CFGModel:
             return self.model(x, t, self.y, mask=self.mask, **self.model_kwargs)
         mask = None if self.mask is None else _repeat_rows(self.mask, n)
         out = self.model(
-            torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.y, self.y_null]), mask=mask, **self.model_kwargs
+            torch.cat([x, x]),
+            torch.cat([t, t]),
+            torch.cat([self.y, self.y_null]),
+            mask=mask,
+            **self.model_kwargs,
         )
         cond, uncond = out[:n], out[n:]
         channels = x.shape[1]

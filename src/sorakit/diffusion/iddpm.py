@@ -44,7 +44,9 @@ from sorakit.errors import ConfigError
 # ---------------------------------------------------------------------------------------------
 
 
-def q_sample(x_start: torch.Tensor, noise: torch.Tensor, sqrt_acp: torch.Tensor, sqrt_one_minus_acp: torch.Tensor):
+def q_sample(
+    x_start: torch.Tensor, noise: torch.Tensor, sqrt_acp: torch.Tensor, sqrt_one_minus_acp: torch.Tensor
+):
     """x_t = sqrt(acp_t) * x_0 + sqrt(1 - acp_t) * noise. Shapes: [B, C, ...]."""
     return sqrt_acp * x_start + sqrt_one_minus_acp * noise
 
@@ -73,7 +75,9 @@ def learned_range_log_variance(v: torch.Tensor, min_log: torch.Tensor, max_log: 
     return frac * max_log + (1 - frac) * min_log
 
 
-def ancestral_step(mean: torch.Tensor, log_variance: torch.Tensor, noise: torch.Tensor, last: bool) -> torch.Tensor:
+def ancestral_step(
+    mean: torch.Tensor, log_variance: torch.Tensor, noise: torch.Tensor, last: bool
+) -> torch.Tensor:
     """x_{t-1} = mean + exp(log_var / 2) * noise, or just the mean at the last step (t = 0)."""
     if last:
         return mean
@@ -98,7 +102,9 @@ def mean_flat(x: torch.Tensor) -> torch.Tensor:
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))), elementwise, in nats."""
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + ((mean1 - mean2) ** 2) * torch.exp(-logvar2))
+    return 0.5 * (
+        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + ((mean1 - mean2) ** 2) * torch.exp(-logvar2)
+    )
 
 
 def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
@@ -254,10 +260,15 @@ class IDDPM:
             noise = randn_like(x_start, generator)
         c = self.coef
         return q_sample(
-            x_start, noise, c.extract("sqrt_alphas_cumprod", t, x_start), c.extract("sqrt_one_minus_alphas_cumprod", t, x_start)
+            x_start,
+            noise,
+            c.extract("sqrt_alphas_cumprod", t, x_start),
+            c.extract("sqrt_one_minus_alphas_cumprod", t, x_start),
         )
 
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
         """diffusers-style `add_noise` with ORIGINAL timesteps in [0, num_timesteps) (any respacing)."""
         b = self.base
         return q_sample(
@@ -273,7 +284,11 @@ class IDDPM:
         mean = posterior_mean(
             x_start, x_t, c.extract("posterior_mean_coef1", t, x_t), c.extract("posterior_mean_coef2", t, x_t)
         )
-        return mean, c.extract("posterior_variance", t, x_t), c.extract("posterior_log_variance_clipped", t, x_t)
+        return (
+            mean,
+            c.extract("posterior_variance", t, x_t),
+            c.extract("posterior_log_variance_clipped", t, x_t),
+        )
 
     # -- reverse process ----------------------------------------------------------------------
     def p_mean_variance(
@@ -310,7 +325,10 @@ class IDDPM:
             variance = c.extract(var_name, t, x) + shape_like
             log_variance = c.extract(log_name, t, x) + shape_like
         pred_xstart = predict_xstart_from_eps(
-            x, eps, c.extract("sqrt_recip_alphas_cumprod", t, x), c.extract("sqrt_recipm1_alphas_cumprod", t, x)
+            x,
+            eps,
+            c.extract("sqrt_recip_alphas_cumprod", t, x),
+            c.extract("sqrt_recipm1_alphas_cumprod", t, x),
         )
         if clip_denoised:
             pred_xstart = pred_xstart.clamp(-1, 1)
@@ -372,7 +390,10 @@ class IDDPM:
 
     # -- training -----------------------------------------------------------------------------
     def sample_timesteps(
-        self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
     ) -> torch.Tensor:
         """Uniform training timesteps (indices of this diffusion): int64 [batch_size]."""
         draw = generator.device if generator is not None else device
@@ -424,7 +445,9 @@ class IDDPM:
         """
         true_mean, _, true_log_variance = self.q_posterior_mean_variance(x_start, x_t, t)
         out = self.p_mean_variance(None, x_t, t, clip_denoised=False, model_output=model_output)
-        kl = mean_flat(normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])) / math.log(2.0)
+        kl = mean_flat(normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])) / math.log(
+            2.0
+        )
         nll = -discretized_gaussian_log_likelihood(x_start, out["mean"], 0.5 * out["log_variance"])
         nll = mean_flat(nll) / math.log(2.0)
         return {
@@ -476,7 +499,10 @@ class DDIM(IDDPM):
             out = self.p_mean_variance(counter, x, t)
             # Re-derive eps from (possibly clipped) x_0 so that clipping stays consistent.
             eps = predict_eps_from_xstart(
-                x, out["pred_xstart"], c.extract("sqrt_recip_alphas_cumprod", t, x), c.extract("sqrt_recipm1_alphas_cumprod", t, x)
+                x,
+                out["pred_xstart"],
+                c.extract("sqrt_recip_alphas_cumprod", t, x),
+                c.extract("sqrt_recipm1_alphas_cumprod", t, x),
             )
             acp = c.extract("alphas_cumprod", t, x)
             acp_prev = c.extract("alphas_cumprod_prev", t, x)
@@ -484,7 +510,9 @@ class DDIM(IDDPM):
             step_noise = next(noise_iter) if noise_iter is not None else None
             if self.eta > 0 and i != 0 and step_noise is None:
                 step_noise = randn_like(x, generator)
-            x = ddim_step(out["pred_xstart"], eps, acp_prev, sigma, step_noise if (self.eta > 0 and i != 0) else None)
+            x = ddim_step(
+                out["pred_xstart"], eps, acp_prev, sigma, step_noise if (self.eta > 0 and i != 0) else None
+            )
             self.num_model_calls = counter.calls
             yield {**out, "sample": x, "t": t}
 

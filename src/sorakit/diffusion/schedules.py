@@ -72,7 +72,9 @@ def space_timesteps(num_timesteps: int, section_counts: int | str | Sequence[int
             for stride in range(1, num_timesteps):
                 if len(range(0, num_timesteps, stride)) == desired:
                     return list(range(0, num_timesteps, stride))
-            raise ConfigError(f"cannot make exactly {desired} steps of {num_timesteps} with an integer stride")
+            raise ConfigError(
+                f"cannot make exactly {desired} steps of {num_timesteps} with an integer stride"
+            )
         section_counts = [int(x) for x in section_counts.split(",")]
     elif isinstance(section_counts, int):
         section_counts = [section_counts]

@@ -1,0 +1,283 @@
+"""Rectified flow: Open-Sora 1.2's training objective and Euler sampler.
+
+Conventions (Open-Sora 1.2, opensora/schedulers/rf): time `t` lives on [0, T] with T = 1000 and
+t = T is pure noise:
+
+    x_t = (1 - t/T) * x_0 + (t/T) * noise,      target velocity v = x_0 - noise,
+
+so the model's velocity points from noise to data and sampling integrates
+`z <- z + v * (t_i - t_{i+1}) / T` from t_0 = T down to 0 (the last step goes all the way to 0).
+
+Training timesteps are drawn logit-normal (t/T = sigmoid(N(loc, scale))) and, optionally, shifted
+towards the noisy end for large inputs: with `ratio = sqrt(H*W / base_resolution) *
+sqrt(frames / base_frames) * scale`, t' = ratio t / (1 + (ratio - 1) t) (on t/T). The same shift
+applies to the sampling timesteps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sorakit.diffusion.common import (
+    CallCounter,
+    ModelFn,
+    compute_dtype,
+    expand_to,
+    progress_iter,
+    randn,
+    randn_like,
+    split_prediction,
+)
+from sorakit.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------
+# Pure functions
+# ---------------------------------------------------------------------------------------------
+
+
+def time_shift(t: torch.Tensor, ratio: float | torch.Tensor, num_timesteps: float = 1000.0) -> torch.Tensor:
+    """Resolution-aware time shift: s' = ratio s / (1 + (ratio - 1) s) with s = t / T; returns t' = s' T.
+
+    ratio > 1 moves every t towards the noisy end (t = T stays T, t = 0 stays 0).
+    """
+    s = t / num_timesteps
+    return ratio * s / (1 + (ratio - 1) * s) * num_timesteps
+
+
+def opensora_latent_frames(num_frames: int) -> int:
+    """Latent frames of Open-Sora 1.2's VAE (17 frames -> 5 latents); 1 for images."""
+    return 1 if num_frames == 1 else num_frames // 17 * 5
+
+
+def shift_ratio(
+    height: float,
+    width: float,
+    num_frames: float = 1,
+    base_resolution: float = 512 * 512,
+    base_num_frames: float = 1,
+    scale: float = 1.0,
+) -> float:
+    """The time-shift ratio for a (height, width) in pixels and `num_frames` (latent) frames.
+
+    Open-Sora 1.2 passes its VAE's latent frame count (`opensora_latent_frames`); sorakit's
+    per-frame VAE keeps every frame, so callers pass the number of frames they actually denoise.
+    """
+    if height <= 0 or width <= 0 or num_frames < 1:
+        raise ConfigError(
+            f"time shift needs positive height/width and >= 1 frame, got {height}x{width}x{num_frames}"
+        )
+    return math.sqrt(height * width / base_resolution) * math.sqrt(num_frames / base_num_frames) * scale
+
+
+def logit_normal(
+    batch_size: int,
+    loc: float = 0.0,
+    scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    device=None,
+) -> torch.Tensor:
+    """sigmoid(N(loc, scale^2)) in (0, 1): float32 [batch_size]."""
+    return torch.sigmoid(loc + scale * randn((batch_size,), generator, device=device, dtype=torch.float32))
+
+
+def rf_interpolate(
+    x_start: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, num_timesteps: float = 1000.0
+):
+    """x_t = (1 - t/T) x_0 + (t/T) noise for t [B]."""
+    s = expand_to((t / num_timesteps).to(x_start.dtype), x_start)
+    return (1 - s) * x_start + s * noise
+
+
+def euler_step(
+    z: torch.Tensor, v: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, num_timesteps: float = 1000.0
+):
+    """z + v * (t - t_next) / T (t, t_next [B] or scalars)."""
+    dt = (t - t_next) / num_timesteps
+    if isinstance(dt, torch.Tensor) and dt.dim() > 0:
+        dt = expand_to(dt, z)
+    return z + v * dt
+
+
+def sampling_timesteps(
+    num_steps: int,
+    num_timesteps: float = 1000.0,
+    shift: float | None = None,
+    use_discrete_timesteps: bool = False,
+) -> list[float]:
+    """Open-Sora 1.2's sampling times t_i = (1 - i/N) T, i = 0..N-1 (optionally rounded, then shifted)."""
+    ts = [(1.0 - i / num_steps) * num_timesteps for i in range(num_steps)]
+    if use_discrete_timesteps:
+        ts = [float(int(round(t))) for t in ts]
+    if shift is not None and shift != 1.0:
+        ts = [float(time_shift(torch.tensor(t, dtype=torch.float64), shift, num_timesteps)) for t in ts]
+    return ts
+
+
+# ---------------------------------------------------------------------------------------------
+# Objective and sampler
+# ---------------------------------------------------------------------------------------------
+
+
+class RectifiedFlow:
+    """Rectified-flow training objective and Euler sampler (Open-Sora 1.2 semantics).
+
+    Args:
+        num_sampling_steps: Euler steps N (Open-Sora 1.2: 30).
+        num_timesteps: the time scale T the model sees (1000).
+        sample_method: training time distribution, "logit-normal" (default) or "uniform".
+        loc, scale: parameters of the logit-normal.
+        use_discrete_timesteps: round sampling times to integers (Open-Sora option).
+        use_timestep_transform: apply the resolution-aware shift (needs height/width).
+        transform_scale: extra factor on the shift ratio.
+        base_resolution, base_num_frames: where the ratio is 1.
+        height, width, num_frames: default sample geometry for the shift (pixels, frames); can
+            also be given per call.
+    """
+
+    name = "rflow"
+
+    def __init__(
+        self,
+        num_sampling_steps: int = 30,
+        num_timesteps: int = 1000,
+        sample_method: str = "logit-normal",
+        loc: float = 0.0,
+        scale: float = 1.0,
+        use_discrete_timesteps: bool = False,
+        use_timestep_transform: bool = False,
+        transform_scale: float = 1.0,
+        base_resolution: int = 512 * 512,
+        base_num_frames: int = 1,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int = 1,
+    ) -> None:
+        if sample_method not in ("logit-normal", "uniform"):
+            raise ConfigError(
+                f"unknown rflow sample_method {sample_method!r} (choose logit-normal or uniform)"
+            )
+        if num_sampling_steps is not None and num_sampling_steps < 1:
+            raise ConfigError(f"num_sampling_steps must be >= 1, got {num_sampling_steps}")
+        self.num_steps = num_sampling_steps
+        self.num_timesteps = num_timesteps
+        self.sample_method = sample_method
+        self.loc, self.scale = loc, scale
+        self.use_discrete_timesteps = use_discrete_timesteps
+        self.use_timestep_transform = use_timestep_transform
+        self.transform_scale = transform_scale
+        self.base_resolution, self.base_num_frames = base_resolution, base_num_frames
+        self.height, self.width, self.num_frames = height, width, num_frames
+        self.num_model_calls = 0
+
+    def _ratio(self, height=None, width=None, num_frames=None) -> float | None:
+        if not self.use_timestep_transform:
+            return None
+        height, width = height or self.height, width or self.width
+        if height is None or width is None:
+            raise ConfigError("rflow with use_timestep_transform needs the sample height and width")
+        return shift_ratio(
+            height,
+            width,
+            num_frames or self.num_frames,
+            self.base_resolution,
+            self.base_num_frames,
+            self.transform_scale,
+        )
+
+    # -- training -----------------------------------------------------------------------------
+    def sample_timesteps(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+    ) -> torch.Tensor:
+        """Training times t in (0, T): float32 [batch_size] (logit-normal or uniform, then shifted)."""
+        if self.sample_method == "logit-normal":
+            s = logit_normal(batch_size, self.loc, self.scale, generator, device)
+        else:
+            draw = generator.device if generator is not None else device
+            s = torch.rand((batch_size,), generator=generator, device=draw).to(device)
+        t = s * self.num_timesteps
+        ratio = self._ratio(height, width, num_frames)
+        if ratio is not None:
+            t = time_shift(t, ratio, self.num_timesteps)
+        return t
+
+    def training_losses(
+        self,
+        model_fn: ModelFn,
+        x_start: torch.Tensor,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **model_kwargs,
+    ) -> dict[str, torch.Tensor]:
+        """Per-sample MSE between the predicted velocity and x_0 - noise.
+
+        Args:
+            model_fn: `model_fn(x_t, t, **model_kwargs)`; a 2C-channel output uses its first C.
+            x_start: clean latents [B, C, ...]; t: times [B] on [0, T] (drawn if None).
+        Returns:
+            dict with loss [B] and x_t.
+        """
+        if t is None:
+            t = self.sample_timesteps(x_start.shape[0], generator, x_start.device)
+        if noise is None:
+            noise = randn_like(x_start, generator)
+        x_t = rf_interpolate(x_start, noise, t, self.num_timesteps)
+        v, _ = split_prediction(model_fn(x_t, t, **model_kwargs), x_start.shape[1])
+        loss = ((v - (x_start - noise)) ** 2).mean(dim=list(range(1, x_start.dim())))
+        return {"loss": loss, "x_t": x_t}
+
+    # -- sampling -----------------------------------------------------------------------------
+    def timesteps_for(self, height=None, width=None, num_frames=None) -> list[float]:
+        """The N sampling times (float, 0..T scale) for this geometry."""
+        if self.num_steps is None:
+            raise ConfigError("rflow sampling needs num_sampling_steps")
+        return sampling_timesteps(
+            self.num_steps,
+            self.num_timesteps,
+            self._ratio(height, width, num_frames),
+            self.use_discrete_timesteps,
+        )
+
+    @property
+    def timesteps(self) -> list[float]:
+        """Sampling times for the default geometry."""
+        return self.timesteps_for()
+
+    def sample(
+        self,
+        model_fn: ModelFn,
+        z: torch.Tensor,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+    ) -> torch.Tensor:
+        """Euler-integrate the velocity from noise `z` [B, C, ...] (t = T) to data (t = 0).
+
+        `model_fn(x, t)` gets t as a [B] tensor in x's compute dtype. Deterministic; `generator`
+        is accepted for interface uniformity.
+        """
+        ts = self.timesteps_for(height, width, num_frames)
+        counter = CallCounter(model_fn)
+        self.num_model_calls = 0
+        x = z.to(compute_dtype(z.dtype))
+        with torch.no_grad():
+            for i in progress_iter(range(len(ts)), progress, len(ts), "rflow"):
+                t = torch.full((x.shape[0],), ts[i], dtype=x.dtype, device=x.device)
+                v, _ = split_prediction(counter(x, t), x.shape[1])
+                t_next = ts[i + 1] if i + 1 < len(ts) else 0.0
+                x = euler_step(x, v, ts[i], t_next, self.num_timesteps)
+                self.num_model_calls = counter.calls
+        return x.to(z.dtype)
+
+    def __repr__(self) -> str:
+        return f"RectifiedFlow(num_steps={self.num_steps}, shift={self.use_timestep_transform})"
