@@ -1,0 +1,192 @@
+"""Latent + text-embedding cache: precomputed VAE latents and caption embeddings in safetensors shards,
+read by training directly (no VAE, no text encoder at training time).
+
+Layout of a cache directory (written by ``sorakit data encode``)::
+
+    DIR/meta.json                  format, counts, shapes, the encoders and data settings used
+    DIR/shard-00000.safetensors    latents [n, C, T, h, w] float32
+                                   y       [n, L_shard, Cy] (float16 by default)  -- text models
+                                   mask    [n, L_shard] uint8                       -- text models
+                                   label   [n] int64                                -- class models
+                                   row     [n] int64  (the CSV row each sample came from)
+
+``L_shard`` is the longest caption of the shard (embeddings are padded back to ``model_max_length``
+with zeros and mask 0 when read; masked positions never reach the model's output). Shards cover fixed
+CSV row ranges and are written to a temporary name then renamed, so an interrupted encode is resumed
+by running it again. ``meta.json`` is written last: a directory without it is not a cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sorakit.errors import UserError
+
+FORMAT = "sorakit-latent-cache"
+VERSION = 1
+META = "meta.json"
+
+
+def is_cache_dir(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / META).is_file()
+
+
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}.safetensors"
+
+
+def write_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write one shard atomically (temporary name in the same folder, then rename)."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def write_meta(cache_dir: Path, meta: dict[str, Any]) -> None:
+    """Write ``meta.json`` (atomically) listing the shards present with their sample counts."""
+    from safetensors import safe_open
+
+    shards = []
+    total = 0
+    for f in sorted(cache_dir.glob("shard-*.safetensors")):
+        with safe_open(str(f), "pt") as fh:
+            n = fh.get_slice("latents").get_shape()[0]
+        if n:
+            shards.append({"file": f.name, "count": int(n)})
+            total += int(n)
+    meta = {"format": FORMAT, "version": VERSION, **meta, "num_samples": total, "shards": shards}
+    tmp = cache_dir / f".{META}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, cache_dir / META)
+
+
+def read_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
+    cache_dir = Path(cache_dir)
+    path = cache_dir / META
+    if not path.is_file():
+        raise UserError(f"{cache_dir} is not a latent cache (no {META}; write one with `sorakit data encode`)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON: {exc}") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path}: not a sorakit latent cache (format={meta.get('format')!r})")
+    if int(meta.get("version", 0)) > VERSION:
+        raise UserError(f"{path}: cache version {meta.get('version')} is newer than this sorakit reads ({VERSION})")
+    if not meta.get("num_samples"):
+        raise UserError(f"{cache_dir}: the cache holds no samples")
+    return meta
+
+
+class LatentCacheDataset(torch.utils.data.Dataset):
+    """Items ``{"latent": [C, T, h, w], "y": [1, L, Cy], "mask": [L]}`` (or ``"label"``) from a cache.
+
+    With ``in_memory`` (default when the cache is under `memory_limit_bytes`) every shard is loaded once
+    and items are slices of RAM tensors -- the fastest path; otherwise shards are memory-mapped and read
+    per item. Items accept ``(index, epoch)`` keys like :class:`~sorakit.data.dataset.VideoTextDataset`.
+    """
+
+    def __init__(
+        self, cache_dir: str | os.PathLike, in_memory: bool | None = None, memory_limit_bytes: int = 4 << 30
+    ) -> None:
+        self.dir = Path(cache_dir)
+        self.meta = read_meta(self.dir)
+        self.shards = [self.dir / s["file"] for s in self.meta["shards"]]
+        for s in self.shards:
+            if not s.is_file():
+                raise UserError(f"latent cache shard missing: {s}")
+        counts = [int(s["count"]) for s in self.meta["shards"]]
+        self.offsets = torch.tensor([0] + counts).cumsum(0).tolist()
+        self.max_length = int(self.meta.get("model_max_length") or 0)
+        self.has_text = bool(self.meta.get("text_dim"))
+        size = sum(s.stat().st_size for s in self.shards)
+        self.in_memory = size <= memory_limit_bytes if in_memory is None else in_memory
+        self._data: dict[str, torch.Tensor] | None = None
+        self._handles: dict[int, Any] = {}
+        self._pid = -1
+        if self.in_memory:
+            self._data = self._load_all()
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def latent_shape(self) -> list[int]:
+        return list(self.meta["latent_shape"])
+
+    def _pad_text(self, y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[n, l, C]``, ``[n, l]`` -> ``[n, L, C]``, ``[n, L]`` (zeros, mask 0 beyond l; dtypes kept)."""
+        n, length, c = y.shape
+        if length < self.max_length:
+            y = torch.cat([y, y.new_zeros(n, self.max_length - length, c)], dim=1)
+            mask = torch.cat([mask, mask.new_zeros(n, self.max_length - length)], dim=1)
+        return y, mask
+
+    def _load_all(self) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        parts: dict[str, list[torch.Tensor]] = {}
+        for s in self.shards:
+            data = load_file(str(s))
+            if self.has_text:
+                data["y"], data["mask"] = self._pad_text(data["y"], data["mask"])
+            for k, v in data.items():
+                parts.setdefault(k, []).append(v)
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        import bisect
+
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        k = bisect.bisect_right(self.offsets, index) - 1
+        return k, index - self.offsets[k]
+
+    def _handle(self, k: int) -> Any:
+        from safetensors import safe_open
+
+        if self._pid != os.getpid():  # handles do not survive a fork into a worker
+            self._handles, self._pid = {}, os.getpid()
+        if k not in self._handles:
+            self._handles[k] = safe_open(str(self.shards[k]), "pt")
+        return self._handles[k]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index = int(key if isinstance(key, int) else key[0])
+        if self._data is not None:
+            rows = {k: v[index] for k, v in self._data.items()}
+        else:
+            k, i = self._locate(index)
+            fh = self._handle(k)
+            rows = {name: fh.get_slice(name)[i : i + 1] for name in fh.keys()}
+            if self.has_text:
+                rows["y"], rows["mask"] = self._pad_text(rows["y"], rows["mask"])
+            rows = {name: v[0] for name, v in rows.items()}
+        item: dict[str, Any] = {"latent": rows["latents"].float(), "index": index, "skipped": []}
+        if self.has_text:
+            item["y"] = rows["y"].float().unsqueeze(0)
+            item["mask"] = rows["mask"].long()
+        if "label" in rows:
+            item["label"] = int(rows["label"])
+        return item
+
+    def get_batch(self, indices: list[int]) -> dict[str, Any]:
+        """A whole batch by fancy indexing (in-memory caches only): the fast path of the trainer."""
+        assert self._data is not None
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        out: dict[str, Any] = {"latent": self._data["latents"].index_select(0, idx).float(), "skipped": []}
+        out["index"] = idx
+        if self.has_text:
+            out["y"] = self._data["y"].index_select(0, idx).float().unsqueeze(1)
+            out["mask"] = self._data["mask"].index_select(0, idx).long()
+        if "label" in self._data:
+            out["label"] = self._data["label"].index_select(0, idx)
+        return out

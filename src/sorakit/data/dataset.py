@@ -1,0 +1,304 @@
+"""Training datasets: video/image clips with captions (or class labels) from a CSV, a resumable
+deterministic batch sampler, and the bookkeeping of files that could not be read.
+
+CSV format: a header row with required columns ``path`` and ``text`` (or ``label`` for class-conditional
+models); optional ``num_frames``, ``fps``, ``height``, ``width``, ``start_frame``, ``end_frame`` (a clip
+inside a longer file). Relative paths resolve against ``data_root`` or the CSV's folder.
+
+Determinism: every random choice for a sample (clip start, flip, the replacement of a bad file) is drawn
+from a generator seeded by ``(seed, epoch, index)``, so a sample is the same whichever worker loads it
+and whenever it is loaded -- which is what makes stop-and-resume exact.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sorakit.data.transforms import clip_indices, frames_to_tensor
+from sorakit.errors import UserError
+from sorakit.logging import get_logger
+
+log = get_logger(__name__)
+
+OPTIONAL_INT_COLUMNS = ("num_frames", "height", "width", "start_frame", "end_frame")
+
+
+@dataclass
+class Row:
+    """One CSV row, parsed."""
+
+    path: Path
+    text: str
+    label: int | None = None
+    num_frames: int | None = None
+    start_frame: int = 0
+    end_frame: int | None = None
+
+
+def read_table(
+    csv_path: str | os.PathLike, data_root: str | os.PathLike | None = None, label_column: bool = False
+) -> list[Row]:
+    """Read and validate a training CSV. Raises :class:`UserError` with a one-line message naming the
+    problem (missing file, empty file, missing columns, a bad number)."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise UserError(f"data CSV not found: {csv_path}")
+    root = Path(data_root) if data_root else csv_path.parent
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames
+        if not header:
+            raise UserError(f"{csv_path}: empty file (expected a header row with columns path,text)")
+        header = [h.strip() for h in header]
+        reader.fieldnames = header
+        need = ["path", "label"] if label_column else ["path", "text"]
+        missing = [c for c in need if c not in header]
+        if missing:
+            raise UserError(
+                f"{csv_path}: missing column(s) {', '.join(missing)} (header: {', '.join(header)})"
+            )
+        rows: list[Row] = []
+        for lineno, rec in enumerate(reader, start=2):
+            path = (rec.get("path") or "").strip()
+            if not path:
+                raise UserError(f"{csv_path}:{lineno}: empty path")
+            p = Path(path)
+            if not p.is_absolute():
+                p = root / p
+            ints: dict[str, int | None] = {}
+            for col in (*OPTIONAL_INT_COLUMNS, *(("label",) if label_column else ())):
+                raw = (rec.get(col) or "").strip()
+                if raw == "":
+                    ints[col] = None
+                    continue
+                try:
+                    ints[col] = int(float(raw))
+                except ValueError:
+                    raise UserError(f"{csv_path}:{lineno}: column {col} is not a number: {raw!r}") from None
+            if label_column and ints["label"] is None:
+                raise UserError(f"{csv_path}:{lineno}: empty label")
+            rows.append(
+                Row(
+                    path=p,
+                    text=(rec.get("text") or "").strip(),
+                    label=ints.get("label"),
+                    num_frames=ints["num_frames"],
+                    start_frame=ints["start_frame"] or 0,
+                    end_frame=ints["end_frame"],
+                )
+            )
+    if not rows:
+        raise UserError(f"{csv_path}: no data rows")
+    return rows
+
+
+def sample_rng(seed: int, epoch: int, index: int, attempt: int = 0) -> np.random.Generator:
+    """The generator of one sample's random choices: depends only on its coordinates."""
+    return np.random.default_rng([seed & 0xFFFFFFFF, epoch, index, attempt])
+
+
+class VideoTextDataset(torch.utils.data.Dataset):
+    """Clips ``[3, T, H, W]`` in [-1, 1] with their caption (or label), read from a CSV.
+
+    Items are addressed by ``(index, epoch)`` (the :class:`ResumableBatchSampler` yields those) or by a
+    plain index (epoch 0). A file that is missing or cannot be decoded is replaced by another sample
+    (chosen deterministically); the item reports it in ``skipped`` so that the trainer counts and lists it.
+    """
+
+    def __init__(
+        self,
+        csv_path: str | os.PathLike,
+        num_frames: int,
+        frame_interval: int,
+        image_size: tuple[int, int] | list[int],
+        data_root: str | os.PathLike | None = None,
+        seed: int = 0,
+        flip: bool = True,
+        label_column: bool = False,
+        max_retries: int = 20,
+    ) -> None:
+        self.rows = read_table(csv_path, data_root, label_column)
+        self.num_frames = num_frames
+        self.frame_interval = frame_interval
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.seed = seed
+        self.flip = flip
+        self.label_column = label_column
+        self.max_retries = max_retries
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+        """Decode one row into ``[3, T, H, W]`` (raises on a missing or bad file)."""
+        from sorakit.data.video import is_image, read_video
+
+        row = self.rows[index]
+        if not row.path.is_file():
+            raise FileNotFoundError("missing file")
+        if is_image(row.path):
+            frames = read_video(row.path)[:1]
+            frames = np.repeat(frames, self.num_frames, axis=0) if self.num_frames > 1 else frames
+        elif row.num_frames is not None or row.end_frame is not None:
+            start = row.start_frame
+            end = row.end_frame if row.end_frame is not None else start + int(row.num_frames)  # type: ignore[arg-type]
+            idx = clip_indices(end - start, self.num_frames, self.frame_interval, rng)
+            frames = read_video(row.path, indices=[start + i for i in idx])
+        else:
+            # frame count unknown: decode the clip once and pick from it
+            allframes = read_video(row.path, start_frame=row.start_frame)
+            frames = allframes[clip_indices(len(allframes), self.num_frames, self.frame_interval, rng)]
+        flip = self.flip and bool(rng.random() < 0.5)
+        return frames_to_tensor(frames, self.image_size, flip=flip)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
+        index = int(index)
+        skipped: list[tuple[str, str]] = []
+        current = index
+        for attempt in range(self.max_retries + 1):
+            rng = sample_rng(self.seed, epoch, current, attempt)
+            try:
+                video = self.load(current, rng)
+            except Exception as exc:  # noqa: BLE001 - any decode failure means "skip this file"
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                skipped.append((str(self.rows[current].path), reason[:200]))
+                current = int(rng.integers(0, len(self.rows)))
+                continue
+            row = self.rows[current]
+            item: dict[str, Any] = {"video": video, "text": row.text, "index": current, "skipped": skipped}
+            if self.label_column:
+                item["label"] = row.label
+            return item
+        raise RuntimeError(
+            f"{self.max_retries + 1} files in a row could not be read (last: {skipped[-1][0]}: {skipped[-1][1]})"
+        )
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors, keep strings as lists, concatenate the skipped-file reports."""
+    out: dict[str, Any] = {"skipped": [s for it in items for s in it["skipped"]]}
+    for key in items[0]:
+        if key == "skipped":
+            continue
+        values = [it[key] for it in items]
+        if isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(values[0], (int, np.integer)):
+            out[key] = torch.tensor(values, dtype=torch.long)
+        else:
+            out[key] = values
+    return out
+
+
+class ResumableBatchSampler:
+    """Deterministic, resumable batches for one data-parallel rank.
+
+    Epoch ``e`` shuffles the dataset with seed ``seed + e``; global batch ``b`` is the slice
+    ``[b*G, (b+1)*G)`` of that order (``G = batch_size * num_replicas``) and rank ``r`` takes its
+    ``r``-th part, so 2 ranks x batch 2 see exactly the samples of 1 rank x batch 4. Incomplete global
+    batches are dropped; a dataset smaller than one global batch is repeated. ``set_epoch(e, start)``
+    positions the sampler at batch `start` of epoch `e` (resume). Yields lists of ``(index, epoch)``.
+    """
+
+    def __init__(
+        self, num_samples: int, batch_size: int, rank: int = 0, num_replicas: int = 1, seed: int = 0, shuffle: bool = True
+    ) -> None:
+        if num_samples <= 0:
+            raise UserError("the dataset is empty")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.rank = rank
+        self.num_replicas = num_replicas
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.start_batch = 0
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.num_replicas
+
+    def order(self, epoch: int) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            perm = torch.randperm(self.num_samples, generator=g).tolist()
+        else:
+            perm = list(range(self.num_samples))
+        while len(perm) < self.global_batch:
+            perm = perm + perm
+        return perm
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return max(self.num_samples, self.global_batch) // self.global_batch
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        perm = self.order(self.epoch)
+        g, b = self.global_batch, self.batch_size
+        for batch in range(self.start_batch, len(self)):
+            chunk = perm[batch * g : (batch + 1) * g][self.rank * b : (self.rank + 1) * b]
+            yield [(i, self.epoch) for i in chunk]
+
+
+@dataclass
+class SkipReport:
+    """Counts samples that could not be read and stops the run when too many fail.
+
+    ``fraction = failed loads / attempted loads``; checked once at least `min_attempts` loads happened.
+    """
+
+    max_fraction: float = 0.1
+    min_attempts: int = 16
+    attempts: int = 0
+    failures: int = 0
+    files: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def update(self, skipped: list[tuple[str, str]], loaded: int) -> None:
+        """Record one batch: `loaded` samples delivered, `skipped` (path, reason) failures on the way."""
+        self.attempts += loaded + len(skipped)
+        self.failures += len(skipped)
+        for path, reason in skipped:
+            if path not in self.files:
+                log.warning("skipped unreadable file %s: %s", path, reason)
+                self.files[path] = reason
+            self.counts[path] = self.counts.get(path, 0) + 1
+
+    def check(self) -> None:
+        if self.attempts >= self.min_attempts and self.fraction > self.max_fraction:
+            raise UserError(
+                f"too many unreadable files: {self.failures} of {self.attempts} loads failed "
+                f"({100 * self.fraction:.0f}% > data.max_bad_fraction={self.max_fraction}); "
+                f"first: {next(iter(self.files))}: {next(iter(self.files.values()))}"
+            )
+
+    @property
+    def fraction(self) -> float:
+        return self.failures / max(1, self.attempts)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"attempts": self.attempts, "failures": self.failures, "files": dict(self.files), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.attempts = int(state.get("attempts", 0))
+        self.failures = int(state.get("failures", 0))
+        self.files = dict(state.get("files", {}))
+        self.counts = {k: int(v) for k, v in state.get("counts", {}).items()}
+
+    def summary(self) -> str:
+        if not self.files:
+            return "no unreadable files"
+        listed = "; ".join(f"{p} ({self.counts.get(p, 0)}x: {r})" for p, r in self.files.items())
+        return f"skipped {self.failures} loads of {len(self.files)} unreadable file(s): {listed}"

@@ -1,0 +1,61 @@
+"""Clip sampling and frame transforms for training: which frames to take, resize + center crop, flip,
+scaling to [-1, 1]. Pure functions over numpy / torch, no torchvision.
+
+Open-Sora 1.0 takes `num_frames` frames every `frame_interval` frames from a random start
+(``TemporalRandomCrop``), resizes the shorter side and center-crops to the training size, flips
+horizontally at random and normalises to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def clip_indices(
+    total: int, num_frames: int, frame_interval: int, rng: np.random.Generator
+) -> list[int]:
+    """Frame indices of one training clip from a video of `total` frames.
+
+    A window of ``num_frames * frame_interval`` frames starts at a random position and frames are taken
+    evenly inside it (Open-Sora's ``TemporalRandomCrop`` + ``linspace``). When the video is shorter than
+    the window the whole video is spread over `num_frames` (frames repeat if it has fewer frames).
+    """
+    if total <= 0:
+        raise ValueError("video has no frames")
+    window = num_frames * frame_interval
+    if total >= window:
+        start = int(rng.integers(0, total - window + 1))
+        end = start + window
+    else:
+        start, end = 0, total
+    return np.linspace(start, end - 1, num_frames).round().astype(int).tolist()
+
+
+def resize_center_crop(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize so that the frames cover `size` (H, W) keeping the aspect ratio, then center-crop.
+
+    frames: ``[T, 3, H, W]`` float -> ``[T, 3, size[0], size[1]]``. Antialiased bilinear downscaling.
+    """
+    th, tw = size
+    h, w = frames.shape[-2:]
+    scale = max(th / h, tw / w)
+    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+    if (nh, nw) != (h, w):
+        frames = F.interpolate(frames, size=(nh, nw), mode="bilinear", align_corners=False, antialias=nh < h)
+    top, left = (nh - th) // 2, (nw - tw) // 2
+    return frames[..., top : top + th, left : left + tw]
+
+
+def frames_to_tensor(
+    frames: np.ndarray, size: tuple[int, int], flip: bool = False
+) -> torch.Tensor:
+    """uint8 ``[T, H, W, 3]`` -> float32 ``[3, T, size[0], size[1]]`` in [-1, 1] (channels first, as the
+    VAE expects), optionally flipped left-right."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # [T, 3, H, W]
+    x = resize_center_crop(x, size)
+    if flip:
+        x = x.flip(-1)
+    x = (x / 127.5 - 1.0).clamp_(-1.0, 1.0)
+    return x.permute(1, 0, 2, 3).contiguous()
