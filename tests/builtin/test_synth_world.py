@@ -1,0 +1,114 @@
+"""The synthetic shapes world: geometry, captions, held-out combinations, determinism, CLI."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from sorakit.cli.main import main
+from sorakit.data.video import read_video
+from sorakit.eval.shapes import parse_prompt
+from sorakit.tools import synth
+
+
+def _specs(n: int, seed: int = 0, holdout: str = "default", size: int = 64):
+    triples = synth.combos(holdout)
+    return [synth.sample_spec(synth.video_rng(seed, i), triples, size=size) for i in range(n)]
+
+
+def test_fill_ratios_of_rendered_shapes():
+    side = 40.0
+    expected = {"square": 1.0, "circle": np.pi / 4, "triangle": 0.5}
+    for shape, ratio in expected.items():
+        cov = synth.shape_coverage(shape, 64, 64, 10.3, 7.6, side)
+        assert cov.sum() / side**2 == pytest.approx(ratio, abs=0.02), shape
+    tri = synth.shape_coverage("triangle", 64, 64, 10.0, 10.0, side) > 0.5
+    rows = np.nonzero(tri.any(axis=1))[0]
+    top, bottom = tri[rows[2]].sum(), tri[rows[-3]].sum()
+    assert top < bottom / 3  # pointing up
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_sizes_speeds_and_always_inside(size):
+    scale = size / 64
+    for spec in _specs(60, seed=3, size=size):
+        assert 14 * scale <= spec.side <= 22 * scale
+        assert 1.5 * scale <= spec.speed <= 2.5 * scale
+        frames = synth.render(spec, size=size)
+        assert frames.shape == (16, size, size, 3) and frames.dtype == np.uint8
+        # the object is never cut off by the frame: its area is the same in every frame
+        areas = (frames.max(axis=-1).astype(np.float64) / 255).sum(axis=(1, 2))
+        assert areas.max() / areas.min() < 1.05, "object was clipped by the frame"
+        # the object moves the right way by speed * 15 px
+        mass = frames.max(axis=-1).astype(np.float64)
+        ys, xs = np.mgrid[0:size, 0:size]
+        cx = (mass * xs).sum(axis=(1, 2)) / mass.sum(axis=(1, 2))
+        cy = (mass * ys).sum(axis=(1, 2)) / mass.sum(axis=(1, 2))
+        dx, dy = synth.MOTION_VECTORS[spec.motion]
+        assert cx[-1] - cx[0] == pytest.approx(dx * spec.speed * 15, abs=0.3)
+        assert cy[-1] - cy[0] == pytest.approx(dy * spec.speed * 15, abs=0.3)
+
+
+def test_colours_are_the_palette():
+    for spec in _specs(12, seed=5):
+        frames = synth.render(spec)
+        bright = frames.reshape(-1, 3)[frames.reshape(-1, 3).max(axis=1) == 255]
+        assert (bright == np.array(synth.COLORS[spec.color])).all()
+
+
+def test_captions_name_all_three_attributes_in_many_phrasings():
+    assert len(synth.TRAIN_TEMPLATES) >= 10
+    specs = _specs(600, seed=1)
+    captions = set()
+    for spec in specs:
+        assert parse_prompt(spec.caption) == (spec.color, spec.shape, spec.motion), spec.caption
+        captions.add(spec.caption)
+    assert len(captions) > 300
+    joined = " ".join(captions)
+    for word in ("moving", "moves", "going", "travels", "slides", "to the left", "leftward", "upward"):
+        assert word in joined
+    assert any(not c.startswith("a ") for c in captions) and any(c.startswith("a ") for c in captions)
+
+
+def test_holdout_combinations_never_in_training():
+    assert len(synth.HELDOUT) >= 6
+    held = set(synth.HELDOUT)
+    seen = {(s.color, s.shape, s.motion) for s in _specs(2000, seed=2)}
+    assert not seen & held
+    assert len(seen) == 6 * 3 * 4 - len(held)  # every other combination does occur
+    # every colour, shape and motion of the held-out triples is still seen in training
+    for c, s, m in held:
+        assert any(x[0] == c for x in seen) and any(x[1] == s for x in seen) and any(x[2] == m for x in seen)
+    all_seen = {(s.color, s.shape, s.motion) for s in _specs(2000, seed=2, holdout="none")}
+    assert held <= all_seen
+
+
+def test_deterministic_per_seed():
+    a, b, c = _specs(20, seed=7), _specs(20, seed=7), _specs(20, seed=8)
+    assert a == b and a != c
+    assert np.array_equal(synth.render(a[0]), synth.render(b[0]))
+
+
+def test_cli_writes_videos_and_csv(tmp_path):
+    out1, out2 = tmp_path / "one", tmp_path / "two"
+    assert main(["data", "synth", "-o", str(out1), "-n", "6", "--seed", "4"]) == 0
+    assert main(["data", "synth", "-o", str(out2), "-n", "6", "--seed", "4", "--workers", "2"]) == 0
+    rows1 = list(csv.DictReader(open(out1 / "train.csv")))
+    rows2 = list(csv.DictReader(open(out2 / "train.csv")))
+    assert len(rows1) == 6
+    assert list(rows1[0]) == list(synth.CSV_COLUMNS)
+    strip = [{k: v for k, v in r.items() if k != "path"} for r in rows1]
+    assert strip == [{k: v for k, v in r.items() if k != "path"} for r in rows2]
+    for r in rows1:
+        frames = read_video(r["path"])
+        assert frames.shape == (16, 64, 64, 3)
+        assert (r["num_frames"], r["fps"], r["height"], r["width"]) == ("16", "8", "64", "64")
+        assert parse_prompt(r["text"]) == (r["color"], r["shape"], r["motion"])
+
+
+def test_cli_rejects_bad_input(tmp_path, capsys):
+    assert main(["data", "synth", "-o", str(tmp_path), "-n", "0"]) == 2
+    assert "num-videos" in capsys.readouterr().err
+    assert main(["data", "synth", "-o", str(tmp_path), "-n", "2", "--size", "15"]) == 2
