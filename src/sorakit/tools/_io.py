@@ -138,7 +138,7 @@ class CSVAppender:
         if self.path.is_file() and self.path.stat().st_size > 0:
             with open(self.path, newline="", encoding="utf-8") as f:
                 existing = next(csv.reader(f), [])
-            _ensure_trailing_newline(self.path)
+            repair_partial_line(self.path)
         self.fields = existing or list(fields)
         self._f = open(self.path, "a", newline="", encoding="utf-8")
         self._w = csv.DictWriter(self._f, fieldnames=self.fields, extrasaction="ignore", restval="")
@@ -165,8 +165,10 @@ class CSVAppender:
         self.close()
 
 
-def _ensure_trailing_newline(path: Path) -> None:
+def repair_partial_line(path: str | os.PathLike) -> None:
     """A run killed mid-line leaves a partial last line: drop it so the next append starts clean."""
+    if not os.path.isfile(path):
+        return
     with open(path, "rb+") as f:
         f.seek(0, os.SEEK_END)
         size = f.tell()
