@@ -62,12 +62,14 @@ def flops_per_sample(
         if model.use_text_encoder:
             total += 2 * (model.caption_channels * D + D * D)
         total += 2 * D * 2 * D  # final adaLN
-        total += model.depth * 2 * D * 6 * D  # adaLN per block
+        ada = 2 * D * 6 * D  # adaLN of one conditioning row
         if isinstance(model, Latte):
+            # upstream repeats the conditioning per frame (spatial blocks) / per position (temporal blocks)
             n_spatial = (model.depth + 1) // 2
-            total += n_spatial * (_attn(N, S, D) + mlp) + (model.depth - n_spatial) * (_attn(N, nt, D) + mlp)
+            n_temporal = model.depth - n_spatial
+            total += n_spatial * (_attn(N, S, D) + mlp + nt * ada) + n_temporal * (_attn(N, nt, D) + mlp + S * ada)
         else:
-            total += model.depth * (_attn(N, N, D) + mlp)
+            total += model.depth * (_attn(N, N, D) + mlp + ada)
     else:
         raise TypeError(f"no FLOPs formula for {type(model).__name__}")
     return int(total * (3 if training else 1))

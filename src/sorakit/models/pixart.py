@@ -114,7 +114,7 @@ class PixArt(DiffusionTransformer):
         self.y_embedder = CaptionEmbedder(caption_channels, hidden_size, class_dropout_prob, model_max_length)
         self.register_buffer("pos_embed", get_2d_sincos_pos_embed(hidden_size, nh, nw, space_scale, self.base_size))
         self.register_buffer("pos_embed_temporal", get_1d_sincos_pos_embed(hidden_size, nt, time_scale))
-        rates = [r.item() for r in torch.linspace(0, drop_path, depth)]
+        rates = [drop_path * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.blocks = nn.ModuleList(
             [PixArtBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio, drop_path=rates[i]) for i in range(depth)]
         )

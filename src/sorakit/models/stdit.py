@@ -152,7 +152,7 @@ class STDiT(DiffusionTransformer):
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
         self.y_embedder = CaptionEmbedder(caption_channels, hidden_size, class_dropout_prob, model_max_length)
-        rates = [r.item() for r in torch.linspace(0, drop_path, depth)]
+        rates = [drop_path * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.blocks = nn.ModuleList(
             [STDiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio, drop_path=rates[i]) for i in range(depth)]
         )
