@@ -305,3 +305,29 @@ def _check_dir(path: Path | None, type_: str) -> None:
         raise UserError(f"{type_} text encoder: no such directory: {path}")
     if not (Path(path) / "config.json").is_file():
         raise UserError(f"{type_} text encoder: {path} has no config.json (expected a transformers model directory)")
+
+
+def peek_output_dim(cfg: TextEncoderConfig) -> int | None:
+    """The embedding width of the encoder ``cfg`` describes, from its config.json alone (no weights);
+    None when it cannot be told without downloading."""
+    import json
+
+    type_ = cfg.type.lower()
+    if type_ == "classes":
+        return None
+    if type_ == "minilm" and cfg.path in (None, BUILTIN_MINILM):
+        path: Path | None = minilm_path()
+    elif cfg.path and Path(os.path.expanduser(cfg.path)).is_dir():
+        path = Path(os.path.expanduser(cfg.path))
+    else:
+        return None
+    file = path / "config.json"
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text())
+    except ValueError:
+        return None
+    data = data.get("text_config", data)
+    value = data.get("d_model", data.get("hidden_size"))
+    return int(value) if isinstance(value, int) else None

