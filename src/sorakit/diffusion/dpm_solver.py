@@ -120,15 +120,18 @@ def solver_time_steps(
     """The N + 1 times the solver visits, from t_start down to t_end (float32 like the reference)."""
     device = s.t.device
     if skip_type == "time_uniform":
-        return torch.linspace(t_start, t_end, num_steps + 1, dtype=torch.float32).to(device)
-    if skip_type == "time_quadratic":
-        return torch.linspace(t_start**0.5, t_end**0.5, num_steps + 1, dtype=torch.float32).pow(2).to(device)
-    if skip_type == "logSNR":
+        ts = torch.linspace(t_start, t_end, num_steps + 1, dtype=torch.float32)
+    elif skip_type == "time_quadratic":
+        ts = torch.linspace(t_start**0.5, t_end**0.5, num_steps + 1, dtype=torch.float32).pow(2)
+    elif skip_type == "logSNR":
         lam_t = marginal_lambda(torch.tensor(t_start, dtype=s.t.dtype, device=device), s)
         lam_0 = marginal_lambda(torch.tensor(t_end, dtype=s.t.dtype, device=device), s)
-        lams = torch.linspace(lam_t.item(), lam_0.item(), num_steps + 1, dtype=torch.float32).to(device)
-        return inverse_lambda(lams.to(s.t.dtype), s)
-    raise ConfigError(f"unknown skip_type {skip_type!r} (choose time_uniform, time_quadratic or logSNR)")
+        lams = torch.linspace(lam_t.item(), lam_0.item(), num_steps + 1, dtype=torch.float32)
+        return inverse_lambda(lams.to(device=device, dtype=s.t.dtype), s)
+    else:
+        raise ConfigError(f"unknown skip_type {skip_type!r} (choose time_uniform, time_quadratic or logSNR)")
+    # Times are a float32 linspace as in the reference; a float64 schedule gets them widened.
+    return ts.to(device=device, dtype=s.t.dtype)
 
 
 # ---------------------------------------------------------------------------------------------

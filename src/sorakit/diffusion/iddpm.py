@@ -215,7 +215,9 @@ class IDDPM:
         # Like upstream, even "all steps" goes through respacing (betas recomputed from acp).
         betas, timestep_map = respace_betas(base["alphas_cumprod"], use)
         arrays = gaussian_coefficients(betas)
-        arrays["fixed_large_variance"] = np.append(arrays["posterior_variance"][1:2], betas[1:])
+        # FIXED_LARGE: beta_t, except posterior_variance[1] at t = 0 (a better decoder likelihood).
+        fixed_large = np.append(arrays["posterior_variance"][1:2], betas[1:]) if len(betas) > 1 else betas
+        arrays["fixed_large_variance"] = fixed_large
         arrays["fixed_large_log_variance"] = np.log(arrays["fixed_large_variance"])
         self.num_timesteps = num_timesteps
         self.learn_sigma = learn_sigma
