@@ -118,7 +118,7 @@ def save_model_dir(
             autoencoder = getattr(vae, "autoencoder", vae)
             autoencoder.save_pretrained(str(tmp / "vae"))
             cfg.vae.path = "vae"
-            if getattr(vae, "scaling_factor", None) is not None and hasattr(vae, "autoencoder"):
+            if hasattr(vae, "autoencoder") and getattr(vae, "scaling_factor", None) is not None:
                 cfg.vae.scaling_factor = float(vae.scaling_factor)
         if text_encoder_dir is not None:
             shutil.copytree(text_encoder_dir, tmp / "text_encoder")

@@ -110,22 +110,26 @@ def to_uint8(video: torch.Tensor) -> torch.Tensor:
 # Building the transformer of a preset
 
 
-def build_transformer(cfg: Config, latent_size: tuple[int, int, int], caption_channels: int | None = None) -> nn.Module:
+def build_transformer(
+    cfg: Config, latent_size: tuple[int, int, int], in_channels: int | None = None, caption_channels: int | None = None
+) -> nn.Module:
     """The preset's diffusion transformer (random init, float32) for latents ``(T, h, w)``.
 
-    ``cfg.model.arch`` overrides the architecture preset's kwargs; ``space_scale``/``time_scale`` (and
-    ``caption_channels`` with the text encoder's length, when given) are passed when the architecture
-    takes them."""
+    As Open-Sora does, the VAE's latent channels and the text encoder's width and length are passed to
+    the constructor (when it takes them); ``space_scale``/``time_scale`` likewise; ``cfg.model.arch``
+    overrides everything."""
     from sorakit.models import MODELS, build_model
 
     if cfg.model.type not in MODELS:
         raise UserError(f"unknown model '{cfg.model.type}' (valid: {', '.join(sorted(MODELS))})")
     kwargs: dict[str, Any] = {"input_size": list(latent_size)}
+    if in_channels:
+        kwargs["in_channels"] = in_channels
     if cfg.model.space_scale != 1.0:
         kwargs["space_scale"] = cfg.model.space_scale
     if cfg.model.time_scale != 1.0:
         kwargs["time_scale"] = cfg.model.time_scale
-    if caption_channels:
+    if caption_channels and cfg.text_encoder.type != "classes":
         kwargs["caption_channels"] = caption_channels
         kwargs["model_max_length"] = cfg.text_encoder.model_max_length
     kwargs.update(cfg.model.arch)
@@ -271,7 +275,10 @@ class TextToVideoPipeline:
         dt = resolve_dtype(dtype, dev)
         video_vae = build_vae(cfg.vae, "cpu", torch.float32)
         h, w = cfg.inference.image_size
-        transformer = build_transformer(cfg, video_vae.latent_size(cfg.inference.num_frames, h, w))
+        from sorakit.encoders.text import peek_output_dim
+
+        latent = video_vae.latent_size(cfg.inference.num_frames, h, w)
+        transformer = build_transformer(cfg, latent, video_vae.latent_channels, peek_output_dim(cfg.text_encoder))
         if ckpt is not None:
             load_transformer_checkpoint(transformer, ckpt, cfg.model.type)
         _check_text_width(cfg, transformer)
