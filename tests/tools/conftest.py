@@ -42,7 +42,7 @@ def make_video(path: Path, shot_lengths: list[int], fps: int = 24, seed: int = 0
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream = container.add_stream("libx264", rate=Fraction(fps))  # MP4 or MKV by suffix
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
         stream.options = {"crf": "20"}
         for k, n in enumerate(shot_lengths):
@@ -57,7 +57,7 @@ def make_video(path: Path, shot_lengths: list[int], fps: int = 24, seed: int = 0
 
 @pytest.fixture
 def media(tmp_path: Path) -> dict:
-    """A folder with two good videos, one truncated MP4 and one text file named .mp4."""
+    """A folder with two good videos, a truncated MP4, a truncated MKV and a text file named .mp4."""
     d = tmp_path / "media"
     a_shots, b_shots = [18, 22, 20, 16], [30, 17]
     cuts_a = make_video(d / "a.mp4", a_shots, fps=24, seed=1)
@@ -65,10 +65,14 @@ def media(tmp_path: Path) -> dict:
     make_video(d / "trunc.mp4", [40], fps=24, seed=9)
     data = (d / "trunc.mp4").read_bytes()
     (d / "trunc.mp4").write_bytes(data[: len(data) // 2])
+    # Matroska keeps its index up front: a cut-off file still opens and decodes its first frames
+    make_video(d / "cutoff.mkv", [20, 40], fps=24, seed=3)
+    data = (d / "cutoff.mkv").read_bytes()
+    (d / "cutoff.mkv").write_bytes(data[: len(data) // 2])
     (d / "notes.mp4").write_text("this is not a video\n")
     return {
         "dir": d,
         "a": (d / "a.mp4", cuts_a, sum(a_shots), 24),
         "b": (d / "sub" / "b.mp4", cuts_b, sum(b_shots), 30),
-        "bad": [d / "trunc.mp4", d / "notes.mp4"],
+        "bad": [d / "trunc.mp4", d / "notes.mp4", d / "cutoff.mkv"],
     }

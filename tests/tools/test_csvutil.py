@@ -163,3 +163,11 @@ def test_csv_io_atomic_and_append(tmp_path):
     assert read_csv(p)[1] == [{"path": "a", "text": 'comma, "quote"\nnewline'}, {"path": "c", "text": "ok"}]
     with pytest.raises(UserError, match="no column label"):
         read_csv(p, require=("path", "label"))
+
+
+def test_output_that_is_a_folder_is_a_user_error(tmp_path, capsys):
+    src = write(tmp_path / "in.csv", "path,text", "a.mp4,a")
+    assert main(["data", "csv", "strip-prefix", str(src), "-o", str(tmp_path)]) == 2
+    assert main(["data", "info", str(src), "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("is a folder") == 2 and "Traceback" not in err

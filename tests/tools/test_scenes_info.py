@@ -41,10 +41,10 @@ def test_scenes_cli_finds_every_cut(media, tmp_path, capsys):
             assert float(r["end"]) == pytest.approx(e / fps, abs=1e-3)
     # the truncated and the non-video file are reported, not in the output, and did not stop the run
     failures = read(tmp_path / "clips.failures.csv")
-    assert sorted(Path(r["path"]).name for r in failures) == ["notes.mp4", "trunc.mp4"]
+    assert sorted(Path(r["path"]).name for r in failures) == ["cutoff.mkv", "notes.mp4", "trunc.mp4"]
     assert all(r["error"] for r in failures)
     assert {Path(r["path"]).name for r in rows} == {"a.mp4", "b.mp4"}
-    assert "2 failed" in capsys.readouterr().err
+    assert "3 failed" in capsys.readouterr().err
 
 
 def test_adaptive_detector_and_threshold(media):
@@ -116,5 +116,5 @@ def test_info_matches_what_was_written(media, tmp_path):
     img = rows["still.png"]
     assert (img["num_frames"], img["height"], img["width"]) == ("1", "20", "30")
     failures = read(tmp_path / "info.failures.csv")
-    assert sorted(Path(r["path"]).name for r in failures) == ["notes.mp4", "trunc.mp4"]
+    assert sorted(Path(r["path"]).name for r in failures) == ["cutoff.mkv", "notes.mp4", "trunc.mp4"]
     assert all(r["error"] for r in failures)

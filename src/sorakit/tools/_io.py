@@ -338,3 +338,16 @@ def report(output: str | os.PathLike, n_rows: int, failures: Sequence[Row], fpat
         print(f"  failed: {r.get('path', '')}: {r.get('error', '')}", file=sys.stderr)
     if len(failures) > 5:
         print(f"  ... and {len(failures) - 5} more", file=sys.stderr)
+
+
+def check_output(path: str | os.PathLike, what: str = "output") -> Path:
+    """Validate an output CSV path before any heavy work: not a folder, parent creatable."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"{what} {p} is a folder; give a CSV file path")
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write {what} {p}: {parent} is not a writable folder")
+    return p

@@ -21,6 +21,37 @@ class Result:
     failures: list[Row] = field(default_factory=list)
 
 
+def expected_frames(path: str | Path) -> int | None:
+    """Frames the container says the video has (from the video stream's frame count or duration, or the
+    file's duration when it has no other stream); None when it does not say. Reads headers only."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            return None
+        stream = container.streams.video[0]
+        if stream.frames:
+            return int(stream.frames)
+        rate = stream.average_rate or stream.guessed_rate
+        if not rate:
+            return None
+        if stream.duration and stream.time_base:
+            return round(float(stream.duration * stream.time_base) * float(rate))
+        if container.duration and len(container.streams) == 1:
+            return round(container.duration / 1e6 * float(rate))
+    return None
+
+
+def check_complete(path: str | Path, decoded: int) -> None:
+    """Raise ValueError when fewer frames decode than the container announces (a truncated file).
+
+    A shortfall of up to 2 frames or 2% is tolerated (containers round durations).
+    """
+    want = expected_frames(path)
+    if want is not None and decoded < want - max(2, 0.02 * want):
+        raise ValueError(f"truncated or corrupt: only {decoded} of {want} frames decodable")
+
+
 def probe(path: str | Path) -> dict[str, str]:
     """The info columns of one file as strings. Raises ValueError when it cannot be read.
 
@@ -29,6 +60,8 @@ def probe(path: str | Path) -> dict[str, str]:
     from sorakit.data.video import probe_video
 
     meta = probe_video(path)
+    if meta["fps"]:  # not an image
+        check_complete(path, int(meta["num_frames"]))
     return {
         "num_frames": str(int(meta["num_frames"])),
         "fps": fmt_float(meta["fps"], 4),

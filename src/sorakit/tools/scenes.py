@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sorakit.errors import UserError
 from sorakit.tools._io import Row, fmt_float, one_line, parallel_map
+from sorakit.tools.info import check_complete
 
 DETECTORS = ("content", "adaptive")
 # PySceneDetect's own defaults: ContentDetector threshold 27 (on its 0-255 HSV-difference score),
@@ -100,6 +101,7 @@ def detect_scenes(path: str | Path, opts: SceneOptions | None = None) -> VideoSc
     else:
         scene_list_frames = [(int(a.frame_num), int(b.frame_num)) for a, b in scene_list]
         num_frames = max(num_frames, scene_list_frames[-1][1])
+    check_complete(path, num_frames)
     return VideoScenes(fps=fps, num_frames=num_frames, height=int(height), width=int(width),
                        scenes=scene_list_frames)
 

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sorakit.errors import UserError
-    from sorakit.tools._io import collect_inputs, failures_path
+    from sorakit.tools._io import check_output, collect_inputs, failures_path
     from sorakit.tools.caption import DEFAULT_PROMPT, ChatAPI, LocalVLM, print_summary, run_caption
 
     points = _points(args.frame_points)
@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"prompt file not found: {pf}")
         prompt = pf.read_text().strip()
     backend_name = args.backend or ("local" if args.model_dir else "api")
+    output = check_output(args.output)
     rows, paths = collect_inputs(args.input)
-    output = Path(args.output)
     failures = Path(args.failures) if args.failures else failures_path(output)
     if backend_name == "local":
         if not args.model_dir:

@@ -31,9 +31,10 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from sorakit.errors import UserError
-    from sorakit.tools._io import write_csv
+    from sorakit.tools._io import check_output, write_csv
     from sorakit.tools.datasets import imagenet_rows, ucf101_rows
 
+    check_output(args.output)
     if args.dataset == "ucf101":
         if args.class_names or args.all_synonyms:
             raise UserError("--class-names/--all-synonyms are for imagenet")

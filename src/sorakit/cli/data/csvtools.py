@@ -77,6 +77,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
+def _check_outputs(*paths: str | None) -> None:
+    from sorakit.tools._io import check_output
+
+    for p in paths:
+        if p:
+            check_output(p)
+
+
 def _write_with_reason(path: str, rows: list) -> None:
     from sorakit.tools._io import order_fields, write_csv
 
@@ -88,6 +96,7 @@ def run_merge(args: argparse.Namespace) -> int:
     from sorakit.tools._io import order_fields, write_csv
     from sorakit.tools.csvutil import merge
 
+    _check_outputs(args.output, getattr(args, "val_output", None))
     rows, dups = merge(args.inputs, args.output)
     write_csv(args.output, rows, order_fields(rows) if rows else ["path"])
     if args.duplicates and dups:
@@ -101,6 +110,7 @@ def run_filter(args: argparse.Namespace) -> int:
     from collections import Counter
     from pathlib import Path
 
+    _check_outputs(args.output, getattr(args, "val_output", None))
     from sorakit.errors import UserError
     from sorakit.tools._io import read_csv, write_csv
     from sorakit.tools.csvutil import FilterSpec, filter_rows
@@ -136,6 +146,7 @@ def run_strip(args: argparse.Namespace) -> int:
     from sorakit.tools._io import read_csv, write_csv
     from sorakit.tools.csvutil import DEFAULT_PREFIXES, strip_prefixes
 
+    _check_outputs(args.output, getattr(args, "val_output", None))
     fields, rows = read_csv(args.input)
     if "text" not in fields:
         raise UserError(f"{args.input} has no text column")
@@ -149,6 +160,7 @@ def run_paths(args: argparse.Namespace) -> int:
     from sorakit.tools._io import read_csv, write_csv
     from sorakit.tools.csvutil import rebase_paths
 
+    _check_outputs(args.output, getattr(args, "val_output", None))
     fields, rows = read_csv(args.input, require=("path",))
     out = rebase_paths(rows, args.input, args.output, "absolute" if args.absolute else "relative")
     write_csv(args.output, out, fields)
@@ -160,6 +172,7 @@ def run_split(args: argparse.Namespace) -> int:
     from sorakit.tools._io import read_csv, write_csv
     from sorakit.tools.csvutil import split_rows
 
+    _check_outputs(args.output, getattr(args, "val_output", None))
     fields, rows = read_csv(args.input)
     train, val = split_rows(rows, args.val_fraction, args.val_count, args.seed, args.group_by)
     write_csv(args.output, train, fields)

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sorakit.errors import UserError
-    from sorakit.tools._io import check_workers, collect_inputs, report, write_outputs
+    from sorakit.tools._io import check_output, check_workers, collect_inputs, report, write_outputs
     from sorakit.tools.cut import CutOptions, run_cut
 
     check_workers(args.workers)
@@ -40,8 +40,11 @@ def run(args: argparse.Namespace) -> int:
     opts.validate()
     if not str(args.input).lower().endswith(".csv"):
         raise UserError(f"cut reads a clips CSV (from `sorakit data scenes`), got {args.input}")
-    rows, paths = collect_inputs(args.input)
     output = args.output or str(opts.output_dir / "clips.csv")
+    check_output(output)
+    if opts.output_dir.exists() and not opts.output_dir.is_dir():
+        raise UserError(f"--output-dir {opts.output_dir} is a file")
+    rows, paths = collect_inputs(args.input)
     res = run_cut(rows, paths, opts, workers=args.workers)
     fpath = write_outputs(output, res.rows, res.failures, args.failures,
                           first=("path", "text", "num_frames", "fps", "height", "width"))

@@ -21,10 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sorakit.tools._io import check_workers, collect_inputs, report, write_outputs
+    from sorakit.tools._io import check_output, check_workers, collect_inputs, report, write_outputs
     from sorakit.tools.info import INFO_COLUMNS, run_info
 
     check_workers(args.workers)
+    check_output(args.output)
     rows, paths = collect_inputs(args.input)
     res = run_info(rows, paths, workers=args.workers)
     fpath = write_outputs(args.output, res.rows, res.failures, args.failures, first=("path", "text", *INFO_COLUMNS))

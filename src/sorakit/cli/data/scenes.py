@@ -31,10 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sorakit.tools._io import VIDEO_EXTS, check_workers, collect_inputs, report, write_outputs
+    from sorakit.tools._io import (
+        VIDEO_EXTS,
+        check_output,
+        check_workers,
+        collect_inputs,
+        report,
+        write_outputs,
+    )
     from sorakit.tools.scenes import SCENE_COLUMNS, SceneOptions, run_scenes
 
     check_workers(args.workers)
+    check_output(args.output)
     opts = SceneOptions(
         detector=args.detector, threshold=args.threshold, min_scene_len=args.min_scene_len,
         min_seconds=args.min_seconds, max_seconds=args.max_seconds, long=args.long,
