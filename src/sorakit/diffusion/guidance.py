@@ -11,7 +11,8 @@ Which channels are guided:
 - `guided_channels=3`: **Open-Sora 1.0 parity option.** Its `forward_with_cfg` guided only
   channels 0..2 (a leftover from RGB-pixel GLIDE code) and left channel 3 of the 4 latent
   channels, and the variance channels, raw. Use it only to reproduce Open-Sora 1.0's published
-  samples bit for bit; it is not better.
+  samples bit for bit; it is not better. (Open-Sora 1.0's DPM-Solver path guided all eps
+  channels, so DPM-Solver parity uses the default.)
 """
 
 from __future__ import annotations
