@@ -251,13 +251,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
         "vae": args.vae,
         "overrides": list(args.overrides),
     }
-    if args.model and not Path(args.model).is_dir():
-        raise UserError(f"--model: no such directory: {args.model}")
-    _check_exists(args.ckpt, "checkpoint", "--ckpt", want_dir=False)
-    _check_exists(args.text_encoder, "text encoder", "--text-encoder", want_dir=True)
-    _check_exists(args.vae, "VAE", "--vae", want_dir=True)
-    cfg = _source_config(source)
-
     if args.prompt is not None:
         if not args.prompt.strip():
             raise UserError("the prompt is empty")
@@ -266,6 +259,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
         items = _read_prompt_file(args.prompt_file)
     else:
         items = [(i, str(label)) for i, label in enumerate(args.class_label)]
+
+    if args.model and not Path(args.model).is_dir():
+        raise UserError(f"--model: no such directory: {args.model}")
+    _check_exists(args.ckpt, "checkpoint", "--ckpt", want_dir=False)
+    _check_exists(args.text_encoder, "text encoder", "--text-encoder", want_dir=True)
+    _check_exists(args.vae, "VAE", "--vae", want_dir=True)
+    cfg = _source_config(source)
 
     plan = _settings(args, source, cfg)
     _check_prompts(cfg, items)
