@@ -300,3 +300,20 @@ def test_local_vlm_cli(tiny_llava, media, tmp_path):
     rows = read(out)
     assert [r["label"] for r in rows] == ["0", "1"] and all(r["text"].strip() for r in rows)
     assert main(["data", "caption", str(clips), "-o", str(out), "--model-dir", str(tmp_path)]) == 2
+
+
+def test_keep_existing_and_no_retry_failed(media, tmp_path):
+    path = media["a"][0]
+    rows = [{"path": str(path), "start_frame": "0", "end_frame": "10", "text": "kept as is"},
+            {"path": str(path), "start_frame": "10", "end_frame": "20", "text": ""},
+            {"path": str(media["bad"][1]), "text": ""}]
+    paths = [path, path, media["bad"][1]]
+    out, fail = tmp_path / "o.csv", tmp_path / "o.failures.csv"
+    backend = FrameMeanBackend()
+    stats = run_caption(rows, paths, backend, out, fail, keep_existing=True, progress=False)
+    assert backend.clips == 1 and (stats.captioned, stats.skipped, stats.failed) == (1, 1, 1)
+    assert [r["text"] for r in read(out)] == ["kept as is", describe(load_frames(rows[1], path))]
+    assert [Path(r["path"]).name for r in read(fail)] == ["notes.mp4"] and read(fail)[0]["error"]
+    again = FrameMeanBackend()
+    stats = run_caption(rows, paths, again, out, fail, keep_existing=True, retry_failed=False, progress=False)
+    assert again.calls == 0 and stats.failed == 1 and len(read(fail)) == 1  # the failure is kept, not retried

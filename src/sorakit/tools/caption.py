@@ -373,11 +373,8 @@ def run_caption(
     _, prev_out = read_csv_if_exists(output)
     captions: dict[tuple[str, str, str], Row] = {row_key(r): r for r in prev_out if r.get("text", "").strip()}
     _, prev_fail = read_csv_if_exists(failures_file)
-    if retry_failed:
-        if failures_file.exists():
-            failures_file.unlink()
-        prev_fail = []
-    failed_before = {row_key(r) for r in prev_fail}
+    # earlier failures stay listed until their retry succeeds (rewritten at the end)
+    failed_before = set() if retry_failed else {row_key(r) for r in prev_fail}
     stats = CaptionStats(total=len(rows))
     todo: list[int] = []
     queued: set[tuple[str, str, str]] = set()
@@ -437,8 +434,7 @@ def run_caption(
         finally:
             bar.close()
     _finalize(rows, captions, output, fields, prev_out)
-    if failures_file.exists() and not read_csv_if_exists(failures_file)[1]:
-        failures_file.unlink()  # only a header: no failures
+    _finalize_failures(failures_file, captions)
     return stats
 
 
@@ -450,6 +446,21 @@ def _finalize(rows: Sequence[Row], captions: dict, output: Path, fields: list[st
     extra = [r for r in prev_out if r.get("text", "").strip() and row_key(r) not in in_input]
     all_fields = list(dict.fromkeys([*fields, *(k for r in extra for k in r)]))
     write_csv(output, ordered + extra, all_fields)
+
+
+def _finalize_failures(failures_file: Path, captions: dict) -> None:
+    """One line per still-failing row (its latest reason); rows captioned since are removed."""
+    fields, fails = read_csv_if_exists(failures_file)
+    latest: dict[tuple[str, str, str], Row] = {}
+    for r in fails:
+        k = row_key(r)
+        latest.pop(k, None)
+        latest[k] = r
+    remaining = [r for k, r in latest.items() if k not in captions]
+    if remaining:
+        write_csv(failures_file, remaining, fields)
+    elif failures_file.exists():
+        failures_file.unlink()
 
 
 def print_summary(stats: CaptionStats, output: Path, failures_file: Path) -> None:
