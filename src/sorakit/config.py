@@ -90,6 +90,7 @@ class DataConfig:
     image_size: list[int] = _doc("training resolution [height, width]", factory=lambda: [256, 256])
     num_workers: int = _doc("data-loader worker processes", 2)
     max_bad_fraction: float = _doc("stop with an error when more than this fraction of samples fail", 0.1)
+    random_flip: bool = _doc("flip training clips left-right at random (Open-Sora 1.0 does)", True)
 
 
 @dataclass
@@ -113,6 +114,8 @@ class TrainConfig:
     keep_last: int = _doc("checkpoints kept (newest)", 3)
     init_from: str | None = _doc("weights to start from (PixArt-α / previous stage EMA)", None)
     vae_micro_batch_size: int | None = _doc("frames per VAE encode call during training", None)
+    tensorboard: bool = _doc("write TensorBoard event files to RUN_DIR/tensorboard", True)
+    peak_tflops: float | None = _doc("device peak TFLOP/s for MFU; None = GPU datasheet or a measured CPU matmul", None)
 
 
 @dataclass

@@ -190,3 +190,104 @@ class LatentCacheDataset(torch.utils.data.Dataset):
         if "label" in self._data:
             out["label"] = self._data["label"].index_select(0, idx)
         return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing a cache (``sorakit data encode``)
+
+
+def encode_to_cache(
+    dataset: Any,
+    out_dir: str | os.PathLike,
+    vae: Any,
+    text_encoder: Any,
+    meta: dict[str, Any],
+    shard_size: int = 1024,
+    batch_size: int = 8,
+    text_dtype: torch.dtype = torch.float16,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    label: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Encode every row of a :class:`~sorakit.data.dataset.VideoTextDataset` into cache shards.
+
+    One clip per row (the clip start drawn from ``(seed, 0, row)``, no flip). Rows whose file is missing or
+    undecodable are skipped and returned in ``failures``; shards that already exist are kept (resume).
+    Returns the meta dict written to ``meta.json``.
+    """
+    from tqdm import tqdm
+
+    from sorakit.data.dataset import sample_rng
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n = len(dataset)
+    failures: list[dict[str, str]] = []
+    shapes: dict[str, Any] = {}
+    num_shards = (n + shard_size - 1) // shard_size
+    bar = tqdm(total=n, unit="clip", disable=not progress, desc="encode")
+    for k in range(num_shards):
+        rows = list(range(k * shard_size, min(n, (k + 1) * shard_size)))
+        path = out / shard_name(k)
+        if path.is_file():
+            bar.update(len(rows))
+            continue
+        parts: dict[str, list[torch.Tensor]] = {}
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            videos, texts, labels, ok = [], [], [], []
+            for i in chunk:
+                try:
+                    videos.append(dataset.load(i, sample_rng(seed, 0, i)))
+                except Exception as exc:  # noqa: BLE001 - report and go on
+                    failures.append({"row": str(i), "path": str(dataset.rows[i].path), "error": str(exc)[:200]})
+                    continue
+                texts.append(dataset.rows[i].text)
+                labels.append(dataset.rows[i].label)
+                ok.append(i)
+            bar.update(len(chunk))
+            if not ok:
+                continue
+            with torch.no_grad():
+                x = torch.stack(videos).to(device)
+                z = vae.encode(x.to(getattr(vae, "dtype", torch.float32)), sample=True,
+                               generator=torch.Generator(device=device).manual_seed(seed + ok[0])).float().cpu()  # fmt: skip
+                parts.setdefault("latents", []).append(z)
+                parts.setdefault("row", []).append(torch.tensor(ok, dtype=torch.long))
+                if label:
+                    parts.setdefault("label", []).append(torch.tensor(labels, dtype=torch.long))
+                else:
+                    y, mask = text_encoder.encode(texts)
+                    y = y.float().cpu()[:, 0]  # [b, L, C]
+                    mask = mask.cpu() if mask is not None else torch.ones(y.shape[:2], dtype=torch.long)
+                    parts.setdefault("y", []).append(y)
+                    parts.setdefault("mask", []).append(mask.to(torch.uint8))
+                    shapes["text_dim"] = int(y.shape[-1])
+                    shapes["model_max_length"] = int(y.shape[1])
+            shapes["latent_shape"] = list(z.shape[1:])
+        if not parts:
+            continue
+        tensors = {name: torch.cat(v) for name, v in parts.items()}
+        if "y" in tensors:
+            longest = max(1, int(tensors["mask"].sum(1).max()))
+            tensors["y"] = tensors["y"][:, :longest].to(text_dtype)
+            tensors["mask"] = tensors["mask"][:, :longest]
+        write_shard(path, tensors)
+    bar.close()
+    if not shapes:
+        # every shard was there already (resumed): read the shapes back
+        previous = json.loads((out / META).read_text()) if (out / META).is_file() else {}
+        shapes = {k: previous[k] for k in ("latent_shape", "text_dim", "model_max_length") if k in previous}
+        if "latent_shape" not in shapes and any(out.glob("shard-*.safetensors")):
+            from safetensors import safe_open
+
+            with safe_open(str(next(out.glob("shard-*.safetensors"))), "pt") as fh:
+                shapes["latent_shape"] = list(fh.get_slice("latents").get_shape()[1:])
+    if "latent_shape" not in shapes:
+        raise UserError("no row of the CSV could be encoded" + (f" (first error: {failures[0]['error']})" if failures else ""))
+    full = {**meta, **shapes, "failures": failures}
+    if label:
+        full.pop("text_dim", None)
+    write_meta(out, full)
+    return read_meta(out) | {"failures": failures}

@@ -266,10 +266,11 @@ class SkipReport:
     files: dict[str, str] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
 
-    def update(self, skipped: list[tuple[str, str]], loaded: int) -> None:
-        """Record one batch: `loaded` samples delivered, `skipped` (path, reason) failures on the way."""
-        self.attempts += loaded + len(skipped)
-        self.failures += len(skipped)
+    def update(self, skipped: list[tuple[str, str]], attempts: int, failures: int | None = None) -> None:
+        """Record one batch: `skipped` (path, reason) failures seen here, `attempts` loads in all (under
+        several processes: attempts and failures summed over ranks, so that every rank decides alike)."""
+        self.attempts += attempts
+        self.failures += len(skipped) if failures is None else failures
         for path, reason in skipped:
             if path not in self.files:
                 log.warning("skipped unreadable file %s: %s", path, reason)

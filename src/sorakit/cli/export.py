@@ -1,0 +1,30 @@
+"""`sorakit export RUN_DIR OUT_DIR`: a training run's EMA weights -> a sorakit model directory that
+`sorakit generate --model OUT_DIR` reads (and that the next training stage takes as --init)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "export",
+        help="write a run's (EMA) weights as a sorakit model directory",
+        description="Export the newest checkpoint of RUN_DIR (or --step N) to OUT_DIR in sorakit's model format.",
+    )
+    parser.add_argument("run_dir", help="training run directory (or one checkpoints/step-NNNNNNNN folder)")
+    parser.add_argument("out_dir", help="model directory to write")
+    parser.add_argument("--step", type=int, help="export this step's checkpoint instead of the newest")
+    parser.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA (default) or raw weights")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="stored weight dtype")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sorakit.training.export import export_run
+
+    out = export_run(Path(args.run_dir), Path(args.out_dir), step=args.step, weights=args.weights, dtype=args.dtype)
+    print(out)
+    return 0

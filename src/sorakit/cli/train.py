@@ -1,0 +1,67 @@
+"""`sorakit train`: train or fine-tune a diffusion transformer (one process, or many under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "train",
+        help="train or fine-tune a model on a CSV of videos / images or a latent cache",
+        description=(
+            "Train with CONFIG (a preset name such as opensora/train/16x256x256 or tiny, or a .toml / Open-Sora "
+            ".py file) and key.sub=value overrides. Checkpoints go to RUN_DIR/checkpoints/step-NNNNNNNN/. "
+            "Several processes: torchrun --nproc-per-node N -m sorakit.cli.main train ... "
+            "(multi-node: add --nnodes M --rdzv-backend c10d --rdzv-endpoint HOST:PORT)."
+        ),
+    )
+    parser.add_argument("config", help="preset name or config file")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
+    parser.add_argument("--data", help="CSV (path,text[,num_frames,...]) or a latent cache directory (sorakit data encode)")
+    parser.add_argument("--data-root", help="folder that relative paths in the CSV resolve against")
+    parser.add_argument("--output", "-o", required=True, help="run directory (logs, TensorBoard, checkpoints)")
+    parser.add_argument("--init", help="initial weights: PixArt-alpha checkpoint or a previous stage's export")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (train.max_steps)")
+    parser.add_argument("--ckpt-every", type=int, help="checkpoint every N steps (train.ckpt_every)")
+    parser.add_argument("--batch-size", type=int, help="samples per process per step (train.batch_size)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sorakit.config import load_config
+    from sorakit.errors import UserError
+
+    overrides = list(args.overrides)
+    for flag, key in (("max_steps", "train.max_steps"), ("ckpt_every", "train.ckpt_every"), ("batch_size", "train.batch_size")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = load_config(args.config, overrides)
+    if args.data:
+        cfg.data.csv = args.data
+        cfg.data.cache_dir = None
+    if args.data_root:
+        cfg.data.data_root = args.data_root
+    if args.init:
+        cfg.train.init_from = args.init
+    if not (cfg.data.csv or cfg.data.cache_dir):
+        raise UserError("no training data: pass --data CSV or a latent cache directory")
+    data = Path(cfg.data.cache_dir or cfg.data.csv)  # type: ignore[arg-type]
+    if not data.exists():
+        raise UserError(f"--data: no such file or directory: {data}")
+    if cfg.train.init_from and not Path(cfg.train.init_from).exists():
+        raise UserError(f"--init: no such file or directory: {cfg.train.init_from}")
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output} exists and is not a directory")
+
+    from sorakit.training.trainer import train
+
+    result = train(cfg, output, resume=args.resume)
+    if result.checkpoint is not None:
+        print(result.checkpoint)
+    return 0

@@ -1,0 +1,55 @@
+"""Checkpoint -> sorakit model directory (``sorakit export``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sorakit.errors import UserError
+from sorakit.training import checkpoint as ckpt
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_checkpoint(run_dir: Path, step: int | None = None) -> Path:
+    if (run_dir / ckpt.STATE).is_file():  # a checkpoint folder itself
+        return run_dir
+    if not run_dir.is_dir():
+        raise UserError(f"no such run directory: {run_dir}")
+    found = dict(ckpt.list_checkpoints(run_dir))
+    if not found:
+        raise UserError(f"{run_dir} holds no complete checkpoint (expected {ckpt.CHECKPOINTS}/step-NNNNNNNN/)")
+    if step is None:
+        return found[max(found)]
+    if step not in found:
+        raise UserError(f"{run_dir}: no checkpoint for step {step} (have: {', '.join(map(str, sorted(found)))})")
+    return found[step]
+
+
+def export_run(run_dir: Path, out_dir: Path, step: int | None = None, weights: str = "ema", dtype: str = "fp32") -> Path:
+    """Write the EMA (or raw) weights of a run's checkpoint as a model directory; returns its path."""
+    from sorakit.config import load_config
+    from sorakit.models.checkpoint import build_from_config
+    from sorakit.pipelines.model_dir import save_model_dir
+
+    path = resolve_checkpoint(run_dir, step)
+    info = ckpt.load_train_state(path)
+    spec = info.get("model") or {}
+    if not spec.get("architecture") or not isinstance(spec.get("config"), dict):
+        raise UserError(f"{path}/state.json does not describe the model (written by an older sorakit?)")
+    cfg = load_config(str(path / "config.toml"))
+    model = build_from_config(spec["architecture"], spec["config"], device="meta")
+    sd = ckpt.load_tensors(path, f"{weights}.safetensors")
+    target = model.state_dict()
+    missing, unexpected = sorted(set(target) - set(sd)), sorted(set(sd) - set(target))
+    if missing or unexpected:
+        raise UserError(f"{path}: {weights} weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.load_state_dict(sd, strict=True, assign=True)
+    model.preset = spec.get("preset")
+    # generation defaults follow the training clips
+    cfg.inference.num_frames = cfg.data.num_frames
+    cfg.inference.image_size = list(cfg.data.image_size)
+    cfg.model.from_pretrained = None
+    cfg.train.init_from = None
+    return save_model_dir(out_dir, model, cfg, dtype=DTYPES[dtype])
