@@ -25,6 +25,29 @@ class DiffusionTransformer(nn.Module):
     config: dict[str, Any]
     gradient_checkpointing: bool = False
 
+    # Upstream constructor keys accepted so that Open-Sora configs build unchanged, without effect here:
+    # `dtype` (precision is set by the caller: `.to(dtype)` / autocast), `enable_flashattn` and
+    # `enable_layernorm_kernel` (SDPA picks its kernels), `enable_sequence_parallelism` (must be False:
+    # sequence parallelism is applied from `sorakit.parallel`). `freeze` sets requires_grad as upstream.
+    def _check_upstream_flags(
+        self, enable_sequence_parallelism: bool, freeze: str | None = None, freeze_modes: tuple[str, ...] = ()
+    ) -> None:
+        if enable_sequence_parallelism:
+            raise ValueError(
+                "enable_sequence_parallelism: model code is single-device; apply sequence parallelism from "
+                "sorakit.parallel instead"
+            )
+        if freeze is not None and freeze not in freeze_modes:
+            raise ValueError(f"freeze={freeze!r}: expected one of {', '.join(freeze_modes) or 'nothing'} or None")
+
+    def freeze(self, mode: str) -> None:
+        """Upstream `freeze`: "not_temporal" trains only `attn_temp` (STDiT); "text" freezes the cross-attention."""
+        for name, p in self.named_parameters():
+            if mode == "not_temporal" and "attn_temp" not in name:
+                p.requires_grad = False
+            elif mode == "text" and "cross_attn" in name:
+                p.requires_grad = False
+
     def enable_gradient_checkpointing(self, flag: bool = True) -> None:
         """Recompute each transformer block in the backward pass instead of storing its activations."""
         self.gradient_checkpointing = bool(flag)

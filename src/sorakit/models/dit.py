@@ -9,6 +9,8 @@ LayerNorms of the modulation run in float32 (upstream semantics). Parameter name
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 from einops import rearrange
@@ -77,8 +79,13 @@ class DiT(DiffusionTransformer):
         no_temporal_pos_emb: bool = False,
         caption_channels: int = 512,
         model_max_length: int = 77,
+        dtype: Any = None,
+        enable_flashattn: bool = False,
+        enable_layernorm_kernel: bool = False,
+        enable_sequence_parallelism: bool = False,
     ) -> None:
         super().__init__()
+        self._check_upstream_flags(enable_sequence_parallelism)
         self.config = dict(
             input_size=list(input_size), in_channels=in_channels, patch_size=list(patch_size),
             hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,

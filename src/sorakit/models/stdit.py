@@ -14,6 +14,8 @@ Block (adaLN-single):
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 from einops import rearrange
@@ -34,6 +36,8 @@ from sorakit.models.layers import (
     layer_norm,
     t2i_modulate,
 )
+
+FREEZE_MODES = ("not_temporal", "text")
 
 
 class STDiTBlock(nn.Module):
@@ -118,8 +122,14 @@ class STDiT(DiffusionTransformer):
         model_max_length: int = 120,
         space_scale: float = 1.0,
         time_scale: float = 1.0,
+        freeze: str | None = None,
+        dtype: Any = None,
+        enable_flashattn: bool = False,
+        enable_layernorm_kernel: bool = False,
+        enable_sequence_parallelism: bool = False,
     ) -> None:
         super().__init__()
+        self._check_upstream_flags(enable_sequence_parallelism, freeze, FREEZE_MODES)
         self.config = dict(
             input_size=list(input_size), in_channels=in_channels, patch_size=list(patch_size),
             hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
@@ -159,6 +169,8 @@ class STDiT(DiffusionTransformer):
         self.final_layer = T2IFinalLayer(hidden_size, self.patch_size[0] * self.patch_size[1] * self.patch_size[2],
                                          self.out_channels)  # fmt: skip
         self.initialize_weights()
+        if freeze is not None:
+            self.freeze(freeze)
 
     def initialize_weights(self) -> None:
         """Upstream init: xavier Linear layers, N(0, 0.02) embedding MLPs, zero cross-attn/temporal/final outputs."""
