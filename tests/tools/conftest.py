@@ -1,9 +1,13 @@
-"""Synthetic videos for the data tool tests: several shots with known cut frames, each shot with its
+"""Synthetic videos (and a local chat-completions server) for the data tool tests: several shots with known cut frames, each shot with its
 own content (colour, pattern) and its own slow motion, encoded as real H.264 files with PyAV."""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from fractions import Fraction
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +80,61 @@ def media(tmp_path: Path) -> dict:
         "b": (d / "sub" / "b.mp4", cuts_b, sum(b_shots), 30),
         "bad": [d / "trunc.mp4", d / "notes.mp4", d / "cutoff.mkv"],
     }
+
+
+class ChatServer:
+    """A chat-completions server; `script` gives, per request in arrival order, what to answer:
+    a caption string, ("status", code, headers) for an HTTP error, or ("refusal", text)."""
+
+    def __init__(self, script: list, default: object = "A default caption."):
+        self.script = list(script)
+        self.default = default
+        self.requests: list[dict] = []
+        self.times: list[float] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):  # keep test output quiet
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
+                server.times.append(time.monotonic())
+                action = server.script.pop(0) if server.script else server.default
+                if isinstance(action, tuple) and action[0] == "status":
+                    self.send_response(action[1])
+                    for k, v in action[2].items():
+                        self.send_header(k, v)
+                    payload = json.dumps({"error": {"message": f"server says {action[1]}"}}).encode()
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                message = {"role": "assistant", "content": action}
+                if isinstance(action, tuple) and action[0] == "refusal":
+                    message = {"role": "assistant", "content": None, "refusal": action[1]}
+                payload = json.dumps({"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> ChatServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def chat_server():
+    """`chat_server(script, default)`: a ChatServer to use as a context manager."""
+    return ChatServer

@@ -4,10 +4,7 @@ refusing), a tiny randomly initialised LLaVA built from a transformers config, a
 from __future__ import annotations
 
 import csv
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -40,58 +37,6 @@ def clip_csv(tmp_path: Path, video: Path, ranges: list[tuple[int, int]], name: s
     return p
 
 
-class ChatServer:
-    """A chat-completions server; `script` gives, per request in arrival order, what to answer:
-    a caption string, ("status", code, headers) for an HTTP error, or ("refusal", text)."""
-
-    def __init__(self, script: list, default: object = "A default caption."):
-        self.script = list(script)
-        self.default = default
-        self.requests: list[dict] = []
-        self.times: list[float] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):  # keep test output quiet
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
-                server.times.append(time.monotonic())
-                action = server.script.pop(0) if server.script else server.default
-                if isinstance(action, tuple) and action[0] == "status":
-                    self.send_response(action[1])
-                    for k, v in action[2].items():
-                        self.send_header(k, v)
-                    payload = json.dumps({"error": {"message": f"server says {action[1]}"}}).encode()
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                message = {"role": "assistant", "content": action}
-                if isinstance(action, tuple) and action[0] == "refusal":
-                    message = {"role": "assistant", "content": None, "refusal": action[1]}
-                payload = json.dumps({"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> ChatServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_frame_sampling(media):
     assert sample_frame_indices(10) == [2, 5, 8]
     assert sample_frame_indices(1) == [0, 0, 0]
@@ -116,7 +61,7 @@ def test_clean_caption_and_retry_after():
     assert 50 < parse_retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))) <= 61
 
 
-def test_api_caption_failures_and_resume(media, tmp_path, monkeypatch):
+def test_api_caption_failures_and_resume(media, tmp_path, monkeypatch, chat_server):
     path = media["a"][0]
     clips = clip_csv(tmp_path, path, [(0, 18), (18, 40), (40, 60), (60, 76), (0, 76)])
     out = tmp_path / "captions.csv"
@@ -131,7 +76,7 @@ def test_api_caption_failures_and_resume(media, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     args = ["data", "caption", str(clips), "-o", str(out), "--workers", "1", "--batch-size", "2",
             "--max-retries", "2", "--retry-backoff", "0.01", "--model", "tiny-vlm"]
-    with ChatServer(script) as server:
+    with chat_server(script) as server:
         assert main([*args, "--base-url", server.url]) == 0
     reqs = server.requests
     assert len(reqs) == 8
@@ -153,7 +98,7 @@ def test_api_caption_failures_and_resume(media, tmp_path, monkeypatch):
     assert failures["4"].startswith("refused")
 
     # resume: only the three failed rows are asked again; the output ends complete, in input order
-    with ChatServer([], default="Fine now.") as server:
+    with chat_server([], default="Fine now.") as server:
         assert main([*args, "--base-url", server.url]) == 0
     assert len(server.requests) == 3
     rows = read(out)
@@ -163,13 +108,13 @@ def test_api_caption_failures_and_resume(media, tmp_path, monkeypatch):
     assert not (tmp_path / "captions.failures.csv").exists()
 
 
-def test_api_bad_key_stops_and_missing_key_is_a_user_error(media, tmp_path, monkeypatch, capsys):
+def test_api_bad_key_stops_and_missing_key_is_a_user_error(media, tmp_path, monkeypatch, capsys, chat_server):
     clips = clip_csv(tmp_path, media["a"][0], [(0, 18)])
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     assert main(["data", "caption", str(clips), "-o", str(tmp_path / "o.csv")]) == 2
     assert "OPENAI_API_KEY" in capsys.readouterr().err
-    with ChatServer([("status", 401, {})]) as server:
+    with chat_server([("status", 401, {})]) as server:
         code = main(["data", "caption", str(clips), "-o", str(tmp_path / "o.csv"), "--base-url", server.url])
     assert code == 2 and "HTTP 401" in capsys.readouterr().err
     assert main(["data", "caption", str(clips), "-o", "x.csv", "--frame-points", "0.5,2"]) == 2
