@@ -111,7 +111,11 @@ def to_uint8(video: torch.Tensor) -> torch.Tensor:
 
 
 def build_transformer(
-    cfg: Config, latent_size: tuple[int, int, int], in_channels: int | None = None, caption_channels: int | None = None
+    cfg: Config,
+    latent_size: tuple[int, int, int],
+    caption_channels: int | None = None,
+    *,
+    in_channels: int | None = None,
 ) -> nn.Module:
     """The preset's diffusion transformer (random init, float32) for latents ``(T, h, w)``.
 
@@ -278,7 +282,9 @@ class TextToVideoPipeline:
         from sorakit.encoders.text import peek_output_dim
 
         latent = video_vae.latent_size(cfg.inference.num_frames, h, w)
-        transformer = build_transformer(cfg, latent, video_vae.latent_channels, peek_output_dim(cfg.text_encoder))
+        transformer = build_transformer(
+            cfg, latent, caption_channels=peek_output_dim(cfg.text_encoder), in_channels=video_vae.latent_channels
+        )
         if ckpt is not None:
             load_transformer_checkpoint(transformer, ckpt, cfg.model.type)
         _check_text_width(cfg, transformer)
