@@ -118,3 +118,14 @@ def test_info_matches_what_was_written(media, tmp_path):
     failures = read(tmp_path / "info.failures.csv")
     assert sorted(Path(r["path"]).name for r in failures) == ["cutoff.mkv", "notes.mp4", "trunc.mp4"]
     assert all(r["error"] for r in failures)
+
+
+def test_info_fast_reads_headers(media, tmp_path):
+    out = tmp_path / "fast.csv"
+    assert main(["data", "info", str(media["dir"]), "-o", str(out), "--fast"]) == 0
+    rows = {Path(r["path"]).name: r for r in read(out)}
+    for key in ("a", "b"):
+        path, _, n, fps = media[key]
+        assert (int(rows[path.name]["num_frames"]), float(rows[path.name]["fps"])) == (n, fps)
+    failures = read(tmp_path / "fast.failures.csv")
+    assert {"notes.mp4", "trunc.mp4"} <= {Path(r["path"]).name for r in failures}

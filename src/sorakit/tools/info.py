@@ -52,16 +52,20 @@ def check_complete(path: str | Path, decoded: int) -> None:
         raise ValueError(f"truncated or corrupt: only {decoded} of {want} frames decodable")
 
 
-def probe(path: str | Path) -> dict[str, str]:
+def probe(path: str | Path, fast: bool = False) -> dict[str, str]:
     """The info columns of one file as strings. Raises ValueError when it cannot be read.
 
+    By default every frame is decoded: exact counts, and truncated files are caught. `fast` trusts
+    the container's frame count/duration instead (headers only; decodes when the container has none).
     `aspect_ratio` is height / width (Open-Sora's convention); images have fps 0 and 1 frame.
     """
-    from sorakit.data.video import probe_video
+    from sorakit.data.video import is_image, probe_video
 
-    meta = probe_video(path)
-    if meta["fps"]:  # not an image
-        check_complete(path, int(meta["num_frames"]))
+    meta = _probe_headers(path) if fast and not is_image(path) else None
+    if meta is None:
+        meta = probe_video(path)
+        if meta["fps"]:  # not an image
+            check_complete(path, int(meta["num_frames"]))
     return {
         "num_frames": str(int(meta["num_frames"])),
         "fps": fmt_float(meta["fps"], 4),
@@ -72,17 +76,38 @@ def probe(path: str | Path) -> dict[str, str]:
     }
 
 
-def _probe_safe(path: Path) -> dict[str, str] | str:
+def _probe_headers(path: str | Path) -> dict | None:
+    import av
+
     try:
-        return probe(path)
+        n = expected_frames(path)
+        if not n:
+            return None
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            h, w = stream.codec_context.height, stream.codec_context.width
+            rate = stream.average_rate or stream.guessed_rate
+    except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
+        raise ValueError(f"cannot read {path}: {exc}") from exc
+    fps = float(rate)
+    return {"num_frames": n, "fps": fps, "height": h, "width": w, "aspect_ratio": h / w if w else 0.0,
+            "duration": n / fps}
+
+
+def _probe_safe(job: tuple[Path, bool]) -> dict[str, str] | str:
+    try:
+        return probe(*job)
     except Exception as exc:  # any decoder failure is a per-file failure, reported, not fatal
         return one_line(exc)
 
 
-def run_info(rows: list[Row], paths: list[Path], workers: int = 1, progress: bool = True) -> Result:
+def run_info(
+    rows: list[Row], paths: list[Path], workers: int = 1, progress: bool = True, fast: bool = False
+) -> Result:
     """Probe every row's file; input order is kept in both outputs."""
     results: list[dict[str, str] | str] = [""] * len(rows)
-    for i, res in parallel_map(_probe_safe, paths, workers, desc="info" if progress else None):
+    jobs = [(p, fast) for p in paths]
+    for i, res in parallel_map(_probe_safe, jobs, workers, desc="info" if progress else None):
         results[i] = res
     out = Result()
     for row, res in zip(rows, results):

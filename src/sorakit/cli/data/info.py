@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output CSV")
     p.add_argument("--failures", default=None, help="failures CSV (default: OUTPUT stem + .failures.csv)")
     p.add_argument("--workers", type=int, default=1, help="parallel probes (threads)")
+    p.add_argument("--fast", action="store_true",
+                   help="trust the container's frame count instead of decoding every frame (much faster on "
+                   "long videos; does not catch truncated files)")
     p.set_defaults(func=run)
 
 
@@ -27,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     check_workers(args.workers)
     check_output(args.output)
     rows, paths = collect_inputs(args.input)
-    res = run_info(rows, paths, workers=args.workers)
+    res = run_info(rows, paths, workers=args.workers, fast=args.fast)
     fpath = write_outputs(args.output, res.rows, res.failures, args.failures, first=("path", "text", *INFO_COLUMNS))
     report(args.output, len(res.rows), res.failures, fpath)
     return 0
