@@ -124,7 +124,7 @@ def main() -> None:
         defaults = dict(frames=[1, 4, 16, 32, 64], latent=[32, 32], depth=28, hidden=1152, heads=16, text_len=120,
                         caption_channels=4096, dtype="bfloat16")  # fmt: skip
     else:
-        defaults = dict(frames=[1, 4, 16, 32], latent=[16, 16], depth=4, hidden=128, heads=4, text_len=16,
+        defaults = dict(frames=[1, 4, 16, 32], latent=[16, 16], depth=2, hidden=128, heads=4, text_len=16,
                         caption_channels=64, dtype="float32")  # fmt: skip
     for k, v in defaults.items():
         if getattr(args, k) is None:

@@ -120,7 +120,7 @@ def test_other_size_pos_embed_recomputed_and_image_conv_unsqueezed():
     own_pos = m.pos_embed_spatial.clone()
     report = load_checkpoint(m, sd)
     assert list(report.adapted) == ["x_embedder.proj.weight"]
-    assert report.recomputed == ["pos_embed_spatial", "pos_embed_temporal"]
+    assert report.recomputed == ["pos_embed_spatial", "pos_embed_temporal"] and report.dropped == ["pos_embed"]
     assert torch.equal(m.pos_embed_spatial, own_pos)
     assert torch.equal(m.x_embedder.proj.weight[:, :, 0], src.x_embedder.proj.weight[:, :, 0])
 

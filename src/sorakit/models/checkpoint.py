@@ -54,6 +54,7 @@ class LoadReport:
     adapted: dict[str, str] = field(default_factory=dict)  # key -> what was done
     created: dict[str, str] = field(default_factory=dict)  # model key -> how it was initialised
     recomputed: list[str] = field(default_factory=list)  # position-embedding buffers kept from the model
+    dropped: list[str] = field(default_factory=list)  # checkpoint position-embedding entries not used
     ignored: list[str] = field(default_factory=list)  # checkpoint keys not used (explicitly allowed)
     pixart_to_stdit: bool = False
 
@@ -69,6 +70,8 @@ class LoadReport:
                 lines += [f"    {k}: {v}" for k, v in what.items()]
         if self.recomputed:
             lines.append(f"  position embeddings recomputed for the model's size: {', '.join(self.recomputed)}")
+        if self.dropped:
+            lines.append(f"  checkpoint position embeddings dropped: {', '.join(self.dropped)}")
         if self.ignored:
             lines.append(f"  ignored: {len(self.ignored)}: {', '.join(self.ignored)}")
         return "\n".join(lines)
@@ -203,6 +206,7 @@ def load_checkpoint(
     for k in POS_EMBED_NAMES:
         if k in sd:
             sd.pop(k)
+            report.dropped.append(k)
     report.recomputed = pos_buffers
 
     # PixArt -> STDiT: spatial weights present, no temporal attention
