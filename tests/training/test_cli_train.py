@@ -1,0 +1,85 @@
+"""`sorakit train` / `sorakit export` as a user runs them: a run killed with SIGKILL and resumed ends with
+exactly the weights of a run that was never stopped; the export loads as a model directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from conftest import TINY_OVERRIDES, make_cache, tiny_config
+from safetensors.torch import load_file
+
+from sorakit.training.checkpoint import list_checkpoints
+from sorakit.training.trainer import train
+
+STEPS = 30
+
+
+def _cmd(cache: Path, run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "sorakit.cli.main", "train", "tiny", *TINY_OVERRIDES, "train.caption_dropout=0.3",
+            "--data", str(cache), "--output", str(run), "--max-steps", str(STEPS), "--ckpt-every", "1", *extra]  # fmt: skip
+
+
+def test_kill9_then_resume_equals_uninterrupted(tmp_path):
+    cache = make_cache(tmp_path / "cache", n=10)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(cache, run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        done = list_checkpoints(run)
+        if done and done[-1][0] >= 3:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = list_checkpoints(run)[-1][0]
+    assert 3 <= killed_at < STEPS, f"the run was not interrupted (last checkpoint {killed_at})"
+
+    out = subprocess.run(_cmd(cache, run, "--resume"), env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"resumed from" in out.stderr
+
+    # the reference: one uninterrupted run (in this process, same config and thread count)
+    torch.set_num_threads(1)
+    ref = train(tiny_config("train.caption_dropout=0.3", f"data.csv={cache}", f"train.max_steps={STEPS}",
+                            "train.ckpt_every=100"), tmp_path / "ref")  # fmt: skip
+    final = list_checkpoints(run)[-1][1]
+    assert final.name == f"step-{STEPS:08d}"
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = load_file(str(final / name)), load_file(str(ref.checkpoint / name))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+    # export the EMA weights as a model directory that the generation side reads
+    exp = subprocess.run([sys.executable, "-m", "sorakit.cli.main", "export", str(run), str(tmp_path / "model")],
+                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert exp.returncode == 0, exp.stderr[-2000:]
+    from sorakit.models import from_pretrained
+    from sorakit.pipelines.model_dir import read_model_dir
+
+    model = from_pretrained(tmp_path / "model" / "transformer")
+    ema = load_file(str(final / "ema.safetensors"))
+    assert all(torch.equal(model.state_dict()[k], ema[k]) for k in ema)
+    _, cfg = read_model_dir(tmp_path / "model")
+    assert cfg.inference.num_frames == 4 and cfg.model.type == "STDiT-tiny"
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    nocol = tmp_path / "nocol.csv"
+    nocol.write_text("path,caption\na.mp4,hello\n")
+    for data, msg in ((tmp_path / "nope.csv", "no such file"), (empty, "empty file"), (nocol, "missing column(s) text")):
+        out = subprocess.run([sys.executable, "-m", "sorakit.cli.main", "train", "tiny", "--data", str(data), "--output",
+                              str(tmp_path / "r")], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 2, out.stderr
+        assert "Traceback" not in out.stderr and msg in out.stderr, out.stderr
+    out = subprocess.run([sys.executable, "-m", "sorakit.cli.main", "export", str(tmp_path), str(tmp_path / "m")],
+                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 2 and "no complete checkpoint" in out.stderr
