@@ -82,6 +82,8 @@ def test_broken_videos_are_inconsistent_or_static():
     growing = np.stack([synth.render(synth.ShapeSpec("red", "circle", "right", 10 + 2 * t, 0.0, 5.0, 5.0, ""),
                                      frames=1)[0] for t in range(16)])
     assert not ev.analyze_video(growing).consistent
+    grey = np.full_like(good, 128)
+    assert not ev.analyze_video(grey).consistent and ev.analyze_video(grey).color is None
     static = np.repeat(good[:1], 16, axis=0)
     assert ev.analyze_video(static).direction == "static"
     assert ev.analyze_video(np.zeros_like(good)).shape is None
@@ -132,3 +134,16 @@ def test_table_format():
     assert summary["overall"]["n"] == 5
     table = ev.format_table(summary)
     assert table.count("\n") == 4 and "| train | 4 | 100.0 |" in table
+
+
+def test_numpy_labelling_matches_scipy():
+    rng = np.random.default_rng(0)
+    mask = rng.random((40, 50)) > 0.6
+    labels, n = ev._label_numpy(mask)
+    assert labels.max() == n and (labels > 0).sum() == mask.sum()
+    ndimage = pytest.importorskip("scipy.ndimage")
+    ref, m = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    assert n == m
+    # same partition up to renumbering
+    pairs = {(a, b) for a, b in zip(labels[mask], ref[mask])}
+    assert len(pairs) == n

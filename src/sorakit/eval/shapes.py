@@ -11,8 +11,8 @@ colour, shape and direction named in the prompt:
 - **direction**: the slope of a least-squares line through the object's centroids over time; the
   larger axis and its sign give left/right/up/down, and a path shorter than :data:`MIN_TRAVEL` of the
   canvas counts as "static";
-- **temporal consistency**: exactly one object in every frame and a stable size (largest / smallest
-  area <= :data:`MAX_AREA_RATIO`).
+- **temporal consistency**: exactly one object in every frame, of a plausible size (at most
+  :data:`MAX_AREA` of the frame) that is stable (largest / smallest area <= :data:`MAX_AREA_RATIO`).
 
 All functions take uint8 frames ``[T, H, W, 3]`` and need only numpy.
 """
@@ -40,6 +40,7 @@ FG_THRESHOLD = 0.4  # a pixel is foreground when its brightest channel exceeds t
 MIN_TRAVEL = 0.125  # centroid travel below this fraction of the canvas width is "static"
 MAX_AREA_RATIO = 1.5  # temporal consistency: largest / smallest object area over the frames
 MIN_AREA = 0.01  # an object smaller than this fraction of the frame is "missing"
+MAX_AREA = 0.25  # an "object" larger than this fraction of the frame is not one (the largest is ~12%)
 SECOND_OBJECT = 0.15  # another component at least this fraction of the main one is a second object
 
 # colour name of each on/off channel pattern (r, g, b)
@@ -126,7 +127,20 @@ def parse_prompt(text: str) -> tuple[str, str, str]:
 
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """8-connected components of a boolean ``[H, W]`` mask: labels ``[H, W]`` (0 = background), count."""
+    """8-connected components of a boolean ``[H, W]`` mask: labels ``[H, W]`` (0 = background), count.
+
+    Uses scipy when it is installed, else a (slower) numpy label propagation with the same result."""
+    try:
+        from scipy import ndimage
+    except ImportError:
+        ndimage = None
+    if ndimage is not None:
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+        return labels.astype(np.int32), int(n)
+    return _label_numpy(mask)
+
+
+def _label_numpy(mask: np.ndarray) -> tuple[np.ndarray, int]:
     h, w = mask.shape
     big = h * w + 1
     lab = np.where(mask, np.arange(1, h * w + 1).reshape(h, w), big)
@@ -271,7 +285,10 @@ def analyze_video(frames: np.ndarray) -> VideoAnalysis:
         res.notes.append(f"more than one object in {multi} frame(s)")
     if res.area_ratio > MAX_AREA_RATIO:
         res.notes.append(f"size unstable (area ratio {res.area_ratio:.2f})")
-    res.consistent = len(present) == t and multi == 0 and res.area_ratio <= MAX_AREA_RATIO
+    too_big = areas.max() > MAX_AREA * h * w
+    if too_big:
+        res.notes.append("object too large")
+    res.consistent = len(present) == t and multi == 0 and res.area_ratio <= MAX_AREA_RATIO and not too_big
     return res
 
 
@@ -410,3 +427,43 @@ def iter_all_targets() -> Iterable[tuple[str, str, str]]:
         for s in SHAPES:
             for m in MOTIONS:
                 yield c, s, m
+
+
+# --------------------------------------------------------------------------------------------------
+# Generating with a pipeline and scoring
+
+
+def build_prompts(sets: Sequence[str], n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``(group, prompt)`` pairs: `n` prompts of each named set of :data:`PROMPT_SETS`."""
+    return [(name, text) for name in sets for text, _ in prompt_set(name, n, seed)]
+
+
+def generate_and_score(
+    pipe,
+    prompts: Sequence[tuple[str, str]],
+    batch_size: int = 8,
+    seed: int = 0,
+    save_dir=None,
+    fps: int = 8,
+    **call_kwargs,
+) -> list[Score]:
+    """Generate one video per ``(group, prompt)`` with a :class:`TextToVideoPipeline` and score it.
+
+    Batch ``k`` (prompts ``k*batch_size ...``) uses the seed ``seed + k``. With `save_dir`, every video
+    is written there as ``NNNN.mp4``. `call_kwargs` go to the pipeline (``num_inference_steps``,
+    ``guidance_scale``, ``sampler``, ...).
+    """
+    import torch
+
+    from sorakit.data.video import write_video
+
+    scores = []
+    for k, start in enumerate(range(0, len(prompts), batch_size)):
+        part = prompts[start : start + batch_size]
+        gen = torch.Generator("cpu").manual_seed(seed + k)
+        videos = pipe([p for _, p in part], generator=gen, progress=False, output_type="np", **call_kwargs)
+        for j, ((group, text), video) in enumerate(zip(part, videos)):
+            if save_dir is not None:
+                write_video(f"{save_dir}/{start + j:04d}.mp4", video, fps=fps)
+            scores.append(score_video(video, text, group))
+    return scores

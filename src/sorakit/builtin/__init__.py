@@ -1,0 +1,1 @@
+"""sorakit's built-in model: its training recipe (recipe.py) and shipped weights (model/)."""
