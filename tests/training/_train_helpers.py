@@ -7,7 +7,6 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 
@@ -104,10 +103,3 @@ def tiny_config(*overrides: str):
     from sorakit.config import load_config
 
     return load_config("tiny", [*TINY_OVERRIDES, *overrides])
-
-
-@pytest.fixture
-def clips_csv(tmp_path: Path) -> Path:
-    paths = write_clips(tmp_path / "videos", 4, frames=4, size=16)
-    words = ["red square left", "blue square right", "green box up", "white box down"]
-    return write_csv(tmp_path / "data.csv", [{"path": f"videos/{p.name}", "text": w} for p, w in zip(paths, words)])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HashTextEncoder, make_cache, tiny_config, tiny_vae, write_clips, write_csv
+from _train_helpers import HashTextEncoder, make_cache, tiny_config, tiny_vae, write_clips, write_csv
 from safetensors.torch import load_file
 
 from sorakit.errors import UserError

@@ -495,12 +495,13 @@ def _train(cfg: Config, run_dir: Path, resume: bool, components: Components, sta
             ema.update(model)
             step += 1
 
-            window_loss += loss.item()
+            (global_loss,) = all_reduce_mean([loss.item()], state)  # the loss of the global batch
+            window_loss += global_loss
             window_steps += 1
-            result.losses.append(loss.item())
+            result.losses.append(global_loss)
             if step % tcfg.log_every == 0 or step == tcfg.max_steps:
                 elapsed = time.perf_counter() - window_start
-                (mean_loss,) = all_reduce_mean([window_loss / window_steps], state)
+                mean_loss = window_loss / window_steps
                 gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
                 sps = global_batch * window_steps / max(elapsed, 1e-9)
                 m = {
