@@ -103,6 +103,28 @@ def bench_one(name: str, frames: int, args, device: torch.device, dtype: torch.d
                 tflops_s=3 * flops * B / train_s / 1e12)  # fmt: skip
 
 
+def flops_table(args) -> None:
+    """Forward FLOPs per sample of STDiT vs DiT (and Latte, PixArt) as frames grow; no weights allocated."""
+    h, w = args.latent
+    names = ("STDiT-XL/2", "DiT-XL/2", "Latte-XL/2", "PixArt-XL/2")
+    print(f"# forward GFLOP per sample: depth {args.depth}, hidden {args.hidden}, latent {h}x{w}, "
+          f"text {args.text_len} tokens (x3 for a training step)")  # fmt: skip
+    print("| frames | tokens | " + " | ".join(n.split("-")[0] for n in names) + " | DiT / STDiT |")
+    print("|---:|---:|" + "---:|" * (len(names) + 1))
+    for frames in args.frames:
+        row = []
+        for name in names:
+            kw = dict(input_size=(frames, h, w), depth=args.depth, hidden_size=args.hidden, num_heads=args.heads,
+                      caption_channels=args.caption_channels)  # fmt: skip
+            if name.startswith(("STDiT", "PixArt")):
+                kw["model_max_length"] = args.text_len
+            with torch.device("meta"):
+                model = build_model(name, **kw)
+            row.append(flops_per_sample(model, (frames, h, w), text_len=args.text_len) / 1e9)
+        tokens = frames * (h // 2) * (w // 2)
+        print(f"| {frames} | {tokens} | " + " | ".join(f"{v:,.0f}" for v in row) + f" | {row[1] / row[0]:.2f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--full", action="store_true", help="XL sizes (depth 28, hidden 1152, 16 heads), 32x32 latents, bf16")
@@ -118,6 +140,8 @@ def main() -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing on")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--flops-only", action="store_true",
+                   help="only the analytic FLOPs table (no timing; models built on the meta device)")  # fmt: skip
     args = p.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.full:
@@ -130,6 +154,9 @@ def main() -> None:
         if getattr(args, k) is None:
             setattr(args, k, v)
     dtype = getattr(torch, args.dtype)
+    if args.flops_only:
+        flops_table(args)
+        return
     torch.manual_seed(0)
     if device.type == "cpu":
         machine = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"

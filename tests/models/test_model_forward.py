@@ -134,12 +134,14 @@ def test_condition_dropout(name):
         else:
             y_null = torch.tensor([10, y[1].item()])  # index num_classes = null label
         torch.testing.assert_close(dropped, m(x, ts, y_null, mask))
-    # training mode drops captions at random (class_dropout_prob), eval mode never does
+        all_null = m.y_embedder.y_embedding[None, None].expand(2, 1, -1, -1) if is_text else torch.tensor([10, 10])
+        expected = m(x, ts, all_null, mask)
+        assert not torch.allclose(m(x, ts, y, mask), expected)
+    # training mode drops conditions at random (class_dropout_prob; here 1.0), eval mode never does
     m.train()
     m.y_embedder.__dict__["uncond_prob" if is_text else "dropout_prob"] = 1.0
     with torch.no_grad():
-        torch.testing.assert_close(m(x, ts, y, mask), m(x, ts, y_null.clone() if not is_text else
-                                                      m.y_embedder.y_embedding[None, None].expand(2, 1, -1, -1), mask))
+        torch.testing.assert_close(m(x, ts, y, mask), expected)
 
 
 @pytest.mark.parametrize("name", ["STDiT-tiny", "PixArt-tiny", "DiT-tiny", "Latte-tiny"])
