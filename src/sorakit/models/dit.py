@@ -62,6 +62,8 @@ class DiT(DiffusionTransformer):
 
     `forward(x, timestep, y, mask=None)` -> `[B, C_out, T, H, W]` (C_out = 2C when `learn_sigma`). `mask`
     is accepted for a uniform call signature and ignored (the caption is one pooled token).
+    Upstream-only keys (`dtype`, `enable_flashattn`, `enable_layernorm_kernel`, `enable_sequence_parallelism`)
+    are accepted so Open-Sora configs build unchanged; see `DiffusionTransformer`.
     """
 
     def __init__(

@@ -64,6 +64,8 @@ class PixArt(DiffusionTransformer):
     (base_size = sqrt of the built number of spatial tokens); unless `no_temporal_pos_emb`, a temporal
     sin-cos embedding is added to the tokens too (note: for T = 1 that adds cos(0) = 1 to half the channels,
     exactly as upstream).
+    Upstream-only keys (`dtype`, `enable_flashattn`, `enable_layernorm_kernel`, `enable_sequence_parallelism`,
+    `freeze`) are accepted so Open-Sora configs build unchanged; see `DiffusionTransformer`.
     """
 
     def __init__(

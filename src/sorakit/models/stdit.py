@@ -103,6 +103,8 @@ class STDiT(DiffusionTransformer):
 
     `no_temporal_pos_emb` is accepted for config compatibility; as in upstream STDiT it does not switch the
     temporal position embedding off.
+    Upstream-only keys (`dtype`, `enable_flashattn`, `enable_layernorm_kernel`, `enable_sequence_parallelism`,
+    `freeze`) are accepted so Open-Sora configs build unchanged; see `DiffusionTransformer`.
     """
 
     def __init__(
