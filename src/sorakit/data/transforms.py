@@ -16,21 +16,18 @@ import torch.nn.functional as F
 def clip_indices(
     total: int, num_frames: int, frame_interval: int, rng: np.random.Generator
 ) -> list[int]:
-    """Frame indices of one training clip from a video of `total` frames.
-
-    A window of ``num_frames * frame_interval`` frames starts at a random position and frames are taken
-    evenly inside it (Open-Sora's ``TemporalRandomCrop`` + ``linspace``). When the video is shorter than
-    the window the whole video is spread over `num_frames` (frames repeat if it has fewer frames).
+    """Frame indices of one training clip from a video of `total` frames: `num_frames` frames exactly
+    `frame_interval` apart from a random start (Open-Sora's ``TemporalRandomCrop``; upstream spreads the
+    frames with a truncated ``linspace`` over the window, which makes some gaps one frame longer).
+    A video shorter than the clip is spread evenly over `num_frames` (frames repeat when it has fewer).
     """
     if total <= 0:
         raise ValueError("video has no frames")
-    window = num_frames * frame_interval
-    if total >= window:
-        start = int(rng.integers(0, total - window + 1))
-        end = start + window
-    else:
-        start, end = 0, total
-    return np.linspace(start, end - 1, num_frames).round().astype(int).tolist()
+    span = (num_frames - 1) * frame_interval + 1
+    if total >= span:
+        start = int(rng.integers(0, total - span + 1))
+        return [start + k * frame_interval for k in range(num_frames)]
+    return np.linspace(0, total - 1, num_frames).round().astype(int).tolist()
 
 
 def resize_center_crop(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
