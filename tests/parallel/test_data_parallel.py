@@ -57,6 +57,15 @@ def _worker(rank: int, world: int, cache: str, out: str):
     for name, (batch, extra) in cases.items():
         losses, path = _run(_cfg(Path(cache), batch, *extra), Path(out) / name)
         results[name] = (losses, str(path) if rank == 0 else None)
+    # FSDP stopped after step 1 (sharded optimizer state gathered into the checkpoint) and resumed
+    from sorakit.training.trainer import Components, train
+
+    cfg = _cfg(Path(cache), 2, "parallel.strategy=fsdp")
+    cfg.train.max_steps = 1
+    first = train(cfg, Path(out) / "fsdp-resume", components=Components(model=_model(cfg)))
+    cfg.train.max_steps = STEPS
+    rest = train(cfg, Path(out) / "fsdp-resume", resume=True, components=Components(model=_model(cfg)))
+    results["fsdp-resume"] = (first.losses + rest.losses, str(rest.checkpoint / "model.safetensors"))
     return results
 
 

@@ -159,3 +159,22 @@ def test_freeze_not_temporal_trains_only_temporal_attention(tmp_path):
     changed = {k for k in trained if not torch.equal(trained[k], initial[k])}
     assert changed and all("attn_temp" in k for k in changed)
     assert any("attn_temp.qkv" in k for k in changed)
+
+
+def test_class_conditional_dit_trains_on_a_label_cache(tmp_path):
+    from sorakit.data.cache import write_meta, write_shard
+
+    g = torch.Generator().manual_seed(0)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    write_shard(cache / "shard-00000.safetensors", {
+        "latents": torch.randn(8, 4, 1, 8, 8, generator=g), "label": torch.arange(8) % 5, "row": torch.arange(8),
+    })  # fmt: skip
+    write_meta(cache, {"latent_shape": [4, 1, 8, 8]})
+    cfg = tiny_config(f"data.csv={cache}", "model.type=DiT-tiny", "model.arch.condition=label_5",
+                      "text_encoder.type=classes", "text_encoder.path='5'", "train.max_steps=3", "train.ckpt_every=3",
+                      "train.caption_dropout=0.5")  # fmt: skip
+    res = train(cfg, tmp_path / "run")
+    assert res.step == 3 and all(torch.isfinite(torch.tensor(res.losses)))
+    sd = load_file(str(res.checkpoint / "model.safetensors"))
+    assert sd["y_embedder.embedding_table.weight"].shape[0] == 6  # 5 classes + the null class of guidance
