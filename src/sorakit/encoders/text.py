@@ -81,6 +81,20 @@ class TextEncoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    @classmethod
+    def from_modules(cls, tokenizer: Any, model: nn.Module, model_max_length: int) -> TextEncoder:
+        """Wrap an already built tokenizer and transformers model (e.g. randomly initialised from a config
+        for benchmarks) without reading anything from disk."""
+        self = cls.__new__(cls)
+        TextEncoder.__init__(self)
+        self.tokenizer = tokenizer
+        self.model = model
+        self.model_max_length = model_max_length
+        config = model.config
+        self.output_dim = int(getattr(config, "d_model", None) or config.hidden_size)
+        self._freeze()
+        return self
+
     def _freeze(self) -> None:
         self.eval()
         self.requires_grad_(False)

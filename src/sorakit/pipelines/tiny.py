@@ -46,6 +46,9 @@ def make_tiny_t5(out_dir: str | os.PathLike, d_model: int = 32, vocab_size: int 
     from tokenizers import SentencePieceUnigramTokenizer
     from transformers import T5Config, T5EncoderModel, T5TokenizerFast
 
+    from sorakit.encoders.text import _quiet_transformers
+
+    _quiet_transformers()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     trainer = SentencePieceUnigramTokenizer()
