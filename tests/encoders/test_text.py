@@ -127,3 +127,39 @@ def test_bad_encoder_inputs(tmp_path, monkeypatch) -> None:
     msg = str(info.value)
     assert "\n" not in msg and "huggingface-cli download sorakit-test-nobody/t5-missing" in msg
     assert "--text-encoder" in msg
+
+
+def test_clip_pooled_single_token(tmp_path) -> None:
+    """CLIP text tower built from a small config (with the MiniLM tokenizer): pooled [B, 1, 1, C]."""
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
+
+    from sorakit.encoders.text import minilm_path
+
+    AutoTokenizer.from_pretrained(str(minilm_path())).save_pretrained(str(tmp_path))
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=16, eos_token_id=102)  # fmt: skip
+    CLIPTextModel(config).save_pretrained(str(tmp_path))
+    enc = build_text_encoder(TextEncoderConfig(type="clip", path=str(tmp_path), model_max_length=16))
+    emb, mask = enc.encode(["a cat", "a dog on a skateboard"])
+    assert emb.shape == (2, 1, 1, 32) and mask.shape == (2, 1) and bool(mask.all())
+    assert not torch.allclose(emb[0], emb[1])
+
+
+def test_hub_resolution_offline(tmp_path, monkeypatch) -> None:
+    from sorakit.hub import resolve_dir, resolve_file
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "w.pt").write_bytes(b"x")
+    assert resolve_file(str(tmp_path / "w.pt")) == tmp_path / "w.pt"
+    assert resolve_dir(str(tmp_path)) == tmp_path
+    with pytest.raises(UserError) as info:
+        resolve_file("OpenSora-v1-HQ-16x256x256.pth")
+    msg = str(info.value)
+    assert "huggingface-cli download hpcai-tech/Open-Sora OpenSora-v1-HQ-16x256x256.pth" in msg and "--ckpt" in msg
+    with pytest.raises(UserError, match="dl.fbaipublicfiles.com"):
+        resolve_file("DiT-XL-2-256x256.pt")
+    with pytest.raises(UserError, match="huggingface-cli download PixArt-alpha/PixArt-alpha x.pth"):
+        resolve_file("PixArt-alpha/PixArt-alpha/x.pth")
+    with pytest.raises(UserError, match="no such file"):
+        resolve_file(str(tmp_path / "missing.pt"))
