@@ -209,3 +209,24 @@ def test_helpers() -> None:
     assert preset_name("opensora/16x256x256") == "opensora/inference/16x256x256"
     assert preset_name("dit/1x256x256-class") == "dit/inference/1x256x256-class"
     assert preset_name("pixart/inference/1x512x512") == "pixart/inference/1x512x512"
+
+
+def test_opensora_preset_with_local_components(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """--preset opensora/16x256x256 with --text-encoder/--vae/--ckpt (sizes shrunk with --set) gives the
+    same video as the model directory holding those same components."""
+    shrink = ["--set", "model.type=STDiT-tiny", "--set", "model.arch.hidden_size=32", "--set",
+              "model.arch.num_heads=2", "--set", "model.arch.mlp_ratio=2.0", "--set", "model.space_scale=1.0",
+              "--set", "text_encoder.model_max_length=12", "--set", "scheduler.cfg_scale=4.0"]  # fmt: skip
+    common = ["a red circle", "--resolution", "16x16", "--num-frames", "2", "--steps", "2", "--seed", "3", "--fps", "4"]
+    code = _gen(*common, "--preset", "opensora/16x256x256", *shrink,
+                "--text-encoder", str(tiny_model_dir / "text_encoder"), "--vae", str(tiny_model_dir / "vae"),
+                "--ckpt", str(tiny_model_dir / "transformer" / "model.safetensors"),
+                "--output", str(tmp_path / "preset.mp4"))  # fmt: skip
+    assert code == 0
+    meta = json.loads((tmp_path / "preset.json").read_text())
+    assert meta["model"]["preset"] == "opensora/inference/16x256x256" and meta["sampler"] == "iddpm"
+    assert _gen(*common, "--model", str(tiny_model_dir), "--output", str(tmp_path / "dir.mp4")) == 0
+    np.testing.assert_array_equal(read_video(tmp_path / "preset.mp4"), read_video(tmp_path / "dir.mp4"))
+    # and the preset's sidecar replays
+    assert _gen("--replay", str(tmp_path / "preset.json"), "--output", str(tmp_path / "again.mp4")) == 0
+    np.testing.assert_array_equal(read_video(tmp_path / "again.mp4"), read_video(tmp_path / "preset.mp4"))
