@@ -68,12 +68,17 @@ def resolve_dir(name: str | os.PathLike, what: str = "model", flag: str = "--mod
 
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*tokenizer*"]
     try:
-        return Path(snapshot_download(text, allow_patterns=patterns, local_files_only=True))
+        return Path(snapshot_download(text, allow_patterns=patterns + ["*.bin"], local_files_only=True))
     except Exception:
         pass
     if _offline():
         raise _download_error(text, what, flag, RuntimeError("offline"))
     try:
+        from huggingface_hub import list_repo_files
+
+        # weights as safetensors when the repository has them, else its PyTorch .bin files
+        if not any(f.endswith(".safetensors") for f in list_repo_files(text)):
+            patterns.append("*.bin")
         return Path(snapshot_download(text, allow_patterns=patterns))
     except Exception as exc:
         raise _download_error(text, what, flag, exc) from exc

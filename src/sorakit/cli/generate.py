@@ -385,7 +385,8 @@ def _replay_plan(args: argparse.Namespace) -> Plan:
     ns = argparse.Namespace(
         num_frames=meta["num_frames"], resolution=f"{meta['height']}x{meta['width']}", steps=meta["steps"],
         sampler=meta["sampler"], guidance=meta["guidance"], fps=meta["fps"], batch_size=len(batch["prompts"]),
-        seed=batch["seed"], device=args.device or meta.get("device"), dtype=args.dtype or meta.get("dtype"),
+        seed=batch["seed"], device=args.device or str(meta.get("device", "auto")).split(":")[0],
+        dtype=args.dtype or meta.get("dtype"),
     )  # fmt: skip
     if source["kind"] == "model" and not Path(source["model"]).is_dir():
         raise UserError(f"--replay: the model directory {source['model']} is gone")
