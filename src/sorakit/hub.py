@@ -30,6 +30,14 @@ KNOWN_CHECKPOINTS: dict[str, tuple[str, str] | str] = {
     "DiT-XL-2-512x512.pt": "https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-512x512.pt",
 }
 
+# Short names of the components Open-Sora 1.0 uses -> their hub repositories.
+KNOWN_COMPONENTS: dict[str, str] = {
+    "t5-v1_1-xxl": "DeepFloyd/t5-v1_1-xxl",
+    "sd-vae-ft-ema": "stabilityai/sd-vae-ft-ema",
+    "sd-vae-ft-mse": "stabilityai/sd-vae-ft-mse",
+    "clip-vit-base-patch32": "openai/clip-vit-base-patch32",
+}
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _HUB_FILE = re.compile(r"^([A-Za-z0-9][\w.\-]*/[\w.\-]+)/(.+\.(?:pt|pth|bin|safetensors|ckpt))$")
 
@@ -61,7 +69,7 @@ def resolve_dir(name: str | os.PathLike, what: str = "model", flag: str = "--mod
         return path
     if path.exists():
         raise UserError(f"{what}: expected a directory, got a file: {name}")
-    text = str(name)
+    text = KNOWN_COMPONENTS.get(str(name), str(name))
     if not _HUB_ID.match(text):
         raise UserError(f"{what}: no such directory: {name}")
     from huggingface_hub import snapshot_download

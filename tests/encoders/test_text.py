@@ -163,3 +163,37 @@ def test_hub_resolution_offline(tmp_path, monkeypatch) -> None:
         resolve_file("PixArt-alpha/PixArt-alpha/x.pth")
     with pytest.raises(UserError, match="no such file"):
         resolve_file(str(tmp_path / "missing.pt"))
+
+
+def test_t5_directory_in_the_hub_layout(tmp_path) -> None:
+    """DeepFloyd/t5-v1_1-xxl ships a sentencepiece `spiece.model` (no tokenizer.json): it must load."""
+    import json
+
+    import sentencepiece as spm
+    from transformers import T5Config, T5EncoderModel
+
+    corpus = ["a red circle moving to the right", "a blue square bouncing on the floor",
+              "a cat playing the piano in a sunny room", "waves crashing on a rocky beach at sunset"] * 20  # fmt: skip
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_prefix=str(tmp_path / "spiece"), vocab_size=40, pad_id=0, eos_id=1,
+        unk_id=2, bos_id=-1, model_type="unigram", minloglevel=2,
+    )  # fmt: skip
+    (tmp_path / "spiece.vocab").unlink()
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "T5Tokenizer", "extra_ids": 0}))
+    config = T5Config(vocab_size=40, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
+                      feed_forward_proj="gated-gelu", is_encoder_decoder=False)  # fmt: skip
+    T5EncoderModel(config).save_pretrained(str(tmp_path))
+    enc = build_text_encoder(TextEncoderConfig(type="t5", path=str(tmp_path), model_max_length=10))
+    emb, mask = enc.encode(["a red cat"])
+    assert emb.shape == (1, 1, 10, 16)
+    ids = enc.tokenize(["a red cat"])["input_ids"][0]
+    n = int(mask.sum())
+    assert ids[n - 1] == 1 and torch.all(ids[n:] == 0)  # </s> then <pad>, as T5 expects
+
+
+def test_short_component_names_map_to_hub_ids(monkeypatch) -> None:
+    from sorakit.hub import resolve_dir
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="huggingface-cli download DeepFloyd/t5-v1_1-xxl"):
+        resolve_dir("t5-v1_1-xxl", what="t5 text encoder", flag="--text-encoder")

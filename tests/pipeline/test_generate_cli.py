@@ -138,6 +138,7 @@ def test_bad_prompt_sources(tiny_model_dir: Path, tmp_path: Path, capsys: pytest
     _one_line_error(capsys, _gen("--prompt-file", str(two), "--model", str(tiny_model_dir), "--output",
                                  str(tmp_path / "x.mp4")), "use --output-dir")  # fmt: skip
     _one_line_error(capsys, _gen("a", "--preset", "opensora/nope"), "unknown preset")
+    _one_line_error(capsys, _gen("--class-label", "3", "--model", str(tiny_model_dir)), "class-conditional models")
 
 
 def test_builtin_missing(capsys: pytest.CaptureFixture, monkeypatch, tmp_path: Path) -> None:

@@ -268,6 +268,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     cfg = _source_config(source)
 
     plan = _settings(args, source, cfg)
+    if args.class_label and cfg.text_encoder.type != "classes":
+        raise UserError("--class-label is for class-conditional models (dit/..-class, latte/..-class): give a prompt")
     _check_prompts(cfg, items)
 
     # outputs
