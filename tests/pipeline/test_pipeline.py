@@ -189,3 +189,24 @@ def test_config_defaults_are_used(tiny_pipe: TextToVideoPipeline) -> None:
     cfg: Config = tiny_pipe.config
     frames = tiny_pipe("a cat", num_inference_steps=1, progress=False)
     assert frames.shape == (1, cfg.inference.num_frames, *cfg.inference.image_size, 3)
+
+
+def test_text_encoder_is_offloaded_around_encoding(tiny_pipe: TextToVideoPipeline, monkeypatch) -> None:
+    """With offloading on, the encoder goes to the pipeline's device only while encoding, then back to CPU."""
+    moves: list[str] = []
+    encoder = tiny_pipe.text_encoder
+    real_to, real_encode = encoder.to, encoder.encode
+
+    def record_to(device, *a, **k):
+        moves.append(f"to {torch.device(device).type}")
+        return real_to(device, *a, **k)
+
+    def record_encode(prompts):
+        moves.append("encode")
+        return real_encode(prompts)
+
+    monkeypatch.setattr(encoder, "to", record_to)
+    monkeypatch.setattr(encoder, "encode", record_encode)
+    monkeypatch.setattr(tiny_pipe, "offload_text_encoder", True)
+    tiny_pipe("a cat", num_frames=1, num_inference_steps=1, progress=False)
+    assert moves == [f"to {tiny_pipe.device.type}", "encode", "to cpu"]
