@@ -231,3 +231,16 @@ def test_opensora_preset_with_local_components(tiny_model_dir: Path, tmp_path: P
     # and the preset's sidecar replays
     assert _gen("--replay", str(tmp_path / "preset.json"), "--output", str(tmp_path / "again.mp4")) == 0
     np.testing.assert_array_equal(read_video(tmp_path / "again.mp4"), read_video(tmp_path / "preset.mp4"))
+
+
+def test_model_dir_with_foreign_ckpt(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--model DIR --ckpt FILE: the checkpoint is checked against the model before the text encoder loads."""
+    from safetensors.torch import save_file
+
+    from sorakit.models import build_model
+
+    save_file(build_model("DiT-tiny", condition="label_10").state_dict(), str(tmp_path / "dit.safetensors"))
+    code = _gen("a cat", "--model", str(tiny_model_dir), "--ckpt", str(tmp_path / "dit.safetensors"),
+                "--output", str(tmp_path / "a.mp4"))  # fmt: skip
+    _one_line_error(capsys, code, "checkpoint does not match STDiT-tiny")
+    assert not (tmp_path / "a.mp4").exists()

@@ -414,10 +414,8 @@ def load_pipeline(plan: Plan, device: Any):  # noqa: ANN201 - TextToVideoPipelin
         return TextToVideoPipeline.from_config(plan.cfg, ckpt=src["ckpt"], device=device, dtype=plan.dtype)
     pipe = TextToVideoPipeline.from_pretrained(
         src["model"] if src["kind"] == "model" else None, device=device, dtype=plan.dtype,
-        text_encoder=src["text_encoder"], vae=src["vae"], overrides=src["overrides"],
+        text_encoder=src["text_encoder"], vae=src["vae"], overrides=src["overrides"], ckpt=src["ckpt"],
     )  # fmt: skip
-    if src["ckpt"]:
-        pipe.load_transformer_checkpoint(src["ckpt"])
     return pipe
 
 

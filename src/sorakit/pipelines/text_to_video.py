@@ -233,11 +233,13 @@ class TextToVideoPipeline:
         text_encoder: str | None = None,
         vae: str | None = None,
         overrides: list[str] | None = None,
+        ckpt: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> TextToVideoPipeline:
         """Load a sorakit model directory (see :mod:`sorakit.pipelines.model_dir`); ``None`` = the
         built-in model. ``text_encoder`` / ``vae`` replace the directory's references with local paths
-        or hub ids; ``overrides`` are ``section.key=value`` config overrides."""
+        or hub ids; ``overrides`` are ``section.key=value`` config overrides; ``ckpt`` replaces the
+        transformer's weights (loaded before the text encoder, so a mismatch fails early)."""
         from sorakit.config import apply_overrides
         from sorakit.models import from_pretrained as load_transformer
 
@@ -256,6 +258,8 @@ class TextToVideoPipeline:
             raise
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise UserError(f"{transformer_dir}: cannot load the transformer: {str(exc).splitlines()[0]}") from exc
+        if ckpt is not None:
+            load_transformer_checkpoint(transformer, ckpt, cfg.model.type)
         _check_text_width(cfg, transformer)
         video_vae = build_vae(cfg.vae, "cpu", torch.float32)
         encoder = build_text_encoder(cfg.text_encoder, "cpu", dt if dt == torch.bfloat16 else torch.float32)
