@@ -4,7 +4,11 @@ process layout. See ``parallelize.py`` (strategies), ``sequence.py`` (STDiT sequ
 
 from sorakit.parallel.mesh import ParallelState, init_distributed, shutdown
 from sorakit.parallel.parallelize import STRATEGIES, apply_activation_checkpointing, parallelize
-from sorakit.parallel.sequence import SequenceParallel, apply_sequence_parallel
+from sorakit.parallel.sequence import (
+    SequenceParallel,
+    apply_sequence_parallel,
+    setup_inference_sequence_parallel,
+)
 
 __all__ = [
     "STRATEGIES",
@@ -14,5 +18,6 @@ __all__ = [
     "apply_sequence_parallel",
     "init_distributed",
     "parallelize",
+    "setup_inference_sequence_parallel",
     "shutdown",
 ]
