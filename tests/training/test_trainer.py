@@ -102,6 +102,8 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path):
     resumed = train(tiny_config(*over, "train.max_steps=7"), tmp_path / "split", resume=True, components=_components())
     assert resumed.step == 7
     assert resumed.losses == full.losses[3:]
+    steps = [json.loads(x)["step"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 8))  # one line per step, none twice
     _assert_same_checkpoint(full.checkpoint, resumed.checkpoint)
     state = json.loads((resumed.checkpoint / "state.json").read_text())
     assert state["step"] == 7 and state["epoch"] == 3 and state["batch_in_epoch"] == 1

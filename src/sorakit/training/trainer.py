@@ -316,6 +316,20 @@ class MetricsLogger:
             self.writer.close()
 
 
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics logged after `step` by a run that died before its next checkpoint."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                keep.append(line)
+        except (ValueError, KeyError):
+            continue
+    path.write_text("".join(f"{x}\n" for x in keep))
+
+
 def _add_file_log(run_dir: Path) -> logging.Handler:
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
@@ -403,8 +417,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, components: Components, sta
             build_encoders(cfg, state, components)
             data = build_data(cfg, state, components)  # now with the encoders' shapes
         model = components.model if components.model is not None else build_model(cfg, data)
-        if tcfg.init_from and latest is None:
-            load_init_weights(model, tcfg.init_from)
+        init = tcfg.init_from or cfg.model.from_pretrained
+        if init and latest is None and components.model is None:
+            load_init_weights(model, init)
         n_train = freeze(model, tcfg.freeze)
         objective = components.objective if components.objective is not None else build_objective(cfg)
         n_params = sum(p.numel() for p in model.parameters())
@@ -430,6 +445,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, components: Components, sta
         if latest is not None:
             step, epoch, batch_in_epoch = _resume(latest, model, optimizer, scheduler, ema, generators, skip, state)
             log.info("resumed from %s (step %d, epoch %d, batch %d)", latest, step, epoch, batch_in_epoch)
+            if state.is_main:
+                _truncate_metrics(run_dir / "metrics.jsonl", step)
 
         # -- accounting for throughput / MFU --------------------------------------------------------
         global_batch = tcfg.batch_size * state.dp_size
