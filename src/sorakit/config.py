@@ -45,7 +45,9 @@ class ModelConfig:
     time_scale: float = _doc("temporal position-embedding scale (1.0 at 16 frames, 2/3 at 64)", 1.0)
     from_pretrained: str | None = _doc("checkpoint file or sorakit model directory to load", None)
     grad_checkpoint: bool = _doc("recompute block activations in the backward pass to save memory", False)
-    arch: dict[str, Any] = _doc("extra constructor kwargs overriding the preset (depth, hidden_size, ...)", factory=dict)
+    arch: dict[str, Any] = _doc(
+        "extra constructor kwargs overriding the preset (depth, hidden_size, ...)", factory=dict
+    )
 
 
 @dataclass
@@ -74,7 +76,9 @@ class SchedulerConfig:
     type: str = _doc("sampler: 'iddpm', 'dpm-solver', 'ddim' or 'rflow'", "iddpm")
     num_sampling_steps: int = _doc("denoising steps at inference", 100)
     cfg_scale: float = _doc("classifier-free guidance scale (1 = no guidance)", 7.0)
-    cfg_channels: int | None = _doc("guide only the first N channels (3 = Open-Sora 1.0 parity); None = all", None)
+    cfg_channels: int | None = _doc(
+        "guide only the first N channels (3 = Open-Sora 1.0 parity); None = all", None
+    )
     num_timesteps: int = _doc("training diffusion steps", 1000)
 
 
@@ -83,7 +87,9 @@ class DataConfig:
     """Training data."""
 
     csv: str | None = _doc("CSV with a header row: path, text[, num_frames, fps, ...]", None)
-    data_root: str | None = _doc("folder that relative paths in the CSV resolve against (default: the CSV's)", None)
+    data_root: str | None = _doc(
+        "folder that relative paths in the CSV resolve against (default: the CSV's)", None
+    )
     cache_dir: str | None = _doc("latent/text-embedding cache written by `sorakit data encode`", None)
     num_frames: int = _doc("frames per training clip", 16)
     frame_interval: int = _doc("take every N-th frame of the source video", 3)
@@ -115,7 +121,9 @@ class TrainConfig:
     init_from: str | None = _doc("weights to start from (PixArt-α / previous stage EMA)", None)
     vae_micro_batch_size: int | None = _doc("frames per VAE encode call during training", None)
     tensorboard: bool = _doc("write TensorBoard event files to RUN_DIR/tensorboard", True)
-    peak_tflops: float | None = _doc("device peak TFLOP/s for MFU; None = GPU datasheet or a measured CPU matmul", None)
+    peak_tflops: float | None = _doc(
+        "device peak TFLOP/s for MFU; None = GPU datasheet or a measured CPU matmul", None
+    )
 
 
 @dataclass
@@ -276,9 +284,7 @@ def apply_dict(cfg: Config, data: dict[str, Any], source: str = "config") -> Con
         obj = getattr(cfg, section)
         for key, value in values.items():
             if key not in hints:
-                raise ConfigError(
-                    f"{source}: unknown key '{section}.{key}'{_closest(key, list(hints))}"
-                )
+                raise ConfigError(f"{source}: unknown key '{section}.{key}'{_closest(key, list(hints))}")
             setattr(obj, key, _convert(f"{section}.{key}", value, hints[key]))
     return cfg
 
@@ -291,14 +297,22 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         dotted, raw = item.split("=", 1)
         parts = dotted.strip().split(".")
         if len(parts) < 2:
-            raise ConfigError(f"override '{item}': key must be section.key{_closest(parts[0], list(SECTIONS))}")
+            raise ConfigError(
+                f"override '{item}': key must be section.key{_closest(parts[0], list(SECTIONS))}"
+            )
         section, key, rest = parts[0], parts[1], parts[2:]
         if section not in SECTIONS:
-            raise ConfigError(f"override '{item}': unknown section '{section}'{_closest(section, list(SECTIONS))}")
+            raise ConfigError(
+                f"override '{item}': unknown section '{section}'{_closest(section, list(SECTIONS))}"
+            )
         hints = _section_hints(section)
         if key not in hints:
             raise ConfigError(f"override '{item}': unknown key '{section}.{key}'{_closest(key, list(hints))}")
-        value = _parse_scalar(raw)
+        value = (
+            raw.strip()
+            if _wants_string(hints[key]) and raw.strip().lower() not in ("none", "null")
+            else _parse_scalar(raw)
+        )
         if rest:
             if typing.get_origin(hints[key]) is not dict:
                 raise ConfigError(f"override '{item}': '{section}.{key}' has no sub-keys")
@@ -307,6 +321,14 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         else:
             setattr(getattr(cfg, section), key, _convert(f"{section}.{key}", value, hints[key]))
     return cfg
+
+
+def _wants_string(hint: Any) -> bool:
+    """True for `str` and `str | None` fields: their override values are taken as text (`path=5` is "5")."""
+    return hint is str or (
+        typing.get_origin(hint) in (typing.Union, types.UnionType)
+        and set(typing.get_args(hint)) == {str, type(None)}
+    )
 
 
 def _parse_scalar(raw: str) -> Any:
@@ -384,7 +406,9 @@ def dump_toml(data: dict[str, Any]) -> str:
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(fmt(x) for x in v) + "]"
         if isinstance(v, dict):
-            return "{ " + ", ".join(f"{json.dumps(k)} = {fmt(x)}" for k, x in v.items() if x is not None) + " }"
+            return (
+                "{ " + ", ".join(f"{json.dumps(k)} = {fmt(x)}" for k, x in v.items() if x is not None) + " }"
+            )
         raise TypeError(f"cannot write {type(v)} to TOML")
 
     lines: list[str] = []
@@ -450,7 +474,9 @@ class _LiteralReader(ast.NodeVisitor):
 
     def _refuse(self, node: ast.AST, what: str) -> ConfigError:
         line = getattr(node, "lineno", "?")
-        return ConfigError(f"{self.source}:{line}: refused to read {what}: Open-Sora config files may hold literals only")
+        return ConfigError(
+            f"{self.source}:{line}: refused to read {what}: Open-Sora config files may hold literals only"
+        )
 
 
 def read_python_literals(path: Path) -> dict[str, Any]:
@@ -477,7 +503,14 @@ def read_python_literals(path: Path) -> dict[str, Any]:
 _OS_VAE = {"VideoAutoencoderKL": "sd-vae"}
 _OS_TEXT = {"t5": "t5", "clip": "clip", "classes": "classes"}
 _OS_SCHED = {"iddpm": "iddpm", "dpm-solver": "dpm-solver", "iddpm-speed": "iddpm"}
-_OS_DTYPE = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+_OS_DTYPE = {
+    "fp16": "fp16",
+    "bf16": "bf16",
+    "fp32": "fp32",
+    "float16": "fp16",
+    "bfloat16": "bf16",
+    "float32": "fp32",
+}
 _OS_PLUGIN = {"zero2": "fsdp", "zero2-seq": "fsdp", "ddp": "ddp"}
 
 

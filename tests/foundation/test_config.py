@@ -214,3 +214,8 @@ def test_opensora_py_config_refuses_code(tmp_path, monkeypatch, line, what):
     with pytest.raises(ConfigError, match=what):
         load_config(str(path))
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_string_fields_take_override_text_verbatim():
+    cfg = load_config(None, ["text_encoder.path=5", "vae.path=none", "model.type=STDiT-XL/2"])
+    assert cfg.text_encoder.path == "5" and cfg.vae.path is None and cfg.model.type == "STDiT-XL/2"
