@@ -10,6 +10,8 @@ Where the model comes from (one of):
 Every input is checked before any weights are loaded: a bad value is one line and exit status 2.
 Under torchrun the batches are split across the processes (data parallel): N GPUs make N batches at
 once, and every video is the same as in a one-process run (each batch has its own seed).
+With --sequence-parallel (STDiT models) the N processes instead make every batch together, each holding
+1/N of the frames (latent frames must divide by N); rank 0 writes the videos.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run_.add_argument("--dtype", help="auto, fp32, bf16 or fp16 (default auto: bf16/fp16 on GPU, fp32 on CPU)")
     run_.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     run_.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run_.add_argument("--sequence-parallel", action="store_true",
+                      help="under torchrun: split each video's frames over the processes (STDiT models only)")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -460,16 +464,35 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _check_sequence_parallel(plan: Plan, world: int) -> None:
+    """--sequence-parallel needs torchrun with >1 process, an STDiT model and latent frames that split."""
+    if world < 2:
+        raise UserError("--sequence-parallel needs several processes: launch with torchrun --nproc_per_node N (N > 1)")
+    model_type = str(plan.cfg.model.type)
+    if not model_type.lower().startswith("stdit"):
+        raise UserError(f"--sequence-parallel works with STDiT models only, not {model_type}")
+    _, patch = _geometry(plan.source, plan.cfg)
+    latent_frames = plan.num_frames // patch[0]
+    if latent_frames % world:
+        raise UserError(
+            f"--sequence-parallel: {plan.num_frames} frames give {latent_frames} latent frames, "
+            f"which do not split over {world} processes"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     plan = make_plan(args)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    sp = bool(getattr(args, "sequence_parallel", False))
+    if sp:
+        _check_sequence_parallel(plan, world)
 
     import torch
 
     from sorakit.logging import get_logger
 
     log = get_logger("sorakit.generate")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device: Any = plan.device
     if world > 1:
@@ -480,10 +503,19 @@ def run(args: argparse.Namespace) -> int:
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     try:
-        mine = plan.batches[rank::world]
+        # sequence parallel: every rank samples every batch with the same seed; data parallel: a share each
+        mine = plan.batches if sp else plan.batches[rank::world]
+        writes = rank == 0 or not sp
         if mine:
             pipe = load_pipeline(plan, device)
-            log.info("model ready on %s (%s); %d batch(es) to sample", pipe.device, plan.dtype, len(plan.batches))
+            if sp:
+                from sorakit.parallel import apply_sequence_parallel
+
+                # the process group is already up (world group = the sequence-parallel group), so this is
+                # what setup_inference_sequence_parallel does, without it picking a device of its own
+                apply_sequence_parallel(pipe.transformer)
+            log.info("model ready on %s (%s); %d batch(es) to sample%s", pipe.device, plan.dtype, len(plan.batches),
+                     f", sequence parallel over {world} processes" if sp else "")  # fmt: skip
         for batch in mine:
             frames = pipe(
                 batch.prompts, num_frames=plan.num_frames, height=plan.height, width=plan.width,
@@ -491,7 +523,7 @@ def run(args: argparse.Namespace) -> int:
                 seed=batch.seed, output_type="np", progress=not args.no_progress and rank == 0,
             )  # fmt: skip
             for j, out in enumerate(batch.outputs):
-                if out is None:
+                if out is None or not writes:
                     continue
                 write_output(out, frames[j], plan.fps)
                 _write_json(out.with_suffix(".json"), sidecar(plan, batch, j, pipe))
