@@ -205,21 +205,26 @@ def _geometry(source: dict[str, Any], cfg: Any) -> tuple[int, tuple[int, int, in
 
 
 def _check_writable(path: Path) -> None:
-    """Create the folder and prove a file can be written there (works as root too)."""
+    """The output file `path` is not a folder, and its folder can be written."""
     if path.is_dir():
         raise UserError(f"output {path} is a directory")
-    for ancestor in path.parents:
+    _check_folder_writable(path.parent)
+
+
+def _check_folder_writable(folder: Path) -> None:
+    """Create `folder` and prove a file can be written there (works as root too)."""
+    for ancestor in (folder, *folder.parents):
         if ancestor.exists():
             if not ancestor.is_dir():
-                raise UserError(f"cannot write to {path.parent}: {ancestor} is a file, not a folder")
+                raise UserError(f"cannot write to {folder}: {ancestor} is a file, not a folder")
             break
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".sorakit-write-test.", dir=path.parent)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".sorakit-write-test.", dir=folder)
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise UserError(f"cannot write to {path.parent}: {exc.strerror or exc}") from exc
+        raise UserError(f"cannot write to {folder}: {exc.strerror or exc}") from exc
 
 
 def _read_prompt_file(path: str) -> list[tuple[int, str]]:
@@ -292,10 +297,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
         for index, prompt in items:
             label = f"class-{prompt}" if args.class_label else prompt
             paths.append(folder / f"{index:04d}-{slugify(label)}{single_suffix}")
-    for path in dict.fromkeys(p.parent for p in paths):
-        _check_writable(path / "x")
+    for folder in dict.fromkeys(p.parent for p in paths):
+        _check_folder_writable(folder)
     for path in paths:
-        _check_writable(path)
+        if path.is_dir():
+            raise UserError(f"output {path} is a directory")
 
     # batches, each with its own seed (seed + position of its first prompt): the same videos come out
     # however the batches are spread over processes
