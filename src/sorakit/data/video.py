@@ -39,47 +39,32 @@ def write_video(
 
     yuv420p needs even sizes: odd heights/widths are padded by one pixel (edge replicated).
     """
-    import av
 
     path = Path(path)
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
     if path.suffix.lower() == ".gif":
-        return _write_gif(path, frames, fps)
-    t, h, w, _ = frames.shape
-    ph, pw = h % 2, w % 2
+        return _encode_atomic(path, frames, fps, "gif", "gif", "rgb8", {})
+    ph, pw = frames.shape[1] % 2, frames.shape[2] % 2
     if ph or pw:
         frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
-    tmp = _atomic_target(path)
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            rate = Fraction(fps).limit_denominator(1001)
-            stream = container.add_stream(codec, rate=rate)
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)}
-            for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return _encode_atomic(path, frames, fps, "mp4", codec, "yuv420p", {"crf": str(crf)})
 
 
-def _write_gif(path: Path, frames: np.ndarray, fps: float) -> Path:
+def _encode_atomic(
+    path: Path, frames: np.ndarray, fps: float, fmt: str, codec: str, pix_fmt: str, options: dict[str, str]
+) -> Path:
+    """Encode RGB frames into a temporary file beside `path`, then rename it into place."""
     import av
 
     tmp = _atomic_target(path)
     try:
-        with av.open(str(tmp), mode="w", format="gif") as container:
-            stream = container.add_stream("gif", rate=Fraction(fps).limit_denominator(1001))
+        with av.open(str(tmp), mode="w", format=fmt) as container:
+            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "rgb8"
+            stream.pix_fmt = pix_fmt
+            stream.options = options
             for frame in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                     container.mux(packet)
