@@ -13,7 +13,6 @@ Generation is deterministic: video ``i`` of a run with seed ``s`` depends only o
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from sorakit.errors import UserError
+from sorakit.tools._io import write_csv
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),
@@ -235,11 +235,4 @@ def synthesize(
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             rows = list(pool.map(_make_one, jobs, chunksize=max(1, num_videos // (workers * 8))))
-    csv_path = out / "train.csv"
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, csv_path)
-    return csv_path
+    return write_csv(out / "train.csv", rows, CSV_COLUMNS)
