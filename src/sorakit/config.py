@@ -80,6 +80,10 @@ class SchedulerConfig:
         "guide only the first N channels (3 = Open-Sora 1.0 parity); None = all", None
     )
     num_timesteps: int = _doc("training diffusion steps", 1000)
+    shift: float = _doc(
+        "rectified flow only: time shift s (t -> s t / (1 + (s - 1) t)) of training times and sampling steps;"
+        " > 1 spends them nearer pure noise; 1 = none", 1.0
+    )
 
 
 @dataclass

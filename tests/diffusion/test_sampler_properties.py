@@ -378,6 +378,22 @@ def test_rflow_objective():
     torch.testing.assert_close(wrong["loss"], (noise**2).mean(dim=(1, 2, 3, 4)))
 
 
+def test_rflow_fixed_shift_moves_training_times_and_sampling_steps():
+    base, shifted = build_objective("rflow"), build_objective("rflow", shift=3.0)
+    t = base.sample_timesteps(5000, gen(25), "cpu")
+    torch.testing.assert_close(shifted.sample_timesteps(5000, gen(25), "cpu"), time_shift(t, 3.0))
+    assert RectifiedFlow(4, shift=3.0).timesteps == sampling_timesteps(4, shift=3.0)
+    assert RectifiedFlow(4, shift=3.0).timesteps[1] == pytest.approx(3 * 0.75 / (1 + 2 * 0.75) * 1000)
+    assert RectifiedFlow(4).timesteps == [1000.0, 750.0, 500.0, 250.0]
+    # still an exact transport for a constant field, whatever the step times
+    mu = torch.tensor([0.5, -1.0]).view(1, 2, 1, 1, 1).double()
+    z = torch.randn(3, 2, 1, 2, 2, dtype=torch.float64, generator=gen(26))
+    torch.testing.assert_close(RectifiedFlow(5, shift=3.0).sample(lambda x, tt: mu.expand_as(x), z), z + mu)
+    for bad in (0, -1.0, "3"):
+        with pytest.raises(ConfigError):
+            RectifiedFlow(4, shift=bad)
+
+
 # ---------------------------------------------------------------------------------------------
 # Builders, guidance wrapper
 # ---------------------------------------------------------------------------------------------

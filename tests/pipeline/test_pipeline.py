@@ -210,3 +210,23 @@ def test_text_encoder_is_offloaded_around_encoding(tiny_pipe: TextToVideoPipelin
     monkeypatch.setattr(tiny_pipe, "offload_text_encoder", True)
     tiny_pipe("a cat", num_frames=1, num_inference_steps=1, progress=False)
     assert moves == [f"to {tiny_pipe.device.type}", "encode", "to cpu"]
+
+
+def test_rflow_time_shift_reaches_the_sampler(tiny_pipe: TextToVideoPipeline, monkeypatch) -> None:
+    """scheduler.shift moves the rectified-flow steps the model sees; other samplers ignore it."""
+    from sorakit.diffusion.rflow import sampling_timesteps
+
+    seen: list[float] = []
+    real = tiny_pipe._denoiser
+
+    def record(x, t, *a, **k):
+        seen.append(float(t.reshape(-1)[0]))
+        return real(x, t, *a, **k)
+
+    monkeypatch.setattr(tiny_pipe, "_denoiser", record)
+    monkeypatch.setattr(tiny_pipe.config.scheduler, "shift", 3.0)
+    tiny_pipe("a cat", num_frames=2, num_inference_steps=4, sampler="rflow", seed=0, progress=False)
+    assert seen == pytest.approx(sampling_timesteps(4, shift=3.0))
+    seen.clear()
+    tiny_pipe("a cat", num_frames=2, num_inference_steps=4, sampler="ddim", seed=0, progress=False)
+    assert len(seen) == 4 and seen[0] < 1000

@@ -132,6 +132,9 @@ class RectifiedFlow:
         use_timestep_transform: apply the resolution-aware shift (needs height/width).
         transform_scale: extra factor on the shift ratio.
         base_resolution, base_num_frames: where the ratio is 1.
+        shift: a fixed time-shift ratio (used when ``use_timestep_transform`` is off; 1 = none). Values > 1
+            move training times and sampling steps towards the noisy end, where highly redundant data (many
+            frames of one small object) decides its layout and motion.
         height, width, num_frames: default sample geometry for the shift (pixels, frames); can
             also be given per call.
     """
@@ -153,7 +156,10 @@ class RectifiedFlow:
         height: int | None = None,
         width: int | None = None,
         num_frames: int = 1,
+        shift: float = 1.0,
     ) -> None:
+        if not (isinstance(shift, (int, float)) and shift > 0):
+            raise ConfigError(f"rflow shift must be a positive number, got {shift!r}")
         if sample_method not in ("logit-normal", "uniform"):
             raise ConfigError(
                 f"unknown rflow sample_method {sample_method!r} (choose logit-normal or uniform)"
@@ -169,11 +175,12 @@ class RectifiedFlow:
         self.transform_scale = transform_scale
         self.base_resolution, self.base_num_frames = base_resolution, base_num_frames
         self.height, self.width, self.num_frames = height, width, num_frames
+        self.shift = float(shift)
         self.num_model_calls = 0
 
     def _ratio(self, height=None, width=None, num_frames=None) -> float | None:
         if not self.use_timestep_transform:
-            return None
+            return self.shift if self.shift != 1.0 else None
         height, width = height or self.height, width or self.width
         if height is None or width is None:
             raise ConfigError("rflow with use_timestep_transform needs the sample height and width")

@@ -449,7 +449,8 @@ class TextToVideoPipeline:
         from sorakit.diffusion import build_sampler, cfg_model_fn
         from sorakit.diffusion.common import randn
 
-        scheduler = build_sampler(sampler_name, steps, num_timesteps=cfg.scheduler.num_timesteps)
+        extra = {"shift": cfg.scheduler.shift} if sampler_name == "rflow" and cfg.scheduler.shift != 1.0 else {}
+        scheduler = build_sampler(sampler_name, steps, num_timesteps=cfg.scheduler.num_timesteps, **extra)
 
         # 1. prompts -> caption embeddings (and the null caption for guidance)
         y, mask, y_null = self.encode_prompt(prompts)

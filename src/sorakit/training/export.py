@@ -27,8 +27,18 @@ def resolve_checkpoint(run_dir: Path, step: int | None = None) -> Path:
     return found[step]
 
 
-def export_run(run_dir: Path, out_dir: Path, step: int | None = None, weights: str = "ema", dtype: str = "fp32") -> Path:
-    """Write the EMA (or raw) weights of a run's checkpoint as a model directory; returns its path."""
+def export_run(
+    run_dir: Path,
+    out_dir: Path,
+    step: int | None = None,
+    weights: str = "ema",
+    dtype: str = "fp32",
+    bundle_vae: bool = False,
+) -> Path:
+    """Write the EMA (or raw) weights of a run's checkpoint as a model directory; returns its path.
+
+    With ``bundle_vae`` the run's VAE (``vae.path``, a local diffusers AutoencoderKL directory) is copied into
+    the model directory, which then needs nothing but the text encoder to generate."""
     from sorakit.config import load_config
     from sorakit.models.checkpoint import build_from_config
     from sorakit.pipelines.model_dir import save_model_dir
@@ -52,4 +62,12 @@ def export_run(run_dir: Path, out_dir: Path, step: int | None = None, weights: s
     cfg.inference.image_size = list(cfg.data.image_size)
     cfg.model.from_pretrained = None
     cfg.train.init_from = None
-    return save_model_dir(out_dir, model, cfg, dtype=DTYPES[dtype])
+    cfg.data.csv = cfg.data.cache_dir = cfg.data.data_root = None  # training data is not part of the model
+    vae = None
+    if bundle_vae:
+        from sorakit.encoders.vae import VideoVAE, load_autoencoder
+
+        if not cfg.vae.path or not Path(cfg.vae.path).is_dir():
+            raise UserError(f"--bundle-vae needs a local VAE directory; the run's vae.path is {cfg.vae.path!r}")
+        vae = VideoVAE(load_autoencoder(cfg.vae.path), scaling_factor=cfg.vae.scaling_factor)
+    return save_model_dir(out_dir, model, cfg, vae=vae, dtype=DTYPES[dtype])
