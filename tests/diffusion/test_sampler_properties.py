@@ -394,6 +394,41 @@ def test_rflow_fixed_shift_moves_training_times_and_sampling_steps():
             RectifiedFlow(4, shift=bad)
 
 
+def test_velocity_model_drives_ddpm_samplers():
+    """A rectified-flow velocity field, wrapped by velocity_as_eps, is the exact eps of the VP path: DDIM and
+    DPM-Solver then land on a point mass, and the wrapped eps matches the closed form at any timestep."""
+    from sorakit.diffusion.rflow import velocity_as_eps
+    from sorakit.diffusion.schedules import linear_betas
+
+    target = torch.randn(1, 3, 2, 2, 2, dtype=torch.float64, generator=gen(27))
+    seen = []
+
+    def velocity_point_mass(x, t):  # x = (1 - s) x* + s n  ->  v = x* - n
+        seen.append(t)
+        s = (t.to(torch.float64) / 1000).view(-1, 1, 1, 1, 1)
+        return target - (x - (1 - s) * target) / s
+
+    eps_fn = velocity_as_eps(velocity_point_mass)
+    acp = torch.cumprod(1 - torch.as_tensor(linear_betas(1000), dtype=torch.float64), 0)
+    x = torch.randn(4, 3, 2, 2, 2, dtype=torch.float64, generator=gen(28))
+    for t in (0, 17, 500, 999):
+        a = acp[t]
+        want = (x - a.sqrt() * target) / (1 - a).sqrt()
+        torch.testing.assert_close(eps_fn(x, torch.full((4,), t)), want, rtol=1e-9, atol=1e-9)
+    # fractional (DPM-Solver) times interpolate log(alpha_bar)
+    frac = eps_fn(x, torch.full((4,), 250.5, dtype=torch.float64))
+    a = torch.exp(0.5 * (acp[250].log() + acp[251].log()))
+    torch.testing.assert_close(frac, (x - a.sqrt() * target) / (1 - a).sqrt(), rtol=1e-9, atol=1e-9)
+    assert all(float(t.max()) <= 1000 for t in seen)
+    z = torch.randn(3, 3, 2, 2, 2, dtype=torch.float64, generator=gen(29))
+    ddim = DDIM(num_sampling_steps=7, eta=0.0)
+    torch.testing.assert_close(ddim.sample(eps_fn, z), target.expand_as(z), rtol=0, atol=1e-9)
+    for order, steps in ((1, 4), (2, 6), (3, 9)):  # DPM-Solver stops at t = 1/N, where the exact ODE end is known
+        dpm = DPMSolver(steps, order=order, schedule_dtype=torch.float64)
+        out = dpm.sample(velocity_as_eps(velocity_point_mass, sampler=dpm), z)
+        torch.testing.assert_close(out, exact_ode_end(z, target, 0.0, dpm), rtol=0, atol=1e-9)
+
+
 # ---------------------------------------------------------------------------------------------
 # Builders, guidance wrapper
 # ---------------------------------------------------------------------------------------------

@@ -213,7 +213,9 @@ def test_text_encoder_is_offloaded_around_encoding(tiny_pipe: TextToVideoPipelin
 
 
 def test_rflow_time_shift_reaches_the_sampler(tiny_pipe: TextToVideoPipeline, monkeypatch) -> None:
-    """scheduler.shift moves the rectified-flow steps the model sees; other samplers ignore it."""
+    """scheduler.shift moves the rectified-flow steps the model sees; DDPM samplers drive a flow-trained
+    model through velocity_as_eps (model times are flow times s*1000 < 1000); the rflow sampler refuses an
+    eps-trained model."""
     from sorakit.diffusion.rflow import sampling_timesteps
 
     seen: list[float] = []
@@ -223,8 +225,12 @@ def test_rflow_time_shift_reaches_the_sampler(tiny_pipe: TextToVideoPipeline, mo
         seen.append(float(t.reshape(-1)[0]))
         return real(x, t, *a, **k)
 
+    assert tiny_pipe.config.train.objective == "iddpm"
+    with pytest.raises(UserError, match="rectified flow"):
+        tiny_pipe("a cat", num_frames=2, num_inference_steps=2, sampler="rflow", progress=False)
     monkeypatch.setattr(tiny_pipe, "_denoiser", record)
     monkeypatch.setattr(tiny_pipe.config.scheduler, "shift", 3.0)
+    monkeypatch.setattr(tiny_pipe.config.train, "objective", "rflow")
     tiny_pipe("a cat", num_frames=2, num_inference_steps=4, sampler="rflow", seed=0, progress=False)
     assert seen == pytest.approx(sampling_timesteps(4, shift=3.0))
     seen.clear()

@@ -240,6 +240,13 @@ class DPMSolver:
         ts = solver_time_steps(self.skip_type, self.t_start, self.t_end, self.num_steps, self.schedule)
         return model_input_time(ts[:-1], self.schedule.total_n)
 
+    def alpha_bar_at(self, t_input: torch.Tensor) -> torch.Tensor:
+        """The alpha_bar (float64 [M]) this solver assumes at the model time `t_input` it calls the model with
+        (for a model that is not an eps model, see :func:`sorakit.diffusion.rflow.velocity_as_eps`)."""
+        t = t_input.to(torch.float64).reshape(-1) / 1000.0 + 1.0 / self.schedule.total_n
+        s = self.schedule
+        return torch.exp(2.0 * interp(t, s.t.to(torch.float64), s.log_alpha.to(torch.float64)))
+
     def sample(
         self,
         model_fn: ModelFn,

@@ -288,3 +288,45 @@ class RectifiedFlow:
 
     def __repr__(self) -> str:
         return f"RectifiedFlow(num_steps={self.num_steps}, shift={self.use_timestep_transform})"
+
+
+# ---------------------------------------------------------------------------------------------
+# A velocity model driven by the DDPM-family samplers
+# ---------------------------------------------------------------------------------------------
+
+
+def velocity_as_eps(model_fn: ModelFn, num_timesteps: int = 1000, betas=None, sampler=None) -> ModelFn:
+    """Wrap a rectified-flow model (velocity ``v = x0 - noise`` at ``x = (1 - s) x0 + s noise``) so that
+    IDDPM, DDIM and DPM-Solver, which expect a noise prediction on the variance-preserving path
+    ``x = sqrt(ab) x0 + sqrt(1 - ab) eps`` (linear betas by default), can drive it.
+
+    Both paths carry the same points up to scale: the VP point at ``ab`` is ``(a + b)`` times the
+    rectified-flow point at ``s = b / (a + b)`` (``a = sqrt(ab)``, ``b = sqrt(1 - ab)``), and there
+    ``eps = x_rf - (1 - s) v``. The sampler's timestep (an integer, or DPM-Solver's fractional one) is mapped
+    to ``ab`` by interpolating ``log ab`` linearly between the discrete steps, or by the sampler's own
+    ``alpha_bar_at(t)`` when it has one (DPM-Solver, whose clipped schedule shifts its model times).
+    """
+    from sorakit.diffusion.schedules import linear_betas
+
+    betas = linear_betas(num_timesteps) if betas is None else betas
+    log_ab = torch.log(torch.cumprod(1 - torch.as_tensor(betas, dtype=torch.float64), 0))
+    last = len(log_ab) - 1
+
+    own = getattr(sampler, "alpha_bar_at", None)
+
+    def fn(x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
+        tf = t.detach().to("cpu", torch.float64).reshape(-1)
+        if own is not None:
+            la = torch.log(own(tf))
+        else:
+            tf = tf.clamp(0, last)
+            lo = tf.floor().long()
+            hi = (lo + 1).clamp(max=last)
+            la = torch.lerp(log_ab[lo], log_ab[hi], tf - lo)
+        a, b = (0.5 * la).exp(), (-torch.expm1(la)).sqrt()
+        s = (b / (a + b)).to(x.device)
+        x_rf = x / expand_to((a + b).to(x.device, x.dtype), x)
+        v, _ = split_prediction(model_fn(x_rf, (s * num_timesteps).to(x.dtype), **kwargs), x.shape[1])
+        return x_rf - expand_to((1 - s).to(x.dtype), x) * v
+
+    return fn

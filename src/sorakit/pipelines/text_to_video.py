@@ -449,6 +449,11 @@ class TextToVideoPipeline:
         from sorakit.diffusion import build_sampler, cfg_model_fn
         from sorakit.diffusion.common import randn
 
+        if sampler_name == "rflow" and cfg.train.objective != "rflow":
+            raise UserError(
+                f"the rflow sampler needs a model trained with rectified flow; this one was trained with"
+                f" {cfg.train.objective!r}: choose iddpm, ddim or dpm-solver"
+            )
         extra = {"shift": cfg.scheduler.shift} if sampler_name == "rflow" and cfg.scheduler.shift != 1.0 else {}
         scheduler = build_sampler(sampler_name, steps, num_timesteps=cfg.scheduler.num_timesteps, **extra)
 
@@ -461,6 +466,10 @@ class TextToVideoPipeline:
 
         # 3. denoise: guided model function, then the sampler's steps
         model_fn = cfg_model_fn(self._denoiser, y, y_null, scale, mask=mask, guided_channels=cfg.scheduler.cfg_channels)
+        if cfg.train.objective == "rflow" and sampler_name != "rflow":
+            from sorakit.diffusion.rflow import velocity_as_eps
+
+            model_fn = velocity_as_eps(model_fn, cfg.scheduler.num_timesteps, sampler=scheduler)  # DDPM samplers on a flow model
         latents = scheduler.sample(model_fn, z, generator=generator, progress=progress)
         if output_type == "latent":
             return latents
