@@ -211,3 +211,23 @@ def test_flops_growth_stdit_vs_dit():
     d16, d64 = flops_per_sample(dit, (16, 32, 32)), flops_per_sample(dit, (64, 32, 32))
     assert 3.9 < s64 / s16 < 4.2  # near-linear in frames
     assert d64 / d16 > 5  # quadratic attention term
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, published_mib",
+    [
+        # Open-Sora 1.0 quotes STDiT-XL/2 as "724M"; its code prints counts in units of 2**20, and
+        # 759,620,768 / 2**20 = 724.4. PixArt-XL/2's "611M" is the decimal count of the same blocks without
+        # the 28 temporal attentions (4 x 1152^2 + 4 x 1152 = 5,313,024 each).
+        ("STDiT-XL/2", dict(input_size=(16, 32, 32), caption_channels=4096, model_max_length=120), 724),
+    ],
+)
+def test_xl_parameter_count_matches_published_figure(name, kwargs, published_mib):
+    with torch.device("meta"):
+        model = build_model(name, in_channels=4, **kwargs)
+    n = sum(p.numel() for p in model.parameters())
+    assert n == 759_620_768
+    assert round(n / 2**20) == published_mib
+    temporal = sum(p.numel() for k, p in model.named_parameters() if ".attn_temp." in k)
+    assert temporal == 28 * (4 * 1152 * 1152 + 4 * 1152)
+    assert round((n - temporal) / 1e6) == 611  # PixArt-XL/2's published size (decimal)
