@@ -67,6 +67,11 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path):
     assert all(torch.equal(model.state_dict()[k], ema[k]) for k in ema)
     _, cfg = read_model_dir(tmp_path / "model")
     assert cfg.inference.num_frames == 4 and cfg.model.type == "STDiT-tiny"
+    # --bundle-vae needs a local VAE folder; this run's cache names none, so it is a one-line error
+    bundled = subprocess.run([sys.executable, "-m", "sorakit.cli.main", "export", str(run), str(tmp_path / "m2"),
+                              "--bundle-vae"], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bundled.returncode == 2 and "--bundle-vae needs a local VAE directory" in bundled.stderr, bundled.stderr
+    assert "Traceback" not in bundled.stderr and not (tmp_path / "m2").exists()
 
 
 def test_cli_errors_are_one_line(tmp_path):
