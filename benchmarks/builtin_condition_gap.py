@@ -1,6 +1,6 @@
 """Does the model use each word of the prompt? The conditioning gap of a shapes-world model.
 
-    python benchmarks/builtin_condition_gap.py --model DIR --cache runs/builtin/cache --csv runs/builtin/data/train.csv
+    python benchmarks/builtin_condition_gap.py [--model DIR] [--cache runs/builtin/cache] [--csv runs/builtin/data/train.csv]
 
 For N cached training clips, the flow-matching loss at fixed times t (same noise) is measured with the right
 caption and with one attribute swapped for a wrong one ("a red circle moving to the right" -> "... to the
@@ -64,12 +64,17 @@ def condition_gaps(model, cache: str, csv_path: str, n: int, times: list[int], s
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="model directory (default: the built-in model)")
-    p.add_argument("--cache", required=True, help="latent cache of the training clips")
-    p.add_argument("--csv", required=True, help="the synth CSV (colour, shape, motion columns)")
+    p.add_argument("--cache", default="runs/builtin/cache", help="latent cache of the training clips")
+    p.add_argument("--csv", default="runs/builtin/data/train.csv", help="the synth CSV (colour, shape, motion)")
     p.add_argument("-n", type=int, default=64, help="clips (default 64)")
     p.add_argument("--times", type=int, nargs="+", default=[300, 500, 700, 900, 950, 980])
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    from pathlib import Path
+
+    if not (Path(args.cache) / "meta.json").is_file() or not Path(args.csv).is_file():
+        print(f"skipped: needs the recipe's cache and CSV ({args.cache}, {args.csv}); run `make train-builtin`")
+        return
     torch.set_num_threads(args.threads)
     model = TextToVideoPipeline.from_pretrained(args.model, device="cpu").transformer.float().eval()
     loss = condition_gaps(model, args.cache, args.csv, args.n, args.times)

@@ -117,6 +117,10 @@ def save_model_dir(
         if vae is not None:
             autoencoder = getattr(vae, "autoencoder", vae)
             autoencoder.save_pretrained(str(tmp / "vae"))
+            vae_json = tmp / "vae" / "config.json"
+            vae_cfg = json.loads(vae_json.read_text())
+            if vae_cfg.pop("_name_or_path", None) is not None:  # where it was loaded from: not part of the model
+                vae_json.write_text(json.dumps(vae_cfg, indent=2, sort_keys=True) + "\n")
             cfg.vae.path = "vae"
             if hasattr(vae, "autoencoder") and getattr(vae, "scaling_factor", None) is not None:
                 cfg.vae.scaling_factor = float(vae.scaling_factor)
