@@ -59,3 +59,20 @@ def test_bad_inputs(tmp_path):
         probe_video(junk)
     with pytest.raises(ValueError, match="uint8"):
         write_video(tmp_path / "x.mp4", np.zeros((2, 8, 8, 3), np.float32))
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    """Atomic writes go through mkstemp (owner-only files); outputs must end up like any new file (0o666 & ~umask)."""
+    import os
+
+    from sorakit.tools._io import write_csv
+
+    old = os.umask(0o022)
+    try:
+        frames = np.zeros((2, 16, 16, 3), dtype=np.uint8)
+        paths = [write_video(tmp_path / "a.mp4", frames), write_image(tmp_path / "a.png", frames[0]),
+                 write_csv(tmp_path / "a.csv", [{"path": "a.mp4", "text": "x"}])]  # fmt: skip
+    finally:
+        os.umask(old)
+    for p in paths:
+        assert (os.stat(p).st_mode & 0o777) == 0o644, p

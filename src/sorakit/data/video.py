@@ -22,7 +22,10 @@ def is_image(path: str | os.PathLike) -> bool:
 
 def _atomic_target(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
+    from sorakit.fileutil import new_file_mode
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.fchmod(fd, new_file_mode())
     os.close(fd)
     return Path(tmp)
 

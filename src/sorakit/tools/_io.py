@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sorakit.errors import UserError
+from sorakit.fileutil import new_file_mode
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".gif")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -108,6 +109,7 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Row], fields: Sequence[str
     if fields is None:
         fields = order_fields(rows)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.fchmod(fd, new_file_mode())
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore", restval="")

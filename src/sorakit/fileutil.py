@@ -1,0 +1,15 @@
+"""Small file helpers shared by the atomic writers."""
+
+from __future__ import annotations
+
+import os
+
+
+def new_file_mode() -> int:
+    """The permissions an ordinary ``open(path, "w")`` would give a new file (0o666 minus the umask).
+
+    ``tempfile.mkstemp`` creates files readable by their owner only; the atomic writers apply this mode
+    before renaming, so outputs are as readable as any other file the user creates."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
