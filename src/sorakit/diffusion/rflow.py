@@ -287,7 +287,10 @@ class RectifiedFlow:
         return x.to(z.dtype)
 
     def __repr__(self) -> str:
-        return f"RectifiedFlow(num_steps={self.num_steps}, shift={self.use_timestep_transform})"
+        return (
+            f"RectifiedFlow(num_steps={self.num_steps}, shift={self.shift}, "
+            f"use_timestep_transform={self.use_timestep_transform})"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

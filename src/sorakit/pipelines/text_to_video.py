@@ -454,7 +454,7 @@ class TextToVideoPipeline:
                 f"the rflow sampler needs a model trained with rectified flow; this one was trained with"
                 f" {cfg.train.objective!r}: choose iddpm, ddim or dpm-solver"
             )
-        extra = {"shift": cfg.scheduler.shift} if sampler_name == "rflow" and cfg.scheduler.shift != 1.0 else {}
+        extra = {"shift": cfg.scheduler.shift} if sampler_name == "rflow" else {}
         scheduler = build_sampler(sampler_name, steps, num_timesteps=cfg.scheduler.num_timesteps, **extra)
 
         # 1. prompts -> caption embeddings (and the null caption for guidance)

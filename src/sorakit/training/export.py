@@ -49,6 +49,8 @@ def export_run(
     if not spec.get("architecture") or not isinstance(spec.get("config"), dict):
         raise UserError(f"{path}/state.json does not describe the model (written by an older sorakit?)")
     cfg = load_config(str(path / "config.toml"))
+    if bundle_vae and not (cfg.vae.path and Path(cfg.vae.path).is_dir()):  # checked before any weights load
+        raise UserError(f"--bundle-vae needs a local VAE directory; the run's vae.path is {cfg.vae.path!r}")
     model = build_from_config(spec["architecture"], spec["config"], device="meta")
     sd = ckpt.load_tensors(path, f"{weights}.safetensors")
     target = model.state_dict()
@@ -67,7 +69,5 @@ def export_run(
     if bundle_vae:
         from sorakit.encoders.vae import VideoVAE, load_autoencoder
 
-        if not cfg.vae.path or not Path(cfg.vae.path).is_dir():
-            raise UserError(f"--bundle-vae needs a local VAE directory; the run's vae.path is {cfg.vae.path!r}")
         vae = VideoVAE(load_autoencoder(cfg.vae.path), scaling_factor=cfg.vae.scaling_factor)
     return save_model_dir(out_dir, model, cfg, vae=vae, dtype=DTYPES[dtype])

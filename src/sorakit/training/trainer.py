@@ -70,7 +70,7 @@ def build_objective(cfg: Config) -> Any:
     name = cfg.train.objective
     factory = getattr(diffusion, "build_objective", None)
     if factory is not None:
-        extra = {"shift": cfg.scheduler.shift} if name == "rflow" and cfg.scheduler.shift != 1.0 else {}
+        extra = {"shift": cfg.scheduler.shift} if name == "rflow" else {}
         try:
             return factory(name, num_timesteps=cfg.scheduler.num_timesteps, **extra)
         except TypeError:
