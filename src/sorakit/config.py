@@ -114,6 +114,7 @@ class TrainConfig:
     lr: float = _doc("AdamW learning rate", 2e-5)
     weight_decay: float = _doc("AdamW weight decay", 0.0)
     warmup_steps: int = _doc("linear learning-rate warmup steps", 0)
+    decay_steps: int = _doc("linear learning-rate cooldown to 0 over the last N of max_steps (0 = constant)", 0)
     grad_clip: float = _doc("gradient norm clipping (0 = off)", 1.0)
     ema_decay: float = _doc("EMA decay of the exported weights", 0.9999)
     mixed_precision: str = _doc("'bf16' (autocast, fp32 master weights), 'fp16' or 'fp32'", "bf16")

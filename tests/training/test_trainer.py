@@ -10,7 +10,7 @@ import torch
 from _train_helpers import HashTextEncoder, make_cache, tiny_config, tiny_vae, write_clips, write_csv
 from safetensors.torch import load_file
 
-from sorakit.errors import UserError
+from sorakit.errors import ConfigError, UserError
 from sorakit.training.trainer import Components, build_objective, train
 
 
@@ -194,3 +194,30 @@ def test_objective_follows_the_scheduler_settings():
     plain = build_objective(cfg)
     t = plain.sample_timesteps(1000, torch.Generator().manual_seed(0), "cpu")
     torch.testing.assert_close(shifted.sample_timesteps(1000, torch.Generator().manual_seed(0), "cpu"), time_shift(t, shift))
+
+
+def test_lr_schedule_warmup_stable_decay_and_resume_with_longer_run(tmp_path):
+    from sorakit.training.optim import lr_factor
+
+    lr = 1e-3
+    paths = write_clips(tmp_path / "v", 4, frames=4, size=16)
+    csv = write_csv(tmp_path / "d.csv", [{"path": str(p), "text": f"clip {i}"} for i, p in enumerate(paths)])
+    over = [f"data.csv={csv}", "train.batch_size=2", "train.log_every=1", "train.ckpt_every=4", f"train.lr={lr}"]
+    over += ["train.warmup_steps=2"]
+
+    def lrs(run: Path) -> list[float]:
+        return [json.loads(x)["lr"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+    # warmup 2, constant, then a linear cooldown over the last 3 of 8 steps; the logged lr is the one each
+    # step used: 1/2, 1, 1, 1, 1, then 3/3, 2/3, 1/3 of lr -- never 0 (a zero-lr step would be wasted)
+    train(tiny_config(*over, "train.max_steps=8", "train.decay_steps=3"), tmp_path / "wsd", components=_components())
+    expected = [lr * f for f in (0.5, 1, 1, 1, 1, 1, 2 / 3, 1 / 3)]
+    assert lrs(tmp_path / "wsd") == pytest.approx(expected)
+    assert [lr * lr_factor(i, 2, 3, 8) for i in range(8)] == pytest.approx(expected)
+    # a constant-lr run stopped at step 4, resumed with a longer run and a cooldown: the new schedule applies
+    train(tiny_config(*over, "train.max_steps=4"), tmp_path / "cont", components=_components())
+    resumed = tiny_config(*over, "train.max_steps=10", "train.decay_steps=4")
+    train(resumed, tmp_path / "cont", resume=True, components=_components())
+    assert lrs(tmp_path / "cont") == pytest.approx([lr * f for f in (0.5, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25)])
+    with pytest.raises(ConfigError, match="decay_steps"):
+        train(tiny_config(*over, "train.max_steps=4", "train.decay_steps=5"), tmp_path / "bad", components=_components())

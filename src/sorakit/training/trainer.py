@@ -65,19 +65,11 @@ class TrainResult:
 
 def build_objective(cfg: Config) -> Any:
     """The training objective: IDDPM (Open-Sora 1.0) or rectified flow (from ``sorakit.diffusion``)."""
-    import sorakit.diffusion as diffusion
+    from sorakit.diffusion import build_objective as factory
 
     name = cfg.train.objective
-    factory = getattr(diffusion, "build_objective", None)
-    if factory is not None:
-        extra = {"shift": cfg.scheduler.shift} if name == "rflow" else {}
-        try:
-            return factory(name, num_timesteps=cfg.scheduler.num_timesteps, **extra)
-        except TypeError:
-            return factory(name)
-    if name == "iddpm":
-        return diffusion.IDDPM(num_sampling_steps=None, num_timesteps=cfg.scheduler.num_timesteps, learn_sigma=True)
-    raise ConfigError(f"train.objective: '{name}' is not available in this sorakit (valid: iddpm)")
+    extra = {"shift": cfg.scheduler.shift} if name == "rflow" else {}
+    return factory(name, num_timesteps=cfg.scheduler.num_timesteps, **extra)
 
 
 @dataclass
@@ -384,6 +376,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"train.max_steps must be >= 1, got {t.max_steps}")
     if t.ckpt_every < 1:
         raise ConfigError(f"train.ckpt_every must be >= 1, got {t.ckpt_every}")
+    if not 0 <= t.decay_steps <= t.max_steps:
+        raise ConfigError(f"train.decay_steps must be in [0, train.max_steps={t.max_steps}], got {t.decay_steps}")
     if t.mixed_precision not in ("bf16", "fp16", "fp32"):
         raise ConfigError(f"train.mixed_precision: unknown '{t.mixed_precision}' (valid: bf16, fp16, fp32)")
     if not 0.0 <= t.caption_dropout < 1.0:
@@ -434,7 +428,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, components: Components, sta
         # -- parallelise, optimiser, EMA -----------------------------------------------------------
         train_model = parallelize(model, state, cfg.parallel.strategy, cfg.model.grad_checkpoint)
         optimizer = build_optimizer(model, tcfg.lr, tcfg.weight_decay)
-        scheduler = build_scheduler(optimizer, tcfg.warmup_steps)
+        scheduler = build_scheduler(optimizer, tcfg.warmup_steps, tcfg.decay_steps, tcfg.max_steps)
         ema = EMA(model, tcfg.ema_decay)
         gen = torch.Generator().manual_seed(tcfg.seed)  # timesteps / noise / dropout (global batch)
         vae_gen = torch.Generator(device=state.device).manual_seed(tcfg.seed * 1000 + state.dp_rank)
@@ -508,6 +502,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, components: Components, sta
                 scaler.update()
             else:
                 optimizer.step()
+            step_lr = optimizer.param_groups[0]["lr"]  # the rate this step used (the scheduler moves on next)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             ema.update(model)
@@ -523,7 +518,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, components: Components, sta
                 gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
                 sps = global_batch * window_steps / max(elapsed, 1e-9)
                 m = {
-                    "loss": mean_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": float(gn),
+                    "loss": mean_loss, "lr": step_lr, "grad_norm": float(gn),
                     "samples_per_s": sps, "tokens_per_s": sps * tokens, "epoch": epoch,
                 }  # fmt: skip
                 if flops and peak:
