@@ -13,3 +13,11 @@ def new_file_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def new_dir_mode() -> int:
+    """The permissions ``mkdir`` would give a new folder (0o777 minus the umask); ``tempfile.mkdtemp``
+    makes owner-only folders, so a folder built under a temporary name gets this before its rename."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask

@@ -21,7 +21,8 @@ def toy_run(tmp_path_factory):
     argv = [
         "--workdir", str(work), "--export", str(out), "--num-videos", "8", "--vae-steps", "3",
         "--eval-prompts", "1", "--threads", "1",
-        "--set", "train.max_steps=2", "--set", "train.batch_size=2", "--set", "train.log_every=1",
+        "--set", "train.max_steps=2", "--set", "train.decay_steps=1", "--set", "train.batch_size=2",
+        "--set", "train.log_every=1",
         "--set", "train.tensorboard=false",
     ]  # fmt: skip
     assert recipe.main(argv) == 0

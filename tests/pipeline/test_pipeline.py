@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -99,7 +100,12 @@ def test_empty_prompt(tiny_pipe: TextToVideoPipeline) -> None:
 
 
 def test_save_and_reload_roundtrip(tiny_pipe: TextToVideoPipeline, tmp_path) -> None:
-    out = tiny_pipe.save_pretrained(tmp_path / "copy", text_encoder_dir=tiny_pipe.config.text_encoder.path)
+    old = os.umask(0o022)
+    try:
+        out = tiny_pipe.save_pretrained(tmp_path / "copy", text_encoder_dir=tiny_pipe.config.text_encoder.path)
+    finally:
+        os.umask(old)
+    assert (out.stat().st_mode & 0o777) == 0o755  # built under a mkdtemp name, but not left owner-only
     spec = json.loads((out / PIPELINE_FILE).read_text())
     assert spec["format"] == "sorakit-pipeline" and spec["config"]["vae"]["path"] == "vae"
     assert (out / "transformer" / "config.json").is_file() and (out / "vae" / "config.json").is_file()

@@ -18,7 +18,8 @@ Stages (each skipped when its output exists, so an interrupted run resumes where
 6. ``eval``   -- ``sorakit eval shapes`` on the exported model (train / novel / held-out prompt sets).
 
 Stage wall times go to ``WORKDIR/times.json``. The preset's values can be overridden with ``--set
-section.key=value`` (e.g. ``--set train.max_steps=2000``); they are passed on to ``sorakit train``.
+section.key=value`` (e.g. ``--set train.max_steps=2000 --set train.decay_steps=500``); they are passed on to
+``sorakit train``.
 """
 
 from __future__ import annotations

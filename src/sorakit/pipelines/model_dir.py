@@ -52,6 +52,7 @@ from torch import nn
 
 from sorakit.config import Config, apply_dict
 from sorakit.errors import UserError
+from sorakit.fileutil import new_dir_mode
 
 PIPELINE_FILE = "sorakit_pipeline.json"
 FORMAT_NAME = "sorakit-pipeline"
@@ -112,6 +113,7 @@ def save_model_dir(
         apply_dict(cfg, {"text_encoder": dict(text_encoder_spec)}, source="text_encoder_spec")
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(new_dir_mode())  # mkdtemp's folder is owner-only; the model folder should read like any other
     try:
         save_pretrained(transformer, tmp / "transformer", dtype=dtype)
         if vae is not None:

@@ -377,7 +377,9 @@ def _validate(cfg: Config) -> None:
     if t.ckpt_every < 1:
         raise ConfigError(f"train.ckpt_every must be >= 1, got {t.ckpt_every}")
     if not 0 <= t.decay_steps <= t.max_steps:
-        raise ConfigError(f"train.decay_steps must be in [0, train.max_steps={t.max_steps}], got {t.decay_steps}")
+        raise ConfigError(
+            f"train.decay_steps must be in [0, train.max_steps={t.max_steps}], got {t.decay_steps} (set both)"
+        )
     if t.mixed_precision not in ("bf16", "fp16", "fp32"):
         raise ConfigError(f"train.mixed_precision: unknown '{t.mixed_precision}' (valid: bf16, fp16, fp32)")
     if not 0.0 <= t.caption_dropout < 1.0:
