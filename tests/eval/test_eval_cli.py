@@ -49,6 +49,8 @@ def test_user_errors(tmp_path, capsys):
     assert "names no" in capsys.readouterr().err
     assert main(["eval", "shapes", "--videos", str(tmp_path / "none.csv")]) == 2
     assert main(["eval", "shapes", "--sets", "train,weird", "--model", str(tmp_path)]) == 2
+    assert main(["eval", "shapes", "--threads", "0", "--model", str(tmp_path)]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
 
 
 def test_generates_with_a_model_dir(tmp_path, capsys):

@@ -61,6 +61,20 @@ def test_prompt_file_names_seeds_and_replay(tiny_model_dir: Path, tmp_path: Path
     assert not np.array_equal(read_video(replay), read_video(out_dir / "0000-a-red-circle.mp4"))
 
 
+def test_threads_option_sets_torch_threads(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        target = 1 if before != 1 else 2
+        out = tmp_path / "t.mp4"
+        assert _gen("a cat", "--model", str(tiny_model_dir), "--output", str(out), "--num-frames", "2",
+                    "--steps", "2", "--threads", str(target)) == 0  # fmt: skip
+        assert torch.get_num_threads() == target and out.is_file()
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_same_seed_same_video_different_seed_different(tiny_model_dir: Path, tmp_path: Path) -> None:
     common = ["a dog", "--model", str(tiny_model_dir), "--steps", "3", "--num-frames", "2"]
     for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
@@ -98,6 +112,7 @@ def _one_line_error(capsys: pytest.CaptureFixture, code: int, needle: str) -> No
         (["--sampler", "euler"], "unknown sampler"),
         (["--sampler", "dpm-solver", "--steps", "1"], "at least order=2 steps"),
         (["--batch-size", "0"], "--batch-size must be positive"),
+        (["--threads", "0"], "--threads must be positive"),
         (["--dtype", "fp16", "--device", "cpu"], "fp16 is not supported on CPU"),
         (["--output", "OUT/x.avi"], "unsupported file type"),
         (["--output", "OUT/x.png"], "1 frame"),

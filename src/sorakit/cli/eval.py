@@ -67,6 +67,8 @@ def run_shapes(args: argparse.Namespace) -> int:
 
     if args.num_prompts < 1 or args.batch_size < 1:
         raise UserError("--num-prompts and --batch-size must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
     t0 = time.perf_counter()
     if args.videos:
         from sorakit.data.video import read_video

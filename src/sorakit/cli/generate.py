@@ -68,6 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     run_ = p.add_argument_group("runtime")
     run_.add_argument("--dtype", help="auto, fp32, bf16 or fp16 (default auto: bf16/fp16 on GPU, fp32 on CPU)")
     run_.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    run_.add_argument("--threads", type=int,
+                      help="CPU threads for torch (default: torch's choice, one per core; use fewer when other "
+                           "programs keep the cores busy, or each step waits on descheduled threads)")  # fmt: skip
     run_.add_argument("--no-progress", action="store_true", help="no progress bar")
     run_.add_argument("--sequence-parallel", action="store_true",
                       help="under torchrun: split each video's frames over the processes (STDiT models only)")  # fmt: skip
@@ -362,6 +365,9 @@ def _settings(args: argparse.Namespace, source: dict[str, Any], cfg: Any) -> Pla
     batch_size = cfg.inference.batch_size if args.batch_size is None else args.batch_size
     if batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {batch_size}")
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be positive, got {threads}")
     device = resolve_device(args.device or cfg.inference.device)
     dtype = resolve_dtype(args.dtype or cfg.inference.dtype, device)
     factor, patch = _geometry(source, cfg)
@@ -498,6 +504,8 @@ def run(args: argparse.Namespace) -> int:
 
     from sorakit.logging import get_logger
 
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     log = get_logger("sorakit.generate")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device: Any = plan.device
