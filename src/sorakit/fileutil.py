@@ -5,19 +5,22 @@ from __future__ import annotations
 import os
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def new_file_mode() -> int:
     """The permissions an ordinary ``open(path, "w")`` would give a new file (0o666 minus the umask).
 
     ``tempfile.mkstemp`` creates files readable by their owner only; the atomic writers apply this mode
     before renaming, so outputs are as readable as any other file the user creates."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~_umask()
 
 
 def new_dir_mode() -> int:
     """The permissions ``mkdir`` would give a new folder (0o777 minus the umask); ``tempfile.mkdtemp``
     makes owner-only folders, so a folder built under a temporary name gets this before its rename."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o777 & ~mask
+    return 0o777 & ~_umask()

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from sorakit.errors import UserError
+from sorakit.fileutil import new_file_mode
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".gif"}
@@ -22,8 +23,6 @@ def is_image(path: str | os.PathLike) -> bool:
 
 def _atomic_target(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    from sorakit.fileutil import new_file_mode
-
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.fchmod(fd, new_file_mode())
     os.close(fd)
