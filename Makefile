@@ -21,9 +21,11 @@ $(STAMP): pyproject.toml Makefile
 test: venv
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) -q tests
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 demo: venv
 	$(VENV)/bin/sorakit generate "a red circle moving to the right" --output outputs/demo.mp4

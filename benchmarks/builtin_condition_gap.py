@@ -56,7 +56,9 @@ def condition_gaps(model, cache: str, csv_path: str, n: int, times: list[int], s
         loss[name] = {}
         for t in times:
             s = t / 1000
-            v = model((1 - s) * x0 + s * noise, torch.full((len(caps),), float(t)), y=y, mask=mask)[:, : x0.shape[1]]
+            v = model((1 - s) * x0 + s * noise, torch.full((len(caps),), float(t)), y=y, mask=mask)[
+                :, : x0.shape[1]
+            ]
             loss[name][t] = ((v - (x0 - noise)) ** 2).mean().item()
     return loss
 
@@ -65,7 +67,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="model directory (default: the built-in model)")
     p.add_argument("--cache", default="runs/builtin/cache", help="latent cache of the training clips")
-    p.add_argument("--csv", default="runs/builtin/data/train.csv", help="the synth CSV (colour, shape, motion)")
+    p.add_argument(
+        "--csv", default="runs/builtin/data/train.csv", help="the synth CSV (colour, shape, motion)"
+    )
     p.add_argument("-n", type=int, default=64, help="clips (default 64)")
     p.add_argument("--times", type=int, nargs="+", default=[300, 500, 700, 900, 950, 980])
     p.add_argument("--threads", type=int, default=1)
@@ -73,7 +77,9 @@ def main() -> None:
     from pathlib import Path
 
     if not (Path(args.cache) / "meta.json").is_file() or not Path(args.csv).is_file():
-        print(f"skipped: needs the recipe's cache and CSV ({args.cache}, {args.csv}); run `make train-builtin`")
+        print(
+            f"skipped: needs the recipe's cache and CSV ({args.cache}, {args.csv}); run `make train-builtin`"
+        )
         return
     torch.set_num_threads(args.threads)
     model = TextToVideoPipeline.from_pretrained(args.model, device="cpu").transformer.float().eval()

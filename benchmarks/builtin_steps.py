@@ -31,20 +31,30 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pipe = TextToVideoPipeline.from_pretrained(args.model, device="cpu")
     prompts = build_prompts(PROMPT_SETS, args.num_prompts, seed=0)
-    print(f"threads {args.threads}, {len(prompts)} prompts ({args.num_prompts} per set), guidance "
-          f"{pipe.config.scheduler.cfg_scale}")
-    print("| sampler | steps | s/video (batch 1) | colour % | shape % | direction % | all three % | consistent % |")
+    print(
+        f"threads {args.threads}, {len(prompts)} prompts ({args.num_prompts} per set), guidance "
+        f"{pipe.config.scheduler.cfg_scale}"
+    )
+    print(
+        "| sampler | steps | s/video (batch 1) | colour % | shape % | direction % | all three % | consistent % |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for sampler in args.samplers:
         for steps in args.steps:
             t = time.perf_counter()
-            pipe("a red circle moving to the right", num_inference_steps=steps, sampler=sampler, progress=False)
+            pipe(
+                "a red circle moving to the right", num_inference_steps=steps, sampler=sampler, progress=False
+            )
             one = time.perf_counter() - t
-            scores = generate_and_score(pipe, prompts, batch_size=8, seed=0, num_inference_steps=steps,
-                                        sampler=sampler)
+            scores = generate_and_score(
+                pipe, prompts, batch_size=8, seed=0, num_inference_steps=steps, sampler=sampler
+            )
             m = summarize(scores)["overall"]
-            print(f"| {sampler} | {steps} | {one:.2f} | {m['color']:.1f} | {m['shape']:.1f} | "
-                  f"{m['direction']:.1f} | {m['all']:.1f} | {m['consistent']:.1f} |", flush=True)
+            print(
+                f"| {sampler} | {steps} | {one:.2f} | {m['color']:.1f} | {m['shape']:.1f} | "
+                f"{m['direction']:.1f} | {m['all']:.1f} | {m['consistent']:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

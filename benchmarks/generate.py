@@ -47,22 +47,46 @@ T5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, vo
 SETUPS: dict[str, dict] = {
     # tiny: the test-suite components
     "tiny": dict(
-        t5=dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4), max_length=12, vae=TINY_VAE,
-        model="STDiT-tiny", arch=dict(hidden_size=32, num_heads=2, mlp_ratio=2.0), frames=4, size=(16, 16), batch=2,
+        t5=dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4),
+        max_length=12,
+        vae=TINY_VAE,
+        model="STDiT-tiny",
+        arch=dict(hidden_size=32, num_heads=2, mlp_ratio=2.0),
+        frames=4,
+        size=(16, 16),
+        batch=2,
     ),
     # small: SD-VAE layout at quarter width (/8), STDiT-S/2, a 256-d T5 over Open-Sora's 120 tokens
     "small": dict(
-        t5=dict(d_model=256, d_kv=32, d_ff=512, num_layers=4, num_heads=8), max_length=120,
+        t5=dict(d_model=256, d_kv=32, d_ff=512, num_layers=4, num_heads=8),
+        max_length=120,
         vae={**SD_VAE, "block_out_channels": (32, 64, 128, 128), "norm_num_groups": 16},
-        model="STDiT-S/2", arch={}, frames=8, size=(64, 64), batch=2,
+        model="STDiT-S/2",
+        arch={},
+        frames=8,
+        size=(64, 64),
+        batch=2,
     ),
     # Open-Sora 1.0 inference, 16x256x256 (GPU)
     "opensora-16x256x256": dict(
-        t5=T5_XXL, max_length=120, vae=SD_VAE, model="STDiT-XL/2", arch=dict(space_scale=0.5),
-        frames=16, size=(256, 256), batch=1,
+        t5=T5_XXL,
+        max_length=120,
+        vae=SD_VAE,
+        model="STDiT-XL/2",
+        arch=dict(space_scale=0.5),
+        frames=16,
+        size=(256, 256),
+        batch=1,
     ),
     "opensora-16x512x512": dict(
-        t5=T5_XXL, max_length=120, vae=SD_VAE, model="STDiT-XL/2", arch={}, frames=16, size=(512, 512), batch=1,
+        t5=T5_XXL,
+        max_length=120,
+        vae=SD_VAE,
+        model="STDiT-XL/2",
+        arch={},
+        frames=16,
+        size=(512, 512),
+        batch=1,
         micro_batch=128,
     ),
 }
@@ -81,7 +105,9 @@ def build_pipeline(name: str, device: str, dtype: str, tokenizer_dir: Path) -> T
     torch.manual_seed(0)
     # the small trained tokenizer only supplies token ids; the encoder's size is what costs time
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    t5_cfg = T5Config(**{"vocab_size": 32128, **s["t5"]}, feed_forward_proj="gated-gelu", is_encoder_decoder=False)
+    t5_cfg = T5Config(
+        **{"vocab_size": 32128, **s["t5"]}, feed_forward_proj="gated-gelu", is_encoder_decoder=False
+    )
     t5_dtype = torch.bfloat16 if dt == torch.bfloat16 else torch.float32
     with torch.device(dev):  # allocate T5-XXL on the accelerator directly, not through a CPU fp32 copy
         t5 = T5EncoderModel(t5_cfg).to(t5_dtype)
@@ -100,7 +126,9 @@ def build_pipeline(name: str, device: str, dtype: str, tokenizer_dir: Path) -> T
     return TextToVideoPipeline(transformer, vae, encoder, cfg, device=dev, dtype=dt)
 
 
-def timed_call(pipe: TextToVideoPipeline, prompts: list[str], sampler: str, steps: int, guidance: float, seed: int):
+def timed_call(
+    pipe: TextToVideoPipeline, prompts: list[str], sampler: str, steps: int, guidance: float, seed: int
+):
     """Run the pipeline once, timing encode / sample / decode separately (same code path as __call__)."""
     dev = pipe.device
     stages: dict[str, float] = {}
@@ -126,7 +154,14 @@ def timed_call(pipe: TextToVideoPipeline, prompts: list[str], sampler: str, step
     try:
         sync()
         start = time.perf_counter()
-        pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, sampler=sampler, seed=seed, progress=False)
+        pipe(
+            prompts,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            sampler=sampler,
+            seed=seed,
+            progress=False,
+        )
         sync()
         total = time.perf_counter() - start
     finally:
@@ -170,7 +205,10 @@ def main() -> None:
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(dev)
                 best = min(
-                    (timed_call(pipe, prompts, sampler, steps, args.guidance, r) for r in range(args.repeats)),
+                    (
+                        timed_call(pipe, prompts, sampler, steps, args.guidance, r)
+                        for r in range(args.repeats)
+                    ),
                     key=lambda s: s["total"],
                 )
                 mem, kind = peak_memory_gib(dev)
@@ -181,7 +219,18 @@ def main() -> None:
 
     dev_name = torch.cuda.get_device_name(rows[0][7]) if rows and rows[0][7].type == "cuda" else "CPU"
     print(f"device: {dev_name}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    header = ("setup", "sampler", "steps", "batch", "dtype", "encode s", "sample s", "decode s", "s/video", "peak GiB")
+    header = (
+        "setup",
+        "sampler",
+        "steps",
+        "batch",
+        "dtype",
+        "encode s",
+        "sample s",
+        "decode s",
+        "s/video",
+        "peak GiB",
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name, sampler, steps, batch, st, mem, kind, _, dt in rows:

@@ -122,12 +122,16 @@ def flops_table(args) -> None:
                 model = build_model(name, **kw)
             row.append(flops_per_sample(model, (frames, h, w), text_len=args.text_len) / 1e9)
         tokens = frames * (h // 2) * (w // 2)
-        print(f"| {frames} | {tokens} | " + " | ".join(f"{v:,.0f}" for v in row) + f" | {row[1] / row[0]:.2f} |")
+        print(
+            f"| {frames} | {tokens} | " + " | ".join(f"{v:,.0f}" for v in row) + f" | {row[1] / row[0]:.2f} |"
+        )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--full", action="store_true", help="XL sizes (depth 28, hidden 1152, 16 heads), 32x32 latents, bf16")
+    p.add_argument(
+        "--full", action="store_true", help="XL sizes (depth 28, hidden 1152, 16 heads), 32x32 latents, bf16"
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--frames", type=int, nargs="+", default=None)
     p.add_argument("--latent", type=int, nargs=2, default=None, metavar=("H", "W"))
@@ -169,7 +173,9 @@ def main() -> None:
     for name in ("STDiT-XL/2", "DiT-XL/2"):  # one-time start-up costs (thread pools, kernels) off the table
         bench_one(name, 1, warm, device, dtype)
     mem_label = "peak MB" if device.type == "cuda" else "saved act MB"
-    print(f"| model | frames | tokens | fwd ms | fwd+bwd ms | train tokens/s | {mem_label} | fwd GFLOP/sample | TFLOP/s |")
+    print(
+        f"| model | frames | tokens | fwd ms | fwd+bwd ms | train tokens/s | {mem_label} | fwd GFLOP/sample | TFLOP/s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for frames in args.frames:
         for name in ("STDiT-XL/2", "DiT-XL/2"):

@@ -98,7 +98,9 @@ def measure(preset: str, overrides: list[str], device: torch.device, batch: int,
     if device.type == "cuda":
         mem = torch.cuda.max_memory_allocated() / 2**20
     else:
-        mem = (n_params * 4 * 5 + saved[0]) / 2**20  # weights, grads, 2 Adam moments, EMA (fp32) + activations
+        mem = (
+            n_params * 4 * 5 + saved[0]
+        ) / 2**20  # weights, grads, 2 Adam moments, EMA (fp32) + activations
     flops = training_flops_per_sample(model, latent, text_len) or 0
     if peak is None:
         peak, _ = peak_tflops(device, dtype is not None)
@@ -114,7 +116,9 @@ def measure(preset: str, overrides: list[str], device: torch.device, batch: int,
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -130,7 +134,10 @@ def main() -> int:
     print("|---|---|---:|---:|---:|---:|---:|")
     from sorakit.training.mfu import measure_matmul_tflops
 
-    peaks = {p: measure_matmul_tflops(cpu, d, seconds=0.5) for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    peaks = {
+        p: measure_matmul_tflops(cpu, d, seconds=0.5)
+        for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    }
     for prec in ("fp32", "bf16"):
         for ckpt in (False, True):
             over = [f"train.mixed_precision={prec}", f"model.grad_checkpoint={str(ckpt).lower()}"]
@@ -147,10 +154,21 @@ def main() -> int:
         print(f"\n# STDiT-XL/2 16x256x256 (latents 16x32x32, T5-sized text 120x4096), batch 8, bf16, grad ckpt, "
               f"{torch.cuda.get_device_name(gpu)}")  # fmt: skip
         over = ["train.mixed_precision=bf16", "model.grad_checkpoint=true"]
-        r = measure("opensora/train/16x256x256", over, gpu, 8, args.steps, args.warmup, text_len=120, caption_channels=4096)
+        r = measure(
+            "opensora/train/16x256x256",
+            over,
+            gpu,
+            8,
+            args.steps,
+            args.warmup,
+            text_len=120,
+            caption_channels=4096,
+        )
         print("| what | samples/s | tokens/s | peak MiB | MFU |")
         print("|---|---:|---:|---:|---:|")
-        print(f"| sorakit | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['mem_mib']:.0f} | {100 * r['mfu']:.1f}% |")
+        print(
+            f"| sorakit | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['mem_mib']:.0f} | {100 * r['mfu']:.1f}% |"
+        )
         print(f"| Open-Sora 1.0, H800 (published) | {OPEN_SORA_H800:.1f} | 28k | - | - |")
     return 0
 

@@ -82,7 +82,8 @@ class SchedulerConfig:
     num_timesteps: int = _doc("training diffusion steps", 1000)
     shift: float = _doc(
         "rectified flow only: time shift s (t -> s t / (1 + (s - 1) t)) of training times and sampling steps;"
-        " > 1 spends them nearer pure noise; 1 = none", 1.0
+        " > 1 spends them nearer pure noise; 1 = none",
+        1.0,
     )
 
 
@@ -114,7 +115,9 @@ class TrainConfig:
     lr: float = _doc("AdamW learning rate", 2e-5)
     weight_decay: float = _doc("AdamW weight decay", 0.0)
     warmup_steps: int = _doc("linear learning-rate warmup steps", 0)
-    decay_steps: int = _doc("linear learning-rate cooldown to 0 over the last N of max_steps (0 = constant)", 0)
+    decay_steps: int = _doc(
+        "linear learning-rate cooldown to 0 over the last N of max_steps (0 = constant)", 0
+    )
     grad_clip: float = _doc("gradient norm clipping (0 = off)", 1.0)
     ema_decay: float = _doc("EMA decay of the exported weights", 0.9999)
     mixed_precision: str = _doc("'bf16' (autocast, fp32 master weights), 'fp16' or 'fp32'", "bf16")

@@ -124,7 +124,9 @@ def resolve_file(name: str | os.PathLike, what: str = "checkpoint", flag: str = 
     try:
         return Path(hf_hub_download(repo, filename))
     except Exception as exc:
-        raise _file_error(text, repo, filename, what, flag, f"download failed ({type(exc).__name__})") from exc
+        raise _file_error(
+            text, repo, filename, what, flag, f"download failed ({type(exc).__name__})"
+        ) from exc
 
 
 def _file_error(name: str, repo: str, filename: str, what: str, flag: str, reason: str) -> UserError:

@@ -24,7 +24,9 @@ def setup_logging(level: int | str | None = None) -> None:
         level = os.environ.get("SORAKIT_LOG_LEVEL", "INFO")
     handler = logging.StreamHandler(sys.stderr)
     prefix = f"[rank{rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-    handler.setFormatter(logging.Formatter(f"{prefix}%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setFormatter(
+        logging.Formatter(f"{prefix}%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
     root = logging.getLogger("sorakit")
     root.addHandler(handler)
     root.setLevel(level if rank == 0 else logging.WARNING)

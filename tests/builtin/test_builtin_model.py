@@ -47,5 +47,7 @@ def test_shipped_model_follows_prompts():
     ]
     videos = pipe(prompts, seed=0, progress=False)
     scores = [score_video(v, p) for v, p in zip(videos, prompts)]
-    assert all(s.analysis.color == s.target[0] and s.analysis.direction == s.target[2] for s in scores), scores
+    assert all(s.analysis.color == s.target[0] and s.analysis.direction == s.target[2] for s in scores), (
+        scores
+    )
     assert sum(s.analysis.shape == s.target[1] for s in scores) >= 3, scores

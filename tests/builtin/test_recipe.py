@@ -47,10 +47,15 @@ def test_exported_model_is_self_contained_and_generates(toy_run):
     _, out, _ = toy_run
     assert is_model_dir(out)
     stored = json.loads((out / "sorakit_pipeline.json").read_text())["config"]
-    assert stored["vae"]["path"] == "vae" and (out / "vae" / "config.json").is_file()  # bundled, not a reference
+    assert (
+        stored["vae"]["path"] == "vae" and (out / "vae" / "config.json").is_file()
+    )  # bundled, not a reference
     assert stored["data"]["csv"] is None and stored["data"]["cache_dir"] is None
     _, cfg = read_model_dir(out)
-    assert cfg.text_encoder.type == "minilm" and cfg.scheduler.shift == load_config(recipe.PRESET).scheduler.shift > 1
+    assert (
+        cfg.text_encoder.type == "minilm"
+        and cfg.scheduler.shift == load_config(recipe.PRESET).scheduler.shift > 1
+    )
     assert cfg.data.random_flip is False
     torch.set_num_threads(1)
     pipe = TextToVideoPipeline.from_pretrained(out, device="cpu")

@@ -17,8 +17,19 @@ def test_train_save_and_resume(tmp_path):
     torch.set_num_threads(1)
     csv_path = synthesize(tmp_path / "data", 3, seed=0, size=32, frames=4)
     out = tmp_path / "vae"
-    args = ["train-vae", "--csv", str(csv_path), "-o", str(out), "--batch-size", "2", "--block-out-channels", "16,16",
-            "--threads", "1"]
+    args = [
+        "train-vae",
+        "--csv",
+        str(csv_path),
+        "-o",
+        str(out),
+        "--batch-size",
+        "2",
+        "--block-out-channels",
+        "16,16",
+        "--threads",
+        "1",
+    ]
     assert main([*args, "--steps", "2"]) == 0
     state = json.loads((out / "train_state" / "state.json").read_text())
     assert state["step"] == 2
@@ -58,6 +69,9 @@ def test_loss_decreases_on_one_batch():
 
 
 def test_bad_arguments(tmp_path, capsys):
-    assert main(["train-vae", "--csv", str(tmp_path / "none.csv"), "-o", str(tmp_path / "o"), "--steps", "1"]) == 2
+    assert (
+        main(["train-vae", "--csv", str(tmp_path / "none.csv"), "-o", str(tmp_path / "o"), "--steps", "1"])
+        == 2
+    )
     assert "no such CSV" in capsys.readouterr().err
     assert main(["train-vae", "--csv", "x.csv", "-o", str(tmp_path / "o"), "--steps", "0"]) == 2

@@ -54,7 +54,9 @@ def test_clip_indices():
     starts = {clip_indices(100, 16, 3, np.random.default_rng(s))[0] for s in range(30)}
     assert len(starts) > 5  # the start is random
     assert clip_indices(5, 8, 3, rng) == [0, 1, 1, 2, 2, 3, 3, 4]
-    assert clip_indices(46, 16, 3, rng) == list(range(0, 46, 3))  # exactly fits  # short video: spread, frames repeat
+    assert clip_indices(46, 16, 3, rng) == list(
+        range(0, 46, 3)
+    )  # exactly fits  # short video: spread, frames repeat
 
 
 def test_resize_center_crop_keeps_the_center_and_aspect():
@@ -94,13 +96,18 @@ def test_video_dataset_items(tmp_path):
     ds1 = VideoTextDataset(csv, 3, 2, (20, 20), seed=1, flip=False)
     clip = ds1[(1, 0)]["video"]
     cands = [frames_to_tensor(allf[j : j + 1], (20, 20))[:, 0] for j in range(len(allf))]
-    matches = [min(range(len(cands)), key=lambda j: (cands[j] - clip[:, k]).abs().mean().item()) for k in range(3)]
+    matches = [
+        min(range(len(cands)), key=lambda j: (cands[j] - clip[:, k]).abs().mean().item()) for k in range(3)
+    ]
     assert all(4 <= m <= 9 for m in matches) and np.all(np.diff(matches) == 2)
 
 
 def test_bad_file_is_replaced_and_reported(tmp_path):
     paths = write_clips(tmp_path / "v", 2, frames=4, size=16)
-    csv = write_csv(tmp_path / "d.csv", [{"path": "v/missing.mp4", "text": "x"}] + [{"path": str(p), "text": "ok"} for p in paths])
+    csv = write_csv(
+        tmp_path / "d.csv",
+        [{"path": "v/missing.mp4", "text": "x"}] + [{"path": str(p), "text": "ok"} for p in paths],
+    )
     ds = VideoTextDataset(csv, 2, 1, (16, 16))
     item = ds[(0, 0)]
     assert item["text"] == "ok" and item["index"] in (1, 2)
@@ -163,7 +170,9 @@ def test_encode_cache_and_read_back(tmp_path):
 
     # re-running keeps finished shards (resume) and gives the same cache
     before = (tmp_path / "cache" / "shard-00000.safetensors").stat().st_mtime_ns
-    again = encode_to_cache(ds, tmp_path / "cache", vae, text, {"num_frames": 4}, shard_size=4, progress=False)
+    again = encode_to_cache(
+        ds, tmp_path / "cache", vae, text, {"num_frames": 4}, shard_size=4, progress=False
+    )
     assert again["num_samples"] == 5
     assert (tmp_path / "cache" / "shard-00000.safetensors").stat().st_mtime_ns == before
 

@@ -22,7 +22,9 @@ def test_encode_then_train_on_the_cache(tmp_path, capsys):
     rows.append({"path": "v/nothing.mp4", "text": "missing"})
     csv = write_csv(tmp_path / "data.csv", rows)
     common = [f"vae.path={vae_dir}", "data.image_size=[16,16]"]
-    code = main(["data", "encode", str(csv), *common, "--output", str(tmp_path / "cache"), "--shard-size", "4"])
+    code = main(
+        ["data", "encode", str(csv), *common, "--output", str(tmp_path / "cache"), "--shard-size", "4"]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "5 samples in 2 shard(s), 1 row(s) skipped" in out
@@ -39,6 +41,8 @@ def test_encode_then_train_on_the_cache(tmp_path, capsys):
     ckpt = tmp_path / "run" / "checkpoints" / "step-00000003"
     assert (ckpt / "ema.safetensors").is_file()
     state = json.loads((ckpt / "state.json").read_text())
-    assert state["model"]["config"]["caption_channels"] == 384 and state["model"]["config"]["in_channels"] == 4
+    assert (
+        state["model"]["config"]["caption_channels"] == 384 and state["model"]["config"]["in_channels"] == 4
+    )
     # the run's config records the cache's encoders, which `sorakit export` hands to `sorakit generate`
     assert 'path = "builtin:minilm"' in (ckpt / "config.toml").read_text()

@@ -423,7 +423,11 @@ def test_velocity_model_drives_ddpm_samplers():
     z = torch.randn(3, 3, 2, 2, 2, dtype=torch.float64, generator=gen(29))
     ddim = DDIM(num_sampling_steps=7, eta=0.0)
     torch.testing.assert_close(ddim.sample(eps_fn, z), target.expand_as(z), rtol=0, atol=1e-9)
-    for order, steps in ((1, 4), (2, 6), (3, 9)):  # DPM-Solver stops at t = 1/N, where the exact ODE end is known
+    for order, steps in (
+        (1, 4),
+        (2, 6),
+        (3, 9),
+    ):  # DPM-Solver stops at t = 1/N, where the exact ODE end is known
         dpm = DPMSolver(steps, order=order, schedule_dtype=torch.float64)
         out = dpm.sample(velocity_as_eps(velocity_point_mass, sampler=dpm), z)
         torch.testing.assert_close(out, exact_ode_end(z, target, 0.0, dpm), rtol=0, atol=1e-9)

@@ -44,7 +44,11 @@ def test_minilm_shapes_and_padding(minilm: MiniLMEncoder) -> None:
 def test_minilm_is_the_real_pretrained_encoder(minilm: MiniLMEncoder) -> None:
     """Paraphrases land closer than unrelated sentences -- only true for trained weights."""
     emb, mask = minilm.encode(
-        ["a small cat sleeps on the sofa", "a kitten is napping on a couch", "the stock market fell sharply today"]
+        [
+            "a small cat sleeps on the sofa",
+            "a kitten is napping on a couch",
+            "the stock market fell sharply today",
+        ]
     )
     s = _sentence(emb, mask)
     close = (s[0] @ s[1]).item()
@@ -58,7 +62,9 @@ def test_minilm_batch_independent(minilm: MiniLMEncoder) -> None:
     torch.testing.assert_close(both[:1], alone, atol=1e-5, rtol=1e-5)
 
 
-def test_long_prompt_is_truncated_with_warning(minilm: MiniLMEncoder, caplog: pytest.LogCaptureFixture) -> None:
+def test_long_prompt_is_truncated_with_warning(
+    minilm: MiniLMEncoder, caplog: pytest.LogCaptureFixture
+) -> None:
     long = " ".join(["word"] * 100)
     logger = logging.getLogger("sorakit")
     logger.addHandler(caplog.handler)
@@ -156,7 +162,10 @@ def test_hub_resolution_offline(tmp_path, monkeypatch) -> None:
     with pytest.raises(UserError) as info:
         resolve_file("OpenSora-v1-HQ-16x256x256.pth")
     msg = str(info.value)
-    assert "huggingface-cli download hpcai-tech/Open-Sora OpenSora-v1-HQ-16x256x256.pth" in msg and "--ckpt" in msg
+    assert (
+        "huggingface-cli download hpcai-tech/Open-Sora OpenSora-v1-HQ-16x256x256.pth" in msg
+        and "--ckpt" in msg
+    )
     with pytest.raises(UserError, match="dl.fbaipublicfiles.com"):
         resolve_file("DiT-XL-2-256x256.pt")
     with pytest.raises(UserError, match="huggingface-cli download PixArt-alpha/PixArt-alpha x.pth"):
@@ -179,7 +188,9 @@ def test_t5_directory_in_the_hub_layout(tmp_path) -> None:
         unk_id=2, bos_id=-1, model_type="unigram", minloglevel=2,
     )  # fmt: skip
     (tmp_path / "spiece.vocab").unlink()
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "T5Tokenizer", "extra_ids": 0}))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "T5Tokenizer", "extra_ids": 0})
+    )
     config = T5Config(vocab_size=40, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
                       feed_forward_proj="gated-gelu", is_encoder_decoder=False)  # fmt: skip
     T5EncoderModel(config).save_pretrained(str(tmp_path))

@@ -58,8 +58,26 @@ def test_generates_with_a_model_dir(tmp_path, capsys):
 
     model = make_tiny_model_dir(tmp_path / "model", text_encoder="minilm")
     save = tmp_path / "gen"
-    code = main(["eval", "shapes", "--model", str(model), "-n", "2", "--sets", "train,heldout", "--steps", "2",
-                 "--save-videos", str(save), "--results", str(tmp_path / "r.csv"), "--threads", "1"])
+    code = main(
+        [
+            "eval",
+            "shapes",
+            "--model",
+            str(model),
+            "-n",
+            "2",
+            "--sets",
+            "train,heldout",
+            "--steps",
+            "2",
+            "--save-videos",
+            str(save),
+            "--results",
+            str(tmp_path / "r.csv"),
+            "--threads",
+            "1",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "| train | 2 |" in out and "| heldout | 2 |" in out and "| overall | 4 |" in out

@@ -21,8 +21,14 @@ def test_ground_truth_scores_100_percent():
     specs, videos = _videos(72, seed=11)
     scores = [ev.score_video(v, s.caption) for s, v in zip(specs, videos)]
     summary = ev.summarize(scores)["custom"]
-    assert summary == {"n": 72.0, "color": 100.0, "shape": 100.0, "direction": 100.0, "all": 100.0,
-                       "consistent": 100.0}
+    assert summary == {
+        "n": 72.0,
+        "color": 100.0,
+        "shape": 100.0,
+        "direction": 100.0,
+        "all": 100.0,
+        "consistent": 100.0,
+    }
 
 
 def test_ground_truth_through_h264_scores_100_percent(tmp_path):
@@ -63,8 +69,10 @@ def test_wrong_prompts_score_wrong():
         assert b.color_ok and not b.shape_ok and b.direction_ok and not b.all_ok
         c = ev.score_video(v, wrong_dir)
         assert c.color_ok and c.shape_ok and not c.direction_ok and not c.all_ok
-    scores = [ev.score_video(v, f"a {_swap(s.color, synth.COLORS)} {s.shape} moving {s.motion}")
-              for s, v in zip(specs, videos)]
+    scores = [
+        ev.score_video(v, f"a {_swap(s.color, synth.COLORS)} {s.shape} moving {s.motion}")
+        for s, v in zip(specs, videos)
+    ]
     assert ev.summarize(scores)["custom"]["all"] == 0.0
 
 
@@ -79,8 +87,14 @@ def test_broken_videos_are_inconsistent_or_static():
     two[:, 50:60, 50:60] = (255, 0, 0)
     a = ev.analyze_video(two)
     assert not a.consistent and "more than one object" in "; ".join(a.notes)
-    growing = np.stack([synth.render(synth.ShapeSpec("red", "circle", "right", 10 + 2 * t, 0.0, 5.0, 5.0, ""),
-                                     frames=1)[0] for t in range(16)])
+    growing = np.stack(
+        [
+            synth.render(synth.ShapeSpec("red", "circle", "right", 10 + 2 * t, 0.0, 5.0, 5.0, ""), frames=1)[
+                0
+            ]
+            for t in range(16)
+        ]
+    )
     assert not ev.analyze_video(growing).consistent
     grey = np.full_like(good, 128)
     assert not ev.analyze_video(grey).consistent and ev.analyze_video(grey).color is None
@@ -113,7 +127,9 @@ def test_parse_prompt():
 def test_prompt_sets():
     held = set(synth.HELDOUT)
     ev.check_novel_templates()
-    train_caps = {s.caption for s in [synth.sample_spec(synth.video_rng(0, i), synth.combos()) for i in range(300)]}
+    train_caps = {
+        s.caption for s in [synth.sample_spec(synth.video_rng(0, i), synth.combos()) for i in range(300)]
+    }
     for name in ev.PROMPT_SETS:
         prompts = ev.prompt_set(name, 24, seed=0)
         assert len(prompts) == 24 and prompts == ev.prompt_set(name, 24, seed=0)

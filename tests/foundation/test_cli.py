@@ -38,6 +38,11 @@ def test_user_error_is_one_line_exit_2():
 
 
 def test_config_dump_applies_overrides(capsys):
-    assert main(["config", "opensora/inference/16x256x256", "scheduler.num_sampling_steps=7", "--format", "json"]) == 0
+    assert (
+        main(
+            ["config", "opensora/inference/16x256x256", "scheduler.num_sampling_steps=7", "--format", "json"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert '"num_sampling_steps": 7' in out

@@ -4,7 +4,7 @@ import pytest
 
 from sorakit.config import Config, ConfigError, list_presets, load_config
 
-OPENSORA_INFER = '''\
+OPENSORA_INFER = """\
 num_frames = 16
 fps = 24 // 3
 image_size = (256, 256)
@@ -40,9 +40,9 @@ batch_size = 2
 seed = 42
 prompt_path = "./assets/texts/t2v_samples.txt"
 save_dir = "./outputs/samples/"
-'''
+"""
 
-OPENSORA_TRAIN = '''\
+OPENSORA_TRAIN = """\
 num_frames = 64
 frame_interval = 2
 image_size = (512, 512)
@@ -78,7 +78,7 @@ load = None
 batch_size = 1
 lr = 2e-5
 grad_clip = 1.0
-'''
+"""
 
 
 def test_every_preset_loads():
@@ -149,7 +149,9 @@ def test_wrong_type_is_an_error():
 
 
 def test_missing_preset_is_one_line_error():
-    with pytest.raises(ConfigError, match="unknown preset 'opensora/inference/16x256x25'.*16x256x256") as info:
+    with pytest.raises(
+        ConfigError, match="unknown preset 'opensora/inference/16x256x25'.*16x256x256"
+    ) as info:
         load_config("opensora/inference/16x256x25")
     assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="not found"):
@@ -158,7 +160,7 @@ def test_missing_preset_is_one_line_error():
 
 def test_toml_file_with_bad_key(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('[scheduler]\nsteps = 10\n')
+    path.write_text("[scheduler]\nsteps = 10\n")
     with pytest.raises(ConfigError, match=r"scheduler\.steps"):
         load_config(str(path))
 

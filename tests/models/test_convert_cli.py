@@ -11,7 +11,9 @@ from sorakit.models import PixArt, from_pretrained
 
 
 def test_convert_pixart_into_stdit(tmp_path, capsys):
-    pixart = PixArt(input_size=(1, 8, 8), hidden_size=32, depth=2, num_heads=4, caption_channels=16, model_max_length=6)
+    pixart = PixArt(
+        input_size=(1, 8, 8), hidden_size=32, depth=2, num_heads=4, caption_channels=16, model_max_length=6
+    )
     sd = {k: v for k, v in pixart.state_dict().items()}
     sd["x_embedder.proj.weight"] = sd["x_embedder.proj.weight"][:, :, 0]
     torch.save({"state_dict": sd}, tmp_path / "PixArt-tiny.pth")
@@ -34,11 +36,26 @@ def test_convert_user_errors(tmp_path, capsys):
     assert main(["convert", str(missing), str(tmp_path / "o"), "--model", "STDiT-tiny"]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     torch.save({"x": torch.zeros(1)}, tmp_path / "c.pt")
-    assert main(["convert", str(tmp_path / "c.pt"), str(tmp_path / "o"), "--model", "STDiT-tiny", "depht=3"]) == 2
+    assert (
+        main(["convert", str(tmp_path / "c.pt"), str(tmp_path / "o"), "--model", "STDiT-tiny", "depht=3"])
+        == 2
+    )
     assert "unknown model argument(s) depht" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "c.pt"), str(tmp_path / "o"), "--model", "Nope"]) == 2
     assert "unknown model 'Nope'" in capsys.readouterr().err
-    assert main(["convert", str(tmp_path / "c.pt"), str(tmp_path / "o"), "--model", "DiT-tiny", "input_size=1,8,8"]) == 2
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "c.pt"),
+                str(tmp_path / "o"),
+                "--model",
+                "DiT-tiny",
+                "input_size=1,8,8",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("sorakit: error:") and "missing" in err and "unexpected 1 keys: x" in err
     assert not (tmp_path / "o").exists()

@@ -95,12 +95,16 @@ def test_mismatch_names_keys(tmp_path):
     with pytest.raises(UserError) as err:
         load_checkpoint(m, src)
     msg = str(err.value)
-    assert "missing 1 keys: blocks.1.mlp.fc2.bias" in msg and "unexpected 1 keys: blocks.0.extra.weight" in msg
+    assert (
+        "missing 1 keys: blocks.1.mlp.fc2.bias" in msg and "unexpected 1 keys: blocks.0.extra.weight" in msg
+    )
     # nothing was loaded
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
     # shape mismatch
     src = build_model("STDiT-tiny", input_size=(2, 8, 8), caption_channels=8, model_max_length=6).state_dict()
-    with pytest.raises(UserError, match=r"shape mismatch for .*y_embedder.y_proj.fc1.weight \[64, 8\] vs model \[64, 16\]"):
+    with pytest.raises(
+        UserError, match=r"shape mismatch for .*y_embedder.y_proj.fc1.weight \[64, 8\] vs model \[64, 16\]"
+    ):
         load_checkpoint(m, src)
     with pytest.raises(UserError, match="not found"):
         load_checkpoint(m, tmp_path / "nope.pt")
@@ -120,7 +124,9 @@ def test_other_size_pos_embed_recomputed_and_image_conv_unsqueezed():
     own_pos = m.pos_embed_spatial.clone()
     report = load_checkpoint(m, sd)
     assert list(report.adapted) == ["x_embedder.proj.weight"]
-    assert report.recomputed == ["pos_embed_spatial", "pos_embed_temporal"] and report.dropped == ["pos_embed"]
+    assert report.recomputed == ["pos_embed_spatial", "pos_embed_temporal"] and report.dropped == [
+        "pos_embed"
+    ]
     assert torch.equal(m.pos_embed_spatial, own_pos)
     assert torch.equal(m.x_embedder.proj.weight[:, :, 0], src.x_embedder.proj.weight[:, :, 0])
 
@@ -131,7 +137,9 @@ def test_null_caption_length_adapted():
     report = load_checkpoint(m, src.state_dict())
     assert "extended from 4 to 6" in report.adapted["y_embedder.y_embedding"]
     emb = m.y_embedder.y_embedding
-    assert torch.equal(emb[:4], src.y_embedder.y_embedding) and torch.equal(emb[5], src.y_embedder.y_embedding[3])
+    assert torch.equal(emb[:4], src.y_embedder.y_embedding) and torch.equal(
+        emb[5], src.y_embedder.y_embedding[3]
+    )
 
 
 def test_pixart_to_stdit_reproduces_pixart_frame_by_frame():
@@ -141,7 +149,9 @@ def test_pixart_to_stdit_reproduces_pixart_frame_by_frame():
     sd = dict(pixart.state_dict())
     sd["x_embedder.proj.weight"] = sd["x_embedder.proj.weight"][:, :, 0]  # as in the PixArt-alpha release
     sd["csize_embedder.mlp.0.weight"] = torch.zeros(2, 2)  # PixArt-MS size embedders are not used by STDiT
-    stdit = STDiT(input_size=(3, 8, 8), hidden_size=32, depth=2, num_heads=4, space_scale=0.5, **SMALL).double()
+    stdit = STDiT(
+        input_size=(3, 8, 8), hidden_size=32, depth=2, num_heads=4, space_scale=0.5, **SMALL
+    ).double()
     report = load_checkpoint(stdit, {"state_dict": sd})
     assert report.pixart_to_stdit and report.wrapper == "state_dict"
     assert report.ignored == ["csize_embedder.mlp.0.weight"]
@@ -149,7 +159,9 @@ def test_pixart_to_stdit_reproduces_pixart_frame_by_frame():
     temporal = [k for k in stdit.state_dict() if ".attn_temp." in k]
     assert sorted(report.created) == sorted(temporal) and len(temporal) == 8
     assert all(report.created[k].startswith("zeros") for k in temporal if ".proj." in k)
-    assert sorted(report.loaded + list(report.adapted)) == sorted(k for k in pixart.state_dict() if "pos_embed" not in k)
+    assert sorted(report.loaded + list(report.adapted)) == sorted(
+        k for k in pixart.state_dict() if "pos_embed" not in k
+    )
 
     x, ts, y, mask = inputs()
     x, y = x.double(), y.double()

@@ -70,7 +70,9 @@ def test_forward_shapes(name, condition):
         out2 = m(torch.randn(2, 4, 2, 6, 10), torch.tensor([1, 999]), y, mask)
     assert out.shape == (2, 8, 4, 8, 8) and torch.isfinite(out).all()
     assert out2.shape == (2, 8, 2, 6, 10)
-    assert m.in_channels == 4 and m.out_channels == 8 and m.patch_size == (1, 2, 2) and m.input_size == (4, 8, 8)
+    assert (
+        m.in_channels == 4 and m.out_channels == 8 and m.patch_size == (1, 2, 2) and m.input_size == (4, 8, 8)
+    )
     with pytest.raises(ValueError, match="divisible"):
         m(torch.randn(1, 4, 4, 7, 8), torch.tensor([1]), y[:1], None if mask is None else mask[:1])
 
@@ -79,7 +81,11 @@ def test_forward_shapes(name, condition):
 @pytest.mark.parametrize("name", ["STDiT-tiny", "DiT-tiny", "Latte-tiny"])
 def test_unbuilt_size_equals_model_built_for_it(name):
     a = make(name, input_size=(4, 8, 8)).double()
-    b = build_model(name, input_size=(2, 4, 6), **(TEXT if name.startswith(("STDiT", "PixArt")) else {"caption_channels": 16}))
+    b = build_model(
+        name,
+        input_size=(2, 4, 6),
+        **(TEXT if name.startswith(("STDiT", "PixArt")) else {"caption_channels": 16}),
+    )
     load_checkpoint(b, a.state_dict())
     b = b.double().eval()
     y, mask = cond_inputs(name)
@@ -134,7 +140,9 @@ def test_condition_dropout(name):
         else:
             y_null = torch.tensor([10, y[1].item()])  # index num_classes = null label
         torch.testing.assert_close(dropped, m(x, ts, y_null, mask))
-        all_null = m.y_embedder.y_embedding[None, None].expand(2, 1, -1, -1) if is_text else torch.tensor([10, 10])
+        all_null = (
+            m.y_embedder.y_embedding[None, None].expand(2, 1, -1, -1) if is_text else torch.tensor([10, 10])
+        )
         expected = m(x, ts, all_null, mask)
         assert not torch.allclose(m(x, ts, y, mask), expected)
     # training mode drops conditions at random (class_dropout_prob; here 1.0), eval mode never does

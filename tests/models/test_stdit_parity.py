@@ -86,7 +86,9 @@ def test_float64_parity_guided_batch(fx, model64):
     guided[:, :3] = torch.cat([half, half])
     assert rel_err(guided, t["cfg_guided_output"]) < 1e-5
     # the null caption rows really are y_embedding
-    torch.testing.assert_close(t["cfg_y"][n:, 0], model64.y_embedder.y_embedding.expand(n, -1, -1), rtol=0, atol=0)
+    torch.testing.assert_close(
+        t["cfg_y"][n:, 0], model64.y_embedder.y_embedding.expand(n, -1, -1), rtol=0, atol=0
+    )
 
 
 def test_float32_parity(fx):

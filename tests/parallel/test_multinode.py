@@ -34,7 +34,9 @@ def test_two_nodes_train_like_one_process(tmp_path):
                "-m", "sorakit.cli.main", "train", "tiny", *TINY_OVERRIDES, "train.batch_size=2",
                "train.caption_dropout=0.3", "parallel.strategy=ddp", "parallel.backend=gloo",
                "--data", str(cache), "--output", str(run), "--max-steps", str(STEPS), "--ckpt-every", str(STEPS)]  # fmt: skip
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]

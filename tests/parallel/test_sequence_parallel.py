@@ -59,7 +59,9 @@ def _sp_worker(rank: int, world: int):
         handle.remove()
         results[grad_ckpt] = (out, grads, xgrad)
     # 3 latent frames cannot be split over 2 ranks: a clear error, no hang
-    model = build_model("STDiT-tiny", input_size=(3, 8, 8), in_channels=4, caption_channels=16, model_max_length=6)
+    model = build_model(
+        "STDiT-tiny", input_size=(3, 8, 8), in_channels=4, caption_channels=16, model_max_length=6
+    )
     apply_sequence_parallel(model)
     try:
         model(torch.randn(1, 4, 3, 8, 8), torch.tensor([1]), torch.randn(1, 1, 6, 16))

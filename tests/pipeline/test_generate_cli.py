@@ -85,7 +85,10 @@ def test_same_seed_same_video_different_seed_different(tiny_model_dir: Path, tmp
 
 
 def test_gif_and_png(tiny_model_dir: Path, tmp_path: Path) -> None:
-    assert _gen("a dog", "--model", str(tiny_model_dir), "--steps", "2", "--gif", "--output-dir", str(tmp_path)) == 0
+    assert (
+        _gen("a dog", "--model", str(tiny_model_dir), "--steps", "2", "--gif", "--output-dir", str(tmp_path))
+        == 0
+    )
     gif = tmp_path / "0000-a-dog.gif"
     assert probe_video(gif)["num_frames"] == 4
     assert _gen("a dog", "--model", str(tiny_model_dir), "--steps", "2", "--num-frames", "1",
@@ -123,7 +126,12 @@ def _one_line_error(capsys: pytest.CaptureFixture, code: int, needle: str) -> No
     ],
 )
 def test_bad_inputs_fail_before_loading(
-    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch, extra: list[str], needle: str
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch,
+    extra: list[str],
+    needle: str,
 ) -> None:
     def no_loading(*a, **k):  # every error must come before any weights are read
         raise AssertionError("weights were loaded before the input was validated")
@@ -141,7 +149,9 @@ def test_bad_inputs_fail_before_loading(
 def test_bad_prompt_sources(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_text("\n   \n\n")
-    _one_line_error(capsys, _gen("--prompt-file", str(empty), "--model", str(tiny_model_dir)), "has no prompts")
+    _one_line_error(
+        capsys, _gen("--prompt-file", str(empty), "--model", str(tiny_model_dir)), "has no prompts"
+    )
     _one_line_error(capsys, _gen("--prompt-file", str(tmp_path / "nope.txt")), "no such file")
     _one_line_error(capsys, _gen("  ", "--model", str(tiny_model_dir)), "prompt is empty")
     _one_line_error(capsys, _gen("--model", str(tiny_model_dir)), "exactly one of")
@@ -153,14 +163,18 @@ def test_bad_prompt_sources(tiny_model_dir: Path, tmp_path: Path, capsys: pytest
     _one_line_error(capsys, _gen("--prompt-file", str(two), "--model", str(tiny_model_dir), "--output",
                                  str(tmp_path / "x.mp4")), "use --output-dir")  # fmt: skip
     _one_line_error(capsys, _gen("a", "--preset", "opensora/nope"), "unknown preset")
-    _one_line_error(capsys, _gen("--class-label", "3", "--model", str(tiny_model_dir)), "class-conditional models")
+    _one_line_error(
+        capsys, _gen("--class-label", "3", "--model", str(tiny_model_dir)), "class-conditional models"
+    )
 
 
 def test_builtin_missing(capsys: pytest.CaptureFixture, monkeypatch, tmp_path: Path) -> None:
     from sorakit.pipelines import model_dir
 
     monkeypatch.setattr(model_dir, "BUILTIN_MODEL_DIR", tmp_path / "none")
-    _one_line_error(capsys, _gen("a cat", "--output", str(tmp_path / "a.mp4")), "no built-in model is installed yet")
+    _one_line_error(
+        capsys, _gen("a cat", "--output", str(tmp_path / "a.mp4")), "no built-in model is installed yet"
+    )
 
 
 def test_hub_ids_offline_give_one_line(capsys: pytest.CaptureFixture, monkeypatch, tmp_path: Path) -> None:
@@ -181,12 +195,14 @@ def _class_preset(tmp_path: Path, vae_dir: Path) -> Path:
         f'[vae]\ntype = "sd-vae"\npath = "{vae_dir}"\n'
         '[text_encoder]\ntype = "classes"\npath = "10"\n'
         '[scheduler]\ntype = "dpm-solver"\nnum_sampling_steps = 3\ncfg_scale = 4.0\n'
-        '[inference]\nnum_frames = 1\nimage_size = [16, 16]\nbatch_size = 2\n'
+        "[inference]\nnum_frames = 1\nimage_size = [16, 16]\nbatch_size = 2\n"
     )
     return toml
 
 
-def test_class_label_preset_with_ckpt(tmp_path: Path, capsys: pytest.CaptureFixture, tiny_model_dir: Path) -> None:
+def test_class_label_preset_with_ckpt(
+    tmp_path: Path, capsys: pytest.CaptureFixture, tiny_model_dir: Path
+) -> None:
     from safetensors.torch import save_file
 
     from sorakit.models import build_model
@@ -210,7 +226,9 @@ def test_class_label_preset_with_ckpt(tmp_path: Path, capsys: pytest.CaptureFixt
     assert json.loads((out / "0001-class-7.json").read_text())["prompt"] == "7"
     capsys.readouterr()
     # text where a class index is expected; a label out of range; a checkpoint of another model
-    _one_line_error(capsys, _gen("a cat", "--preset", str(preset), "--output-dir", str(out)), "class-conditional")
+    _one_line_error(
+        capsys, _gen("a cat", "--preset", str(preset), "--output-dir", str(out)), "class-conditional"
+    )
     _one_line_error(capsys, _gen("--class-label", "10", "--preset", str(preset), "--output-dir", str(out)),
                     "out of range 0..9")  # fmt: skip
     stdit = tiny_model_dir / "transformer" / "model.safetensors"
@@ -233,7 +251,19 @@ def test_opensora_preset_with_local_components(tiny_model_dir: Path, tmp_path: P
     shrink = ["--set", "model.type=STDiT-tiny", "--set", "model.arch.hidden_size=32", "--set",
               "model.arch.num_heads=2", "--set", "model.arch.mlp_ratio=2.0", "--set", "model.space_scale=1.0",
               "--set", "text_encoder.model_max_length=12", "--set", "scheduler.cfg_scale=4.0"]  # fmt: skip
-    common = ["a red circle", "--resolution", "16x16", "--num-frames", "2", "--steps", "2", "--seed", "3", "--fps", "4"]
+    common = [
+        "a red circle",
+        "--resolution",
+        "16x16",
+        "--num-frames",
+        "2",
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+        "--fps",
+        "4",
+    ]
     code = _gen(*common, "--preset", "opensora/16x256x256", *shrink,
                 "--text-encoder", str(tiny_model_dir / "text_encoder"), "--vae", str(tiny_model_dir / "vae"),
                 "--ckpt", str(tiny_model_dir / "transformer" / "model.safetensors"),
@@ -248,7 +278,9 @@ def test_opensora_preset_with_local_components(tiny_model_dir: Path, tmp_path: P
     np.testing.assert_array_equal(read_video(tmp_path / "again.mp4"), read_video(tmp_path / "preset.mp4"))
 
 
-def test_model_dir_with_foreign_ckpt(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_model_dir_with_foreign_ckpt(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """--model DIR --ckpt FILE: the checkpoint is checked against the model before the text encoder loads."""
     from safetensors.torch import save_file
 

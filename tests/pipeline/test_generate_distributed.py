@@ -37,7 +37,9 @@ def test_torchrun_two_processes_split_prompts(tiny_model_dir: Path, tmp_path: Pa
     names = ["0000-a-red-circle", "0001-a-blue-square", "0002-waves-at-sunset"]
     assert sorted(p.stem for p in dist_dir.glob("*.mp4")) == names
     for name in names:
-        np.testing.assert_array_equal(read_video(dist_dir / f"{name}.mp4"), read_video(single_dir / f"{name}.mp4"))
+        np.testing.assert_array_equal(
+            read_video(dist_dir / f"{name}.mp4"), read_video(single_dir / f"{name}.mp4")
+        )
         assert json.loads((dist_dir / f"{name}.json").read_text())["seed"] == 5 + int(name[:4])
     # each rank printed the files it wrote: batches 0 and 2 on rank 0, batch 1 on rank 1
     by_rank = {}

@@ -39,7 +39,9 @@ def test_torchrun_sequence_parallel_matches_single_process(tiny_model_dir: Path,
 
     names = ["0000-a-red-circle", "0001-a-blue-square", "0002-waves-at-sunset"]
     # one set of files: one video + one sidecar per prompt, nothing else
-    assert sorted(p.name for p in sp_dir.iterdir()) == sorted([f"{n}.mp4" for n in names] + [f"{n}.json" for n in names])
+    assert sorted(p.name for p in sp_dir.iterdir()) == sorted(
+        [f"{n}.mp4" for n in names] + [f"{n}.json" for n in names]
+    )
     for name in names:
         a, b = read_video(sp_dir / f"{name}.mp4"), read_video(single_dir / f"{name}.mp4")
         assert a.shape == b.shape == (4, 16, 16, 3)
@@ -55,7 +57,9 @@ def test_torchrun_sequence_parallel_matches_single_process(tiny_model_dir: Path,
     assert by_rank == {"0": names, "1": []}, by_rank
 
 
-def test_sequence_parallel_needs_torchrun(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_sequence_parallel_needs_torchrun(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     code = main(["generate", "a dog", "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "o"),
                  "--sequence-parallel", "--device", "cpu"])  # fmt: skip
     assert code == 2

@@ -28,7 +28,9 @@ PROMPTS = ["a red circle moving to the right", "a cat playing the piano"]
 
 
 def test_frames_shape_and_types(tiny_pipe: TextToVideoPipeline) -> None:
-    frames = tiny_pipe(PROMPTS, num_frames=3, height=16, width=24, num_inference_steps=3, seed=0, progress=False)
+    frames = tiny_pipe(
+        PROMPTS, num_frames=3, height=16, width=24, num_inference_steps=3, seed=0, progress=False
+    )
     assert isinstance(frames, np.ndarray) and frames.dtype == np.uint8
     assert frames.shape == (2, 3, 16, 24, 3)
     assert frames.std() > 1  # not a constant image
@@ -102,7 +104,9 @@ def test_empty_prompt(tiny_pipe: TextToVideoPipeline) -> None:
 def test_save_and_reload_roundtrip(tiny_pipe: TextToVideoPipeline, tmp_path) -> None:
     old = os.umask(0o022)
     try:
-        out = tiny_pipe.save_pretrained(tmp_path / "copy", text_encoder_dir=tiny_pipe.config.text_encoder.path)
+        out = tiny_pipe.save_pretrained(
+            tmp_path / "copy", text_encoder_dir=tiny_pipe.config.text_encoder.path
+        )
     finally:
         os.umask(old)
     assert (out.stat().st_mode & 0o777) == 0o755  # built under a mkdtemp name, but not left owner-only
@@ -137,7 +141,9 @@ def test_text_encoder_width_mismatch(tmp_path, tiny_model_dir) -> None:
     """A MiniLM (384-d) model directory given the 32-d tiny T5 as --text-encoder."""
     d = make_tiny_model_dir(tmp_path / "minilm", text_encoder="minilm")
     with pytest.raises(UserError, match="gives 32-d embeddings but STDiT-tiny expects 384"):
-        TextToVideoPipeline.from_pretrained(d, device="cpu", text_encoder=str(tiny_model_dir / "text_encoder"))
+        TextToVideoPipeline.from_pretrained(
+            d, device="cpu", text_encoder=str(tiny_model_dir / "text_encoder")
+        )
 
 
 def test_minilm_model_dir(tmp_path) -> None:

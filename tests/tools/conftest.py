@@ -28,7 +28,7 @@ def shot_frame(kind: int, t: int, seed: int) -> np.ndarray:
         img[16:28, x : x + 12] = c2
     elif kind % 4 == 1:  # horizontal gradient scrolling left
         ramp = ((xx + t) % W) / W
-        img = (c1[None, None] * (1 - ramp[..., None]) + c2[None, None] * ramp[..., None])
+        img = c1[None, None] * (1 - ramp[..., None]) + c2[None, None] * ramp[..., None]
     elif kind % 4 == 2:  # checkerboard drifting down
         check = (((yy + t) // 8 + xx // 8) % 2).astype(bool)
         img = np.where(check[..., None], c1, c2)
@@ -114,7 +114,9 @@ class ChatServer:
                 message = {"role": "assistant", "content": action}
                 if isinstance(action, tuple) and action[0] == "refusal":
                     message = {"role": "assistant", "content": None, "refusal": action[1]}
-                payload = json.dumps({"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}).encode()
+                payload = json.dumps(
+                    {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+                ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))

@@ -57,8 +57,14 @@ def test_clean_caption_and_retry_after():
             clean_caption(bad)
     with pytest.raises(CaptionError, match="refused"):
         clean_caption("I'm sorry, but I can't help with that.")
-    assert parse_retry_after("3") == 3.0 and parse_retry_after("x") is None and parse_retry_after(None) is None
-    assert 50 < parse_retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))) <= 61
+    assert (
+        parse_retry_after("3") == 3.0 and parse_retry_after("x") is None and parse_retry_after(None) is None
+    )
+    assert (
+        50
+        < parse_retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60)))
+        <= 61
+    )
 
 
 def test_api_caption_failures_and_resume(media, tmp_path, monkeypatch, chat_server):
@@ -66,25 +72,46 @@ def test_api_caption_failures_and_resume(media, tmp_path, monkeypatch, chat_serv
     clips = clip_csv(tmp_path, path, [(0, 18), (18, 40), (40, 60), (60, 76), (0, 76)])
     out = tmp_path / "captions.csv"
     script = [
-        "A square glides to the right.",           # row 0
-        "   ",                                        # row 1: empty caption -> failure
-        ("status", 500, {}), ("status", 500, {}), ("status", 500, {}),  # row 2: fails 3 times -> failure
-        ("status", 429, {"Retry-After": "1"}),      # row 3: rate limited once, then fine
+        "A square glides to the right.",  # row 0
+        "   ",  # row 1: empty caption -> failure
+        ("status", 500, {}),
+        ("status", 500, {}),
+        ("status", 500, {}),  # row 2: fails 3 times -> failure
+        ("status", 429, {"Retry-After": "1"}),  # row 3: rate limited once, then fine
         "Stripes drift slowly.",
-        ("refusal", "I can't describe this."),      # row 4: refused -> failure
+        ("refusal", "I can't describe this."),  # row 4: refused -> failure
     ]
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    args = ["data", "caption", str(clips), "-o", str(out), "--workers", "1", "--batch-size", "2",
-            "--max-retries", "2", "--retry-backoff", "0.01", "--model", "tiny-vlm"]
+    args = [
+        "data",
+        "caption",
+        str(clips),
+        "-o",
+        str(out),
+        "--workers",
+        "1",
+        "--batch-size",
+        "2",
+        "--max-retries",
+        "2",
+        "--retry-backoff",
+        "0.01",
+        "--model",
+        "tiny-vlm",
+    ]
     with chat_server(script) as server:
         assert main([*args, "--base-url", server.url]) == 0
     reqs = server.requests
     assert len(reqs) == 8
     for r in reqs:
-        assert r["path"] == "/v1/chat/completions" and r["auth"] == "Bearer sk-test" and r["model"] == "tiny-vlm"
+        assert (
+            r["path"] == "/v1/chat/completions" and r["auth"] == "Bearer sk-test" and r["model"] == "tiny-vlm"
+        )
         parts = r["messages"][0]["content"]
         images = [p for p in parts if p["type"] == "image_url"]
-        assert len(images) == 3 and all(p["image_url"]["url"].startswith("data:image/jpeg;base64,") for p in images)
+        assert len(images) == 3 and all(
+            p["image_url"]["url"].startswith("data:image/jpeg;base64,") for p in images
+        )
     assert server.times[6] - server.times[5] >= 0.95  # Retry-After: 1 was honoured
     rows = read(out)
     assert [(r["start_frame"], r["end_frame"], r["label"], r["text"]) for r in rows] == [
@@ -103,8 +130,13 @@ def test_api_caption_failures_and_resume(media, tmp_path, monkeypatch, chat_serv
     assert len(server.requests) == 3
     rows = read(out)
     assert [r["label"] for r in rows] == ["0", "1", "2", "3", "4"]
-    assert [r["text"] for r in rows] == ["A square glides to the right.", "Fine now.", "Fine now.",
-                                         "Stripes drift slowly.", "Fine now."]
+    assert [r["text"] for r in rows] == [
+        "A square glides to the right.",
+        "Fine now.",
+        "Fine now.",
+        "Stripes drift slowly.",
+        "Fine now.",
+    ]
     assert not (tmp_path / "captions.failures.csv").exists()
 
 
@@ -143,8 +175,10 @@ def describe(frames) -> str:
 def test_interrupted_run_resumes_without_redoing_or_losing_rows(media, tmp_path):
     path = media["a"][0]
     ranges = [(0, 10), (10, 20), (20, 30), (30, 40), (40, 50), (50, 60), (60, 70)]
-    rows = [{"path": str(path), "start_frame": str(s), "end_frame": str(e), "label": str(k)}
-            for k, (s, e) in enumerate(ranges)]
+    rows = [
+        {"path": str(path), "start_frame": str(s), "end_frame": str(e), "label": str(k)}
+        for k, (s, e) in enumerate(ranges)
+    ]
     paths = [path] * len(rows)
     out, fail = tmp_path / "out.csv", tmp_path / "out.failures.csv"
     first = FrameMeanBackend(interrupt_on_call=3)
@@ -190,25 +224,59 @@ def tiny_llava(tmp_path_factory) -> Path:
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece()  # joins words with spaces
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                        pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                              image_size=32, patch_size=8, projection_dim=32)
-    text = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                       pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=4, vision_feature_layer=-1,
-                         vision_feature_select_strategy="default")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        projection_dim=32,
+    )
+    text = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=4,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config).eval()
     # only words can come out, so a caption is never empty by chance
     model.generation_config.suppress_tokens = [0, 1, 2, 3, 4, vocab["USER:"], vocab["ASSISTANT:"]]
-    chat = ("{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image> "
-            "{% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}"
-            "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+    chat = (
+        "{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image> "
+        "{% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}"
+        "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    )
     processor = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default", chat_template=chat,
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        chat_template=chat,
         num_additional_image_tokens=1,  # CLIP's class token, dropped by the "default" strategy
     )
     d = tmp_path_factory.mktemp("tiny_llava")
@@ -224,9 +292,14 @@ def test_local_vlm_gets_all_frames(tiny_llava, media, tmp_path):
     prompt = backend.build_prompt(3)
     assert prompt.count("<image>") == 3 and prompt.rstrip().endswith("ASSISTANT:")
     seen: list[tuple[int, ...]] = []
-    backend.model.model.vision_tower.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    backend.model.model.vision_tower.register_forward_hook(
+        lambda m, args, out: seen.append(tuple(args[0].shape))
+    )
     path = media["a"][0]
-    rows = [{"path": str(path), "start_frame": str(s), "end_frame": str(e)} for s, e in [(0, 18), (18, 40), (40, 60)]]
+    rows = [
+        {"path": str(path), "start_frame": str(s), "end_frame": str(e)}
+        for s, e in [(0, 18), (18, 40), (40, 60)]
+    ]
     out = tmp_path / "cap.csv"
     stats = run_caption(rows, [path] * 3, backend, out, tmp_path / "f.csv", batch_size=2, progress=False)
     assert stats.captioned == 3
@@ -240,8 +313,24 @@ def test_local_vlm_gets_all_frames(tiny_llava, media, tmp_path):
 def test_local_vlm_cli(tiny_llava, media, tmp_path):
     clips = clip_csv(tmp_path, media["a"][0], [(0, 18), (18, 40)])
     out = tmp_path / "cap.csv"
-    assert main(["data", "caption", str(clips), "-o", str(out), "--model-dir", str(tiny_llava),
-                 "--max-new-tokens", "4", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "caption",
+                str(clips),
+                "-o",
+                str(out),
+                "--model-dir",
+                str(tiny_llava),
+                "--max-new-tokens",
+                "4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     rows = read(out)
     assert [r["label"] for r in rows] == ["0", "1"] and all(r["text"].strip() for r in rows)
     assert main(["data", "caption", str(clips), "-o", str(out), "--model-dir", str(tmp_path)]) == 2
@@ -249,9 +338,11 @@ def test_local_vlm_cli(tiny_llava, media, tmp_path):
 
 def test_keep_existing_and_no_retry_failed(media, tmp_path):
     path = media["a"][0]
-    rows = [{"path": str(path), "start_frame": "0", "end_frame": "10", "text": "kept as is"},
-            {"path": str(path), "start_frame": "10", "end_frame": "20", "text": ""},
-            {"path": str(media["bad"][1]), "text": ""}]
+    rows = [
+        {"path": str(path), "start_frame": "0", "end_frame": "10", "text": "kept as is"},
+        {"path": str(path), "start_frame": "10", "end_frame": "20", "text": ""},
+        {"path": str(media["bad"][1]), "text": ""},
+    ]
     paths = [path, path, media["bad"][1]]
     out, fail = tmp_path / "o.csv", tmp_path / "o.failures.csv"
     backend = FrameMeanBackend()

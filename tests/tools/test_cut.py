@@ -29,14 +29,18 @@ def write(path: Path, rows: list[dict[str, str]]) -> Path:
 def test_cut_clips_frame_counts_and_content(media, tmp_path):
     path, _, n, fps = media["a"]
     ranges = [(0, 18), (18, 40), (45, 60), (60, n)]
-    clips = write(tmp_path / "clips.csv", [
-        {"path": str(path), "text": f"clip {i}", "start_frame": str(s), "end_frame": str(e)}
-        for i, (s, e) in enumerate(ranges)
-    ] + [
-        {"path": str(path), "text": "too long", "start_frame": "70", "end_frame": str(n + 10)},
-        {"path": str(tmp_path / "gone.mp4"), "text": "missing", "start_frame": "0", "end_frame": "5"},
-        {"path": str(path), "text": "bad range", "start_frame": "9", "end_frame": "9"},
-    ])
+    clips = write(
+        tmp_path / "clips.csv",
+        [
+            {"path": str(path), "text": f"clip {i}", "start_frame": str(s), "end_frame": str(e)}
+            for i, (s, e) in enumerate(ranges)
+        ]
+        + [
+            {"path": str(path), "text": "too long", "start_frame": "70", "end_frame": str(n + 10)},
+            {"path": str(tmp_path / "gone.mp4"), "text": "missing", "start_frame": "0", "end_frame": "5"},
+            {"path": str(path), "text": "bad range", "start_frame": "9", "end_frame": "9"},
+        ],
+    )
     out_dir = tmp_path / "out"
     assert main(["data", "cut", str(clips), "--output-dir", str(out_dir), "--workers", "2"]) == 0
     rows = read(out_dir / "clips.csv")
@@ -59,8 +63,13 @@ def test_cut_clips_frame_counts_and_content(media, tmp_path):
 
 def test_cut_resize_fps_and_resume(media, tmp_path):
     path, _, n, fps = media["a"]  # 48x64 at 24 fps
-    clips = write(tmp_path / "c.csv", [{"path": str(path), "start_frame": "18", "end_frame": "40"},
-                                       {"path": str(path), "start_frame": "40", "end_frame": "61"}])
+    clips = write(
+        tmp_path / "c.csv",
+        [
+            {"path": str(path), "start_frame": "18", "end_frame": "40"},
+            {"path": str(path), "start_frame": "40", "end_frame": "61"},
+        ],
+    )
     out_dir = tmp_path / "o"
     args = ["data", "cut", str(clips), "--output-dir", str(out_dir), "--short-side", "32", "--fps", "12"]
     assert main(args) == 0

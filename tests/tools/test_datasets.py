@@ -28,8 +28,10 @@ def test_camel_to_words():
 
 def test_ucf101(tmp_path):
     root = tmp_path / "ucf"
-    vids = {c: [touch(root / "UCF-101" / c / f"v_{c}_g0{g}_c01.avi") for g in (1, 2)]
-            for c in ("YoYo", "ApplyEyeMakeup", "Basketball")}
+    vids = {
+        c: [touch(root / "UCF-101" / c / f"v_{c}_g0{g}_c01.avi") for g in (1, 2)]
+        for c in ("YoYo", "ApplyEyeMakeup", "Basketball")
+    }
     touch(root / "UCF-101" / "Basketball" / "readme.txt")  # not a video: ignored
     out = tmp_path / "ucf.csv"
     assert main(["data", "convert", "ucf101", str(root), "-o", str(out)]) == 0
@@ -48,13 +50,32 @@ def test_ucf101(tmp_path):
     lists.mkdir()
     (lists / "classInd.txt").write_text("1 Basketball\n2 YoYo\n3 ApplyEyeMakeup\n")
     (lists / "testlist01.txt").write_text("YoYo/v_YoYo_g02_c01.avi\nBasketball/v_Basketball_g01_c01.avi\n")
-    assert main(["data", "convert", "ucf101", str(root), "-o", str(out), "--raw-names",
-                 "--split-file", str(lists / "testlist01.txt")]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "ucf101",
+                str(root),
+                "-o",
+                str(out),
+                "--raw-names",
+                "--split-file",
+                str(lists / "testlist01.txt"),
+            ]
+        )
+        == 0
+    )
     assert [(Path(r["path"]).name, r["text"], r["label"]) for r in read(out)] == [
-        ("v_YoYo_g02_c01.avi", "YoYo", "1"), ("v_Basketball_g01_c01.avi", "Basketball", "0")]
+        ("v_YoYo_g02_c01.avi", "YoYo", "1"),
+        ("v_Basketball_g01_c01.avi", "Basketball", "0"),
+    ]
     assert vids  # built above
     (lists / "bad.txt").write_text("YoYo/v_YoYo_g09_c01.avi 2\n")
-    assert main(["data", "convert", "ucf101", str(root), "-o", str(out), "--split-file", str(lists / "bad.txt")]) == 2
+    assert (
+        main(["data", "convert", "ucf101", str(root), "-o", str(out), "--split-file", str(lists / "bad.txt")])
+        == 2
+    )
 
 
 def test_imagenet(tmp_path, capsys):
@@ -66,7 +87,9 @@ def test_imagenet(tmp_path, capsys):
     assert main(["data", "convert", "imagenet", str(root), "-o", str(out)]) == 0
     rows = read(out)
     assert [(r["text"], r["label"]) for r in rows] == [("n01440764", "0")] * 3 + [("n01443537", "1")] * 2
-    (root / "LOC_synset_mapping.txt").write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n")
+    (root / "LOC_synset_mapping.txt").write_text(
+        "n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n"
+    )
     assert main(["data", "convert", "imagenet", str(root), "-o", str(out)]) == 0
     assert [r["text"] for r in read(out)] == ["tench"] * 3 + ["goldfish"] * 2
     assert main(["data", "convert", "imagenet", str(root), "-o", str(out), "--all-synonyms"]) == 0

@@ -85,7 +85,10 @@ def test_scenes_csv_input_keeps_columns_and_limits(media, tmp_path):
 
 def test_scenes_bad_args(media, tmp_path, capsys):
     out = str(tmp_path / "x.csv")
-    assert main(["data", "scenes", str(media["dir"]), "-o", out, "--min-seconds", "3", "--max-seconds", "1"]) == 2
+    assert (
+        main(["data", "scenes", str(media["dir"]), "-o", out, "--min-seconds", "3", "--max-seconds", "1"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("sorakit: error:") and len(err.strip().splitlines()) == 1
     assert main(["data", "scenes", str(tmp_path / "missing"), "-o", out]) == 2

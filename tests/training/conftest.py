@@ -12,4 +12,6 @@ from _train_helpers import write_clips, write_csv
 def clips_csv(tmp_path: Path) -> Path:
     paths = write_clips(tmp_path / "videos", 4, frames=4, size=16)
     words = ["red square left", "blue square right", "green box up", "white box down"]
-    return write_csv(tmp_path / "data.csv", [{"path": f"videos/{p.name}", "text": w} for p, w in zip(paths, words)])
+    return write_csv(
+        tmp_path / "data.csv", [{"path": f"videos/{p.name}", "text": w} for p, w in zip(paths, words)]
+    )

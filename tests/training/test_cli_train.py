@@ -70,7 +70,9 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path):
     # --bundle-vae needs a local VAE folder; this run's cache names none, so it is a one-line error
     bundled = subprocess.run([sys.executable, "-m", "sorakit.cli.main", "export", str(run), str(tmp_path / "m2"),
                               "--bundle-vae"], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert bundled.returncode == 2 and "--bundle-vae needs a local VAE directory" in bundled.stderr, bundled.stderr
+    assert bundled.returncode == 2 and "--bundle-vae needs a local VAE directory" in bundled.stderr, (
+        bundled.stderr
+    )
     assert "Traceback" not in bundled.stderr and not (tmp_path / "m2").exists()
 
 
@@ -80,7 +82,11 @@ def test_cli_errors_are_one_line(tmp_path):
     empty.write_text("")
     nocol = tmp_path / "nocol.csv"
     nocol.write_text("path,caption\na.mp4,hello\n")
-    for data, msg in ((tmp_path / "nope.csv", "no such file"), (empty, "empty file"), (nocol, "missing column(s) text")):
+    for data, msg in (
+        (tmp_path / "nope.csv", "no such file"),
+        (empty, "empty file"),
+        (nocol, "missing column(s) text"),
+    ):
         out = subprocess.run([sys.executable, "-m", "sorakit.cli.main", "train", "tiny", "--data", str(data), "--output",
                               str(tmp_path / "r")], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
         assert out.returncode == 2, out.stderr

@@ -39,7 +39,11 @@ def _fixed_batch_loss(cfg, state_dict: dict[str, torch.Tensor], csv: Path) -> fl
         for _ in range(16):
             t = objective.sample_timesteps(x0.shape[0], g, "cpu")
             noise = torch.randn(x0.shape, generator=g)
-            total += objective.training_losses(lambda x, tt: model(x, tt, y, mask), x0, t, noise)["loss"].mean().item()
+            total += (
+                objective.training_losses(lambda x, tt: model(x, tt, y, mask), x0, t, noise)["loss"]
+                .mean()
+                .item()
+            )
     return total / 16
 
 
@@ -71,7 +75,9 @@ def test_tiny_run_overfits_a_fixed_batch(tmp_path, clips_csv):
     # logs: console/file log and metrics with throughput and MFU
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [20, 40, 60]
-    assert all(m["samples_per_s"] > 0 and m["tokens_per_s"] == pytest.approx(m["samples_per_s"] * 64) for m in lines)
+    assert all(
+        m["samples_per_s"] > 0 and m["tokens_per_s"] == pytest.approx(m["samples_per_s"] * 64) for m in lines
+    )
     assert all(0 < m["mfu"] for m in lines) and lines[-1]["loss"] < lines[0]["loss"]
 
 
@@ -91,15 +97,25 @@ def _assert_same_checkpoint(a: Path, b: Path) -> None:
 def test_stop_and_resume_equals_uninterrupted(tmp_path):
     # videos longer than the clip (random starts) + flips + caption dropout: every RNG path is exercised
     paths = write_clips(tmp_path / "v", 9, frames=7, size=16)
-    csv = write_csv(tmp_path / "d.csv", [{"path": str(p), "text": f"clip number {i}"} for i, p in enumerate(paths)])
-    over = [f"data.csv={csv}", "train.caption_dropout=0.5", "train.batch_size=4", "train.ckpt_every=3", "train.warmup_steps=4"]
+    csv = write_csv(
+        tmp_path / "d.csv", [{"path": str(p), "text": f"clip number {i}"} for i, p in enumerate(paths)]
+    )
+    over = [
+        f"data.csv={csv}",
+        "train.caption_dropout=0.5",
+        "train.batch_size=4",
+        "train.ckpt_every=3",
+        "train.warmup_steps=4",
+    ]
     full = train(tiny_config(*over, "train.max_steps=7"), tmp_path / "full", components=_components())
     # stopped at step 3 -- mid-epoch (9 samples = 2 batches of 4 per epoch: epoch 1, batch 1) -- resumed to 7
     part = train(tiny_config(*over, "train.max_steps=3"), tmp_path / "split", components=_components())
     assert part.step == 3
     with pytest.raises(UserError, match="--resume"):
         train(tiny_config(*over, "train.max_steps=7"), tmp_path / "split", components=_components())
-    resumed = train(tiny_config(*over, "train.max_steps=7"), tmp_path / "split", resume=True, components=_components())
+    resumed = train(
+        tiny_config(*over, "train.max_steps=7"), tmp_path / "split", resume=True, components=_components()
+    )
     assert resumed.step == 7
     assert resumed.losses == full.losses[3:]
     steps = [json.loads(x)["step"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
@@ -131,7 +147,9 @@ def test_missing_and_corrupt_files_are_skipped_and_reported(tmp_path):
     rows = [{"path": str(p), "text": "a clip"} for p in paths]
     rows += [{"path": "v/missing.mp4", "text": "gone"}, {"path": "v/corrupt.mp4", "text": "broken"}]
     csv = write_csv(tmp_path / "d.csv", rows)
-    cfg = tiny_config(f"data.csv={csv}", "train.max_steps=6", "train.ckpt_every=6", "data.max_bad_fraction=0.5")
+    cfg = tiny_config(
+        f"data.csv={csv}", "train.max_steps=6", "train.ckpt_every=6", "data.max_bad_fraction=0.5"
+    )
     result = train(cfg, tmp_path / "run", components=_components())
     assert result.step == 6
     assert set(result.skipped) == {str(tmp_path / "v" / "missing.mp4"), str(tmp_path / "v" / "corrupt.mp4")}
@@ -149,10 +167,14 @@ def test_freeze_not_temporal_trains_only_temporal_attention(tmp_path):
     import sorakit.training.trainer as trainer_mod
 
     cache = make_cache(tmp_path / "cache")
-    cfg = tiny_config(f"data.csv={cache}", "train.max_steps=2", "train.ckpt_every=2", "train.freeze=not_temporal")
+    cfg = tiny_config(
+        f"data.csv={cache}", "train.max_steps=2", "train.ckpt_every=2", "train.freeze=not_temporal"
+    )
     data = trainer_mod.DataSource(None, None, True, (4, 8, 8), 4, 16, 8, False)  # type: ignore[arg-type]
     model = trainer_mod.build_model(cfg, data)
-    with torch.no_grad():  # upstream init zeroes the output layers: randomise so that gradients reach every layer
+    with (
+        torch.no_grad()
+    ):  # upstream init zeroes the output layers: randomise so that gradients reach every layer
         for p in model.parameters():
             p.normal_(0, 0.05)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
@@ -193,7 +215,9 @@ def test_objective_follows_the_scheduler_settings():
     cfg.scheduler.shift = 1.0
     plain = build_objective(cfg)
     t = plain.sample_timesteps(1000, torch.Generator().manual_seed(0), "cpu")
-    torch.testing.assert_close(shifted.sample_timesteps(1000, torch.Generator().manual_seed(0), "cpu"), time_shift(t, shift))
+    torch.testing.assert_close(
+        shifted.sample_timesteps(1000, torch.Generator().manual_seed(0), "cpu"), time_shift(t, shift)
+    )
 
 
 def test_lr_schedule_warmup_stable_decay_and_resume_with_longer_run(tmp_path):
@@ -202,7 +226,13 @@ def test_lr_schedule_warmup_stable_decay_and_resume_with_longer_run(tmp_path):
     lr = 1e-3
     paths = write_clips(tmp_path / "v", 4, frames=4, size=16)
     csv = write_csv(tmp_path / "d.csv", [{"path": str(p), "text": f"clip {i}"} for i, p in enumerate(paths)])
-    over = [f"data.csv={csv}", "train.batch_size=2", "train.log_every=1", "train.ckpt_every=4", f"train.lr={lr}"]
+    over = [
+        f"data.csv={csv}",
+        "train.batch_size=2",
+        "train.log_every=1",
+        "train.ckpt_every=4",
+        f"train.lr={lr}",
+    ]
     over += ["train.warmup_steps=2"]
 
     def lrs(run: Path) -> list[float]:
@@ -210,7 +240,11 @@ def test_lr_schedule_warmup_stable_decay_and_resume_with_longer_run(tmp_path):
 
     # warmup 2, constant, then a linear cooldown over the last 3 of 8 steps; the logged lr is the one each
     # step used: 1/2, 1, 1, 1, 1, then 3/3, 2/3, 1/3 of lr -- never 0 (a zero-lr step would be wasted)
-    train(tiny_config(*over, "train.max_steps=8", "train.decay_steps=3"), tmp_path / "wsd", components=_components())
+    train(
+        tiny_config(*over, "train.max_steps=8", "train.decay_steps=3"),
+        tmp_path / "wsd",
+        components=_components(),
+    )
     expected = [lr * f for f in (0.5, 1, 1, 1, 1, 1, 2 / 3, 1 / 3)]
     assert lrs(tmp_path / "wsd") == pytest.approx(expected)
     assert [lr * lr_factor(i, 2, 3, 8) for i in range(8)] == pytest.approx(expected)
@@ -220,4 +254,8 @@ def test_lr_schedule_warmup_stable_decay_and_resume_with_longer_run(tmp_path):
     train(resumed, tmp_path / "cont", resume=True, components=_components())
     assert lrs(tmp_path / "cont") == pytest.approx([lr * f for f in (0.5, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25)])
     with pytest.raises(ConfigError, match="decay_steps"):
-        train(tiny_config(*over, "train.max_steps=4", "train.decay_steps=5"), tmp_path / "bad", components=_components())
+        train(
+            tiny_config(*over, "train.max_steps=4", "train.decay_steps=5"),
+            tmp_path / "bad",
+            components=_components(),
+        )

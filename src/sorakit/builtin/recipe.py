@@ -86,7 +86,9 @@ def stage_vae(work: Path, csv_path: Path, steps: int, seed: int) -> Path:
 
 
 @torch.no_grad()
-def stage_encode(work: Path, csv_path: Path, vae_dir: Path, cfg: Config, num_videos: int, shard_size: int = 500) -> Path:
+def stage_encode(
+    work: Path, csv_path: Path, vae_dir: Path, cfg: Config, num_videos: int, shard_size: int = 500
+) -> Path:
     """Latents + caption embeddings of the first `num_videos` rows of the CSV, as a latent cache."""
     import csv
 
@@ -119,27 +121,33 @@ def stage_encode(work: Path, csv_path: Path, vae_dir: Path, cfg: Config, num_vid
             masks.append(m.to(torch.uint8))
         y, m = torch.cat(ys), torch.cat(masks)
         length = int(m.sum(dim=1).max())
-        write_shard(path, {
-            "latents": torch.cat(lat).float(),
-            "y": y[:, :length].contiguous(),
-            "mask": m[:, :length].contiguous(),
-            "row": torch.arange(start, start + len(part)),
-        })
+        write_shard(
+            path,
+            {
+                "latents": torch.cat(lat).float(),
+                "y": y[:, :length].contiguous(),
+                "mask": m[:, :length].contiguous(),
+                "row": torch.arange(start, start + len(part)),
+            },
+        )
         logger.info("encode: shard %d (%d/%d videos)", k, start + len(part), len(rows))
     from safetensors import safe_open
 
     with safe_open(str(out / shard_name(0)), "pt") as fh:
         latent_shape = list(fh.get_slice("latents").get_shape()[1:])
-    write_meta(out, {
-        "csv": str(csv_path.resolve()),
-        "latent_shape": latent_shape,
-        "model_max_length": cfg.text_encoder.model_max_length,
-        "text_dim": text.output_dim,
-        "text_encoder": {"type": "minilm", "path": "builtin:minilm"},
-        "vae": {"type": "builtin", "path": str(vae_dir.resolve()), "scaling_factor": vae.scaling_factor},
-        "num_frames": int(rows[0]["num_frames"]),
-        "image_size": [int(rows[0]["height"]), int(rows[0]["width"])],
-    })
+    write_meta(
+        out,
+        {
+            "csv": str(csv_path.resolve()),
+            "latent_shape": latent_shape,
+            "model_max_length": cfg.text_encoder.model_max_length,
+            "text_dim": text.output_dim,
+            "text_encoder": {"type": "minilm", "path": "builtin:minilm"},
+            "vae": {"type": "builtin", "path": str(vae_dir.resolve()), "scaling_factor": vae.scaling_factor},
+            "num_frames": int(rows[0]["num_frames"]),
+            "image_size": [int(rows[0]["height"]), int(rows[0]["width"])],
+        },
+    )
     return out
 
 
@@ -196,7 +204,9 @@ def stage_eval(work: Path, model_dir: Path, n: int, seed: int = 0) -> dict[str, 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sorakit.builtin.recipe", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="runs/builtin", help="where data, caches and checkpoints go")
-    p.add_argument("--export", default=str(DEFAULT_EXPORT), help="model directory to write (default: the package's)")
+    p.add_argument(
+        "--export", default=str(DEFAULT_EXPORT), help="model directory to write (default: the package's)"
+    )
     p.add_argument("--num-videos", type=int, default=4000, help="synthetic training videos (default 4000)")
     p.add_argument("--vae-steps", type=int, default=1200, help="autoencoder training steps (default 1200)")
     p.add_argument("--eval-prompts", type=int, default=24, help="prompts per set in the final evaluation")

@@ -47,14 +47,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("checkpoint", help="upstream checkpoint: .pt/.pth (read with weights_only) or .safetensors")
+    parser.add_argument(
+        "checkpoint", help="upstream checkpoint: .pt/.pth (read with weights_only) or .safetensors"
+    )
     parser.add_argument("out_dir", help="directory to write model.safetensors and config.json into")
     # NAME and the overrides share one option so that `--model NAME key=value ...` parses as written
     parser.add_argument("--model", required=True, nargs="+", metavar=("NAME", "key=value"),
                         help="preset name in sorakit.models.MODELS (e.g. STDiT-XL/2), then constructor overrides "
                              "such as input_size=16,32,32 space_scale=0.5")  # fmt: skip
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="more constructor overrides")
-    parser.add_argument("--wrapper", default=None, help="take the state dict from this checkpoint entry (default: ema, model, ...)")
+    parser.add_argument(
+        "--wrapper",
+        default=None,
+        help="take the state dict from this checkpoint entry (default: ema, model, ...)",
+    )
     parser.add_argument("--ignore", action="append", default=[], metavar="PREFIX",
                         help="checkpoint key prefix that may stay unused (repeatable; reported)")  # fmt: skip
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written weights")

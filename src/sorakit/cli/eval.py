@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "path,text and optionally group).",
     )
     s.add_argument("--model", default=None, help="sorakit model directory (default: the built-in model)")
-    s.add_argument("--videos", default=None, help="CSV of videos to score instead of generating (path,text[,group])")
+    s.add_argument(
+        "--videos", default=None, help="CSV of videos to score instead of generating (path,text[,group])"
+    )
     s.add_argument("--prompts", default=None, help="text file, one prompt per line (group 'custom')")
     s.add_argument("--sets", default="train,novel,heldout", help="prompt sets (default train,novel,heldout)")
     s.add_argument("-n", "--num-prompts", type=int, default=24, help="prompts per set (default 24)")
@@ -112,8 +114,13 @@ def run_shapes(args: argparse.Namespace) -> int:
             "sampler": args.sampler,
         }
         scores = ev.generate_and_score(
-            pipe, prompts, batch_size=args.batch_size, seed=args.seed, save_dir=args.save_videos,
-            fps=pipe.config.inference.fps, **kwargs,
+            pipe,
+            prompts,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            save_dir=args.save_videos,
+            fps=pipe.config.inference.fps,
+            **kwargs,
         )
     summary = ev.summarize(scores)
     print(ev.format_table(summary))

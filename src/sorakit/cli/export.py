@@ -15,10 +15,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("run_dir", help="training run directory (or one checkpoints/step-NNNNNNNN folder)")
     parser.add_argument("out_dir", help="model directory to write")
     parser.add_argument("--step", type=int, help="export this step's checkpoint instead of the newest")
-    parser.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA (default) or raw weights")
-    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="stored weight dtype")
     parser.add_argument(
-        "--bundle-vae", action="store_true", help="copy the run's local VAE into OUT_DIR (a self-contained model)"
+        "--weights", choices=["ema", "model"], default="ema", help="EMA (default) or raw weights"
+    )
+    parser.add_argument(
+        "--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="stored weight dtype"
+    )
+    parser.add_argument(
+        "--bundle-vae",
+        action="store_true",
+        help="copy the run's local VAE into OUT_DIR (a self-contained model)",
     )
     parser.set_defaults(func=run)
 
@@ -28,7 +34,13 @@ def run(args: argparse.Namespace) -> int:
 
     from sorakit.training.export import export_run
 
-    out = export_run(Path(args.run_dir), Path(args.out_dir), step=args.step, weights=args.weights, dtype=args.dtype,
-                     bundle_vae=args.bundle_vae)
+    out = export_run(
+        Path(args.run_dir),
+        Path(args.out_dir),
+        step=args.step,
+        weights=args.weights,
+        dtype=args.dtype,
+        bundle_vae=args.bundle_vae,
+    )
     print(out)
     return 0

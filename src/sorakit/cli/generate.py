@@ -46,12 +46,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--replay", metavar="JSON", help="regenerate the video a sidecar JSON describes")
     out = p.add_argument_group("output")
     out.add_argument("--output", "-o", metavar="FILE", help="output file (.mp4, .gif, or .png for 1 frame)")
-    out.add_argument("--output-dir", metavar="DIR", help="folder for DIR/NNNN-<slug>.mp4 (default: inference.save_dir)")
+    out.add_argument(
+        "--output-dir", metavar="DIR", help="folder for DIR/NNNN-<slug>.mp4 (default: inference.save_dir)"
+    )
     out.add_argument("--gif", action="store_true", help="write GIFs instead of MP4s in --output-dir mode")
     model = p.add_argument_group("model")
     model.add_argument("--model", metavar="DIR", help="sorakit model directory (default: the built-in model)")
     model.add_argument("--preset", metavar="NAME", help="inference preset, e.g. opensora/16x256x256")
-    model.add_argument("--ckpt", metavar="PATH", help="diffusion model checkpoint: file, upstream name or hub id")
+    model.add_argument(
+        "--ckpt", metavar="PATH", help="diffusion model checkpoint: file, upstream name or hub id"
+    )
     model.add_argument("--text-encoder", metavar="DIR", help="text encoder directory or hub id")
     model.add_argument("--vae", metavar="DIR", help="VAE directory or hub id")
     model.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
@@ -66,7 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     samp.add_argument("--fps", type=float, help="frames per second of the written video")
     samp.add_argument("--batch-size", type=int, help="videos sampled at once (per process)")
     run_ = p.add_argument_group("runtime")
-    run_.add_argument("--dtype", help="auto, fp32, bf16 or fp16 (default auto: bf16/fp16 on GPU, fp32 on CPU)")
+    run_.add_argument(
+        "--dtype", help="auto, fp32, bf16 or fp16 (default auto: bf16/fp16 on GPU, fp32 on CPU)"
+    )
     run_.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     run_.add_argument("--threads", type=int,
                       help="CPU threads for torch (default: torch's choice, one per core; use fewer when other "
@@ -141,7 +147,12 @@ def preset_name(name: str) -> str:
 def _looks_local(name: str) -> bool:
     from sorakit.hub import _HUB_FILE, _HUB_ID, KNOWN_CHECKPOINTS
 
-    return not (_HUB_ID.match(name) or _HUB_FILE.match(name) or name in KNOWN_CHECKPOINTS or name.startswith("builtin:"))
+    return not (
+        _HUB_ID.match(name)
+        or _HUB_FILE.match(name)
+        or name in KNOWN_CHECKPOINTS
+        or name.startswith("builtin:")
+    )
 
 
 def _check_exists(name: str | None, what: str, flag: str, want_dir: bool) -> None:
@@ -281,7 +292,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
     plan = _settings(args, source, cfg)
     if args.class_label and cfg.text_encoder.type != "classes":
-        raise UserError("--class-label is for class-conditional models (dit/..-class, latte/..-class): give a prompt")
+        raise UserError(
+            "--class-label is for class-conditional models (dit/..-class, latte/..-class): give a prompt"
+        )
     _check_prompts(cfg, items)
 
     # outputs
@@ -322,7 +335,9 @@ def _check_suffix(path: Path, num_frames: int) -> None:
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
         if num_frames != 1:
-            raise UserError(f"--output {path}: an image file holds 1 frame, but {num_frames} frames are requested")
+            raise UserError(
+                f"--output {path}: an image file holds 1 frame, but {num_frames} frames are requested"
+            )
     elif suffix not in VIDEO_SUFFIXES:
         raise UserError(f"--output {path}: unsupported file type (use .mp4, .gif, or .png for 1 frame)")
 
@@ -335,7 +350,9 @@ def _check_prompts(cfg: Any, items: list[tuple[int, str]]) -> None:
         num = int(name) if name.isdigit() else CLASS_DATASETS.get(name)
         for _, p in items:
             if not p.lstrip("-").isdigit():
-                raise UserError(f"this model is class-conditional: give --class-label N, not the text {p[:40]!r}")
+                raise UserError(
+                    f"this model is class-conditional: give --class-label N, not the text {p[:40]!r}"
+                )
             if num is not None and not 0 <= int(p) < num:
                 raise UserError(f"class label {p} out of range 0..{num - 1}")
 
@@ -355,7 +372,9 @@ def _settings(args: argparse.Namespace, source: dict[str, Any], cfg: Any) -> Pla
     sampler = (args.sampler or cfg.scheduler.type).lower()
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler '{sampler}' (valid: {', '.join(SAMPLERS)})")
-    build_sampler(sampler, steps, num_timesteps=cfg.scheduler.num_timesteps)  # its own checks (e.g. DPM order)
+    build_sampler(
+        sampler, steps, num_timesteps=cfg.scheduler.num_timesteps
+    )  # its own checks (e.g. DPM order)
     guidance = cfg.scheduler.cfg_scale if args.guidance is None else args.guidance
     if guidance < 0:
         raise UserError(f"--guidance must be >= 0, got {guidance}")
@@ -399,7 +418,11 @@ def _replay_plan(args: argparse.Namespace) -> Plan:
         batch = meta["batch"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise UserError(f"--replay {path}: not a sorakit sidecar ({exc})") from exc
-    out = Path(args.output) if args.output else path.with_name(f"{path.stem}-replay{Path(meta['output']).suffix}")
+    out = (
+        Path(args.output)
+        if args.output
+        else path.with_name(f"{path.stem}-replay{Path(meta['output']).suffix}")
+    )
     ns = argparse.Namespace(
         num_frames=meta["num_frames"], resolution=f"{meta['height']}x{meta['width']}", steps=meta["steps"],
         sampler=meta["sampler"], guidance=meta["guidance"], fps=meta["fps"], batch_size=len(batch["prompts"]),
@@ -479,7 +502,9 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def _check_sequence_parallel(plan: Plan, world: int) -> None:
     """--sequence-parallel needs torchrun with >1 process, an STDiT model and latent frames that split."""
     if world < 2:
-        raise UserError("--sequence-parallel needs several processes: launch with torchrun --nproc_per_node N (N > 1)")
+        raise UserError(
+            "--sequence-parallel needs several processes: launch with torchrun --nproc_per_node N (N > 1)"
+        )
     model_type = str(plan.cfg.model.type)
     if not model_type.lower().startswith("stdit"):
         raise UserError(f"--sequence-parallel works with STDiT models only, not {model_type}")

@@ -18,12 +18,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("config", help="preset name or config file")
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
-    parser.add_argument("--data", help="CSV (path,text[,num_frames,...]) or a latent cache directory (sorakit data encode)")
+    parser.add_argument(
+        "--data", help="CSV (path,text[,num_frames,...]) or a latent cache directory (sorakit data encode)"
+    )
     parser.add_argument("--data-root", help="folder that relative paths in the CSV resolve against")
-    parser.add_argument("--output", "-o", required=True, help="run directory (logs, TensorBoard, checkpoints)")
-    parser.add_argument("--init", help="initial weights: PixArt-alpha checkpoint or a previous stage's export")
+    parser.add_argument(
+        "--output", "-o", required=True, help="run directory (logs, TensorBoard, checkpoints)"
+    )
+    parser.add_argument(
+        "--init", help="initial weights: PixArt-alpha checkpoint or a previous stage's export"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
-    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (train.max_steps)")
+    parser.add_argument(
+        "--max-steps", type=int, help="stop after this many optimizer steps (train.max_steps)"
+    )
     parser.add_argument("--ckpt-every", type=int, help="checkpoint every N steps (train.ckpt_every)")
     parser.add_argument("--batch-size", type=int, help="samples per process per step (train.batch_size)")
     parser.set_defaults(func=run)
@@ -36,7 +44,11 @@ def run(args: argparse.Namespace) -> int:
     from sorakit.errors import UserError
 
     overrides = list(args.overrides)
-    for flag, key in (("max_steps", "train.max_steps"), ("ckpt_every", "train.ckpt_every"), ("batch_size", "train.batch_size")):
+    for flag, key in (
+        ("max_steps", "train.max_steps"),
+        ("ckpt_every", "train.ckpt_every"),
+        ("batch_size", "train.batch_size"),
+    ):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")

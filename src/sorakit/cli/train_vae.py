@@ -28,9 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output directory (diffusers AutoencoderKL format)")
     p.add_argument("--steps", type=int, default=1500, help="optimizer steps (default 1500)")
     p.add_argument("--batch-size", type=int, default=16, help="frames per step (default 16)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (cosine decay; default 1e-3)")
     p.add_argument(
-        "--block-out-channels", type=_channels, default=[32, 64, 64],
+        "--lr", type=float, default=1e-3, help="peak AdamW learning rate (cosine decay; default 1e-3)"
+    )
+    p.add_argument(
+        "--block-out-channels",
+        type=_channels,
+        default=[32, 64, 64],
         help="channels per resolution, e.g. 32,64,64 (len-1 = number of 2x downsamplings; default 32,64,64)",
     )
     p.add_argument("--latent-channels", type=int, default=4, help="latent channels (default 4)")

@@ -72,7 +72,9 @@ def read_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
     cache_dir = Path(cache_dir)
     path = cache_dir / META
     if not path.is_file():
-        raise UserError(f"{cache_dir} is not a latent cache (no {META}; write one with `sorakit data encode`)")
+        raise UserError(
+            f"{cache_dir} is not a latent cache (no {META}; write one with `sorakit data encode`)"
+        )
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -80,7 +82,9 @@ def read_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise UserError(f"{path}: not a sorakit latent cache (format={meta.get('format')!r})")
     if int(meta.get("version", 0)) > VERSION:
-        raise UserError(f"{path}: cache version {meta.get('version')} is newer than this sorakit reads ({VERSION})")
+        raise UserError(
+            f"{path}: cache version {meta.get('version')} is newer than this sorakit reads ({VERSION})"
+        )
     if not meta.get("num_samples"):
         raise UserError(f"{cache_dir}: the cache holds no samples")
     return meta
@@ -241,7 +245,9 @@ def encode_to_cache(
                 try:
                     videos.append(dataset.load(i, sample_rng(seed, 0, i)))
                 except Exception as exc:  # noqa: BLE001 - report and go on
-                    failures.append({"row": str(i), "path": str(dataset.rows[i].path), "error": str(exc)[:200]})
+                    failures.append(
+                        {"row": str(i), "path": str(dataset.rows[i].path), "error": str(exc)[:200]}
+                    )
                     continue
                 texts.append(dataset.rows[i].text)
                 labels.append(dataset.rows[i].label)
@@ -285,7 +291,10 @@ def encode_to_cache(
             with safe_open(str(next(out.glob("shard-*.safetensors"))), "pt") as fh:
                 shapes["latent_shape"] = list(fh.get_slice("latents").get_shape()[1:])
     if "latent_shape" not in shapes:
-        raise UserError("no row of the CSV could be encoded" + (f" (first error: {failures[0]['error']})" if failures else ""))
+        raise UserError(
+            "no row of the CSV could be encoded"
+            + (f" (first error: {failures[0]['error']})" if failures else "")
+        )
     full = {**meta, **shapes, "failures": failures}
     if label:
         full.pop("text_dim", None)

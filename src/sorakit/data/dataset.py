@@ -210,7 +210,13 @@ class ResumableBatchSampler:
     """
 
     def __init__(
-        self, num_samples: int, batch_size: int, rank: int = 0, num_replicas: int = 1, seed: int = 0, shuffle: bool = True
+        self,
+        num_samples: int,
+        batch_size: int,
+        rank: int = 0,
+        num_replicas: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
     ) -> None:
         if num_samples <= 0:
             raise UserError("the dataset is empty")
@@ -290,7 +296,12 @@ class SkipReport:
         return self.failures / max(1, self.attempts)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"attempts": self.attempts, "failures": self.failures, "files": dict(self.files), "counts": dict(self.counts)}
+        return {
+            "attempts": self.attempts,
+            "failures": self.failures,
+            "files": dict(self.files),
+            "counts": dict(self.counts),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.attempts = int(state.get("attempts", 0))

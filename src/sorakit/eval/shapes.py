@@ -108,7 +108,12 @@ NOVEL_TEMPLATES: tuple[str, ...] = (
     "see how the {c} {s} makes its way {d}",
     "one {c} {s} heading {d} on a dark screen",
 )
-NOVEL_DIRECTIONS: dict[str, tuple[str, ...]] = {"left": ("left",), "right": ("right",), "up": ("up",), "down": ("down",)}
+NOVEL_DIRECTIONS: dict[str, tuple[str, ...]] = {
+    "left": ("left",),
+    "right": ("right",),
+    "up": ("up",),
+    "down": ("down",),
+}
 
 
 def parse_prompt(text: str) -> tuple[str, str, str]:
@@ -253,7 +258,11 @@ def analyze_video(frames: np.ndarray) -> VideoAnalysis:
     objs = [analyze_frame(f, min_area) for f in frames]
     present = [(i, o) for i, o in enumerate(objs) if o is not None]
     res = VideoAnalysis(
-        color=_video_color(frames), shape=None, direction=None, consistent=False, num_frames=t,
+        color=_video_color(frames),
+        shape=None,
+        direction=None,
+        consistent=False,
+        num_frames=t,
         frames_with_object=len(present),
     )
     if not present:

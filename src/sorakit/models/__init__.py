@@ -56,12 +56,18 @@ def model_kwargs(name: str, **overrides: Any) -> tuple[type[nn.Module], dict[str
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(set(overrides) - accepted)
     if unknown:
-        raise ConfigError(f"{name}: unknown model argument(s) {', '.join(unknown)} (accepted: {', '.join(sorted(accepted))})")
+        raise ConfigError(
+            f"{name}: unknown model argument(s) {', '.join(unknown)} (accepted: {', '.join(sorted(accepted))})"
+        )
     kwargs = {**preset, **overrides}
     for key in ("input_size", "patch_size"):
         if key in kwargs:
             value = kwargs[key]
-            if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(isinstance(v, int) and v > 0 for v in value):
+            if (
+                not isinstance(value, (list, tuple))
+                or len(value) != 3
+                or not all(isinstance(v, int) and v > 0 for v in value)
+            ):
                 raise ConfigError(f"{name}: {key} must be three positive integers (T, H, W), got {value!r}")
             kwargs[key] = tuple(value)
     return cls, kwargs

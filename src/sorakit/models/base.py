@@ -38,7 +38,9 @@ class DiffusionTransformer(nn.Module):
                 "sorakit.parallel instead"
             )
         if freeze is not None and freeze not in freeze_modes:
-            raise ValueError(f"freeze={freeze!r}: expected one of {', '.join(freeze_modes) or 'nothing'} or None")
+            raise ValueError(
+                f"freeze={freeze!r}: expected one of {', '.join(freeze_modes) or 'nothing'} or None"
+            )
 
     def freeze(self, mode: str) -> None:
         """Upstream `freeze`: "not_temporal" trains only `attn_temp` (STDiT); "text" freezes the cross-attention."""
@@ -67,7 +69,9 @@ class DiffusionTransformer(nn.Module):
             raise ValueError(f"expected {self.in_channels} latent channels, got {x.shape[1]}")
         sizes = tuple(x.shape[2:])
         if any(s % p for s, p in zip(sizes, self.patch_size)):
-            raise ValueError(f"latent size {list(sizes)} is not divisible by the patch size {list(self.patch_size)}")
+            raise ValueError(
+                f"latent size {list(sizes)} is not divisible by the patch size {list(self.patch_size)}"
+            )
         return tuple(s // p for s, p in zip(sizes, self.patch_size))  # type: ignore[return-value]
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -77,11 +81,23 @@ class DiffusionTransformer(nn.Module):
         return rearrange(
             x,
             "B (Nt Nh Nw) (Tp Hp Wp C) -> B C (Nt Tp) (Nh Hp) (Nw Wp)",
-            Nt=nt, Nh=nh, Nw=nw, Tp=tp, Hp=hp, Wp=wp, C=self.out_channels,
+            Nt=nt,
+            Nh=nh,
+            Nw=nw,
+            Tp=tp,
+            Hp=hp,
+            Wp=wp,
+            C=self.out_channels,
         )
 
     def _spatial_pos_embed(
-        self, buffer: torch.Tensor, grid_h: int, grid_w: int, scale: float, base_size: int | None, ref: torch.Tensor
+        self,
+        buffer: torch.Tensor,
+        grid_h: int,
+        grid_w: int,
+        scale: float,
+        base_size: int | None,
+        ref: torch.Tensor,
     ) -> torch.Tensor:
         """The stored buffer when the grid matches the built size, else the embedding for this grid."""
         if buffer.shape[1] == grid_h * grid_w and self._built_grid[1:] == (grid_h, grid_w):
@@ -90,7 +106,9 @@ class DiffusionTransformer(nn.Module):
             pe = get_2d_sincos_pos_embed(self.hidden_size, grid_h, grid_w, scale, base_size)
         return pe.to(device=ref.device, dtype=ref.dtype)
 
-    def _temporal_pos_embed(self, buffer: torch.Tensor, length: int, scale: float, ref: torch.Tensor) -> torch.Tensor:
+    def _temporal_pos_embed(
+        self, buffer: torch.Tensor, length: int, scale: float, ref: torch.Tensor
+    ) -> torch.Tensor:
         pe = buffer if buffer.shape[1] == length else get_1d_sincos_pos_embed(self.hidden_size, length, scale)
         return pe.to(device=ref.device, dtype=ref.dtype)
 

@@ -69,7 +69,9 @@ class LoadReport:
                 lines.append(f"  {name}: {len(what)}")
                 lines += [f"    {k}: {v}" for k, v in what.items()]
         if self.recomputed:
-            lines.append(f"  position embeddings recomputed for the model's size: {', '.join(self.recomputed)}")
+            lines.append(
+                f"  position embeddings recomputed for the model's size: {', '.join(self.recomputed)}"
+            )
         if self.dropped:
             lines.append(f"  checkpoint position embeddings dropped: {', '.join(self.dropped)}")
         if self.ignored:
@@ -135,7 +137,9 @@ def _is_state_dict(obj: Mapping[str, Any]) -> bool:
     return len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def unwrap_state_dict(obj: Mapping[str, Any], wrapper_key: str | None = None) -> tuple[dict[str, torch.Tensor], str | None]:
+def unwrap_state_dict(
+    obj: Mapping[str, Any], wrapper_key: str | None = None
+) -> tuple[dict[str, torch.Tensor], str | None]:
     """Find the state dict inside upstream wrappers (`ema` preferred, then `model`, `state_dict`, `module`)."""
     if wrapper_key is not None:
         if wrapper_key not in obj or not isinstance(obj[wrapper_key], Mapping):
@@ -193,7 +197,7 @@ def load_checkpoint(
 
     for prefix in STRIP_PREFIXES:
         if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
             report.stripped_prefix = prefix
             break
 
@@ -232,7 +236,9 @@ def load_checkpoint(
                 and v.shape[0] != want.shape[0]:  # fmt: skip
             if v.shape[0] < want.shape[0]:
                 extra = v[-1:].expand(want.shape[0] - v.shape[0], -1)
-                report.adapted[k] = f"null caption extended from {v.shape[0]} to {want.shape[0]} tokens (last row repeated)"
+                report.adapted[k] = (
+                    f"null caption extended from {v.shape[0]} to {want.shape[0]} tokens (last row repeated)"
+                )
                 v = torch.cat([v, extra], dim=0)
             else:
                 report.adapted[k] = f"null caption truncated from {v.shape[0]} to {want.shape[0]} tokens"
@@ -266,7 +272,9 @@ def load_checkpoint(
     mismatched = [f"{k} {list(new_sd[k].shape)} vs model {list(target[k].shape)}" for k in target
                   if tuple(new_sd[k].shape) != tuple(target[k].shape)]  # fmt: skip
     if mismatched:
-        raise UserError(f"{name} does not fit {type(model).__name__}: shape mismatch for {_short(mismatched, 6)}")
+        raise UserError(
+            f"{name} does not fit {type(model).__name__}: shape mismatch for {_short(mismatched, 6)}"
+        )
 
     model.load_state_dict(new_sd, strict=True)
     return report
@@ -358,13 +366,17 @@ def read_model_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"{cfg_path}: invalid JSON ({exc.msg})") from None
     arches = _architectures()
     if cfg.get("architecture") not in arches:
-        raise UserError(f"{cfg_path}: unknown architecture {cfg.get('architecture')!r} (known: {', '.join(arches)})")
+        raise UserError(
+            f"{cfg_path}: unknown architecture {cfg.get('architecture')!r} (known: {', '.join(arches)})"
+        )
     if not isinstance(cfg.get("config"), dict):
         raise UserError(f"{cfg_path}: missing 'config' object")
     return cfg
 
 
-def build_from_config(architecture: str, config: Mapping[str, Any], device: torch.device | str | None = None) -> nn.Module:
+def build_from_config(
+    architecture: str, config: Mapping[str, Any], device: torch.device | str | None = None
+) -> nn.Module:
     """Construct an architecture from its constructor kwargs (lists become tuples)."""
     cls = _architectures()[architecture]
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}

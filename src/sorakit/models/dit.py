@@ -41,7 +41,9 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """x `[B, N, D]`, c `[B, D]` -> `[B, N, D]`."""
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(
+            6, dim=1
+        )
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate_fp32_norm(x, shift_msa, scale_msa))
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate_fp32_norm(x, shift_mlp, scale_mlp))
         return x
@@ -124,7 +126,9 @@ class DiT(DiffusionTransformer):
         else:
             self.y_embedder = LabelEmbedder(self.num_classes, hidden_size, class_dropout_prob)
         self.t_embedder = TimestepEmbedder(hidden_size)
-        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.ModuleList(
+            [DiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio) for _ in range(depth)]
+        )
         self.final_layer = FinalLayer(hidden_size, self.patch_size[0] * self.patch_size[1] * self.patch_size[2],
                                       self.out_channels)  # fmt: skip
         self.initialize_weights()
@@ -162,11 +166,15 @@ class DiT(DiffusionTransformer):
         t = self.t_embedder(timestep, dtype=dtype)
         if self.use_text_encoder:
             if y.ndim != 4 or y.shape[1] != 1 or y.shape[2] != 1:
-                raise ValueError(f"text-conditioned DiT/Latte expects y [B, 1, 1, C] (pooled), got {list(y.shape)}")
+                raise ValueError(
+                    f"text-conditioned DiT/Latte expects y [B, 1, 1, C] (pooled), got {list(y.shape)}"
+                )
             y = self.y_embedder(y, self.training, force_drop_ids)[:, 0, 0]  # [B, D]
         else:
             if y.dtype not in (torch.int64, torch.int32):
-                raise ValueError(f"class-conditioned DiT/Latte expects int64 labels y [B], got dtype {y.dtype}")
+                raise ValueError(
+                    f"class-conditioned DiT/Latte expects int64 labels y [B], got dtype {y.dtype}"
+                )
             y = self.y_embedder(y.reshape(-1).long(), self.training, force_drop_ids)
         return t + y
 

@@ -17,7 +17,9 @@ def _attn(n_tokens: int, seq_len: int, d: int) -> int:
 
 
 def _cross(n_tokens: int, text_len: int, d: int) -> int:
-    return 2 * n_tokens * d * d + 2 * text_len * d * 2 * d + 2 * n_tokens * d * d + 4 * n_tokens * text_len * d
+    return (
+        2 * n_tokens * d * d + 2 * text_len * d * 2 * d + 2 * n_tokens * d * d + 4 * n_tokens * text_len * d
+    )
 
 
 def flops_per_sample(
@@ -67,7 +69,9 @@ def flops_per_sample(
             # upstream repeats the conditioning per frame (spatial blocks) / per position (temporal blocks)
             n_spatial = (model.depth + 1) // 2
             n_temporal = model.depth - n_spatial
-            total += n_spatial * (_attn(N, S, D) + mlp + nt * ada) + n_temporal * (_attn(N, nt, D) + mlp + S * ada)
+            total += n_spatial * (_attn(N, S, D) + mlp + nt * ada) + n_temporal * (
+                _attn(N, nt, D) + mlp + S * ada
+            )
         else:
             total += model.depth * (_attn(N, N, D) + mlp + ada)
     else:

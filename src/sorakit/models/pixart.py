@@ -36,7 +36,9 @@ FREEZE_MODES = ("text",)
 class PixArtBlock(nn.Module):
     """Self-attention over all tokens, cross-attention to the caption, MLP (adaLN-single modulation)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0) -> None:
+    def __init__(
+        self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0
+    ) -> None:
         super().__init__()
         self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
         self.attn = Attention(hidden_size, num_heads, qkv_bias=True)
@@ -44,7 +46,9 @@ class PixArtBlock(nn.Module):
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, t0: torch.Tensor, y_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, t0: torch.Tensor, y_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """x `[B, N, D]`, y `[B, L, D]`, t0 `[B, 6D]`, y_mask `[B, L]` bool or None -> `[B, N, D]`."""
         B = x.shape[0]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
@@ -123,11 +127,16 @@ class PixArt(DiffusionTransformer):
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
         self.y_embedder = CaptionEmbedder(caption_channels, hidden_size, class_dropout_prob, model_max_length)
-        self.register_buffer("pos_embed", get_2d_sincos_pos_embed(hidden_size, nh, nw, space_scale, self.base_size))
+        self.register_buffer(
+            "pos_embed", get_2d_sincos_pos_embed(hidden_size, nh, nw, space_scale, self.base_size)
+        )
         self.register_buffer("pos_embed_temporal", get_1d_sincos_pos_embed(hidden_size, nt, time_scale))
         rates = [drop_path * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.blocks = nn.ModuleList(
-            [PixArtBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio, drop_path=rates[i]) for i in range(depth)]
+            [
+                PixArtBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio, drop_path=rates[i])
+                for i in range(depth)
+            ]
         )
         self.final_layer = T2IFinalLayer(hidden_size, self.patch_size[0] * self.patch_size[1] * self.patch_size[2],
                                          self.out_channels)  # fmt: skip

@@ -43,7 +43,9 @@ FREEZE_MODES = ("not_temporal", "text")
 class STDiTBlock(nn.Module):
     """One STDiT layer on tokens `[B, T'*S, D]` laid out (t, s) with S = H'*W'."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0) -> None:
+    def __init__(
+        self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0
+    ) -> None:
         super().__init__()
         # Registration order = upstream state-dict order.
         self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
@@ -166,7 +168,10 @@ class STDiT(DiffusionTransformer):
         self.y_embedder = CaptionEmbedder(caption_channels, hidden_size, class_dropout_prob, model_max_length)
         rates = [drop_path * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.blocks = nn.ModuleList(
-            [STDiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio, drop_path=rates[i]) for i in range(depth)]
+            [
+                STDiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio, drop_path=rates[i])
+                for i in range(depth)
+            ]
         )
         self.final_layer = T2IFinalLayer(hidden_size, self.patch_size[0] * self.patch_size[1] * self.patch_size[2],
                                          self.out_channels)  # fmt: skip

@@ -54,7 +54,9 @@ def pick_device(local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(sp_size: int = 1, backend: str | None = None, device: torch.device | str | None = None) -> ParallelState:
+def init_distributed(
+    sp_size: int = 1, backend: str | None = None, device: torch.device | str | None = None
+) -> ParallelState:
     """Initialise torch.distributed from torchrun's environment (``WORLD_SIZE``, ``RANK``, ...) when more
     than one process runs (or reuse an existing process group), and build the dp x sp layout."""
     world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
@@ -92,7 +94,9 @@ def all_reduce_mean(values: list[float], state: ParallelState) -> list[float]:
     """Average plain numbers over all ranks (for logging)."""
     if not state.distributed:
         return values
-    t = torch.tensor(values, dtype=torch.float64, device=state.device if state.device.type == "cuda" else "cpu")
+    t = torch.tensor(
+        values, dtype=torch.float64, device=state.device if state.device.type == "cuda" else "cpu"
+    )
     dist.all_reduce(t)
     return (t / state.world_size).tolist()
 
@@ -100,6 +104,8 @@ def all_reduce_mean(values: list[float], state: ParallelState) -> list[float]:
 def all_reduce_sum(values: list[float], state: ParallelState) -> list[float]:
     if not state.distributed:
         return values
-    t = torch.tensor(values, dtype=torch.float64, device=state.device if state.device.type == "cuda" else "cpu")
+    t = torch.tensor(
+        values, dtype=torch.float64, device=state.device if state.device.type == "cuda" else "cpu"
+    )
     dist.all_reduce(t)
     return t.tolist()

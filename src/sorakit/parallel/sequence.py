@@ -181,7 +181,9 @@ def apply_sequence_parallel(model: nn.Module, group: Any = None) -> SequencePara
     return sp
 
 
-def setup_inference_sequence_parallel(model: nn.Module, backend: str | None = None) -> tuple[Any, SequenceParallel | None]:
+def setup_inference_sequence_parallel(
+    model: nn.Module, backend: str | None = None
+) -> tuple[Any, SequenceParallel | None]:
     """For `sorakit generate` under ``torchrun --nproc-per-node N``: initialise the process group from the
     environment and make `model` sequence-parallel over all N ranks. Returns ``(ParallelState, handle)``;
     with one process nothing changes (handle None). Every rank must then run the same sampling loop with the

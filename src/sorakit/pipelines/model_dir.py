@@ -121,7 +121,9 @@ def save_model_dir(
             autoencoder.save_pretrained(str(tmp / "vae"))
             vae_json = tmp / "vae" / "config.json"
             vae_cfg = json.loads(vae_json.read_text())
-            if vae_cfg.pop("_name_or_path", None) is not None:  # where it was loaded from: not part of the model
+            if (
+                vae_cfg.pop("_name_or_path", None) is not None
+            ):  # where it was loaded from: not part of the model
                 vae_json.write_text(json.dumps(vae_cfg, indent=2, sort_keys=True) + "\n")
             cfg.vae.path = "vae"
             if hasattr(vae, "autoencoder") and getattr(vae, "scaling_factor", None) is not None:
@@ -162,7 +164,9 @@ def read_model_dir(path: str | os.PathLike) -> tuple[Path, Config]:
     if spec.get("format") != FORMAT_NAME:
         raise UserError(f"{file}: not a sorakit pipeline file (format={spec.get('format')!r})")
     if int(spec.get("format_version", 0)) > FORMAT_VERSION:
-        raise UserError(f"{file}: format version {spec['format_version']} is newer than this sorakit: upgrade it")
+        raise UserError(
+            f"{file}: format version {spec['format_version']} is newer than this sorakit: upgrade it"
+        )
     cfg = Config()
     apply_dict(cfg, spec.get("config", {}), source=str(file))
     for section in (cfg.vae, cfg.text_encoder):

@@ -156,7 +156,9 @@ def _accepted_kwargs(entry: Any) -> set[str] | None:
     return set(params)
 
 
-def load_transformer_checkpoint(transformer: nn.Module, ckpt: str | os.PathLike, name: str = "the model") -> None:
+def load_transformer_checkpoint(
+    transformer: nn.Module, ckpt: str | os.PathLike, name: str = "the model"
+) -> None:
     """``sorakit.models.load_checkpoint`` behind hub-id resolution, with any mismatch as one UserError line."""
     from sorakit.hub import resolve_file
     from sorakit.models import load_checkpoint
@@ -167,7 +169,9 @@ def load_transformer_checkpoint(transformer: nn.Module, ckpt: str | os.PathLike,
     except UserError as exc:
         raise UserError(f"checkpoint does not match {name}: {str(exc).splitlines()[0][:300]}") from exc
     except (RuntimeError, KeyError, ValueError, OSError, EOFError) as exc:
-        raise UserError(f"cannot load checkpoint {path} into {name}: {str(exc).splitlines()[0][:300]}") from exc
+        raise UserError(
+            f"cannot load checkpoint {path} into {name}: {str(exc).splitlines()[0][:300]}"
+        ) from exc
 
 
 def _check_text_width(cfg: Config, transformer: nn.Module) -> None:
@@ -257,7 +261,9 @@ class TextToVideoPipeline:
         except UserError:
             raise
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise UserError(f"{transformer_dir}: cannot load the transformer: {str(exc).splitlines()[0]}") from exc
+            raise UserError(
+                f"{transformer_dir}: cannot load the transformer: {str(exc).splitlines()[0]}"
+            ) from exc
         if ckpt is not None:
             load_transformer_checkpoint(transformer, ckpt, cfg.model.type)
         _check_text_width(cfg, transformer)
@@ -287,7 +293,10 @@ class TextToVideoPipeline:
 
         latent = video_vae.latent_size(cfg.inference.num_frames, h, w)
         transformer = build_transformer(
-            cfg, latent, caption_channels=peek_output_dim(cfg.text_encoder), in_channels=video_vae.latent_channels
+            cfg,
+            latent,
+            caption_channels=peek_output_dim(cfg.text_encoder),
+            in_channels=video_vae.latent_channels,
         )
         if ckpt is not None:
             load_transformer_checkpoint(transformer, ckpt, cfg.model.type)
@@ -300,9 +309,13 @@ class TextToVideoPipeline:
         transformer; a checkpoint that does not fit is a UserError."""
         load_transformer_checkpoint(self.transformer, ckpt, self.config.model.type)
 
-    def save_pretrained(self, out_dir: str | os.PathLike, text_encoder_dir: str | os.PathLike | None = None) -> Path:
+    def save_pretrained(
+        self, out_dir: str | os.PathLike, text_encoder_dir: str | os.PathLike | None = None
+    ) -> Path:
         """Write this pipeline as a model directory (transformer + VAE weights + config)."""
-        return save_model_dir(out_dir, self.transformer, self.config, vae=self.vae, text_encoder_dir=text_encoder_dir)
+        return save_model_dir(
+            out_dir, self.transformer, self.config, vae=self.vae, text_encoder_dir=text_encoder_dir
+        )
 
     # -- checks -----------------------------------------------------------------------------------
 
@@ -322,7 +335,9 @@ class TextToVideoPipeline:
             if num is None:
                 raise UserError("class labels given but the model is text-conditioned: use a text encoder")
             if num != self.text_encoder.num_classes:
-                raise UserError(f"the model has {num} classes but the labels are for {self.text_encoder.num_classes}")
+                raise UserError(
+                    f"the model has {num} classes but the labels are for {self.text_encoder.num_classes}"
+                )
             return
         width = getattr(t, "caption_channels", None)
         if width is not None and width != self.text_encoder.output_dim:
@@ -442,7 +457,9 @@ class TextToVideoPipeline:
         steps = cfg.scheduler.num_sampling_steps if num_inference_steps is None else int(num_inference_steps)
         scale = cfg.scheduler.cfg_scale if guidance_scale is None else float(guidance_scale)
         sampler_name = (sampler or cfg.scheduler.type).lower()
-        latent_size = self.check_inputs(prompts, num_frames, height, width, steps, scale, sampler_name, output_type)
+        latent_size = self.check_inputs(
+            prompts, num_frames, height, width, steps, scale, sampler_name, output_type
+        )
         if generator is None:
             generator = torch.Generator("cpu").manual_seed(cfg.inference.seed if seed is None else int(seed))
 
@@ -465,11 +482,15 @@ class TextToVideoPipeline:
         z = randn(shape, generator=generator, device=self.device, dtype=torch.float32)
 
         # 3. denoise: guided model function, then the sampler's steps
-        model_fn = cfg_model_fn(self._denoiser, y, y_null, scale, mask=mask, guided_channels=cfg.scheduler.cfg_channels)
+        model_fn = cfg_model_fn(
+            self._denoiser, y, y_null, scale, mask=mask, guided_channels=cfg.scheduler.cfg_channels
+        )
         if cfg.train.objective == "rflow" and sampler_name != "rflow":
             from sorakit.diffusion.rflow import velocity_as_eps
 
-            model_fn = velocity_as_eps(model_fn, cfg.scheduler.num_timesteps, sampler=scheduler)  # DDPM samplers on a flow model
+            model_fn = velocity_as_eps(
+                model_fn, cfg.scheduler.num_timesteps, sampler=scheduler
+            )  # DDPM samplers on a flow model
         latents = scheduler.sample(model_fn, z, generator=generator, progress=progress)
         if output_type == "latent":
             return latents

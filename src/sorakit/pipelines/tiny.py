@@ -37,7 +37,13 @@ TINY_VAE = dict(
 )
 
 TINY_STDIT = dict(
-    depth=2, hidden_size=32, num_heads=2, patch_size=(1, 2, 2), in_channels=4, input_size=(4, 8, 8), mlp_ratio=2.0
+    depth=2,
+    hidden_size=32,
+    num_heads=2,
+    patch_size=(1, 2, 2),
+    in_channels=4,
+    input_size=(4, 8, 8),
+    mlp_ratio=2.0,
 )
 
 
@@ -144,4 +150,6 @@ def make_tiny_model_dir(out_dir: str | os.PathLike, seed: int = 0, text_encoder:
     with tempfile.TemporaryDirectory() as tmp:
         t5_dir = make_tiny_t5(Path(tmp) / "t5", seed=seed)
         transformer = make_tiny_transformer(32, 12, seed)
-        return save_model_dir(out_dir, transformer, cfg, vae=make_tiny_autoencoder(seed), text_encoder_dir=t5_dir)
+        return save_model_dir(
+            out_dir, transformer, cfg, vae=make_tiny_autoencoder(seed), text_encoder_dir=t5_dir
+        )

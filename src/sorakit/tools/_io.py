@@ -328,7 +328,9 @@ def write_outputs(
     return None
 
 
-def report(output: str | os.PathLike, n_rows: int, failures: Sequence[Row], fpath: Path | None, what: str = "rows") -> None:
+def report(
+    output: str | os.PathLike, n_rows: int, failures: Sequence[Row], fpath: Path | None, what: str = "rows"
+) -> None:
     """One summary line on stderr, plus the first few failure reasons."""
     import sys
 

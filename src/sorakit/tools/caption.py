@@ -152,7 +152,9 @@ class LocalVLM:
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens
         self.processor = AutoProcessor.from_pretrained(model_dir)
-        self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch_dtype).to(self.device).eval()
+        self.model = (
+            AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch_dtype).to(self.device).eval()
+        )
         tok = getattr(self.processor, "tokenizer", None)
         if tok is not None:
             tok.padding_side = "left"  # generation continues from the right end of every row
@@ -251,10 +253,18 @@ class ChatAPI:
     def request_body(self, frames: Sequence[np.ndarray]) -> dict:
         content: list[dict] = [{"type": "text", "text": self.prompt}]
         for f in frames:
-            content.append({"type": "image_url",
-                            "image_url": {"url": encode_jpeg(f, self.image_size), "detail": self.detail}})
-        return {"model": self.model, "messages": [{"role": "user", "content": content}],
-                "max_tokens": self.max_tokens, "temperature": 0}
+            content.append(
+                {
+                    "type": "image_url",
+                    "image_url": {"url": encode_jpeg(f, self.image_size), "detail": self.detail},
+                }
+            )
+        return {
+            "model": self.model,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": self.max_tokens,
+            "temperature": 0,
+        }
 
     def _post(self, body: bytes) -> dict:
         headers = {"Content-Type": "application/json"}
@@ -395,7 +405,10 @@ def run_caption(
                 todo.append(i)
         bar = tqdm(total=len(todo), desc="caption", unit="clip", disable=True if not progress else None)
         try:
-            with CSVAppender(failures_file, [*fields, "error"]) as fail_app, ThreadPoolExecutor(max(1, workers)) as pool:
+            with (
+                CSVAppender(failures_file, [*fields, "error"]) as fail_app,
+                ThreadPoolExecutor(max(1, workers)) as pool,
+            ):
 
                 def load(i: int) -> list[np.ndarray] | CaptionError:
                     try:
@@ -438,7 +451,9 @@ def run_caption(
     return stats
 
 
-def _finalize(rows: Sequence[Row], captions: dict, output: Path, fields: list[str], prev_out: list[Row]) -> None:
+def _finalize(
+    rows: Sequence[Row], captions: dict, output: Path, fields: list[str], prev_out: list[Row]
+) -> None:
     """Rewrite the output in input order: one row per input row that has a caption, then any captioned
     rows of an earlier run that are no longer in the input (kept, not lost)."""
     ordered = [{**r, "text": captions[row_key(r)]["text"]} for r in rows if row_key(r) in captions]
@@ -464,7 +479,7 @@ def _finalize_failures(failures_file: Path, captions: dict) -> None:
 
 
 def print_summary(stats: CaptionStats, output: Path, failures_file: Path) -> None:
-    msg = (f"captioned {stats.captioned} clips ({stats.skipped} already done) -> {output}")
+    msg = f"captioned {stats.captioned} clips ({stats.skipped} already done) -> {output}"
     if stats.failed:
         msg += f"; {stats.failed} failed, listed in {failures_file}"
     print(msg, file=sys.stderr)

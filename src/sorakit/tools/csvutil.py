@@ -160,7 +160,9 @@ def _check(value: float | None, lo: float | None, hi: float | None, name: str) -
     return None
 
 
-def filter_rows(rows: Sequence[Row], spec: FilterSpec, fields: Sequence[str] = ()) -> tuple[list[Row], list[Row]]:
+def filter_rows(
+    rows: Sequence[Row], spec: FilterSpec, fields: Sequence[str] = ()
+) -> tuple[list[Row], list[Row]]:
     """Split rows into (kept, rejected); each rejected row gets a `reason` naming the first failed test.
 
     A bound on a quantity the CSV has no column for at all is a UserError (e.g. a frames bound on a
@@ -175,12 +177,18 @@ def filter_rows(rows: Sequence[Row], spec: FilterSpec, fields: Sequence[str] = (
         ("width", (spec.min_width,), ("width",)),
         ("short side", (spec.min_short_side,), ("height",)),
         ("aspect ratio", (spec.min_aspect, spec.max_aspect), ("aspect_ratio", "height")),
-        ("caption", (spec.min_caption_words, spec.max_caption_words, spec.drop_empty_caption or None), ("text",)),
+        (
+            "caption",
+            (spec.min_caption_words, spec.max_caption_words, spec.drop_empty_caption or None),
+            ("text",),
+        ),
     )
     for name, bounds, any_of in need:
         if rows and any(b is not None for b in bounds) and not cols.intersection(any_of):
             hint = " (run `sorakit data info` first)" if name != "caption" else ""
-            raise UserError(f"cannot filter by {name}: the CSV has none of the columns {', '.join(any_of)}{hint}")
+            raise UserError(
+                f"cannot filter by {name}: the CSV has none of the columns {', '.join(any_of)}{hint}"
+            )
     kept: list[Row] = []
     rejected: list[Row] = []
     for r in rows:
@@ -311,7 +319,9 @@ def split_rows(
     else:
         n_val = val_count
     if n_val >= len(keys) and len(keys) > 0:
-        raise UserError(f"validation would take all {len(keys)} groups ({group_by}); nothing left to train on")
+        raise UserError(
+            f"validation would take all {len(keys)} groups ({group_by}); nothing left to train on"
+        )
     rng = random.Random(seed)
     val_keys = set(rng.sample(keys, n_val))
     val_idx = {i for k in val_keys for i in groups[k]}
@@ -356,11 +366,15 @@ def stats(rows: Sequence[Row], fields: Sequence[str]) -> str:
             lines.append(f"caption words: {_summary(words)}")
         prefixed = sum(1 for t in texts if t.strip() and strip_prefix(t) != t)
         if prefixed:
-            lines.append(f"captions with a removable prefix: {prefixed} (see `sorakit data csv strip-prefix`)")
+            lines.append(
+                f"captions with a removable prefix: {prefixed} (see `sorakit data csv strip-prefix`)"
+            )
     if "label" in fields:
         labels = Counter(r.get("label", "") for r in rows)
-        lines.append(f"labels: {len(labels)} distinct; most common: "
-                     + ", ".join(f"{k} ({v})" for k, v in labels.most_common(5)))
+        lines.append(
+            f"labels: {len(labels)} distinct; most common: "
+            + ", ".join(f"{k} ({v})" for k, v in labels.most_common(5))
+        )
     dup = sum(v - 1 for v in paths.values() if v > 1)
     if dup and not any(r.get("start_frame") for r in rows):
         lines.append(f"duplicate paths: {dup} rows (see `sorakit data csv merge` to de-duplicate)")

@@ -186,7 +186,9 @@ def cut_source(job: Job) -> list[tuple[int, dict[str, str] | str]]:
                     elif i in need_set[c.index]:
                         got[c.index][i] = arr
                 for c in [c for c in users if c.end is not None and i == c.end - 1]:
-                    results.append(_finish(c, need.pop(c.index), got.pop(c.index), dst_fps, opts, write_video))
+                    results.append(
+                        _finish(c, need.pop(c.index), got.pop(c.index), dst_fps, opts, write_video)
+                    )
                     pending.remove(c)
         except Exception as exc:  # a truncated or corrupt stream: clips not completed fail below
             decode_error = f" (decoding stopped: {one_line(exc)})"
@@ -198,8 +200,13 @@ def cut_source(job: Job) -> list[tuple[int, dict[str, str] | str]]:
             elif c.end is None:
                 results.append((c.index, f"{job.source}: no frames from {c.start}{decode_error}"))
             else:
-                results.append((c.index, f"{job.source} has only {n_decoded} decodable frames; clip needs "
-                                f"[{c.start}, {c.end}){decode_error}"))
+                results.append(
+                    (
+                        c.index,
+                        f"{job.source} has only {n_decoded} decodable frames; clip needs "
+                        f"[{c.start}, {c.end}){decode_error}",
+                    )
+                )
     return results
 
 
@@ -214,7 +221,10 @@ def _write(c: Clip, frames: np.ndarray, fps: float, opts: CutOptions, write_vide
     except Exception as exc:
         return c.index, f"cannot write {c.out}: {one_line(exc)}"
     t, h, w, _ = frames.shape
-    return c.index, {"path": str(c.out), **_output_row({"num_frames": t, "fps": fps, "height": h, "width": w})}
+    return c.index, {
+        "path": str(c.out),
+        **_output_row({"num_frames": t, "fps": fps, "height": h, "width": w}),
+    }
 
 
 def _cut_safe(job: Job) -> list[tuple[int, dict[str, str] | str]]:
@@ -230,14 +240,17 @@ class Result:
     failures: list[Row] = field(default_factory=list)
 
 
-def run_cut(rows: list[Row], paths: list[Path], opts: CutOptions, workers: int = 1, progress: bool = True) -> Result:
+def run_cut(
+    rows: list[Row], paths: list[Path], opts: CutOptions, workers: int = 1, progress: bool = True
+) -> Result:
     """Cut every clip row; the output keeps the input order. Each row ends in `rows` or `failures`."""
     opts.validate()
     opts.output_dir.mkdir(parents=True, exist_ok=True)
     jobs, failures = plan_jobs(rows, paths, opts)
     outcome: dict[int, dict[str, str] | str] = {}
-    for _, res in parallel_map(_cut_safe, jobs, workers, desc="cut" if progress else None, processes=True,
-                               unit="video"):
+    for _, res in parallel_map(
+        _cut_safe, jobs, workers, desc="cut" if progress else None, processes=True, unit="video"
+    ):
         outcome.update(res)
     out = Result(failures=list(failures))
     for i, (row, src) in enumerate(zip(rows, paths)):
@@ -249,11 +262,13 @@ def run_cut(rows: list[Row], paths: list[Path], opts: CutOptions, workers: int =
             out.failures.append({**row, "error": res})
             continue
         start = int(row.get("start_frame") or 0)
-        out.rows.append({
-            **base,
-            **res,
-            "source_path": str(src),
-            "source_start_frame": str(start),
-            "source_end_frame": row.get("end_frame", ""),
-        })
+        out.rows.append(
+            {
+                **base,
+                **res,
+                "source_path": str(src),
+                "source_start_frame": str(start),
+                "source_end_frame": row.get("end_frame", ""),
+            }
+        )
     return out

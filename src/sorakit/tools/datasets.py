@@ -92,7 +92,13 @@ def ucf101_rows(root: str | Path, split_file: str | Path | None = None, raw_name
     for cls, path in pairs:
         if cls not in label_of:
             raise UserError(f"class {cls!r} of {path.name} is not a class folder under {root}")
-        rows.append({"path": str(path), "text": cls if raw_names else camel_to_words(cls), "label": str(label_of[cls])})
+        rows.append(
+            {
+                "path": str(path),
+                "text": cls if raw_names else camel_to_words(cls),
+                "label": str(label_of[cls]),
+            }
+        )
     return rows
 
 
@@ -107,7 +113,10 @@ def read_class_names(path: Path) -> dict[str, str]:
 
 
 def imagenet_rows(
-    root: str | Path, split: str = "train", class_names: str | Path | None = None, first_name_only: bool = True
+    root: str | Path,
+    split: str = "train",
+    class_names: str | Path | None = None,
+    first_name_only: bool = True,
 ) -> list[Row]:
     """Rows for ImageNet in its folder layout (`ROOT/<split>/<wnid>/*.JPEG`, or `ROOT/<wnid>/...`).
 
@@ -120,15 +129,22 @@ def imagenet_rows(
         raise UserError(f"ImageNet root not found: {root}")
     data = root / split if (root / split).is_dir() else root
     if data == root and any((root / s).is_dir() for s in ("train", "val", "test")):
-        raise UserError(f"no {split!r} folder under {root}; its split folders are "
-                        + ", ".join(s for s in ("train", "val", "test") if (root / s).is_dir()))
+        raise UserError(
+            f"no {split!r} folder under {root}; its split folders are "
+            + ", ".join(s for s in ("train", "val", "test") if (root / s).is_dir())
+        )
     classes = _class_folders(data, IMAGE_EXTS)
     if not classes:
-        raise UserError(f"no class folders with images under {data} (expected <split>/<wnid>/*.JPEG; the raw "
-                        "validation folder must first be sorted into class folders)")
+        raise UserError(
+            f"no class folders with images under {data} (expected <split>/<wnid>/*.JPEG; the raw "
+            "validation folder must first be sorted into class folders)"
+        )
     names: dict[str, str] = {}
-    names_file = Path(class_names).expanduser() if class_names else _find_file(
-        root, ("LOC_synset_mapping.txt", "synset_words.txt"))
+    names_file = (
+        Path(class_names).expanduser()
+        if class_names
+        else _find_file(root, ("LOC_synset_mapping.txt", "synset_words.txt"))
+    )
     if class_names and not names_file.is_file():  # type: ignore[union-attr]
         raise UserError(f"class names file not found: {class_names}")
     if names_file is not None:

@@ -90,8 +90,14 @@ def _probe_headers(path: str | Path) -> dict | None:
     except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
         raise ValueError(f"cannot read {path}: {exc}") from exc
     fps = float(rate)
-    return {"num_frames": n, "fps": fps, "height": h, "width": w, "aspect_ratio": h / w if w else 0.0,
-            "duration": n / fps}
+    return {
+        "num_frames": n,
+        "fps": fps,
+        "height": h,
+        "width": w,
+        "aspect_ratio": h / w if w else 0.0,
+        "duration": n / fps,
+    }
 
 
 def _probe_safe(job: tuple[Path, bool]) -> dict[str, str] | str:

@@ -55,8 +55,14 @@ class SceneOptions:
             raise UserError(f"--min-seconds must be >= 0, got {self.min_seconds}")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise UserError(f"--max-seconds must be > 0, got {self.max_seconds}")
-        if self.min_seconds is not None and self.max_seconds is not None and self.min_seconds > self.max_seconds:
-            raise UserError(f"--min-seconds {self.min_seconds} is larger than --max-seconds {self.max_seconds}")
+        if (
+            self.min_seconds is not None
+            and self.max_seconds is not None
+            and self.min_seconds > self.max_seconds
+        ):
+            raise UserError(
+                f"--min-seconds {self.min_seconds} is larger than --max-seconds {self.max_seconds}"
+            )
         if self.long not in ("split", "drop"):
             raise UserError(f"--long must be split or drop, got {self.long!r}")
 
@@ -102,8 +108,9 @@ def detect_scenes(path: str | Path, opts: SceneOptions | None = None) -> VideoSc
         scene_list_frames = [(int(a.frame_num), int(b.frame_num)) for a, b in scene_list]
         num_frames = max(num_frames, scene_list_frames[-1][1])
     check_complete(path, num_frames)
-    return VideoScenes(fps=fps, num_frames=num_frames, height=int(height), width=int(width),
-                       scenes=scene_list_frames)
+    return VideoScenes(
+        fps=fps, num_frames=num_frames, height=int(height), width=int(width), scenes=scene_list_frames
+    )
 
 
 def limit_lengths(
@@ -138,18 +145,20 @@ def clip_rows(row: Row, path: Path, vs: VideoScenes, ranges: list[tuple[int, int
     """One output row per clip range, carrying the input row's other columns."""
     rows = []
     for s, e in ranges:
-        rows.append({
-            **row,
-            "path": str(path),
-            "start_frame": str(s),
-            "end_frame": str(e),
-            "start": fmt_float(s / vs.fps, 4),
-            "end": fmt_float(e / vs.fps, 4),
-            "fps": fmt_float(vs.fps, 4),
-            "num_frames": str(e - s),
-            "height": str(vs.height),
-            "width": str(vs.width),
-        })
+        rows.append(
+            {
+                **row,
+                "path": str(path),
+                "start_frame": str(s),
+                "end_frame": str(e),
+                "start": fmt_float(s / vs.fps, 4),
+                "end": fmt_float(e / vs.fps, 4),
+                "fps": fmt_float(vs.fps, 4),
+                "num_frames": str(e - s),
+                "height": str(vs.height),
+                "width": str(vs.width),
+            }
+        )
     return rows
 
 
@@ -175,8 +184,9 @@ def run_scenes(
     opts.validate()
     found: list[VideoScenes | str] = [""] * len(rows)
     jobs = [(str(p), opts) for p in paths]
-    for i, res in parallel_map(_scenes_job, jobs, workers, desc="scenes" if progress else None, processes=True,
-                               unit="video"):
+    for i, res in parallel_map(
+        _scenes_job, jobs, workers, desc="scenes" if progress else None, processes=True, unit="video"
+    ):
         found[i] = res
     out = Result()
     for row, path, res in zip(rows, paths, found):

@@ -139,7 +139,9 @@ def sample_spec(
     return ShapeSpec(color, shape, motion, side, speed, x0, y0, make_caption(color, shape, motion, rng))
 
 
-def shape_coverage(shape: str, height: int, width: int, x: float, y: float, side: float, ss: int = 4) -> np.ndarray:
+def shape_coverage(
+    shape: str, height: int, width: int, x: float, y: float, side: float, ss: int = 4
+) -> np.ndarray:
     """Fraction of each pixel covered by the shape whose bounding box has top-left (x, y) and side `side`.
 
     Returns float32 ``[H, W]`` in [0, 1], computed by ``ss`` x ``ss`` supersampling.

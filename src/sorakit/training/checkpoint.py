@@ -86,7 +86,9 @@ def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict[st
 def restore_rng(state: dict[str, torch.Tensor], generators: dict[str, torch.Generator] | None = None) -> None:
     torch.set_rng_state(state["torch"])
     meta = state["numpy.meta"].tolist()
-    np.random.set_state(("MT19937", state["numpy.keys"].numpy().astype(np.uint32), int(meta[0]), int(meta[1]), meta[2]))
+    np.random.set_state(
+        ("MT19937", state["numpy.keys"].numpy().astype(np.uint32), int(meta[0]), int(meta[1]), meta[2])
+    )
     pmeta = state["python.meta"].tolist()
     gauss = None if np.isnan(pmeta[1]) else pmeta[1]
     random.setstate((int(pmeta[0]), tuple(int(v) for v in state["python.state"].tolist()), gauss))
@@ -143,7 +145,12 @@ def save_checkpoint(
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler_state, tmp / "scheduler.pt")
         (tmp / "config.toml").write_text(config_text)
-        info = {"step": step, "world_size": state.world_size, "dp_size": state.dp_size, "sp_size": state.sp_size}
+        info = {
+            "step": step,
+            "world_size": state.world_size,
+            "dp_size": state.dp_size,
+            "sp_size": state.sp_size,
+        }
         (tmp / STATE).write_text(json.dumps({**info, **train_state}, indent=2))
         _fsync_tree(tmp)
         if final.exists():

@@ -19,11 +19,15 @@ def resolve_checkpoint(run_dir: Path, step: int | None = None) -> Path:
         raise UserError(f"no such run directory: {run_dir}")
     found = dict(ckpt.list_checkpoints(run_dir))
     if not found:
-        raise UserError(f"{run_dir} holds no complete checkpoint (expected {ckpt.CHECKPOINTS}/step-NNNNNNNN/)")
+        raise UserError(
+            f"{run_dir} holds no complete checkpoint (expected {ckpt.CHECKPOINTS}/step-NNNNNNNN/)"
+        )
     if step is None:
         return found[max(found)]
     if step not in found:
-        raise UserError(f"{run_dir}: no checkpoint for step {step} (have: {', '.join(map(str, sorted(found)))})")
+        raise UserError(
+            f"{run_dir}: no checkpoint for step {step} (have: {', '.join(map(str, sorted(found)))})"
+        )
     return found[step]
 
 
@@ -56,7 +60,9 @@ def export_run(
     target = model.state_dict()
     missing, unexpected = sorted(set(target) - set(sd)), sorted(set(sd) - set(target))
     if missing or unexpected:
-        raise UserError(f"{path}: {weights} weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise UserError(
+            f"{path}: {weights} weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     model.load_state_dict(sd, strict=True, assign=True)
     model.preset = spec.get("preset")
     # generation defaults follow the training clips

@@ -33,7 +33,9 @@ def gpu_peak_tflops(name: str, low_precision: bool) -> float | None:
     return None
 
 
-def measure_matmul_tflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 512, seconds: float = 0.2) -> float:
+def measure_matmul_tflops(
+    device: torch.device, dtype: torch.dtype = torch.float32, n: int = 512, seconds: float = 0.2
+) -> float:
     """Achieved TFLOP/s of square matmuls: the practical peak on CPUs, whose theoretical one is unknown."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
@@ -47,7 +49,9 @@ def measure_matmul_tflops(device: torch.device, dtype: torch.dtype = torch.float
     return 2 * n**3 * count / (time.perf_counter() - start) / 1e12
 
 
-def peak_tflops(device: torch.device, low_precision: bool, override: float | None = None) -> tuple[float, str]:
+def peak_tflops(
+    device: torch.device, low_precision: bool, override: float | None = None
+) -> tuple[float, str]:
     """The peak used for MFU and where it comes from."""
     if override:
         return float(override), "config"
@@ -60,7 +64,9 @@ def peak_tflops(device: torch.device, low_precision: bool, override: float | Non
     return measure_matmul_tflops(device, dtype), f"measured {dtype} matmul on {device.type}"
 
 
-def training_flops_per_sample(model: torch.nn.Module, latent_size: tuple[int, int, int], text_len: int | None) -> int | None:
+def training_flops_per_sample(
+    model: torch.nn.Module, latent_size: tuple[int, int, int], text_len: int | None
+) -> int | None:
     """3 x forward FLOPs of one sample, or None when the model has no FLOPs formula."""
     try:
         from sorakit.models import flops_per_sample

@@ -43,7 +43,10 @@ def lr_factor(step: int, warmup_steps: int = 0, decay_steps: int = 0, max_steps:
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, warmup_steps: int = 0, decay_steps: int = 0, max_steps: int | None = None
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int = 0,
+    decay_steps: int = 0,
+    max_steps: int | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR over :func:`lr_factor`. The factor is a pure function of the step, so a run resumed with a
     different ``max_steps`` / ``decay_steps`` follows the new schedule from where it stopped."""

@@ -97,7 +97,9 @@ def build_data(cfg: Config, state: ParallelState, components: Components) -> Dat
 
     source = cfg.data.cache_dir or cfg.data.csv
     if not source:
-        raise UserError("no training data: pass --data CSV (or a latent cache directory from `sorakit data encode`)")
+        raise UserError(
+            "no training data: pass --data CSV (or a latent cache directory from `sorakit data encode`)"
+        )
     sampler_args = dict(
         batch_size=cfg.train.batch_size, rank=state.dp_rank, num_replicas=state.dp_size, seed=cfg.train.seed
     )
@@ -197,7 +199,11 @@ def load_init_weights(model: nn.Module, path: str) -> None:
 
 
 def _conditions(
-    batch: dict[str, Any], data: DataSource, components: Components, device: torch.device, vae_gen: torch.Generator
+    batch: dict[str, Any],
+    data: DataSource,
+    components: Components,
+    device: torch.device,
+    vae_gen: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Batch -> (x0 latents [B, C, T, h, w] float32, y [B, 1, L, Cy] or labels [B], mask [B, L] or None)."""
     with torch.no_grad():
@@ -229,7 +235,12 @@ def _model_fn(
 
 
 def _draw_global(
-    objective: Any, gen: torch.Generator, global_batch: int, shape: tuple[int, ...], p_drop: float, part: slice
+    objective: Any,
+    gen: torch.Generator,
+    global_batch: int,
+    shape: tuple[int, ...],
+    p_drop: float,
+    part: slice,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Timesteps, noise and caption-dropout decisions for the whole global batch, then this rank's part."""
     t = objective.sample_timesteps(global_batch, gen, "cpu")
@@ -242,7 +253,9 @@ def _draw_global(
 # The data stream
 
 
-def _batches(data: DataSource, cfg: Config, epoch: int, start_batch: int) -> Iterator[tuple[int, int, dict[str, Any]]]:
+def _batches(
+    data: DataSource, cfg: Config, epoch: int, start_batch: int
+) -> Iterator[tuple[int, int, dict[str, Any]]]:
     """Yields ``(epoch, batch_index_in_epoch, batch)`` forever, starting at ``(epoch, start_batch)``."""
     while True:
         data.sampler.set_epoch(epoch, start_batch)
@@ -386,16 +399,22 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"train.caption_dropout must be in [0, 1), got {t.caption_dropout}")
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool, components: Components, state: ParallelState) -> TrainResult:
+def _train(
+    cfg: Config, run_dir: Path, resume: bool, components: Components, state: ParallelState
+) -> TrainResult:
     _validate(cfg)
     tcfg = cfg.train
-    if tcfg.mixed_precision == "fp16" and (state.device.type != "cuda" or cfg.parallel.strategy.startswith("fsdp")):
+    if tcfg.mixed_precision == "fp16" and (
+        state.device.type != "cuda" or cfg.parallel.strategy.startswith("fsdp")
+    ):
         raise ConfigError("train.mixed_precision='fp16' needs a GPU and strategy ddp/none; use bf16")
 
     # -- where we start from ------------------------------------------------------------------------
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is not None and not resume:
-        raise UserError(f"{run_dir} already holds checkpoints: pass --resume to continue, or choose a new --output")
+        raise UserError(
+            f"{run_dir} already holds checkpoints: pass --resume to continue, or choose a new --output"
+        )
     if resume and latest is None:
         log.warning("--resume: no complete checkpoint in %s, starting from step 0", run_dir)
     state.barrier()  # every rank has looked before rank 0 writes anything
@@ -440,7 +459,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, components: Components, sta
 
         step, epoch, batch_in_epoch = 0, 0, 0
         if latest is not None:
-            step, epoch, batch_in_epoch = _resume(latest, model, optimizer, scheduler, ema, generators, skip, state)
+            step, epoch, batch_in_epoch = _resume(
+                latest, model, optimizer, scheduler, ema, generators, skip, state
+            )
             log.info("resumed from %s (step %d, epoch %d, batch %d)", latest, step, epoch, batch_in_epoch)
             if state.is_main:
                 _truncate_metrics(run_dir / "metrics.jsonl", step)
@@ -453,7 +474,12 @@ def _train(cfg: Config, run_dir: Path, resume: bool, components: Components, sta
         peak, peak_src = (None, "")
         if state.is_main and flops:
             peak, peak_src = peak_tflops(state.device, low, tcfg.peak_tflops)
-            log.info("MFU against %.1f TFLOP/s per device (%s); %.3g training FLOPs per sample", peak, peak_src, flops)
+            log.info(
+                "MFU against %.1f TFLOP/s per device (%s); %.3g training FLOPs per sample",
+                peak,
+                peak_src,
+                flops,
+            )
         metrics = MetricsLogger(run_dir, state.is_main, tcfg.tensorboard)
 
         autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tcfg.mixed_precision)
@@ -491,7 +517,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, components: Components, sta
             train_model.train()
             loss = objective.training_losses(model_fn, x0, t, noise)["loss"].mean()
             if not torch.isfinite(loss):
-                raise RuntimeError(f"loss is {loss.item()} at step {step}: lower train.lr or use bf16 instead of fp16")
+                raise RuntimeError(
+                    f"loss is {loss.item()} at step {step}: lower train.lr or use bf16 instead of fp16"
+                )
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
@@ -532,12 +560,34 @@ def _train(cfg: Config, run_dir: Path, resume: bool, components: Components, sta
 
             if step % tcfg.ckpt_every == 0 or step == tcfg.max_steps:
                 result.checkpoint = _save(
-                    cfg, run_dir, step, epoch, batch_in_epoch, model, optimizer, scheduler, ema, generators, skip, state
+                    cfg,
+                    run_dir,
+                    step,
+                    epoch,
+                    batch_in_epoch,
+                    model,
+                    optimizer,
+                    scheduler,
+                    ema,
+                    generators,
+                    skip,
+                    state,
                 )
                 last_saved = step
         if last_saved != step:  # pragma: no cover - the loop always saves at max_steps
             result.checkpoint = _save(
-                cfg, run_dir, step, epoch, batch_in_epoch, model, optimizer, scheduler, ema, generators, skip, state
+                cfg,
+                run_dir,
+                step,
+                epoch,
+                batch_in_epoch,
+                model,
+                optimizer,
+                scheduler,
+                ema,
+                generators,
+                skip,
+                state,
             )
         metrics.close()
         result.step = step
@@ -604,12 +654,18 @@ def _resume(
             "only if the global batch size is unchanged", state.dp_size, info.get("dp_size"),
         )  # fmt: skip
     set_model_state_dict(model, ckpt.load_tensors(path, "model.safetensors"), options=_full_options())
-    set_optimizer_state_dict(model, optimizer, ckpt.load_pickled(path, "optimizer.pt"), options=_full_options())
+    set_optimizer_state_dict(
+        model, optimizer, ckpt.load_pickled(path, "optimizer.pt"), options=_full_options()
+    )
     scheduler.load_state_dict(ckpt.load_pickled(path, "scheduler.pt"))
     ema.load_state_dict(ckpt.load_tensors(path, "ema.safetensors"))
     rng = ckpt.load_rng(path, state.rank)
     if rng is None:
-        log.warning("checkpoint %s has no RNG state for rank %d: continuing with fresh random streams", path, state.rank)
+        log.warning(
+            "checkpoint %s has no RNG state for rank %d: continuing with fresh random streams",
+            path,
+            state.rank,
+        )
     else:
         ckpt.restore_rng(rng, generators)
     skip.load_state_dict(info.get("skipped", {}))

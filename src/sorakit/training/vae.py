@@ -40,7 +40,9 @@ FG_WEIGHT = 10.0
 class VAETrainConfig:
     """Hyperparameters of :func:`train_vae`."""
 
-    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])  # len-1 = number of 2x downsamplings
+    block_out_channels: list[int] = field(
+        default_factory=lambda: [32, 64, 64]
+    )  # len-1 = number of 2x downsamplings
     layers_per_block: int = 1
     latent_channels: int = 4
     norm_num_groups: int = 16
@@ -65,7 +67,9 @@ def build_autoencoder(cfg: VAETrainConfig, sample_size: int = 64):
         raise UserError("block_out_channels must name at least one block")
     for c in cfg.block_out_channels:
         if c % cfg.norm_num_groups:
-            raise UserError(f"block_out_channels {c} is not divisible by norm_num_groups {cfg.norm_num_groups}")
+            raise UserError(
+                f"block_out_channels {c} is not divisible by norm_num_groups {cfg.norm_num_groups}"
+            )
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -111,10 +115,9 @@ def vae_loss(model, x: torch.Tensor, cfg: VAETrainConfig) -> tuple[torch.Tensor,
     w = 1.0 + (FG_WEIGHT - 1.0) * fg
     l1 = (w * (y - x).abs()).mean()
     l2 = (w * (y - x) ** 2).mean()
-    edge = (
-        ((y[..., 1:, :] - y[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])).abs().mean()
-        + ((y[..., :, 1:] - y[..., :, :-1]) - (x[..., :, 1:] - x[..., :, :-1])).abs().mean()
-    )
+    edge = ((y[..., 1:, :] - y[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])).abs().mean() + (
+        (y[..., :, 1:] - y[..., :, :-1]) - (x[..., :, 1:] - x[..., :, :-1])
+    ).abs().mean()
     kl = post.kl().mean()
     loss = l1 + l2 + cfg.edge_weight * edge + cfg.kl_weight * kl
     return loss, {"loss": loss.item(), "l1": l1.item(), "edge": edge.item(), "kl": kl.item()}
@@ -211,8 +214,12 @@ def train_vae(csv_path: str | os.PathLike, output: str | os.PathLike, cfg: VAETr
     size = frames.shape[1]
     factor = 2 ** (len(cfg.block_out_channels) - 1)
     if frames.shape[1] % factor or frames.shape[2] % factor:
-        raise UserError(f"frame size {frames.shape[1:3]} is not divisible by the downsampling factor {factor}")
-    logger.info("train-vae: %d frames of %dx%d from %s", len(frames), frames.shape[1], frames.shape[2], csv_path)
+        raise UserError(
+            f"frame size {frames.shape[1:3]} is not divisible by the downsampling factor {factor}"
+        )
+    logger.info(
+        "train-vae: %d frames of %dx%d from %s", len(frames), frames.shape[1], frames.shape[2], csv_path
+    )
 
     torch.manual_seed(cfg.seed)
     model = build_autoencoder(cfg, sample_size=size)
@@ -241,7 +248,13 @@ def train_vae(csv_path: str | os.PathLike, output: str | os.PathLike, cfg: VAETr
             rate = step / (time.perf_counter() - t0)
             logger.info(
                 "train-vae step %d/%d loss %.4f l1 %.4f edge %.4f kl %.1f (%.2f steps/s)",
-                step, cfg.steps, parts["loss"], parts["l1"], parts["edge"], parts["kl"], rate,
+                step,
+                cfg.steps,
+                parts["loss"],
+                parts["l1"],
+                parts["edge"],
+                parts["kl"],
+                rate,
             )
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             _save_state(state_dir, model, opt, step, cfg)

@@ -9,7 +9,9 @@ import importlib
 def register(sub: argparse._SubParsersAction) -> None:
     from sorakit.cli.main import subcommand_modules
 
-    parser = sub.add_parser("data", help="data tools: synth, scenes, cut, info, csv, caption, convert, encode")
+    parser = sub.add_parser(
+        "data", help="data tools: synth, scenes, cut, info, csv, caption, convert, encode"
+    )
     data_sub = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     for name in subcommand_modules("sorakit.cli.data"):
         module = importlib.import_module(name)

@@ -20,36 +20,64 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="a video, a folder, or a CSV with a path column")
     p.add_argument("-o", "--output", required=True, help="output CSV (input columns + text)")
     p.add_argument("--failures", default=None, help="failures CSV (default: OUTPUT stem + .failures.csv)")
-    p.add_argument("--backend", choices=("local", "api"), default=None,
-                   help="local: a transformers model from --model-dir; api: a chat-completions endpoint "
-                   "(default: local when --model-dir is given, else api)")
+    p.add_argument(
+        "--backend",
+        choices=("local", "api"),
+        default=None,
+        help="local: a transformers model from --model-dir; api: a chat-completions endpoint "
+        "(default: local when --model-dir is given, else api)",
+    )
     p.add_argument("--prompt", default=None, help="instruction given with the frames")
     p.add_argument("--prompt-file", default=None, help="read the instruction from this file")
-    p.add_argument("--frame-points", default="0.2,0.5,0.8",
-                   help="where in each clip to take frames, as fractions (default: 0.2,0.5,0.8)")
-    p.add_argument("--batch-size", type=int, default=8, help="clips per model call / per API round (default: 8)")
-    p.add_argument("--workers", type=int, default=4,
-                   help="threads decoding frames, and concurrent API requests (default: 4)")
-    p.add_argument("--keep-existing", action="store_true",
-                   help="copy input rows that already have a text as they are instead of captioning them")
-    p.add_argument("--no-retry-failed", action="store_true",
-                   help="on resume, skip rows listed in the failures CSV instead of retrying them")
+    p.add_argument(
+        "--frame-points",
+        default="0.2,0.5,0.8",
+        help="where in each clip to take frames, as fractions (default: 0.2,0.5,0.8)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="clips per model call / per API round (default: 8)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        help="threads decoding frames, and concurrent API requests (default: 4)",
+    )
+    p.add_argument(
+        "--keep-existing",
+        action="store_true",
+        help="copy input rows that already have a text as they are instead of captioning them",
+    )
+    p.add_argument(
+        "--no-retry-failed",
+        action="store_true",
+        help="on resume, skip rows listed in the failures CSV instead of retrying them",
+    )
     g = p.add_argument_group("local model")
     g.add_argument("--model-dir", default=None, help="directory of a LLaVA-style transformers model")
     g.add_argument("--device", default="auto", help="cuda, cpu, cuda:1, ... (default: cuda if available)")
     g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     g.add_argument("--max-new-tokens", type=int, default=256)
     a = p.add_argument_group("API")
-    a.add_argument("--base-url", default=None,
-                   help=f"chat-completions base URL (default: $OPENAI_BASE_URL or {OPENAI_URL})")
+    a.add_argument(
+        "--base-url",
+        default=None,
+        help=f"chat-completions base URL (default: $OPENAI_BASE_URL or {OPENAI_URL})",
+    )
     a.add_argument("--api-key", default=None, help="API key (default: $OPENAI_API_KEY)")
     a.add_argument("--model", default="gpt-4o-mini", help="model name sent to the API (default: gpt-4o-mini)")
     a.add_argument("--max-tokens", type=int, default=300)
     a.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     a.add_argument("--max-retries", type=int, default=5, help="retries of a failing request (default: 5)")
-    a.add_argument("--retry-backoff", type=float, default=1.0,
-                   help="first retry wait in seconds, doubled each retry; Retry-After wins (default: 1)")
-    a.add_argument("--image-size", type=int, default=512, help="longer side of the frames sent (default: 512)")
+    a.add_argument(
+        "--retry-backoff",
+        type=float,
+        default=1.0,
+        help="first retry wait in seconds, doubled each retry; Retry-After wins (default: 1)",
+    )
+    a.add_argument(
+        "--image-size", type=int, default=512, help="longer side of the frames sent (default: 512)"
+    )
     a.add_argument("--detail", choices=("low", "high", "auto"), default="low")
     p.set_defaults(func=run)
 
@@ -90,32 +118,57 @@ def run(args: argparse.Namespace) -> int:
         if not args.model_dir:
             raise UserError("--backend local needs --model-dir")
         if not (Path(args.model_dir) / "config.json").is_file():
-            raise UserError(f"--model-dir {args.model_dir} is not a transformers model directory (no config.json)")
-        backend = LocalVLM(args.model_dir, prompt, device=args.device, dtype=args.dtype,
-                           max_new_tokens=args.max_new_tokens)
+            raise UserError(
+                f"--model-dir {args.model_dir} is not a transformers model directory (no config.json)"
+            )
+        backend = LocalVLM(
+            args.model_dir, prompt, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens
+        )
     else:
         base_url = args.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
         api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
         if not base_url.startswith(("http://", "https://")):
             raise UserError(f"--base-url must start with http:// or https://, got {base_url!r}")
         if not api_key and base_url.rstrip("/") == OPENAI_URL:
-            raise UserError("the OpenAI API needs a key: set OPENAI_API_KEY or pass --api-key "
-                            "(or give --model-dir for a local model, or --base-url for another server)")
+            raise UserError(
+                "the OpenAI API needs a key: set OPENAI_API_KEY or pass --api-key "
+                "(or give --model-dir for a local model, or --base-url for another server)"
+            )
         if args.max_retries < 0 or args.retry_backoff < 0:
             raise UserError("--max-retries and --retry-backoff must be >= 0")
-        backend = ChatAPI(base_url=base_url, api_key=api_key, model=args.model, prompt=prompt,
-                          max_tokens=args.max_tokens, timeout=args.timeout, max_retries=args.max_retries,
-                          backoff=args.retry_backoff, detail=args.detail, image_size=args.image_size,
-                          workers=args.workers)
+        backend = ChatAPI(
+            base_url=base_url,
+            api_key=api_key,
+            model=args.model,
+            prompt=prompt,
+            max_tokens=args.max_tokens,
+            timeout=args.timeout,
+            max_retries=args.max_retries,
+            backoff=args.retry_backoff,
+            detail=args.detail,
+            image_size=args.image_size,
+            workers=args.workers,
+        )
     try:
-        stats = run_caption(rows, paths, backend, output, failures, batch_size=args.batch_size,
-                            workers=args.workers, keep_existing=args.keep_existing,
-                            retry_failed=not args.no_retry_failed, points=points)
+        stats = run_caption(
+            rows,
+            paths,
+            backend,
+            output,
+            failures,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            keep_existing=args.keep_existing,
+            retry_failed=not args.no_retry_failed,
+            points=points,
+        )
     except KeyboardInterrupt:
         import sys
 
-        print(f"sorakit: interrupted; captions so far are in {output}; run the same command again to resume",
-              file=sys.stderr)
+        print(
+            f"sorakit: interrupted; captions so far are in {output}; run the same command again to resume",
+            file=sys.stderr,
+        )
         return 130
     print_summary(stats, output, failures)
     return 0

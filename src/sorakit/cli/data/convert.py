@@ -17,13 +17,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", choices=("ucf101", "imagenet"))
     p.add_argument("root", help="dataset root folder")
     p.add_argument("-o", "--output", required=True, help="output CSV")
-    p.add_argument("--split-file", default=None,
-                   help="ucf101: an official split list (trainlist01.txt / testlist01.txt) to restrict to")
-    p.add_argument("--raw-names", action="store_true",
-                   help="ucf101: keep CamelCase class names as text (default: words, e.g. 'apply eye makeup')")
+    p.add_argument(
+        "--split-file",
+        default=None,
+        help="ucf101: an official split list (trainlist01.txt / testlist01.txt) to restrict to",
+    )
+    p.add_argument(
+        "--raw-names",
+        action="store_true",
+        help="ucf101: keep CamelCase class names as text (default: words, e.g. 'apply eye makeup')",
+    )
     p.add_argument("--split", default="train", help="imagenet: subfolder of ROOT to list (default: train)")
     p.add_argument("--class-names", default=None, help="imagenet: a 'wnid name, synonyms' file")
-    p.add_argument("--all-synonyms", action="store_true", help="imagenet: text is every synonym, not the first")
+    p.add_argument(
+        "--all-synonyms", action="store_true", help="imagenet: text is every synonym, not the first"
+    )
     p.set_defaults(func=run)
 
 

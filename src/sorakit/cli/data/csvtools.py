@@ -15,20 +15,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     cs = p.add_subparsers(dest="csv_command", metavar="CSV_COMMAND")
 
-    m = cs.add_parser("merge", help="concatenate CSVs, uniting columns and dropping duplicate rows",
-                      description="Concatenate CSVs. Rows pointing at the same file (and frame range) are kept "
-                      "once (the first). Relative paths are made absolute when their CSV is in another folder.")
+    m = cs.add_parser(
+        "merge",
+        help="concatenate CSVs, uniting columns and dropping duplicate rows",
+        description="Concatenate CSVs. Rows pointing at the same file (and frame range) are kept "
+        "once (the first). Relative paths are made absolute when their CSV is in another folder.",
+    )
     m.add_argument("inputs", nargs="+", help="input CSVs")
     m.add_argument("-o", "--output", required=True)
     m.add_argument("--duplicates", default=None, help="also write the dropped duplicate rows here")
     m.set_defaults(func=run_merge)
 
-    f = cs.add_parser("filter", help="keep rows within bounds on frames, duration, size, aspect ratio, caption",
-                      description="Keep the rows that meet every given bound; the others are written to a "
-                      "rejected CSV with a reason column. Aspect ratio is height / width.")
+    f = cs.add_parser(
+        "filter",
+        help="keep rows within bounds on frames, duration, size, aspect ratio, caption",
+        description="Keep the rows that meet every given bound; the others are written to a "
+        "rejected CSV with a reason column. Aspect ratio is height / width.",
+    )
     f.add_argument("input")
     f.add_argument("-o", "--output", required=True)
-    f.add_argument("--rejected", default=None, help="rejected rows CSV (default: OUTPUT stem + .rejected.csv)")
+    f.add_argument(
+        "--rejected", default=None, help="rejected rows CSV (default: OUTPUT stem + .rejected.csv)"
+    )
     f.add_argument("--min-frames", type=int)
     f.add_argument("--max-frames", type=int)
     f.add_argument("--min-duration", type=float, help="seconds")
@@ -43,9 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--drop-empty-caption", action="store_true", help="drop rows whose text is empty")
     f.set_defaults(func=run_filter)
 
-    s = cs.add_parser("strip-prefix", help='remove captioner openings such as "The video shows"',
-                      description="Remove a leading phrase from every caption (text column) and capitalise "
-                      "what follows. Without --prefix a built-in list is used (The video shows/depicts/features, ...).")
+    s = cs.add_parser(
+        "strip-prefix",
+        help='remove captioner openings such as "The video shows"',
+        description="Remove a leading phrase from every caption (text column) and capitalise "
+        "what follows. Without --prefix a built-in list is used (The video shows/depicts/features, ...).",
+    )
     s.add_argument("input")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--prefix", action="append", default=None, help="a prefix to remove (repeatable)")
@@ -66,8 +77,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--val-fraction", type=float, default=None)
     sp.add_argument("--val-count", type=int, default=None, help="number of groups (videos) for validation")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--group-by", default=None, help="column whose equal values stay together "
-                    "(default: source_path if present, else path)")
+    sp.add_argument(
+        "--group-by",
+        default=None,
+        help="column whose equal values stay together (default: source_path if present, else path)",
+    )
     sp.set_defaults(func=run_split)
 
     st = cs.add_parser("stats", help="print a summary of a CSV")
@@ -116,11 +130,17 @@ def run_filter(args: argparse.Namespace) -> int:
     from sorakit.tools.csvutil import FilterSpec, filter_rows
 
     spec = FilterSpec(
-        min_frames=args.min_frames, max_frames=args.max_frames,
-        min_duration=args.min_duration, max_duration=args.max_duration,
-        min_height=args.min_height, min_width=args.min_width, min_short_side=args.min_short_side,
-        min_aspect=args.min_aspect, max_aspect=args.max_aspect,
-        min_caption_words=args.min_caption_words, max_caption_words=args.max_caption_words,
+        min_frames=args.min_frames,
+        max_frames=args.max_frames,
+        min_duration=args.min_duration,
+        max_duration=args.max_duration,
+        min_height=args.min_height,
+        min_width=args.min_width,
+        min_short_side=args.min_short_side,
+        min_aspect=args.min_aspect,
+        max_aspect=args.max_aspect,
+        min_caption_words=args.min_caption_words,
+        max_caption_words=args.max_caption_words,
         drop_empty_caption=args.drop_empty_caption,
     )
     if not spec.active():
@@ -133,8 +153,11 @@ def run_filter(args: argparse.Namespace) -> int:
         write_csv(rej_path, rejected, [*fields, "reason"])
     elif Path(rej_path).is_file():
         Path(rej_path).unlink()
-    print(f"kept {len(kept)} of {len(rows)} rows in {args.output}"
-          + (f"; {len(rejected)} rejected in {rej_path}" if rejected else ""), file=sys.stderr)
+    print(
+        f"kept {len(kept)} of {len(rows)} rows in {args.output}"
+        + (f"; {len(rejected)} rejected in {rej_path}" if rejected else ""),
+        file=sys.stderr,
+    )
     reasons = Counter(re.split(r" [\d<>-]", r["reason"])[0] for r in rejected)
     for k, v in reasons.most_common():
         print(f"  {k}: {v}", file=sys.stderr)
@@ -177,8 +200,10 @@ def run_split(args: argparse.Namespace) -> int:
     train, val = split_rows(rows, args.val_fraction, args.val_count, args.seed, args.group_by)
     write_csv(args.output, train, fields)
     write_csv(args.val_output, val, fields)
-    print(f"train: {len(train)} rows -> {args.output}; validation: {len(val)} rows -> {args.val_output}",
-          file=sys.stderr)
+    print(
+        f"train: {len(train)} rows -> {args.output}; validation: {len(val)} rows -> {args.val_output}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", required=True, help="folder for the clip files")
     p.add_argument("-o", "--output", default=None, help="output CSV (default: OUTPUT_DIR/clips.csv)")
     p.add_argument("--failures", default=None, help="failures CSV (default: OUTPUT stem + .failures.csv)")
-    p.add_argument("--short-side", type=int, default=None, help="resize so the shorter side is this many pixels")
+    p.add_argument(
+        "--short-side", type=int, default=None, help="resize so the shorter side is this many pixels"
+    )
     p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's)")
     p.add_argument("--crf", type=int, default=18, help="H.264 quality, 0-51, lower is better (default: 18)")
     p.add_argument("--overwrite", action="store_true", help="re-encode clips whose file already exists")
@@ -35,8 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from sorakit.tools.cut import CutOptions, run_cut
 
     check_workers(args.workers)
-    opts = CutOptions(output_dir=Path(args.output_dir).expanduser().resolve(), short_side=args.short_side,
-                      fps=args.fps, crf=args.crf, overwrite=args.overwrite)
+    opts = CutOptions(
+        output_dir=Path(args.output_dir).expanduser().resolve(),
+        short_side=args.short_side,
+        fps=args.fps,
+        crf=args.crf,
+        overwrite=args.overwrite,
+    )
     opts.validate()
     if not str(args.input).lower().endswith(".csv"):
         raise UserError(f"cut reads a clips CSV (from `sorakit data scenes`), got {args.input}")
@@ -46,7 +53,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--output-dir {opts.output_dir} is a file")
     rows, paths = collect_inputs(args.input)
     res = run_cut(rows, paths, opts, workers=args.workers)
-    fpath = write_outputs(output, res.rows, res.failures, args.failures,
-                          first=("path", "text", "num_frames", "fps", "height", "width"))
+    fpath = write_outputs(
+        output,
+        res.rows,
+        res.failures,
+        args.failures,
+        first=("path", "text", "num_frames", "fps", "height", "width"),
+    )
     report(output, len(res.rows), res.failures, fpath, what="clips")
     return 0

@@ -19,7 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("csv", help="CSV with a header row: path,text (or path,label for class models)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides (e.g. vae.path=DIR)")
     parser.add_argument("--output", "-o", required=True, help="cache directory to write")
-    parser.add_argument("--config", default="tiny", help="preset or config file giving vae, text_encoder, data (default: tiny)")
+    parser.add_argument(
+        "--config",
+        default="tiny",
+        help="preset or config file giving vae, text_encoder, data (default: tiny)",
+    )
     parser.add_argument("--data-root", help="folder that relative paths in the CSV resolve against")
     parser.add_argument("--batch-size", type=int, default=8, help="clips encoded at once")
     parser.add_argument("--shard-size", type=int, default=1024, help="samples per shard file")
@@ -84,5 +88,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("skipped row %s (%s): %s", f["row"], f["path"], f["error"])
     if failures:
         (out / "failures.json").write_text(json.dumps(failures, indent=2))
-    print(f"{out}: {result['num_samples']} samples in {len(result['shards'])} shard(s), {len(failures)} row(s) skipped")
+    print(
+        f"{out}: {result['num_samples']} samples in {len(result['shards'])} shard(s), {len(failures)} row(s) skipped"
+    )
     return 0

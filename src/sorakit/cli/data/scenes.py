@@ -17,15 +17,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="a video, a folder (searched recursively), or a CSV with a path column")
     p.add_argument("-o", "--output", required=True, help="output clips CSV")
     p.add_argument("--failures", default=None, help="failures CSV (default: OUTPUT stem + .failures.csv)")
-    p.add_argument("--detector", choices=("content", "adaptive"), default="content",
-                   help="PySceneDetect detector (default: content)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="cut threshold (default: 27 for content, 3.0 for adaptive)")
+    p.add_argument(
+        "--detector",
+        choices=("content", "adaptive"),
+        default="content",
+        help="PySceneDetect detector (default: content)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="cut threshold (default: 27 for content, 3.0 for adaptive)",
+    )
     p.add_argument("--min-scene-len", type=int, default=15, help="minimum frames between cuts (default: 15)")
     p.add_argument("--min-seconds", type=float, default=None, help="drop clips shorter than this")
     p.add_argument("--max-seconds", type=float, default=None, help="split (or drop) clips longer than this")
-    p.add_argument("--long", choices=("split", "drop"), default="split",
-                   help="what to do with clips longer than --max-seconds (default: split into equal parts)")
+    p.add_argument(
+        "--long",
+        choices=("split", "drop"),
+        default="split",
+        help="what to do with clips longer than --max-seconds (default: split into equal parts)",
+    )
     p.add_argument("--workers", type=int, default=1, help="videos processed in parallel (processes)")
     p.set_defaults(func=run)
 
@@ -44,8 +56,12 @@ def run(args: argparse.Namespace) -> int:
     check_workers(args.workers)
     check_output(args.output)
     opts = SceneOptions(
-        detector=args.detector, threshold=args.threshold, min_scene_len=args.min_scene_len,
-        min_seconds=args.min_seconds, max_seconds=args.max_seconds, long=args.long,
+        detector=args.detector,
+        threshold=args.threshold,
+        min_scene_len=args.min_scene_len,
+        min_seconds=args.min_seconds,
+        max_seconds=args.max_seconds,
+        long=args.long,
     )
     opts.validate()
     rows, paths = collect_inputs(args.input, VIDEO_EXTS)

@@ -57,7 +57,9 @@ class MultiHeadCrossAttention(nn.Module):
         self.kv_linear = nn.Linear(d_model, d_model * 2)
         self.proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cond: torch.Tensor, key_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         B, N, C = x.shape
         L = cond.shape[1]
         q = self.q_linear(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
@@ -82,7 +84,9 @@ def caption_key_mask(mask: torch.Tensor | None, batch: int) -> torch.Tensor | No
         mask = mask.reshape(mask.shape[0], -1)
     if mask.shape[0] != batch:
         if batch % mask.shape[0] != 0:
-            raise ValueError(f"caption mask has {mask.shape[0]} rows, which does not divide the batch {batch}")
+            raise ValueError(
+                f"caption mask has {mask.shape[0]} rows, which does not divide the batch {batch}"
+            )
         mask = mask.repeat(batch // mask.shape[0], 1)
     valid = mask != 0
     counts = valid.sum(dim=1)

@@ -49,7 +49,9 @@ def layer_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return F.layer_norm(x, (x.shape[-1],), eps=eps)
 
 
-def modulate_fp32_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def modulate_fp32_norm(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
     """adaLN modulation of DiT/Latte: the LayerNorm runs in float32 (upstream semantics), shift/scale `[B, D]`."""
     dtype = x.dtype
     x = layer_norm(x.to(torch.float32), eps).to(dtype)

@@ -141,7 +141,9 @@ def _sincos_from_positions(dim: int, pos: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _sincos_2d_cached(dim: int, grid_h: int, grid_w: int, scale: float, base_size: int | None) -> torch.Tensor:
+def _sincos_2d_cached(
+    dim: int, grid_h: int, grid_w: int, scale: float, base_size: int | None
+) -> torch.Tensor:
     pos_h = np.arange(grid_h, dtype=np.float32) / np.float32(scale)
     pos_w = np.arange(grid_w, dtype=np.float32) / np.float32(scale)
     if base_size is not None:
@@ -150,7 +152,9 @@ def _sincos_2d_cached(dim: int, grid_h: int, grid_w: int, scale: float, base_siz
     # Token order is (h, w) row-major; the first half of the channels encodes the column (w) index.
     w_coord = np.tile(pos_w, grid_h)
     h_coord = np.repeat(pos_h, grid_w)
-    emb = np.concatenate([_sincos_from_positions(dim // 2, w_coord), _sincos_from_positions(dim // 2, h_coord)], 1)
+    emb = np.concatenate(
+        [_sincos_from_positions(dim // 2, w_coord), _sincos_from_positions(dim // 2, h_coord)], 1
+    )
     return torch.from_numpy(emb).float().unsqueeze(0)
 
 
