@@ -21,7 +21,7 @@ import torch
 from sorakit.data.cache import LatentCacheDataset
 from sorakit.encoders.text import MiniLMEncoder
 from sorakit.pipelines import TextToVideoPipeline
-from sorakit.tools.synth import COLORS, MOTIONS, SHAPES
+from sorakit.shapes_world import COLORS, MOTIONS, SHAPES
 
 PHRASE = {"left": "to the left", "right": "to the right", "up": "upward", "down": "downward"}
 

@@ -97,7 +97,8 @@ def build_pipeline(name: str, device: str, dtype: str, tokenizer_dir: Path) -> T
     from diffusers import AutoencoderKL
     from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
-    from sorakit.pipelines.text_to_video import build_transformer, resolve_device, resolve_dtype
+    from sorakit.models import build_from_config
+    from sorakit.runtime import resolve_device, resolve_dtype
 
     s = SETUPS[name]
     dev = resolve_device(device)
@@ -122,7 +123,9 @@ def build_pipeline(name: str, device: str, dtype: str, tokenizer_dir: Path) -> T
     cfg.inference.num_frames, cfg.inference.image_size = s["frames"], list(s["size"])
     latent = vae.latent_size(s["frames"], *s["size"])
     with torch.device(dev):
-        transformer = build_transformer(cfg, latent, s["t5"]["d_model"], in_channels=vae.latent_channels)
+        transformer = build_from_config(
+            cfg, latent, caption_channels=s["t5"]["d_model"], in_channels=vae.latent_channels
+        )
     return TextToVideoPipeline(transformer, vae, encoder, cfg, device=dev, dtype=dt)
 
 

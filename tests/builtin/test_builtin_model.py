@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sorakit.pipelines.model_dir import BUILTIN_MODEL_DIR, is_model_dir, read_model_dir
+from sorakit.modeldir import BUILTIN_MODEL_DIR, is_model_dir, read_model_dir
 
 
 def test_shipped_weights_exist_and_are_small():

@@ -11,7 +11,7 @@ import torch
 
 from sorakit.builtin import recipe
 from sorakit.config import load_config
-from sorakit.pipelines.model_dir import is_model_dir, read_model_dir
+from sorakit.modeldir import is_model_dir, read_model_dir
 
 
 @pytest.fixture(scope="module")

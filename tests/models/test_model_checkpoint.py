@@ -198,3 +198,42 @@ def test_save_pretrained_round_trip(tmp_path):
     assert from_pretrained(tmp_path / "bf16").final_layer.linear.weight.dtype == torch.bfloat16
     with pytest.raises(UserError, match="not a sorakit model directory"):
         from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("model_type", ["STDiT-tiny", "PixArt-tiny", "DiT-tiny", "Latte-tiny"])
+@pytest.mark.parametrize("objective", ["iddpm", "rflow"])
+def test_build_from_config_prediction_and_variance(model_type, objective, tmp_path):
+    """The config decides the model once: rectified flow -> a velocity model without learned variance,
+    whatever the family calls the switch (pred_sigma / learn_sigma); the choice survives save/load."""
+    from sorakit.config import Config
+    from sorakit.models import build_from_config
+
+    cfg = Config()
+    cfg.model.type, cfg.train.objective, cfg.text_encoder.model_max_length = model_type, objective, 6
+    rflow = objective == "rflow"
+    model = build_from_config(cfg, (2, 4, 4), in_channels=4, caption_channels=16,
+                              learn_variance=False if rflow else None)  # fmt: skip
+    assert model.prediction_type == ("flow" if rflow else "epsilon")
+    assert model.learns_variance is (not rflow)
+    assert model.out_channels == (4 if rflow else 8)
+    save_pretrained(model, tmp_path / "m")
+    assert (
+        json.loads((tmp_path / "m" / "config.json").read_text())["prediction_type"] == model.prediction_type
+    )
+    loaded = from_pretrained(tmp_path / "m")
+    assert (loaded.prediction_type, loaded.learns_variance) == (model.prediction_type, model.learns_variance)
+
+
+def test_folder_without_prediction_type_uses_the_callers_fallback(tmp_path):
+    """Folders written before the field existed keep loading: the caller says what the model predicts."""
+    model = build_model("STDiT-tiny", input_size=(2, 4, 4), **SMALL)
+    save_pretrained(model, tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    meta = json.loads(path.read_text())
+    meta.pop("prediction_type")
+    path.write_text(json.dumps(meta))
+    assert from_pretrained(tmp_path / "m").prediction_type == "epsilon"
+    assert from_pretrained(tmp_path / "m", prediction_type="flow").prediction_type == "flow"
+    meta["prediction_type"] = "epsilon"  # a recorded type wins over the fallback
+    path.write_text(json.dumps(meta))
+    assert from_pretrained(tmp_path / "m", prediction_type="flow").prediction_type == "epsilon"

@@ -169,7 +169,7 @@ def test_bad_prompt_sources(tiny_model_dir: Path, tmp_path: Path, capsys: pytest
 
 
 def test_builtin_missing(capsys: pytest.CaptureFixture, monkeypatch, tmp_path: Path) -> None:
-    from sorakit.pipelines import model_dir
+    from sorakit import modeldir as model_dir
 
     monkeypatch.setattr(model_dir, "BUILTIN_MODEL_DIR", tmp_path / "none")
     _one_line_error(

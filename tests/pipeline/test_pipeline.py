@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from sorakit import modeldir as model_dir_module
 from sorakit.config import Config
 from sorakit.errors import UserError
 from sorakit.pipelines import (
@@ -21,7 +22,6 @@ from sorakit.pipelines import (
     save_model_dir,
     to_uint8,
 )
-from sorakit.pipelines import model_dir as model_dir_module
 from sorakit.pipelines.tiny import make_tiny_model_dir, make_tiny_transformer, tiny_config
 
 PROMPTS = ["a red circle moving to the right", "a cat playing the piano"]
@@ -237,12 +237,14 @@ def test_rflow_time_shift_reaches_the_sampler(tiny_pipe: TextToVideoPipeline, mo
         seen.append(float(t.reshape(-1)[0]))
         return real(x, t, *a, **k)
 
-    assert tiny_pipe.config.train.objective == "iddpm"
+    assert tiny_pipe.transformer.prediction_type == "epsilon"
     with pytest.raises(UserError, match="rectified flow"):
         tiny_pipe("a cat", num_frames=2, num_inference_steps=2, sampler="rflow", progress=False)
     monkeypatch.setattr(tiny_pipe, "_denoiser", record)
     monkeypatch.setattr(tiny_pipe.config.scheduler, "shift", 3.0)
-    monkeypatch.setattr(tiny_pipe.config.train, "objective", "rflow")
+    monkeypatch.setattr(
+        tiny_pipe.transformer, "prediction_type", "flow"
+    )  # what the model says, not the config
     tiny_pipe("a cat", num_frames=2, num_inference_steps=4, sampler="rflow", seed=0, progress=False)
     assert seen == pytest.approx(sampling_timesteps(4, shift=3.0))
     seen.clear()

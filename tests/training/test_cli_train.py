@@ -59,8 +59,8 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path):
     exp = subprocess.run([sys.executable, "-m", "sorakit.cli.main", "export", str(run), str(tmp_path / "model")],
                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert exp.returncode == 0, exp.stderr[-2000:]
+    from sorakit.modeldir import read_model_dir
     from sorakit.models import from_pretrained
-    from sorakit.pipelines.model_dir import read_model_dir
 
     model = from_pretrained(tmp_path / "model" / "transformer")
     ema = load_file(str(final / "ema.safetensors"))

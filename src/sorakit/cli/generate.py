@@ -169,7 +169,7 @@ def _check_exists(name: str | None, what: str, flag: str, want_dir: bool) -> Non
 def _source_config(source: dict[str, Any]):  # noqa: ANN202 - Config
     """The (light) config of the chosen model: no weights are read."""
     from sorakit.config import apply_overrides, load_config
-    from sorakit.pipelines.model_dir import builtin_model_dir, read_model_dir
+    from sorakit.modeldir import builtin_model_dir, read_model_dir
 
     if source["kind"] == "preset":
         cfg = load_config(source["preset"], source["overrides"])
@@ -198,12 +198,12 @@ def _geometry(source: dict[str, Any], cfg: Any) -> tuple[int, tuple[int, int, in
                 break
     patch: Any = None
     if source["kind"] in ("model", "builtin"):
-        from sorakit.models.checkpoint import read_model_config
-        from sorakit.pipelines.model_dir import read_model_dir
+        from sorakit.modeldir import read_model_dir
+        from sorakit.models import read_model_config
 
         root = source["model"] if source["kind"] == "model" else None
         if root is None:
-            from sorakit.pipelines.model_dir import builtin_model_dir
+            from sorakit.modeldir import builtin_model_dir
 
             root = builtin_model_dir()
         transformer_dir, _ = read_model_dir(root)
@@ -360,7 +360,8 @@ def _check_prompts(cfg: Any, items: list[tuple[int, str]]) -> None:
 def _settings(args: argparse.Namespace, source: dict[str, Any], cfg: Any) -> Plan:
     """Sampling settings: flags over the model's/preset's defaults, validated."""
     from sorakit.diffusion import build_sampler
-    from sorakit.pipelines.text_to_video import SAMPLERS, resolve_device, resolve_dtype
+    from sorakit.pipelines.text_to_video import SAMPLERS
+    from sorakit.runtime import resolve_device, resolve_dtype
 
     num_frames = cfg.inference.num_frames if args.num_frames is None else args.num_frames
     if num_frames < 1:
@@ -396,7 +397,7 @@ def _settings(args: argparse.Namespace, source: dict[str, Any], cfg: Any) -> Pla
             f"{factor * patch[1]}x{factor * patch[2]} (VAE /{factor}, patch {patch[1]}x{patch[2]})"
             + (f" and frames a multiple of {patch[0]}" if patch[0] > 1 else "")
         )
-    from sorakit.pipelines.text_to_video import dtype_name
+    from sorakit.runtime import dtype_name
 
     return Plan(
         source=source, cfg=cfg, num_frames=num_frames, height=height, width=width, steps=steps, sampler=sampler,

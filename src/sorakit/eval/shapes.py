@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from sorakit.errors import UserError
-from sorakit.tools.synth import (
+from sorakit.shapes_world import (
     COLORS,
     HELDOUT,
     MOTIONS,

@@ -13,6 +13,13 @@ import torch.utils.checkpoint
 from einops import rearrange
 
 from sorakit.models.layers import get_1d_sincos_pos_embed, get_2d_sincos_pos_embed
+from sorakit.models.pretrained import (
+    constructor_kwargs,
+    load_weights,
+    read_model_config,
+    read_weights,
+    save_pretrained,
+)
 
 
 class DiffusionTransformer(nn.Module):
@@ -24,6 +31,14 @@ class DiffusionTransformer(nn.Module):
 
     config: dict[str, Any]
     gradient_checkpointing: bool = False
+    # What the output means ("epsilon" or "flow", see sorakit.models.pretrained); set by whoever builds or
+    # loads the model, saved in config.json. Upstream checkpoints all predict the noise.
+    prediction_type: str = "epsilon"
+    # The constructor argument that switches the learned variance on (upstream names differ per family).
+    variance_arg: str = "pred_sigma"
+    # Whether the constructor takes `space_scale` / `time_scale` (position-embedding scales).
+    scales_positions: bool = True
+    preset: str | None = None
 
     # Upstream constructor keys accepted so that Open-Sora configs build unchanged, without effect here:
     # `dtype` (precision is set by the caller: `.to(dtype)` / autocast), `enable_flashattn` and
@@ -116,23 +131,37 @@ class DiffusionTransformer(nn.Module):
     def _built_grid(self) -> tuple[int, int, int]:
         return tuple(s // p for s, p in zip(self.input_size, self.patch_size))  # type: ignore[return-value]
 
+    # --- what the network predicts ----------------------------------------------------------------------
+
+    @property
+    def learns_variance(self) -> bool:
+        """Whether the output carries a variance next to the prediction (IDDPM's learned sigma: 2C channels)."""
+        return self.out_channels == 2 * self.in_channels
+
     # --- persistence --------------------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write `model.safetensors` + `config.json` to `directory` (see `sorakit.models.save_pretrained`)."""
-        from sorakit.models.checkpoint import save_pretrained
-
+        """Write `model.safetensors` + `config.json` to `directory` (see `sorakit.models.pretrained`)."""
         return save_pretrained(self, directory, dtype=dtype)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, **kwargs: Any) -> DiffusionTransformer:
-        """Build and load a model written by `save_pretrained` (see `sorakit.models.from_pretrained`)."""
-        from sorakit.models.checkpoint import from_pretrained
-
-        model = from_pretrained(directory, **kwargs)
-        if not isinstance(model, cls):
-            raise TypeError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> DiffusionTransformer:
+        """Build this class from `directory/config.json` on the meta device (no wasted initialisation) and
+        give it the stored weights; it comes back on `device` (default CPU) in `dtype` (default: as stored)."""
+        spec = read_model_config(directory)
+        if spec["architecture"] != cls.__name__:
+            raise TypeError(f"{directory} holds a {spec['architecture']}, not a {cls.__name__}")
+        with torch.device("meta"):
+            model = cls(**constructor_kwargs(spec["config"]))
+        load_weights(model, read_weights(directory), str(directory))
+        model.preset = spec.get("preset")
+        if spec.get("prediction_type"):
+            model.prediction_type = spec["prediction_type"]
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=dtype)
         return model
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())

@@ -31,15 +31,16 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from sorakit.errors import UserError
+from sorakit.models.pretrained import CONFIG_NAME, WEIGHTS_NAME
+from sorakit.models.stdit import STDiT
 
 POS_EMBED_NAMES = ("pos_embed", "pos_embed_spatial", "pos_embed_temporal", "temp_embed")
 WRAPPER_KEYS = ("ema", "model", "state_dict", "module")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
 PIXART_MS_PREFIXES = ("csize_embedder.", "ar_embedder.")
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 
 
 @dataclass
@@ -114,8 +115,6 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
         raise UserError(f"checkpoint not found: {p}")
     fmt = _sniff(p)
     if fmt == "safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(p), device="cpu"), fmt
     try:
         # argparse.Namespace holds training arguments in DiT/Latte checkpoints; it carries no code.
@@ -185,24 +184,8 @@ def load_checkpoint(
     explicitly; `ignore` lists checkpoint key prefixes that may be left unused (they are reported).
     Raises `UserError` naming the keys when the checkpoint does not fit the model.
     """
-    if isinstance(source, Mapping):
-        raw, fmt, name = dict(source), "state_dict", "<state dict>"
-    else:
-        name = str(source)
-        if Path(source).is_dir():
-            _check_config_architecture(Path(source), model)
-        raw, fmt = read_state_dict(source)
-    sd, wrapper = unwrap_state_dict(raw, wrapper_key)
-    report = LoadReport(source=name, file_format=fmt, wrapper=wrapper)
-
-    for prefix in STRIP_PREFIXES:
-        if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
-            report.stripped_prefix = prefix
-            break
-
+    sd, report = _read_source(model, source, wrapper_key)
     target = model.state_dict()
-    new_sd: dict[str, torch.Tensor] = {}
     ignore = tuple(ignore)
 
     # position embeddings: keep the model's own (computed for its size)
@@ -214,19 +197,53 @@ def load_checkpoint(
     report.recomputed = pos_buffers
 
     # PixArt -> STDiT: spatial weights present, no temporal attention
-    from sorakit.models.stdit import STDiT
-
     is_pixart_source = any(".attn.qkv." in k for k in sd) and not any(".attn_temp." in k for k in sd)
     if isinstance(model, STDiT) and is_pixart_source:
         report.pixart_to_stdit = True
         ignore = ignore + PIXART_MS_PREFIXES
 
+    new_sd = _adapt(sd, target, ignore, report)
+    if report.pixart_to_stdit:
+        _create_temporal_attention(new_sd, target, report)
+    for k in pos_buffers:
+        new_sd[k] = target[k]
+    _check_fit(new_sd, target, report.source, type(model).__name__)
+    model.load_state_dict(new_sd, strict=True)
+    return report
+
+
+def _read_source(
+    model: nn.Module, source: str | os.PathLike | Mapping[str, Any], wrapper_key: str | None
+) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """The state dict of `source` unwrapped and stripped of DDP / compile prefixes, and the report so far."""
+    if isinstance(source, Mapping):
+        raw, fmt, name = dict(source), "state_dict", "<state dict>"
+    else:
+        name = str(source)
+        if Path(source).is_dir():
+            _check_config_architecture(Path(source), model)
+        raw, fmt = read_state_dict(source)
+    sd, wrapper = unwrap_state_dict(raw, wrapper_key)
+    report = LoadReport(source=name, file_format=fmt, wrapper=wrapper)
+    for prefix in STRIP_PREFIXES:
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+            report.stripped_prefix = prefix
+            break
+    return sd, report
+
+
+def _adapt(
+    sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor], ignore: tuple[str, ...], report: LoadReport
+) -> dict[str, torch.Tensor]:
+    """Every checkpoint tensor under its model key, 2-D patch convs and null captions adapted (reported)."""
+    new_sd: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
         if k not in target:
             if ignore and k.startswith(ignore):
                 report.ignored.append(k)
                 continue
-            new_sd[k] = v  # reported as unexpected below
+            new_sd[k] = v  # reported as unexpected by _check_fit
             continue
         want = target[k]
         if k == "x_embedder.proj.weight" and v.ndim == 4 and want.ndim == 5 and want.shape[2] == 1:
@@ -234,32 +251,42 @@ def load_checkpoint(
             report.adapted[k] = f"2-D patch conv {list(v.shape[:2]) + list(v.shape[3:])} unsqueezed to 3-D"
         elif k == "y_embedder.y_embedding" and v.ndim == 2 and want.ndim == 2 and v.shape[1] == want.shape[1] \
                 and v.shape[0] != want.shape[0]:  # fmt: skip
-            if v.shape[0] < want.shape[0]:
-                extra = v[-1:].expand(want.shape[0] - v.shape[0], -1)
-                report.adapted[k] = (
-                    f"null caption extended from {v.shape[0]} to {want.shape[0]} tokens (last row repeated)"
-                )
-                v = torch.cat([v, extra], dim=0)
-            else:
-                report.adapted[k] = f"null caption truncated from {v.shape[0]} to {want.shape[0]} tokens"
-                v = v[: want.shape[0]]
+            v = _fit_null_caption(k, v, want.shape[0], report)
         else:
             report.loaded.append(k)
         new_sd[k] = v
+    return new_sd
 
-    if report.pixart_to_stdit:
-        for k in target:
-            if ".attn_temp." in k and k not in new_sd:
-                if ".attn_temp.proj." in k:
-                    new_sd[k] = torch.zeros_like(target[k])
-                    report.created[k] = "zeros (temporal attention output projection)"
-                else:
-                    new_sd[k] = target[k]
-                    report.created[k] = "kept from the model's initialisation"
 
-    for k in pos_buffers:
-        new_sd[k] = target[k]
+def _fit_null_caption(key: str, v: torch.Tensor, length: int, report: LoadReport) -> torch.Tensor:
+    """Upstream's rule for another caption length: repeat the last row, or truncate."""
+    if v.shape[0] < length:
+        report.adapted[key] = (
+            f"null caption extended from {v.shape[0]} to {length} tokens (last row repeated)"
+        )
+        return torch.cat([v, v[-1:].expand(length - v.shape[0], -1)], dim=0)
+    report.adapted[key] = f"null caption truncated from {v.shape[0]} to {length} tokens"
+    return v[:length]
 
+
+def _create_temporal_attention(
+    new_sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor], report: LoadReport
+) -> None:
+    """PixArt -> STDiT: zero output projection (the block starts as the identity), qkv from the model's init."""
+    for k in target:
+        if ".attn_temp." in k and k not in new_sd:
+            if ".attn_temp.proj." in k:
+                new_sd[k] = torch.zeros_like(target[k])
+                report.created[k] = "zeros (temporal attention output projection)"
+            else:
+                new_sd[k] = target[k]
+                report.created[k] = "kept from the model's initialisation"
+
+
+def _check_fit(
+    new_sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor], name: str, model_name: str
+) -> None:
+    """Missing, unexpected or mis-shaped keys -> one UserError naming them."""
     missing = [k for k in target if k not in new_sd]
     unexpected = [k for k in new_sd if k not in target]
     if missing or unexpected:
@@ -268,30 +295,11 @@ def load_checkpoint(
             parts.append(f"missing {len(missing)} keys: {_short(missing)}")
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} keys: {_short(unexpected)}")
-        raise UserError(f"{name} does not fit {type(model).__name__}: " + "; ".join(parts))
+        raise UserError(f"{name} does not fit {model_name}: " + "; ".join(parts))
     mismatched = [f"{k} {list(new_sd[k].shape)} vs model {list(target[k].shape)}" for k in target
                   if tuple(new_sd[k].shape) != tuple(target[k].shape)]  # fmt: skip
     if mismatched:
-        raise UserError(
-            f"{name} does not fit {type(model).__name__}: shape mismatch for {_short(mismatched, 6)}"
-        )
-
-    model.load_state_dict(new_sd, strict=True)
-    return report
-
-
-# ---------------------------------------------------------------------------------------------------------
-# sorakit's own format: model.safetensors + config.json
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _architectures() -> dict[str, type[nn.Module]]:
-    from sorakit.models.dit import DiT
-    from sorakit.models.latte import Latte
-    from sorakit.models.pixart import PixArt
-    from sorakit.models.stdit import STDiT
-
-    return {"STDiT": STDiT, "PixArt": PixArt, "DiT": DiT, "Latte": Latte}
+        raise UserError(f"{name} does not fit {model_name}: shape mismatch for {_short(mismatched, 6)}")
 
 
 def _check_config_architecture(directory: Path, model: nn.Module) -> None:
@@ -300,119 +308,3 @@ def _check_config_architecture(directory: Path, model: nn.Module) -> None:
         arch = json.loads(cfg_path.read_text()).get("architecture")
         if arch is not None and arch != type(model).__name__:
             raise UserError(f"{directory} holds a {arch} model, not a {type(model).__name__}")
-
-
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def save_pretrained(
-    model: nn.Module,
-    directory: str | os.PathLike,
-    dtype: torch.dtype | None = None,
-    extra_config: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write `model.safetensors` (optionally cast to `dtype`) and `config.json` to `directory`.
-
-    config.json holds `architecture` (class name), `preset` (the MODELS name it was built from, if any),
-    `config` (constructor keyword arguments) and, if given, `extra_config` (e.g. the resolved run config).
-    Files are written atomically.
-    """
-    from safetensors.torch import save_file
-
-    if not hasattr(model, "config"):
-        raise TypeError(f"{type(model).__name__} is not a sorakit model (no .config)")
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for k, v in model.state_dict().items():
-        v = v.detach()
-        if dtype is not None and v.is_floating_point():
-            v = v.to(dtype)
-        tensors[k] = v.to("cpu").contiguous()
-    arch = type(model).__name__
-    meta = {"format": "sorakit-model", "architecture": arch}
-    _atomic_write_bytes(d / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata=meta))
-    cfg = {
-        "format": "sorakit-model",
-        "format_version": 1,
-        "architecture": arch,
-        "preset": getattr(model, "preset", None),
-        "config": model.config,
-        "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch.") if tensors else None,
-    }
-    if extra_config is not None:
-        cfg["extra_config"] = dict(extra_config)
-    text = json.dumps(cfg, indent=2) + "\n"
-    _atomic_write_bytes(d / CONFIG_NAME, lambda p: p.write_text(text))
-    return d
-
-
-def read_model_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """The parsed config.json of a sorakit model directory (validated)."""
-    d = Path(directory)
-    cfg_path = d / CONFIG_NAME
-    if not cfg_path.is_file() or not (d / WEIGHTS_NAME).is_file():
-        raise UserError(f"{d}: not a sorakit model directory (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{cfg_path}: invalid JSON ({exc.msg})") from None
-    arches = _architectures()
-    if cfg.get("architecture") not in arches:
-        raise UserError(
-            f"{cfg_path}: unknown architecture {cfg.get('architecture')!r} (known: {', '.join(arches)})"
-        )
-    if not isinstance(cfg.get("config"), dict):
-        raise UserError(f"{cfg_path}: missing 'config' object")
-    return cfg
-
-
-def build_from_config(
-    architecture: str, config: Mapping[str, Any], device: torch.device | str | None = None
-) -> nn.Module:
-    """Construct an architecture from its constructor kwargs (lists become tuples)."""
-    cls = _architectures()[architecture]
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-    try:
-        if device is not None:
-            with torch.device(device):
-                return cls(**kwargs)
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise UserError(f"invalid {architecture} config: {exc}") from None
-
-
-def from_pretrained(
-    directory: str | os.PathLike,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> nn.Module:
-    """Build the model described by `directory/config.json` and load `model.safetensors` strictly.
-
-    The model is constructed on the meta device (no wasted initialisation) and takes the stored tensors;
-    it comes back on `device` (default CPU) in `dtype` (default: as stored).
-    """
-    from safetensors.torch import load_file
-
-    cfg = read_model_config(directory)
-    model = build_from_config(cfg["architecture"], cfg["config"], device="meta")
-    sd = load_file(str(Path(directory) / WEIGHTS_NAME), device="cpu")
-    target = model.state_dict()
-    missing = [k for k in target if k not in sd]
-    unexpected = [k for k in sd if k not in target]
-    if missing or unexpected:
-        raise UserError(
-            f"{directory}: weights do not match the config: missing {_short(missing)}; unexpected {_short(unexpected)}"
-        )
-    model.load_state_dict(sd, strict=True, assign=True)
-    model.preset = cfg.get("preset")
-    if device is not None or dtype is not None:
-        model.to(device=device, dtype=dtype)
-    return model

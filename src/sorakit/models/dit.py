@@ -68,6 +68,9 @@ class DiT(DiffusionTransformer):
     are accepted so Open-Sora configs build unchanged; see `DiffusionTransformer`.
     """
 
+    variance_arg = "learn_sigma"
+    scales_positions = False
+
     def __init__(
         self,
         input_size: tuple[int, int, int] = (16, 32, 32),

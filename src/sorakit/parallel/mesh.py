@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from sorakit.errors import ConfigError
+from sorakit.runtime import resolve_device
 
 
 @dataclass
@@ -47,11 +48,12 @@ class ParallelState:
             dist.barrier()
 
 
-def pick_device(local_rank: int = 0) -> torch.device:
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+def pick_device() -> torch.device:
+    """This process's training device: its local-rank GPU (made current), else the CPU."""
+    device = resolve_device("auto", accelerators=("cuda",))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def init_distributed(
@@ -61,7 +63,7 @@ def init_distributed(
     than one process runs (or reuse an existing process group), and build the dp x sp layout."""
     world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device(device) if device is not None else pick_device(local_rank)
+    dev = torch.device(device) if device is not None else pick_device()
     if sp_size < 1 or world % sp_size:
         raise ConfigError(f"parallel.sp_size={sp_size} must divide the number of processes ({world})")
     if world == 1:

@@ -1,6 +1,7 @@
-"""Pipelines: TextToVideoPipeline and the model-directory format (see ``model_dir``'s docstring)."""
+"""Pipelines: TextToVideoPipeline (the model-directory format lives in ``sorakit.modeldir``, device and
+precision choice in ``sorakit.runtime``; both are re-exported here for convenience)."""
 
-from sorakit.pipelines.model_dir import (
+from sorakit.modeldir import (
     BUILTIN_MODEL_DIR,
     PIPELINE_FILE,
     builtin_model_dir,
@@ -8,13 +9,8 @@ from sorakit.pipelines.model_dir import (
     read_model_dir,
     save_model_dir,
 )
-from sorakit.pipelines.text_to_video import (
-    TextToVideoPipeline,
-    null_caption,
-    resolve_device,
-    resolve_dtype,
-    to_uint8,
-)
+from sorakit.pipelines.text_to_video import TextToVideoPipeline, null_caption, to_uint8
+from sorakit.runtime import resolve_device, resolve_dtype
 
 __all__ = [
     "BUILTIN_MODEL_DIR",

@@ -15,7 +15,6 @@ runs in fp16 (it overflows); it runs in bf16 or fp32.
 
 from __future__ import annotations
 
-import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -23,74 +22,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from sorakit.config import Config
-from sorakit.encoders.text import ClassLabelEncoder, build_text_encoder
+from sorakit.config import Config, apply_overrides
+from sorakit.diffusion import build_sampler, cfg_model_fn
+from sorakit.diffusion.common import randn
+from sorakit.diffusion.rflow import velocity_as_eps
+from sorakit.encoders.text import ClassLabelEncoder, build_text_encoder, peek_output_dim
 from sorakit.encoders.vae import VideoVAE, build_vae
 from sorakit.errors import UserError
+from sorakit.hub import resolve_file
 from sorakit.logging import get_logger
-from sorakit.pipelines.model_dir import builtin_model_dir, read_model_dir, save_model_dir
+from sorakit.modeldir import builtin_model_dir, read_model_dir, save_model_dir
+from sorakit.models import build_from_config, from_pretrained, load_checkpoint, prediction_type_of_objective
+from sorakit.runtime import resolve_device, resolve_dtype
 
 log = get_logger(__name__)
 
 SAMPLERS = ("iddpm", "dpm-solver", "ddim", "rflow")
 OUTPUT_TYPES = ("np", "pt", "latent")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-# --------------------------------------------------------------------------------------------------
-# Device and dtype
-
-
-def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
-    """'auto' -> CUDA, then MPS, then CPU. An unavailable explicit device is a UserError."""
-    if isinstance(name, torch.device):
-        return name
-    name = (name or "auto").lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"unknown device '{name}' (valid: auto, cpu, cuda, cuda:N, mps)") from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device '{name}' requested but CUDA is not available (use --device cpu or auto)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"device '{name}' does not exist ({torch.cuda.device_count()} CUDA device(s))")
-    if device.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise UserError("device 'mps' requested but MPS is not available")
-    return device
-
-
-def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """'auto' -> bf16 on CUDA with bf16 support (else fp16), fp16 on MPS, fp32 on CPU.
-
-    fp16 on CPU is refused (slow and lossy there); bf16 on CPU is allowed."""
-    if isinstance(name, torch.dtype):
-        return name
-    name = (name or "auto").lower()
-    aliases = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float": "fp32"}
-    name = aliases.get(name, name)
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float16 if device.type == "mps" else torch.float32
-    if name not in _DTYPES:
-        raise UserError(f"unknown dtype '{name}' (valid: auto, fp32, bf16, fp16)")
-    if name == "fp16" and device.type == "cpu":
-        raise UserError("fp16 is not supported on CPU: use --dtype fp32 or bf16")
-    return _DTYPES[name]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return {v: k for k, v in _DTYPES.items()}.get(dtype, str(dtype))
 
 
 def null_caption(transformer: nn.Module, n: int) -> torch.Tensor:
@@ -107,62 +55,13 @@ def to_uint8(video: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# Building the transformer of a preset
-
-
-def build_transformer(
-    cfg: Config,
-    latent_size: tuple[int, int, int],
-    caption_channels: int | None = None,
-    *,
-    in_channels: int | None = None,
-) -> nn.Module:
-    """The preset's diffusion transformer (random init, float32) for latents ``(T, h, w)``.
-
-    As Open-Sora does, the VAE's latent channels and the text encoder's width and length are passed to
-    the constructor (when it takes them); ``space_scale``/``time_scale`` likewise; ``cfg.model.arch``
-    overrides everything."""
-    from sorakit.models import MODELS, build_model
-
-    if cfg.model.type not in MODELS:
-        raise UserError(f"unknown model '{cfg.model.type}' (valid: {', '.join(sorted(MODELS))})")
-    kwargs: dict[str, Any] = {"input_size": list(latent_size)}
-    if in_channels:
-        kwargs["in_channels"] = in_channels
-    if cfg.model.space_scale != 1.0:
-        kwargs["space_scale"] = cfg.model.space_scale
-    if cfg.model.time_scale != 1.0:
-        kwargs["time_scale"] = cfg.model.time_scale
-    if caption_channels and cfg.text_encoder.type != "classes":
-        kwargs["caption_channels"] = caption_channels
-        kwargs["model_max_length"] = cfg.text_encoder.model_max_length
-    kwargs.update(cfg.model.arch)
-    accepted = _accepted_kwargs(MODELS[cfg.model.type])
-    if accepted is not None:
-        kwargs = {k: v for k, v in kwargs.items() if k in accepted or k in cfg.model.arch}
-    return build_model(cfg.model.type, **kwargs)
-
-
-def _accepted_kwargs(entry: Any) -> set[str] | None:
-    """Constructor keyword names of a MODELS entry (a class, a function, or (constructor, preset))."""
-    ctor = entry[0] if isinstance(entry, (tuple, list)) else getattr(entry, "constructor", entry)
-    ctor = getattr(ctor, "cls", ctor)
-    try:
-        params = inspect.signature(ctor).parameters
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return None
-    return set(params)
+# Loading helpers
 
 
 def load_transformer_checkpoint(
     transformer: nn.Module, ckpt: str | os.PathLike, name: str = "the model"
 ) -> None:
     """``sorakit.models.load_checkpoint`` behind hub-id resolution, with any mismatch as one UserError line."""
-    from sorakit.hub import resolve_file
-    from sorakit.models import load_checkpoint
-
     path = resolve_file(str(ckpt), what="checkpoint", flag="--ckpt")
     try:
         load_checkpoint(transformer, path)
@@ -177,8 +76,6 @@ def load_transformer_checkpoint(
 def _check_text_width(cfg: Config, transformer: nn.Module) -> None:
     """Compare the text encoder's width (read from its config.json, no weights) with the transformer's
     ``caption_channels`` before the (possibly huge) encoder is loaded."""
-    from sorakit.encoders.text import peek_output_dim
-
     width = getattr(transformer, "caption_channels", None)
     if width is None or cfg.text_encoder.type == "classes" or getattr(transformer, "num_classes", None):
         return
@@ -240,13 +137,10 @@ class TextToVideoPipeline:
         ckpt: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> TextToVideoPipeline:
-        """Load a sorakit model directory (see :mod:`sorakit.pipelines.model_dir`); ``None`` = the
+        """Load a sorakit model directory (see :mod:`sorakit.modeldir`); ``None`` = the
         built-in model. ``text_encoder`` / ``vae`` replace the directory's references with local paths
         or hub ids; ``overrides`` are ``section.key=value`` config overrides; ``ckpt`` replaces the
         transformer's weights (loaded before the text encoder, so a mismatch fails early)."""
-        from sorakit.config import apply_overrides
-        from sorakit.models import from_pretrained as load_transformer
-
         root = builtin_model_dir() if path is None else Path(path)
         transformer_dir, cfg = read_model_dir(root)
         apply_overrides(cfg, overrides or [])
@@ -257,7 +151,9 @@ class TextToVideoPipeline:
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         try:
-            transformer = load_transformer(transformer_dir)
+            # folders written before the transformer recorded its prediction type: the training objective
+            prediction_type = prediction_type_of_objective(cfg.train.objective)
+            transformer = from_pretrained(transformer_dir, prediction_type=prediction_type)
         except UserError:
             raise
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -289,10 +185,8 @@ class TextToVideoPipeline:
         dt = resolve_dtype(dtype, dev)
         video_vae = build_vae(cfg.vae, "cpu", torch.float32)
         h, w = cfg.inference.image_size
-        from sorakit.encoders.text import peek_output_dim
-
         latent = video_vae.latent_size(cfg.inference.num_frames, h, w)
-        transformer = build_transformer(
+        transformer = build_from_config(
             cfg,
             latent,
             caption_channels=peek_output_dim(cfg.text_encoder),
@@ -463,13 +357,11 @@ class TextToVideoPipeline:
         if generator is None:
             generator = torch.Generator("cpu").manual_seed(cfg.inference.seed if seed is None else int(seed))
 
-        from sorakit.diffusion import build_sampler, cfg_model_fn
-        from sorakit.diffusion.common import randn
-
-        if sampler_name == "rflow" and cfg.train.objective != "rflow":
+        prediction = getattr(self.transformer, "prediction_type", "epsilon")
+        if sampler_name == "rflow" and prediction != "flow":
             raise UserError(
-                f"the rflow sampler needs a model trained with rectified flow; this one was trained with"
-                f" {cfg.train.objective!r}: choose iddpm, ddim or dpm-solver"
+                f"the rflow sampler needs a model trained with rectified flow; this one predicts"
+                f" {prediction!r}: choose iddpm, ddim or dpm-solver"
             )
         extra = {"shift": cfg.scheduler.shift} if sampler_name == "rflow" else {}
         scheduler = build_sampler(sampler_name, steps, num_timesteps=cfg.scheduler.num_timesteps, **extra)
@@ -485,9 +377,7 @@ class TextToVideoPipeline:
         model_fn = cfg_model_fn(
             self._denoiser, y, y_null, scale, mask=mask, guided_channels=cfg.scheduler.cfg_channels
         )
-        if cfg.train.objective == "rflow" and sampler_name != "rflow":
-            from sorakit.diffusion.rflow import velocity_as_eps
-
+        if prediction == "flow" and sampler_name != "rflow":
             model_fn = velocity_as_eps(
                 model_fn, cfg.scheduler.num_timesteps, sampler=scheduler
             )  # DDPM samplers on a flow model

@@ -140,7 +140,7 @@ def make_tiny_model_dir(out_dir: str | os.PathLike, seed: int = 0, text_encoder:
     """
     import tempfile
 
-    from sorakit.pipelines.model_dir import save_model_dir
+    from sorakit.modeldir import save_model_dir
 
     if text_encoder == "minilm":
         cfg = tiny_config("minilm", max_length=16)

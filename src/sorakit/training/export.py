@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from sorakit.config import load_config
+from sorakit.encoders.vae import VideoVAE, load_autoencoder
 from sorakit.errors import UserError
+from sorakit.modeldir import save_model_dir
+from sorakit.models import instantiate, prediction_type_of_objective
+from sorakit.runtime import DTYPES
 from sorakit.training import checkpoint as ckpt
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_checkpoint(run_dir: Path, step: int | None = None) -> Path:
@@ -43,10 +44,6 @@ def export_run(
 
     With ``bundle_vae`` the run's VAE (``vae.path``, a local diffusers AutoencoderKL directory) is copied into
     the model directory, which then needs nothing but the text encoder to generate."""
-    from sorakit.config import load_config
-    from sorakit.models.checkpoint import build_from_config
-    from sorakit.pipelines.model_dir import save_model_dir
-
     path = resolve_checkpoint(run_dir, step)
     info = ckpt.load_train_state(path)
     spec = info.get("model") or {}
@@ -55,16 +52,11 @@ def export_run(
     cfg = load_config(str(path / "config.toml"))
     if bundle_vae and not (cfg.vae.path and Path(cfg.vae.path).is_dir()):  # checked before any weights load
         raise UserError(f"--bundle-vae needs a local VAE directory; the run's vae.path is {cfg.vae.path!r}")
-    model = build_from_config(spec["architecture"], spec["config"], device="meta")
-    sd = ckpt.load_tensors(path, f"{weights}.safetensors")
-    target = model.state_dict()
-    missing, unexpected = sorted(set(target) - set(sd)), sorted(set(sd) - set(target))
-    if missing or unexpected:
-        raise UserError(
-            f"{path}: {weights} weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    model.load_state_dict(sd, strict=True, assign=True)
-    model.preset = spec.get("preset")
+    # checkpoints written before the model recorded its prediction type: the run's objective tells it
+    model = instantiate(
+        spec, ckpt.load_tensors(path, f"{weights}.safetensors"), f"{path}: {weights} weights",
+        prediction_type=prediction_type_of_objective(cfg.train.objective),
+    )  # fmt: skip
     # generation defaults follow the training clips
     cfg.inference.num_frames = cfg.data.num_frames
     cfg.inference.image_size = list(cfg.data.image_size)
@@ -73,7 +65,5 @@ def export_run(
     cfg.data.csv = cfg.data.cache_dir = cfg.data.data_root = None  # training data is not part of the model
     vae = None
     if bundle_vae:
-        from sorakit.encoders.vae import VideoVAE, load_autoencoder
-
         vae = VideoVAE(load_autoencoder(cfg.vae.path), scaling_factor=cfg.vae.scaling_factor)
     return save_model_dir(out_dir, model, cfg, vae=vae, dtype=DTYPES[dtype])

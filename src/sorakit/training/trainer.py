@@ -30,6 +30,7 @@ from sorakit.config import Config
 from sorakit.data.dataset import ResumableBatchSampler, SkipReport, collate
 from sorakit.errors import ConfigError, UserError
 from sorakit.logging import get_logger
+from sorakit.models import build_from_config, load_checkpoint, model_spec
 from sorakit.parallel.mesh import ParallelState, all_reduce_mean, all_reduce_sum, init_distributed, shutdown
 from sorakit.parallel.parallelize import parallelize
 from sorakit.training import checkpoint as ckpt
@@ -165,26 +166,17 @@ def build_encoders(cfg: Config, state: ParallelState, components: Components) ->
 
 def build_model(cfg: Config, data: DataSource) -> nn.Module:
     """The diffusion transformer for this data's latent size (float32, random init, seeded)."""
-    from sorakit.pipelines.text_to_video import build_transformer
-
-    mcfg = copy.deepcopy(cfg)
-    arch = mcfg.model.arch
-    arch.setdefault("class_dropout_prob", cfg.train.caption_dropout)
-    if cfg.train.objective == "rflow":
-        key = "learn_sigma" if mcfg.model.type.startswith(("DiT", "Latte")) else "pred_sigma"
-        arch.setdefault(key, False)
-    if data.text_len:
-        mcfg.text_encoder.model_max_length = int(data.text_len)
     torch.manual_seed(cfg.train.seed)
-    return build_transformer(
-        mcfg, data.latent_size, in_channels=data.latent_channels, caption_channels=data.caption_channels
-    )
+    return build_from_config(
+        cfg, data.latent_size, in_channels=data.latent_channels, caption_channels=data.caption_channels,
+        text_len=data.text_len, class_dropout_prob=cfg.train.caption_dropout,
+        # rectified flow predicts a velocity: there is no variance to learn
+        learn_variance=False if cfg.train.objective == "rflow" else None,
+    )  # fmt: skip
 
 
 def load_init_weights(model: nn.Module, path: str) -> None:
     """``--init``: PixArt-alpha weights for stage 1, a previous stage's exported model afterwards."""
-    from sorakit.models import load_checkpoint
-
     p = Path(path)
     if not p.exists():
         raise UserError(f"--init: no such file or directory: {path}")
@@ -632,8 +624,7 @@ def _save(
         rng_state=ckpt.capture_rng(generators),
         train_state={
             "epoch": epoch, "batch_in_epoch": batch_in_epoch, "skipped": skip.state_dict(),
-            "model": {"architecture": type(model).__name__, "config": getattr(model, "config", None),
-                      "preset": getattr(model, "preset", None)},
+            "model": model_spec(model),
         },
         config_text=cfg.dump(), keep_last=cfg.train.keep_last,
     )  # fmt: skip

@@ -5,7 +5,8 @@ Layout::
     DIR/
       sorakit_pipeline.json   what the pipeline is made of (below)
       transformer/            the diffusion transformer: config.json + model.safetensors
-                              (written by sorakit.models.save_pretrained)
+                              (written by sorakit.models.save_pretrained; its config.json
+                              records the architecture and the prediction type)
       vae/                    optional: a diffusers AutoencoderKL (save_pretrained layout);
                               absent when the JSON refers to a VAE elsewhere (a hub id or a path)
       text_encoder/           optional: a transformers model + tokenizer directory; absent when the
@@ -50,14 +51,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from sorakit import __version__
 from sorakit.config import Config, apply_dict
 from sorakit.errors import UserError
 from sorakit.fileutil import new_dir_mode
+from sorakit.models import save_pretrained
 
 PIPELINE_FILE = "sorakit_pipeline.json"
 FORMAT_NAME = "sorakit-pipeline"
 FORMAT_VERSION = 1
-BUILTIN_MODEL_DIR = Path(__file__).resolve().parents[1] / "builtin" / "model"
+BUILTIN_MODEL_DIR = Path(__file__).resolve().parent / "builtin" / "model"
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:
@@ -99,9 +102,6 @@ def save_model_dir(
         text_encoder_dir: a transformers model directory to copy into ``text_encoder/``.
         dtype: store the transformer's weights in this dtype (default: as they are).
     """
-    from sorakit import __version__
-    from sorakit.models import save_pretrained
-
     out = Path(out_dir)
     if out.exists() and not is_model_dir(out):
         if not out.is_dir() or any(out.iterdir()):
