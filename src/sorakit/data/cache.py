@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,17 @@ class LatentCacheDataset(torch.utils.data.Dataset):
 # Writing a cache (``sorakit data encode``)
 
 
+@dataclass(frozen=True)
+class EncodeSettings:
+    """How every shard of a cache is encoded (the same on every worker)."""
+
+    batch_size: int = 8
+    text_dtype: torch.dtype = torch.float16
+    device: str = "cpu"
+    seed: int = 0
+    label: bool = False
+
+
 def encode_to_cache(
     dataset: Any,
     out_dir: str | os.PathLike,
@@ -213,83 +225,38 @@ def encode_to_cache(
     seed: int = 0,
     label: bool = False,
     progress: bool = True,
+    pool: Any = None,
+    builder: Any = None,
+    retries: int = 0,
 ) -> dict[str, Any]:
     """Encode every row of a :class:`~sorakit.data.dataset.VideoTextDataset` into cache shards.
 
     One clip per row (the clip start drawn from ``(seed, 0, row)``, no flip). Rows whose file is missing or
     undecodable are skipped and returned in ``failures``; shards that already exist are kept (resume).
-    Returns the meta dict written to ``meta.json``.
+    Each shard is one task on `pool` (a :class:`sorakit.tools.executor.Pool`; default: this process).
+    On workers of another process, `builder()` gives ``(dataset, vae, text_encoder)`` (loaded once per
+    worker); without one, the objects themselves are sent. Returns the meta dict written to ``meta.json``.
     """
-    from tqdm import tqdm
-
-    from sorakit.data.dataset import sample_rng
+    from sorakit.tools.executor import pool_for, run_shards
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n = len(dataset)
-    failures: list[dict[str, str]] = []
-    shapes: dict[str, Any] = {}
-    num_shards = (n + shard_size - 1) // shard_size
-    bar = tqdm(total=n, unit="clip", disable=not progress, desc="encode")
-    for k in range(num_shards):
-        rows = list(range(k * shard_size, min(n, (k + 1) * shard_size)))
-        path = out / shard_name(k)
-        if path.is_file():
-            bar.update(len(rows))
-            continue
-        parts: dict[str, list[torch.Tensor]] = {}
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            videos, texts, labels, ok = [], [], [], []
-            for i in chunk:
-                try:
-                    videos.append(dataset.load(i, sample_rng(seed, 0, i)))
-                except Exception as exc:  # noqa: BLE001 - report and go on
-                    failures.append(
-                        {"row": str(i), "path": str(dataset.rows[i].path), "error": str(exc)[:200]}
-                    )
-                    continue
-                texts.append(dataset.rows[i].text)
-                labels.append(dataset.rows[i].label)
-                ok.append(i)
-            bar.update(len(chunk))
-            if not ok:
-                continue
-            with torch.no_grad():
-                x = torch.stack(videos).to(device)
-                z = vae.encode(x.to(getattr(vae, "dtype", torch.float32)), sample=True,
-                               generator=torch.Generator(device=device).manual_seed(seed + ok[0])).float().cpu()  # fmt: skip
-                parts.setdefault("latents", []).append(z)
-                parts.setdefault("row", []).append(torch.tensor(ok, dtype=torch.long))
-                if label:
-                    parts.setdefault("label", []).append(torch.tensor(labels, dtype=torch.long))
-                else:
-                    y, mask = text_encoder.encode(texts)
-                    y = y.float().cpu()[:, 0]  # [b, L, C]
-                    mask = mask.cpu() if mask is not None else torch.ones(y.shape[:2], dtype=torch.long)
-                    parts.setdefault("y", []).append(y)
-                    parts.setdefault("mask", []).append(mask.to(torch.uint8))
-                    shapes["text_dim"] = int(y.shape[-1])
-                    shapes["model_max_length"] = int(y.shape[1])
-            shapes["latent_shape"] = list(z.shape[1:])
-        if not parts:
-            continue
-        tensors = {name: torch.cat(v) for name, v in parts.items()}
-        if "y" in tensors:
-            longest = max(1, int(tensors["mask"].sum(1).max()))
-            tensors["y"] = tensors["y"][:, :longest].to(text_dtype)
-            tensors["mask"] = tensors["mask"][:, :longest]
-        write_shard(path, tensors)
-    bar.close()
-    if not shapes:
-        # every shard was there already (resumed): read the shapes back
-        previous = json.loads((out / META).read_text()) if (out / META).is_file() else {}
-        shapes = {k: previous[k] for k in ("latent_shape", "text_dim", "model_max_length") if k in previous}
-        if "latent_shape" not in shapes and any(out.glob("shard-*.safetensors")):
-            from safetensors import safe_open
-
-            with safe_open(str(next(out.glob("shard-*.safetensors"))), "pt") as fh:
-                shapes["latent_shape"] = list(fh.get_slice("latents").get_shape()[1:])
+    settings = EncodeSettings(batch_size, text_dtype, str(device), seed, label)
+    rows = [list(range(k * shard_size, min(n, (k + 1) * shard_size))) for k in range((n + shard_size - 1) // shard_size)]  # fmt: skip
+    todo = [k for k in range(len(rows)) if not (out / shard_name(k)).is_file()]
+    done: dict[int, dict[str, Any]] = {}
+    with pool_for(pool, 1) as ex:
+        remote = builder is not None and not ex.inline
+        head = (builder,) if remote else (dataset, vae, text_encoder)
+        tasks = [(*head, out / shard_name(k), rows[k], settings) for k in todo]
+        run_shards(
+            ex, encode_shard_built if remote else encode_shard, tasks,
+            lambda j, res: done.__setitem__(todo[j], res), [len(rows[k]) for k in todo], retries,
+            desc="encode" if progress else None, unit="clip",
+        )  # fmt: skip
+    failures = [f for k in sorted(done) for f in done[k]["failures"]]
+    shapes = {k: v for res in done.values() for k, v in res["shapes"].items()} or _existing_shapes(out)
     if "latent_shape" not in shapes:
         raise UserError(
             "no row of the CSV could be encoded"
@@ -300,3 +267,82 @@ def encode_to_cache(
         full.pop("text_dim", None)
     write_meta(out, full)
     return read_meta(out) | {"failures": failures}
+
+
+def encode_shard_built(builder: Any, path: Path, rows: list[int], settings: EncodeSettings) -> dict[str, Any]:
+    """:func:`encode_shard` on a worker that builds (once) its own dataset, VAE and text encoder, on the
+    worker's own device when the builder names one (``resolved_device``)."""
+    import dataclasses
+
+    if hasattr(builder, "resolved_device"):
+        settings = dataclasses.replace(settings, device=str(builder.resolved_device()))
+    return encode_shard(*builder(), path, rows, settings)
+
+
+def encode_shard(
+    dataset: Any, vae: Any, text_encoder: Any, path: Path, rows: list[int], settings: EncodeSettings
+) -> dict[str, Any]:
+    """Encode CSV `rows` into the shard file `path` (written atomically; not at all when every row
+    failed). Returns ``{"failures": [{"row", "path", "error"}], "shapes": {...}}``."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    failures: list[dict[str, str]] = []
+    shapes: dict[str, Any] = {}
+    for start in range(0, len(rows), settings.batch_size):
+        chunk = rows[start : start + settings.batch_size]
+        _encode_batch(dataset, vae, text_encoder, chunk, settings, parts, failures, shapes)
+    if parts:
+        tensors = {name: torch.cat(v) for name, v in parts.items()}
+        if "y" in tensors:
+            longest = max(1, int(tensors["mask"].sum(1).max()))
+            tensors["y"] = tensors["y"][:, :longest].to(settings.text_dtype)
+            tensors["mask"] = tensors["mask"][:, :longest]
+        write_shard(path, tensors)
+    return {"failures": failures, "shapes": shapes}
+
+
+def _encode_batch(dataset, vae, text_encoder, chunk, settings, parts, failures, shapes) -> None:
+    """Load and encode one batch of rows, appending tensors to `parts` and failed rows to `failures`."""
+    from sorakit.data.dataset import sample_rng
+
+    videos, texts, labels, ok = [], [], [], []
+    for i in chunk:
+        try:
+            videos.append(dataset.load(i, sample_rng(settings.seed, 0, i)))
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            failures.append({"row": str(i), "path": str(dataset.rows[i].path), "error": str(exc)[:200]})
+            continue
+        texts.append(dataset.rows[i].text)
+        labels.append(dataset.rows[i].label)
+        ok.append(i)
+    if not ok:
+        return
+    device = settings.device
+    with torch.no_grad():
+        x = torch.stack(videos).to(device)
+        z = vae.encode(x.to(getattr(vae, "dtype", torch.float32)), sample=True,
+                       generator=torch.Generator(device=device).manual_seed(settings.seed + ok[0])).float().cpu()  # fmt: skip
+        parts.setdefault("latents", []).append(z)
+        parts.setdefault("row", []).append(torch.tensor(ok, dtype=torch.long))
+        if settings.label:
+            parts.setdefault("label", []).append(torch.tensor(labels, dtype=torch.long))
+        else:
+            y, mask = text_encoder.encode(texts)
+            y = y.float().cpu()[:, 0]  # [b, L, C]
+            mask = mask.cpu() if mask is not None else torch.ones(y.shape[:2], dtype=torch.long)
+            parts.setdefault("y", []).append(y)
+            parts.setdefault("mask", []).append(mask.to(torch.uint8))
+            shapes["text_dim"] = int(y.shape[-1])
+            shapes["model_max_length"] = int(y.shape[1])
+    shapes["latent_shape"] = list(z.shape[1:])
+
+
+def _existing_shapes(out: Path) -> dict[str, Any]:
+    """Every shard was there already (resumed): read the shapes back from meta.json or a shard."""
+    previous = json.loads((out / META).read_text()) if (out / META).is_file() else {}
+    shapes = {k: previous[k] for k in ("latent_shape", "text_dim", "model_max_length") if k in previous}
+    if "latent_shape" not in shapes and any(out.glob("shard-*.safetensors")):
+        from safetensors import safe_open
+
+        with safe_open(str(next(out.glob("shard-*.safetensors"))), "pt") as fh:
+            shapes["latent_shape"] = list(fh.get_slice("latents").get_shape()[1:])
+    return shapes

@@ -1,5 +1,6 @@
 """Shared file handling for the data tools: CSV reading/writing (header row, atomic replace, durable
-appends), input discovery (a file, a folder or a CSV of paths) and a small parallel map.
+appends) and input discovery (a file, a folder or a CSV of paths). Where the work runs is
+`sorakit.tools.executor`.
 
 Conventions used by every tool:
 
@@ -16,10 +17,9 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from sorakit.errors import UserError
 from sorakit.fileutil import new_file_mode
@@ -46,8 +46,6 @@ PREFERRED_ORDER = (
 )
 
 Row = dict[str, str]
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 def is_image(path: str | os.PathLike) -> bool:
@@ -243,51 +241,6 @@ def collect_inputs(
         base = p.resolve().parent
         return rows, [resolve_path(r["path"], base).absolute() for r in rows]
     return [{"path": str(p.resolve())}], [p.resolve()]
-
-
-def parallel_map(
-    fn: Callable[[T], R],
-    items: Sequence[T],
-    workers: int = 1,
-    desc: str | None = None,
-    processes: bool = False,
-    unit: str = "file",
-) -> Iterator[tuple[int, R]]:
-    """Apply `fn` to `items` with a tqdm bar; yields (index, result) as results complete.
-
-    `workers <= 1` runs in this process, in order. `processes=True` uses a spawn-based process pool
-    (for CPU-bound Python work; `fn` must be importable); otherwise threads (enough for PyAV, which
-    decodes outside the GIL). Exceptions raised by `fn` propagate: callers catch per item inside `fn`.
-    """
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(items), desc=desc, unit=unit, disable=True if not desc else None, leave=False)
-    try:
-        if workers <= 1 or len(items) <= 1:
-            for i, it in enumerate(items):
-                yield i, fn(it)
-                bar.update(1)
-            return
-        ex: Executor
-        if processes:
-            import multiprocessing as mp
-
-            ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
-        else:
-            ex = ThreadPoolExecutor(max_workers=workers)
-        with ex:
-            futs = {ex.submit(fn, it): i for i, it in enumerate(items)}
-            for fut in as_completed(futs):
-                yield futs[fut], fut.result()
-                bar.update(1)
-    finally:
-        bar.close()
-
-
-def check_workers(workers: int) -> int:
-    if workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
-    return workers
 
 
 def one_line(exc: BaseException) -> str:

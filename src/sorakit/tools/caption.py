@@ -28,7 +28,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,7 @@ from sorakit.tools._io import (
     repair_partial_line,
     write_csv,
 )
+from sorakit.tools.executor import Pool, pool_for, run_shards
 
 FRAME_POINTS = (0.2, 0.5, 0.8)
 
@@ -190,6 +191,31 @@ class LocalVLM:
             except CaptionError as exc:
                 results.append(exc)
         return results
+
+
+_LOADED: dict[LocalVLMSpec, LocalVLM] = {}
+
+
+@dataclass(frozen=True)
+class LocalVLMSpec:
+    """A LocalVLM by its settings: small to send to cluster workers, each of which loads the model once
+    (on its first batch) and keeps it for every later batch it is given."""
+
+    model_dir: str
+    prompt: str = DEFAULT_PROMPT
+    device: str = "auto"
+    dtype: str = "auto"
+    max_new_tokens: int = 256
+
+    def load(self) -> LocalVLM:
+        if self not in _LOADED:
+            _LOADED[self] = LocalVLM(
+                self.model_dir, self.prompt, self.device, self.dtype, self.max_new_tokens
+            )
+        return _LOADED[self]
+
+    def caption(self, batch: Sequence[Sequence[np.ndarray]]) -> list[str | CaptionError]:
+        return self.load().caption(batch)
 
 
 # ------------------------------------------------------------------------------------ API backend
@@ -367,15 +393,18 @@ def run_caption(
     retry_failed: bool = True,
     points: Sequence[float] = FRAME_POINTS,
     progress: bool = True,
+    pool: Pool | None = None,
+    retries: int = 0,
 ) -> CaptionStats:
     """Caption every row not captioned yet, appending results to `output` as they come.
 
     `backend.caption(list of frame lists)` returns one caption or CaptionError per clip. Rows already
     in `output` with a caption are skipped; earlier failures are retried unless `retry_failed` is
     False. With `keep_existing`, input rows that already have a `text` are copied as they are.
+    Each batch of `batch_size` clips is one shard on `pool` (default: this process); `workers` threads
+    decode frames inside it. A shard whose task fails (a lost worker) is run again `retries` times;
+    a failed caption is not (the API backend retries transient errors itself).
     """
-    from tqdm import tqdm
-
     output, failures_file = Path(output), Path(failures_file)
     fields = list(dict.fromkeys([*(k for r in rows for k in r), "text"]))
     repair_partial_line(output)  # a run killed mid-write may have left half a row
@@ -386,69 +415,131 @@ def run_caption(
     # earlier failures stay listed until their retry succeeds (rewritten at the end)
     failed_before = set() if retry_failed else {row_key(r) for r in prev_fail}
     stats = CaptionStats(total=len(rows))
+    with CSVAppender(output, fields) as out_app:
+        todo = _todo(rows, captions, failed_before, keep_existing, out_app, stats)
+        batches = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
+        with (
+            CSVAppender(failures_file, [*fields, "error"]) as fail_app,
+            pool_for(pool, 1) as ex,
+            _Shards(rows, paths, batches, backend, points, workers, prefetch=ex.inline) as shards,
+        ):
+
+            def record(k: int, results: list[tuple[bool, str]]) -> None:
+                for i, (ok, res) in zip(batches[k], results):
+                    if ok:
+                        new = {**rows[i], "text": res}
+                        out_app.write(new)
+                        captions[row_key(rows[i])] = new
+                        stats.captioned += 1
+                    else:
+                        fail_app.write({**rows[i], "error": res})
+                        stats.failed += 1
+
+            run_shards(ex, caption_shard, shards, record, [len(b) for b in batches], retries,
+                       desc="caption" if progress else None, unit="clip")  # fmt: skip
+    _finalize(rows, captions, output, fields, prev_out)
+    _finalize_failures(failures_file, captions, rows)
+    return stats
+
+
+def _todo(rows, captions, failed_before, keep_existing, out_app, stats) -> list[int]:
+    """Indices of the rows to caption in this run (each row identity once); counts the others."""
     todo: list[int] = []
     queued: set[tuple[str, str, str]] = set()
-    with CSVAppender(output, fields) as out_app:
-        for i, r in enumerate(rows):
-            k = row_key(r)
-            if k in captions or k in failed_before:
-                stats.skipped += k in captions
-                stats.failed += k in failed_before and k not in captions
-                continue
-            if keep_existing and r.get("text", "").strip():
-                captions[k] = r
-                out_app.write(r)
-                stats.skipped += 1
-                continue
-            if k not in queued:
-                queued.add(k)
-                todo.append(i)
-        bar = tqdm(total=len(todo), desc="caption", unit="clip", disable=True if not progress else None)
-        try:
-            with (
-                CSVAppender(failures_file, [*fields, "error"]) as fail_app,
-                ThreadPoolExecutor(max(1, workers)) as pool,
-            ):
+    for i, r in enumerate(rows):
+        k = row_key(r)
+        if k in captions or k in failed_before:
+            stats.skipped += k in captions
+            stats.failed += k in failed_before and k not in captions
+            continue
+        if keep_existing and r.get("text", "").strip():
+            captions[k] = r
+            out_app.write(r)
+            stats.skipped += 1
+            continue
+        if k not in queued:
+            queued.add(k)
+            todo.append(i)
+    return todo
 
-                def load(i: int) -> list[np.ndarray] | CaptionError:
-                    try:
-                        return load_frames(rows[i], paths[i], points)
-                    except CaptionError as exc:
-                        return exc
 
-                batches = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
-                next_frames = pool.map(load, batches[0]) if batches else None
-                for b, batch in enumerate(batches):
-                    frames = list(next_frames) if next_frames is not None else []
-                    # decode the next batch while the model works on this one
-                    next_frames = pool.map(load, batches[b + 1]) if b + 1 < len(batches) else None
-                    ok = [j for j, f in enumerate(frames) if not isinstance(f, CaptionError)]
-                    results: list[str | CaptionError | None] = [
-                        f if isinstance(f, CaptionError) else None for f in frames
-                    ]
-                    if ok:
-                        got = backend.caption([frames[j] for j in ok])
-                        if len(got) != len(ok):
-                            raise RuntimeError(f"backend returned {len(got)} captions for {len(ok)} clips")
-                        for j, g in zip(ok, got):
-                            results[j] = g
-                    for i, res in zip(batch, results):
-                        row = rows[i]
-                        if isinstance(res, str) and res.strip():
-                            new = {**row, "text": res}
-                            out_app.write(new)
-                            captions[row_key(row)] = new
-                            stats.captioned += 1
-                        else:
-                            reason = str(res) if isinstance(res, CaptionError) else "empty caption"
-                            fail_app.write({**row, "error": reason})
-                            stats.failed += 1
-                    bar.update(len(batch))
-        finally:
-            bar.close()
-    _finalize(rows, captions, output, fields, prev_out)
-    _finalize_failures(failures_file, captions)
-    return stats
+def _load_or_error(row: Row, path: Path, points: Sequence[float]) -> list[np.ndarray] | CaptionError:
+    try:
+        return load_frames(row, path, points)
+    except CaptionError as exc:
+        return exc
+
+
+def caption_shard(
+    backend,
+    rows: Sequence[Row],
+    paths: Sequence[Path],
+    points: Sequence[float],
+    threads: int,
+    frames: Future | None = None,
+) -> list[tuple[bool, str]]:
+    """Caption one batch (runs on a worker): ``(True, caption)`` or ``(False, reason)`` per clip.
+
+    `frames` is the batch's frames already being decoded (in-process runs decode the next batch while
+    the model works on this one); otherwise they are decoded here with `threads` threads.
+    """
+    if frames is not None:
+        loaded = frames.result()
+    else:
+        with ThreadPoolExecutor(max(1, threads)) as tp:
+            loaded = list(tp.map(_load_or_error, rows, paths, [points] * len(rows)))
+    ok = [j for j, f in enumerate(loaded) if not isinstance(f, CaptionError)]
+    results: list[str | CaptionError] = [f if isinstance(f, CaptionError) else "" for f in loaded]
+    if ok:
+        got = backend.caption([loaded[j] for j in ok])
+        if len(got) != len(ok):
+            raise RuntimeError(f"backend returned {len(got)} captions for {len(ok)} clips")
+        for j, g in zip(ok, got):
+            results[j] = g
+    return [
+        (True, r)
+        if isinstance(r, str) and r.strip()
+        else (False, str(r) if isinstance(r, CaptionError) else "empty caption")
+        for r in results
+    ]
+
+
+class _Shards(Sequence):
+    """The argument tuples of :func:`caption_shard`, one per batch, built when submitted; with
+    `prefetch` (an in-process run) asking for batch k also starts decoding batch k + 1."""
+
+    def __init__(self, rows, paths, batches, backend, points, threads, prefetch: bool):
+        self.rows, self.paths, self.batches = rows, paths, batches
+        self.backend, self.points, self.threads = backend, points, threads
+        self.loader = ThreadPoolExecutor(max(1, threads)) if prefetch else None
+        self.outer = ThreadPoolExecutor(1) if prefetch else None  # waits on the loader's threads
+        self.frames: dict[int, Future] = {}
+
+    def _start(self, k: int) -> None:
+        if self.loader is not None and k < len(self.batches) and k not in self.frames:
+            rs = [self.rows[i] for i in self.batches[k]]
+            ps = [self.paths[i] for i in self.batches[k]]
+            self.frames[k] = self.outer.submit(
+                lambda: list(self.loader.map(_load_or_error, rs, ps, [self.points] * len(rs)))
+            )
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k):  # type: ignore[override]
+        self._start(k)
+        self._start(k + 1)
+        rs = [self.rows[i] for i in self.batches[k]]
+        ps = [self.paths[i] for i in self.batches[k]]
+        return (self.backend, rs, ps, self.points, self.threads, self.frames.pop(k, None))
+
+    def __enter__(self) -> _Shards:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.loader is not None:
+            self.outer.shutdown(wait=True, cancel_futures=True)
+            self.loader.shutdown(wait=True)
 
 
 def _finalize(
@@ -463,15 +554,18 @@ def _finalize(
     write_csv(output, ordered + extra, all_fields)
 
 
-def _finalize_failures(failures_file: Path, captions: dict) -> None:
-    """One line per still-failing row (its latest reason); rows captioned since are removed."""
+def _finalize_failures(failures_file: Path, captions: dict, rows: Sequence[Row]) -> None:
+    """One line per still-failing row (its latest reason), in input order (shards on a cluster finish
+    in any order); rows captioned since are removed."""
     fields, fails = read_csv_if_exists(failures_file)
     latest: dict[tuple[str, str, str], Row] = {}
     for r in fails:
         k = row_key(r)
         latest.pop(k, None)
         latest[k] = r
+    order = {row_key(r): i for i, r in reversed(list(enumerate(rows)))}
     remaining = [r for k, r in latest.items() if k not in captions]
+    remaining.sort(key=lambda r: order.get(row_key(r), len(order)))  # stable: others keep file order
     if remaining:
         write_csv(failures_file, remaining, fields)
     elif failures_file.exists():

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from sorakit.errors import UserError
-from sorakit.tools._io import Row, fmt_float, one_line, parallel_map
+from sorakit.tools._io import Row, fmt_float, one_line
+from sorakit.tools.executor import Pool, map_items, pool_for
 
 # Columns that describe the source range; they are replaced by source_* columns in the output.
 _RANGE_COLUMNS = ("start_frame", "end_frame", "start", "end", "duration", "aspect_ratio")
@@ -124,19 +126,7 @@ def cut_source(job: Job) -> list[tuple[int, dict[str, str] | str]]:
     """Cut all clips of one source video. Returns (row index, output columns or error) per clip."""
     import av
 
-    from sorakit.data.video import probe_video, write_video
-
-    opts = job.opts
-    results: list[tuple[int, dict[str, str] | str]] = []
-    todo: list[Clip] = []
-    for c in job.clips:
-        if c.out.is_file() and not opts.overwrite:
-            try:
-                results.append((c.index, {"path": str(c.out), **_output_row(probe_video(c.out))}))
-                continue
-            except Exception:  # an unreadable leftover is redone
-                pass
-        todo.append(c)
+    results, todo = _reuse_existing(job)
     if not todo:
         return results
     try:
@@ -152,62 +142,105 @@ def cut_source(job: Job) -> list[tuple[int, dict[str, str] | str]]:
         src_fps = float(rate) if rate else 0.0
         if src_fps <= 0:
             return results + [(c.index, f"{job.source}: unknown frame rate") for c in todo]
-        dst_fps = opts.fps or src_fps
-        # per clip: the source frame indices it needs (after frame-rate change) and what it collected
-        need: dict[int, list[int]] = {}
-        need_set: dict[int, set[int]] = {}
-        got: dict[int, dict[int, np.ndarray]] = {}
-        pending = sorted(todo, key=lambda c: c.start)
-        open_ended = [c for c in pending if c.end is None]
-        for c in pending:
-            if c.end is not None:
-                need[c.index] = [c.start + k for k in resample_indices(c.end - c.start, src_fps, opts.fps)]
-                need_set[c.index] = set(need[c.index])
-                got[c.index] = {}
-        last_needed = max((c.end for c in pending if c.end is not None), default=-1)
-        whole: dict[int, list[np.ndarray]] = {c.index: [] for c in open_ended}
-        size: tuple[int, int] | None = None
-        n_decoded = 0
-        decode_error = ""
+        plan = _ClipPlan(todo, src_fps, job.opts)
+        n_decoded, decode_error = 0, ""
         try:
             for i, frame in enumerate(container.decode(stream)):
                 n_decoded = i + 1
-                if not open_ended and i >= last_needed:
+                if plan.finished_before(i):
                     break
-                users = [c for c in pending if i >= c.start and (c.end is None or i < c.end)]
-                if not users:
-                    continue
-                if size is None:
-                    size = resized_size(frame.height, frame.width, opts.short_side)
-                arr = frame.to_ndarray(format="rgb24", height=size[0], width=size[1], interpolation="AREA")
-                for c in users:
-                    if c.end is None:
-                        whole[c.index].append(arr)
-                    elif i in need_set[c.index]:
-                        got[c.index][i] = arr
-                for c in [c for c in users if c.end is not None and i == c.end - 1]:
-                    results.append(
-                        _finish(c, need.pop(c.index), got.pop(c.index), dst_fps, opts, write_video)
-                    )
-                    pending.remove(c)
+                results += plan.take(i, frame)
         except Exception as exc:  # a truncated or corrupt stream: clips not completed fail below
             decode_error = f" (decoding stopped: {one_line(exc)})"
-        for c in pending:
-            if c.end is None and whole[c.index] and not decode_error:
-                offsets = resample_indices(len(whole[c.index]), src_fps, opts.fps)
-                frames = np.stack([whole[c.index][k] for k in offsets])
-                results.append(_write(c, frames, dst_fps, opts, write_video))
+        return results + plan.leftovers(job.source, n_decoded, decode_error)
+
+
+def _reuse_existing(job: Job) -> tuple[list[tuple[int, dict[str, str] | str]], list[Clip]]:
+    """Clips whose output file is already there and readable (unless `overwrite`), and the rest."""
+    from sorakit.data.video import probe_video
+
+    results: list[tuple[int, dict[str, str] | str]] = []
+    todo: list[Clip] = []
+    for c in job.clips:
+        if c.out.is_file() and not job.opts.overwrite:
+            try:
+                results.append((c.index, {"path": str(c.out), **_output_row(probe_video(c.out))}))
+                continue
+            except Exception:  # an unreadable leftover is redone
+                pass
+        todo.append(c)
+    return results, todo
+
+
+class _ClipPlan:
+    """The clips of one source being collected during a single front-to-back decode.
+
+    A clip with an end keeps only the source frames its (resampled) output needs and is written as soon
+    as its last frame is decoded; an open-ended clip keeps every frame until the stream ends.
+    """
+
+    def __init__(self, clips: list[Clip], src_fps: float, opts: CutOptions):
+        self.opts, self.src_fps, self.dst_fps = opts, src_fps, opts.fps or src_fps
+        self.pending = sorted(clips, key=lambda c: c.start)
+        self.need = {
+            c.index: [c.start + k for k in resample_indices(c.end - c.start, src_fps, opts.fps)]
+            for c in self.pending
+            if c.end is not None
+        }
+        self.need_set = {k: set(v) for k, v in self.need.items()}
+        self.got: dict[int, dict[int, np.ndarray]] = {k: {} for k in self.need}
+        self.whole: dict[int, list[np.ndarray]] = {c.index: [] for c in self.pending if c.end is None}
+        self.last_needed = max((c.end for c in self.pending if c.end is not None), default=-1)
+        self.size: tuple[int, int] | None = None
+
+    def finished_before(self, i: int) -> bool:
+        """True when no clip needs frame `i` or any later one."""
+        return not self.whole and i >= self.last_needed
+
+    def take(self, i: int, frame) -> list[tuple[int, dict[str, str] | str]]:
+        """Give frame `i` to the clips that use it; returns the clips completed by it."""
+        from sorakit.data.video import write_video
+
+        users = [c for c in self.pending if i >= c.start and (c.end is None or i < c.end)]
+        if not users:
+            return []
+        if self.size is None:
+            self.size = resized_size(frame.height, frame.width, self.opts.short_side)
+        h, w = self.size
+        arr = frame.to_ndarray(format="rgb24", height=h, width=w, interpolation="AREA")
+        done = []
+        for c in users:
+            if c.end is None:
+                self.whole[c.index].append(arr)
+            elif i in self.need_set[c.index]:
+                self.got[c.index][i] = arr
+            if c.end is not None and i == c.end - 1:
+                got = self.got.pop(c.index)
+                done.append(_finish(c, self.need.pop(c.index), got, self.dst_fps, self.opts, write_video))
+                self.pending.remove(c)
+        return done
+
+    def leftovers(self, source: Path, n_decoded: int, decode_error: str) -> list:
+        """Write the open-ended clips once the stream has ended; every other clip left is a failure."""
+        from sorakit.data.video import write_video
+
+        results: list[tuple[int, dict[str, str] | str]] = []
+        for c in self.pending:
+            if c.end is None and self.whole[c.index] and not decode_error:
+                offsets = resample_indices(len(self.whole[c.index]), self.src_fps, self.opts.fps)
+                frames = np.stack([self.whole[c.index][k] for k in offsets])
+                results.append(_write(c, frames, self.dst_fps, self.opts, write_video))
             elif c.end is None:
-                results.append((c.index, f"{job.source}: no frames from {c.start}{decode_error}"))
+                results.append((c.index, f"{source}: no frames from {c.start}{decode_error}"))
             else:
                 results.append(
                     (
                         c.index,
-                        f"{job.source} has only {n_decoded} decodable frames; clip needs "
+                        f"{source} has only {n_decoded} decodable frames; clip needs "
                         f"[{c.start}, {c.end}){decode_error}",
                     )
                 )
-    return results
+        return results
 
 
 def _finish(c: Clip, idx: list[int], got: dict[int, np.ndarray], fps: float, opts: CutOptions, write_video):
@@ -227,13 +260,6 @@ def _write(c: Clip, frames: np.ndarray, fps: float, opts: CutOptions, write_vide
     }
 
 
-def _cut_safe(job: Job) -> list[tuple[int, dict[str, str] | str]]:
-    try:
-        return cut_source(job)
-    except Exception as exc:
-        return [(c.index, one_line(exc)) for c in job.clips]
-
-
 @dataclass
 class Result:
     rows: list[Row] = field(default_factory=list)
@@ -241,17 +267,32 @@ class Result:
 
 
 def run_cut(
-    rows: list[Row], paths: list[Path], opts: CutOptions, workers: int = 1, progress: bool = True
+    rows: list[Row],
+    paths: list[Path],
+    opts: CutOptions,
+    workers: int = 1,
+    progress: bool = True,
+    pool: Pool | None = None,
+    parts_dir: str | os.PathLike | None = None,
+    retries: int = 0,
+    shard_items: int | None = None,
 ) -> Result:
-    """Cut every clip row; the output keeps the input order. Each row ends in `rows` or `failures`."""
+    """Cut every clip row; the output keeps the input order. Each row ends in `rows` or `failures`.
+
+    One item per source video, run on `pool` (else a local pool of `workers`) in shards, as
+    :func:`sorakit.tools.executor.map_items` describes.
+    """
     opts.validate()
     opts.output_dir.mkdir(parents=True, exist_ok=True)
     jobs, failures = plan_jobs(rows, paths, opts)
     outcome: dict[int, dict[str, str] | str] = {}
-    for _, res in parallel_map(
-        _cut_safe, jobs, workers, desc="cut" if progress else None, processes=True, unit="video"
-    ):
-        outcome.update(res)
+    with pool_for(pool, workers) as ex:
+        done = map_items(
+            cut_source, jobs, ex, parts_dir, shard_items, retries,
+            desc="cut" if progress else None, unit="video",
+        )  # fmt: skip
+    for job, (ok, res) in zip(jobs, done):
+        outcome.update(res if ok else [(c.index, res) for c in job.clips])
     out = Result(failures=list(failures))
     for i, (row, src) in enumerate(zip(rows, paths)):
         if i not in outcome:

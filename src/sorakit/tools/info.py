@@ -5,10 +5,12 @@ Unreadable files are collected as failures (with the reason), never fatal.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sorakit.tools._io import Row, fmt_float, one_line, parallel_map
+from sorakit.tools._io import Row, fmt_float
+from sorakit.tools.executor import Pool, map_items, pool_for
 
 INFO_COLUMNS = ("num_frames", "fps", "height", "width", "aspect_ratio", "duration")
 
@@ -100,24 +102,31 @@ def _probe_headers(path: str | Path) -> dict | None:
     }
 
 
-def _probe_safe(job: tuple[Path, bool]) -> dict[str, str] | str:
-    try:
-        return probe(*job)
-    except Exception as exc:  # any decoder failure is a per-file failure, reported, not fatal
-        return one_line(exc)
+def _probe_item(job: tuple[Path, bool]) -> dict[str, str]:
+    return probe(*job)
 
 
 def run_info(
-    rows: list[Row], paths: list[Path], workers: int = 1, progress: bool = True, fast: bool = False
+    rows: list[Row],
+    paths: list[Path],
+    workers: int = 1,
+    progress: bool = True,
+    fast: bool = False,
+    pool: Pool | None = None,
+    parts_dir: str | os.PathLike | None = None,
+    retries: int = 0,
+    shard_items: int | None = None,
 ) -> Result:
-    """Probe every row's file; input order is kept in both outputs."""
-    results: list[dict[str, str] | str] = [""] * len(rows)
+    """Probe every row's file; input order is kept in both outputs. Runs on `pool` (else a local pool
+    of `workers`) in shards, as :func:`sorakit.tools.executor.map_items` describes."""
     jobs = [(p, fast) for p in paths]
-    for i, res in parallel_map(_probe_safe, jobs, workers, desc="info" if progress else None):
-        results[i] = res
+    with pool_for(pool, workers) as ex:
+        results = map_items(
+            _probe_item, jobs, ex, parts_dir, shard_items, retries, desc="info" if progress else None
+        )
     out = Result()
-    for row, res in zip(rows, results):
-        if isinstance(res, dict):
+    for row, (ok, res) in zip(rows, results):
+        if ok:
             out.rows.append({**row, **res})
         else:
             out.failures.append({**row, "error": res})

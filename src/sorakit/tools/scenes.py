@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sorakit.errors import UserError
-from sorakit.tools._io import Row, fmt_float, one_line, parallel_map
+from sorakit.tools._io import Row, fmt_float
+from sorakit.tools.executor import Pool, map_items, pool_for
 from sorakit.tools.info import check_complete
 
 DETECTORS = ("content", "adaptive")
@@ -162,12 +164,9 @@ def clip_rows(row: Row, path: Path, vs: VideoScenes, ranges: list[tuple[int, int
     return rows
 
 
-def _scenes_job(job: tuple[str, SceneOptions]) -> VideoScenes | str:
-    path, opts = job
-    try:
-        return detect_scenes(path, opts)
-    except Exception as exc:  # a broken file is a failure row, not a crash
-        return one_line(exc)
+def _scenes_item(job: tuple[str, SceneOptions]) -> dict:
+    """One video's scenes as a JSON-able dict (runs on a worker; raises when the video is unreadable)."""
+    return asdict(detect_scenes(*job))
 
 
 @dataclass
@@ -178,26 +177,39 @@ class Result:
 
 
 def run_scenes(
-    rows: list[Row], paths: list[Path], opts: SceneOptions, workers: int = 1, progress: bool = True
+    rows: list[Row],
+    paths: list[Path],
+    opts: SceneOptions,
+    workers: int = 1,
+    progress: bool = True,
+    pool: Pool | None = None,
+    parts_dir: str | os.PathLike | None = None,
+    retries: int = 0,
+    shard_items: int | None = None,
 ) -> Result:
-    """Detect scenes in every input and build clip rows (input order kept); failures get a reason."""
+    """Detect scenes in every input and build clip rows (input order kept); failures get a reason.
+
+    Runs on `pool` (else a local pool of `workers`) in shards; see :func:`sorakit.tools.executor.map_items`
+    for `parts_dir` (resume), `retries` and `shard_items`.
+    """
     opts.validate()
-    found: list[VideoScenes | str] = [""] * len(rows)
     jobs = [(str(p), opts) for p in paths]
-    for i, res in parallel_map(
-        _scenes_job, jobs, workers, desc="scenes" if progress else None, processes=True, unit="video"
-    ):
-        found[i] = res
+    with pool_for(pool, workers) as ex:
+        found = map_items(
+            _scenes_item, jobs, ex, parts_dir, shard_items, retries,
+            desc="scenes" if progress else None, unit="video", key=opts,
+        )  # fmt: skip
     out = Result()
-    for row, path, res in zip(rows, paths, found):
-        if isinstance(res, str):
+    for row, path, (ok, res) in zip(rows, paths, found):
+        if not ok:
             out.failures.append({**row, "error": res})
             continue
-        out.num_scenes += len(res.scenes)
-        ranges = limit_lengths(res.scenes, res.fps, opts.min_seconds, opts.max_seconds, opts.long)
+        vs = VideoScenes(**res)
+        out.num_scenes += len(vs.scenes)
+        ranges = limit_lengths(vs.scenes, vs.fps, opts.min_seconds, opts.max_seconds, opts.long)
         if not ranges:
-            why = f"none of its {len(res.scenes)} scenes is within the length limits"
+            why = f"none of its {len(vs.scenes)} scenes is within the length limits"
             out.failures.append({**row, "error": why})
             continue
-        out.rows.extend(clip_rows(row, path, res, ranges))
+        out.rows.extend(clip_rows(row, path, vs, ranges))
     return out

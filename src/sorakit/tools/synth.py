@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from sorakit.shapes_world import (  # noqa: F401 - the world's names, also read 
     make_caption,
 )
 from sorakit.tools._io import write_csv
+from sorakit.tools.executor import Pool, map_items, pool_for, remove_parts
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,19 @@ def _make_one(job: tuple[int, int, str, int, int, float, str]) -> dict[str, str]
     }
 
 
+def check_options(num_videos: int, size: int, frames: int, fps: float, holdout: str) -> None:
+    """Raise UserError for a setting synthesize cannot use (before any pool is started)."""
+    if num_videos < 1:
+        raise UserError(f"--num-videos must be >= 1, got {num_videos}")
+    if size < 16 or size % 2:
+        raise UserError(f"--size must be an even number >= 16, got {size}")
+    if frames < 2:
+        raise UserError(f"--frames must be >= 2, got {frames}")
+    if fps <= 0:
+        raise UserError(f"--fps must be > 0, got {fps}")
+    combos(holdout)  # validates the mode
+
+
 def synthesize(
     output: str | os.PathLike,
     num_videos: int,
@@ -155,25 +168,28 @@ def synthesize(
     fps: float = 8,
     holdout: str = "default",
     workers: int = 1,
+    pool: Pool | None = None,
+    retries: int = 0,
+    shard_items: int | None = None,
+    progress: bool = False,
 ) -> Path:
-    """Write `num_videos` videos under ``output/videos/`` and ``output/train.csv``; returns the CSV path."""
-    if num_videos < 1:
-        raise UserError(f"--num-videos must be >= 1, got {num_videos}")
-    if size < 16 or size % 2:
-        raise UserError(f"--size must be an even number >= 16, got {size}")
-    if frames < 2:
-        raise UserError(f"--frames must be >= 2, got {frames}")
-    if fps <= 0:
-        raise UserError(f"--fps must be > 0, got {fps}")
+    """Write `num_videos` videos under ``output/videos/`` and ``output/train.csv``; returns the CSV path.
+
+    Videos are made in shards on `pool` (else a local pool of `workers`); finished shards are kept in
+    ``output/train.parts/`` until the CSV is written, so an interrupted run resumes.
+    """
+    check_options(num_videos, size, frames, fps, holdout)
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    combos(holdout)  # validates the mode
     out = Path(output)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     jobs = [(i, seed, holdout, size, frames, float(fps), str(out)) for i in range(num_videos)]
-    if workers == 1:
-        rows = [_make_one(j) for j in jobs]
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            rows = list(pool.map(_make_one, jobs, chunksize=max(1, num_videos // (workers * 8))))
-    return write_csv(out / "train.csv", rows, CSV_COLUMNS)
+    parts = out / "train.parts"
+    with pool_for(pool, workers) as ex:
+        done = map_items(_make_one, jobs, ex, parts, shard_items, retries, desc="synth" if progress else None)
+    failed = [(j[0], v) for j, (ok, v) in zip(jobs, done) if not ok]
+    if failed:
+        raise UserError(f"{len(failed)} video(s) could not be written; video {failed[0][0]}: {failed[0][1]}")
+    path = write_csv(out / "train.csv", [v for _, v in done], CSV_COLUMNS)
+    remove_parts(parts)
+    return path

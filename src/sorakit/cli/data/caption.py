@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from sorakit.tools.executor import add_executor_args
+
 OPENAI_URL = "https://api.openai.com/v1"
 
 
@@ -53,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="on resume, skip rows listed in the failures CSV instead of retrying them",
     )
+    add_executor_args(p, default="local:1", shards=False)
     g = p.add_argument_group("local model")
     g.add_argument("--model-dir", default=None, help="directory of a LLaVA-style transformers model")
     g.add_argument("--device", default="auto", help="cuda, cpu, cuda:1, ... (default: cuda if available)")
@@ -99,8 +102,10 @@ def run(args: argparse.Namespace) -> int:
 
     from sorakit.errors import UserError
     from sorakit.tools._io import check_output, collect_inputs, failures_path
-    from sorakit.tools.caption import DEFAULT_PROMPT, ChatAPI, LocalVLM, print_summary, run_caption
+    from sorakit.tools.caption import DEFAULT_PROMPT, LocalVLMSpec, print_summary, run_caption
+    from sorakit.tools.executor import executor_from_args, open_pool
 
+    spec = executor_from_args(args, default="local:1", workers_flag=False)
     points = _points(args.frame_points)
     if args.batch_size < 1 or args.workers < 1:
         raise UserError("--batch-size and --workers must be >= 1")
@@ -121,47 +126,27 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(
                 f"--model-dir {args.model_dir} is not a transformers model directory (no config.json)"
             )
-        backend = LocalVLM(
-            args.model_dir, prompt, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens
-        )
+        backend = LocalVLMSpec(str(args.model_dir), prompt, args.device, args.dtype, args.max_new_tokens)
+        if spec.kind == "local" and spec.workers == 1:
+            backend.load()  # in this process: load (and fail) before any work; workers load their own
     else:
-        base_url = args.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
-        api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
-        if not base_url.startswith(("http://", "https://")):
-            raise UserError(f"--base-url must start with http:// or https://, got {base_url!r}")
-        if not api_key and base_url.rstrip("/") == OPENAI_URL:
-            raise UserError(
-                "the OpenAI API needs a key: set OPENAI_API_KEY or pass --api-key "
-                "(or give --model-dir for a local model, or --base-url for another server)"
-            )
-        if args.max_retries < 0 or args.retry_backoff < 0:
-            raise UserError("--max-retries and --retry-backoff must be >= 0")
-        backend = ChatAPI(
-            base_url=base_url,
-            api_key=api_key,
-            model=args.model,
-            prompt=prompt,
-            max_tokens=args.max_tokens,
-            timeout=args.timeout,
-            max_retries=args.max_retries,
-            backoff=args.retry_backoff,
-            detail=args.detail,
-            image_size=args.image_size,
-            workers=args.workers,
-        )
+        backend = _api_backend(args, prompt)
     try:
-        stats = run_caption(
-            rows,
-            paths,
-            backend,
-            output,
-            failures,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            keep_existing=args.keep_existing,
-            retry_failed=not args.no_retry_failed,
-            points=points,
-        )
+        with open_pool(spec) as pool:
+            stats = run_caption(
+                rows,
+                paths,
+                backend,
+                output,
+                failures,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                keep_existing=args.keep_existing,
+                retry_failed=not args.no_retry_failed,
+                points=points,
+                pool=pool,
+                retries=args.retries,
+            )
     except KeyboardInterrupt:
         import sys
 
@@ -172,3 +157,34 @@ def run(args: argparse.Namespace) -> int:
         return 130
     print_summary(stats, output, failures)
     return 0
+
+
+def _api_backend(args: argparse.Namespace, prompt: str):  # noqa: ANN202 - ChatAPI imported lazily
+    """The ChatAPI of the command line (checked: URL scheme, key for OpenAI, retry settings)."""
+    from sorakit.errors import UserError
+    from sorakit.tools.caption import ChatAPI
+
+    base_url = args.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
+    api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
+    if not base_url.startswith(("http://", "https://")):
+        raise UserError(f"--base-url must start with http:// or https://, got {base_url!r}")
+    if not api_key and base_url.rstrip("/") == OPENAI_URL:
+        raise UserError(
+            "the OpenAI API needs a key: set OPENAI_API_KEY or pass --api-key "
+            "(or give --model-dir for a local model, or --base-url for another server)"
+        )
+    if args.max_retries < 0 or args.retry_backoff < 0:
+        raise UserError("--max-retries and --retry-backoff must be >= 0")
+    return ChatAPI(
+        base_url=base_url,
+        api_key=api_key,
+        model=args.model,
+        prompt=prompt,
+        max_tokens=args.max_tokens,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+        backoff=args.retry_backoff,
+        detail=args.detail,
+        image_size=args.image_size,
+        workers=args.workers,
+    )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sorakit.tools.executor import add_executor_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -25,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's)")
     p.add_argument("--crf", type=int, default=18, help="H.264 quality, 0-51, lower is better (default: 18)")
     p.add_argument("--overwrite", action="store_true", help="re-encode clips whose file already exists")
-    p.add_argument("--workers", type=int, default=1, help="source videos processed in parallel (processes)")
+    p.add_argument("--workers", type=int, default=None, help="same as --executor local:N")
+    add_executor_args(p)
     p.set_defaults(func=run)
 
 
@@ -33,10 +36,11 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sorakit.errors import UserError
-    from sorakit.tools._io import check_output, check_workers, collect_inputs, report, write_outputs
+    from sorakit.tools._io import check_output, collect_inputs, report, write_outputs
     from sorakit.tools.cut import CutOptions, run_cut
+    from sorakit.tools.executor import executor_from_args, open_pool, parts_dir_for, remove_parts
 
-    check_workers(args.workers)
+    spec = executor_from_args(args)
     opts = CutOptions(
         output_dir=Path(args.output_dir).expanduser().resolve(),
         short_side=args.short_side,
@@ -52,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
     if opts.output_dir.exists() and not opts.output_dir.is_dir():
         raise UserError(f"--output-dir {opts.output_dir} is a file")
     rows, paths = collect_inputs(args.input)
-    res = run_cut(rows, paths, opts, workers=args.workers)
+    parts = parts_dir_for(output)
+    with open_pool(spec) as pool:
+        res = run_cut(rows, paths, opts, pool=pool, parts_dir=parts, retries=args.retries,
+                      shard_items=args.shard_items)  # fmt: skip
     fpath = write_outputs(
         output,
         res.rows,
@@ -60,5 +67,6 @@ def run(args: argparse.Namespace) -> int:
         args.failures,
         first=("path", "text", "num_frames", "fps", "height", "width"),
     )
+    remove_parts(parts)
     report(output, len(res.rows), res.failures, fpath, what="clips")
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from sorakit.tools.executor import add_executor_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
@@ -31,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="storage dtype of the text embeddings (latents are float32)")  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--seed", type=int, default=0, help="seed of clip starts and VAE posterior samples")
+    add_executor_args(parser, default="local:1", shards=False)
     parser.set_defaults(func=run)
 
 
@@ -41,12 +44,17 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from sorakit.config import load_config
     from sorakit.errors import UserError
     from sorakit.logging import get_logger
+    from sorakit.tools.encode import EncodeInputs
+    from sorakit.tools.executor import executor_from_args, open_pool
 
     log = get_logger("sorakit.cli.encode")
-    cfg = load_config(args.config, list(args.overrides))
+    spec = executor_from_args(args, default="local:1", workers_flag=False)
+    inputs = EncodeInputs(
+        args.config, tuple(args.overrides), args.csv, args.data_root, args.seed, args.device
+    )
+    cfg = inputs.config_obj()
     if args.batch_size < 1 or args.shard_size < 1:
         raise UserError("--batch-size and --shard-size must be >= 1")
     out = Path(args.output)
@@ -54,22 +62,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--output {out} exists and is not a directory")
 
     from sorakit.data.cache import encode_to_cache
-    from sorakit.data.dataset import VideoTextDataset
 
     label = cfg.text_encoder.type == "classes"
-    dataset = VideoTextDataset(
-        args.csv, cfg.data.num_frames, cfg.data.frame_interval, cfg.data.image_size,
-        data_root=args.data_root or cfg.data.data_root, seed=args.seed, flip=False, label_column=label,
-    )  # fmt: skip
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-
-    from sorakit.encoders import build_text_encoder, build_vae
-
-    vae = build_vae(cfg.vae, device=device)
-    text = build_text_encoder(cfg.text_encoder, device=device)
+    in_process = spec.kind == "local" and spec.workers == 1
+    # in this process the models load now (errors before any work); workers load their own copies
+    dataset, vae, text = inputs() if in_process else (inputs.dataset(cfg), None, None)
     meta = {
         "vae": dataclasses.asdict(cfg.vae),
         "text_encoder": dataclasses.asdict(cfg.text_encoder),
@@ -79,10 +76,12 @@ def run(args: argparse.Namespace) -> int:
         "csv": str(Path(args.csv).resolve()),
         "seed": args.seed,
     }
-    result = encode_to_cache(
-        dataset, out, vae, text, meta, shard_size=args.shard_size, batch_size=args.batch_size,
-        text_dtype=getattr(torch, args.text_dtype), device=device, seed=args.seed, label=label,
-    )  # fmt: skip
+    with open_pool(spec) as pool:
+        result = encode_to_cache(
+            dataset, out, vae, text, meta, shard_size=args.shard_size, batch_size=args.batch_size,
+            text_dtype=getattr(torch, args.text_dtype), device=inputs.resolved_device(), seed=args.seed,
+            label=label, pool=pool, builder=inputs, retries=args.retries,
+        )  # fmt: skip
     failures = result.get("failures", [])
     for f in failures:
         log.warning("skipped row %s (%s): %s", f["row"], f["path"], f["error"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sorakit.tools.executor import add_executor_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -18,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-o", "--output", required=True, help="output CSV")
     p.add_argument("--failures", default=None, help="failures CSV (default: OUTPUT stem + .failures.csv)")
-    p.add_argument("--workers", type=int, default=1, help="parallel probes (threads)")
+    p.add_argument("--workers", type=int, default=None, help="same as --executor local:N")
+    add_executor_args(p)
     p.add_argument(
         "--fast",
         action="store_true",
@@ -29,15 +32,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sorakit.tools._io import check_output, check_workers, collect_inputs, report, write_outputs
+    from sorakit.tools._io import check_output, collect_inputs, report, write_outputs
+    from sorakit.tools.executor import executor_from_args, open_pool, parts_dir_for, remove_parts
     from sorakit.tools.info import INFO_COLUMNS, run_info
 
-    check_workers(args.workers)
+    spec = executor_from_args(args)
     check_output(args.output)
     rows, paths = collect_inputs(args.input)
-    res = run_info(rows, paths, workers=args.workers, fast=args.fast)
+    parts = parts_dir_for(args.output)
+    with open_pool(spec) as pool:
+        res = run_info(rows, paths, fast=args.fast, pool=pool, parts_dir=parts, retries=args.retries,
+                       shard_items=args.shard_items)  # fmt: skip
     fpath = write_outputs(
         args.output, res.rows, res.failures, args.failures, first=("path", "text", *INFO_COLUMNS)
     )
+    remove_parts(parts)
     report(args.output, len(res.rows), res.failures, fpath)
     return 0

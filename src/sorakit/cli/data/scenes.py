@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sorakit.tools.executor import add_executor_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -38,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="split",
         help="what to do with clips longer than --max-seconds (default: split into equal parts)",
     )
-    p.add_argument("--workers", type=int, default=1, help="videos processed in parallel (processes)")
+    p.add_argument("--workers", type=int, default=None, help="same as --executor local:N")
+    add_executor_args(p)
     p.set_defaults(func=run)
 
 
@@ -46,14 +49,14 @@ def run(args: argparse.Namespace) -> int:
     from sorakit.tools._io import (
         VIDEO_EXTS,
         check_output,
-        check_workers,
         collect_inputs,
         report,
         write_outputs,
     )
+    from sorakit.tools.executor import executor_from_args, open_pool, parts_dir_for, remove_parts
     from sorakit.tools.scenes import SCENE_COLUMNS, SceneOptions, run_scenes
 
-    check_workers(args.workers)
+    spec = executor_from_args(args)
     check_output(args.output)
     opts = SceneOptions(
         detector=args.detector,
@@ -65,7 +68,11 @@ def run(args: argparse.Namespace) -> int:
     )
     opts.validate()
     rows, paths = collect_inputs(args.input, VIDEO_EXTS)
-    res = run_scenes(rows, paths, opts, workers=args.workers)
+    parts = parts_dir_for(args.output)
+    with open_pool(spec) as pool:
+        res = run_scenes(rows, paths, opts, pool=pool, parts_dir=parts, retries=args.retries,
+                         shard_items=args.shard_items)  # fmt: skip
     fpath = write_outputs(args.output, res.rows, res.failures, args.failures, first=("path", *SCENE_COLUMNS))
+    remove_parts(parts)
     report(args.output, len(res.rows), res.failures, fpath, what=f"clips (from {res.num_scenes} scenes)")
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sorakit.tools.executor import add_executor_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -26,25 +28,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="default",
         help="'default' leaves sorakit.tools.synth.HELDOUT out; 'none' uses every combination",
     )
-    p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    p.add_argument("--workers", type=int, default=None, help="same as --executor local:N")
+    add_executor_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from sorakit.tools.synth import synthesize
+    from sorakit.tools.executor import executor_from_args, open_pool
+    from sorakit.tools.synth import check_options, synthesize
 
+    spec = executor_from_args(args)
+    check_options(args.num_videos, args.size, args.frames, args.fps, args.holdout)
     t0 = time.perf_counter()
-    csv_path = synthesize(
-        args.output,
-        args.num_videos,
-        seed=args.seed,
-        size=args.size,
-        frames=args.frames,
-        fps=args.fps,
-        holdout=args.holdout,
-        workers=args.workers,
-    )
+    with open_pool(spec) as pool:
+        csv_path = synthesize(
+            args.output, args.num_videos, seed=args.seed, size=args.size, frames=args.frames, fps=args.fps,
+            holdout=args.holdout, pool=pool, retries=args.retries, shard_items=args.shard_items, progress=True,
+        )  # fmt: skip
     print(f"wrote {args.num_videos} videos and {csv_path} in {time.perf_counter() - t0:.1f}s")
     return 0
