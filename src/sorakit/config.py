@@ -67,6 +67,8 @@ class TextEncoderConfig:
     type: str = _doc("'t5', 'clip', 'minilm' or 'classes' (class labels, DiT/Latte)", "t5")
     path: str | None = _doc("local directory (or hub id) of the encoder", "DeepFloyd/t5-v1_1-xxl")
     model_max_length: int = _doc("tokens per caption (T5: 120)", 120)
+    clean_caption: bool = _doc("T5 only: clean prompts as Open-Sora 1.0 did before tokenising", True)
+    dtype: str = _doc("'fp32' (T5 misbehaves in half precision), 'bf16', or 'auto' = the model's", "fp32")
 
 
 @dataclass
@@ -155,6 +157,9 @@ class InferenceConfig:
     dtype: str = _doc("'auto', 'fp32', 'bf16' or 'fp16' (fp16 on GPU only)", "auto")
     device: str = _doc("'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", "auto")
     save_dir: str = _doc("where videos are written", "samples")
+    parity: str | None = _doc(
+        "reproduce an original's samples exactly: 'opensora-1.0' (docs/differences.md)", None
+    )
 
 
 @dataclass

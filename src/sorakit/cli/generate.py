@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sorakit import parity
 from sorakit.errors import UserError
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -40,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("prompt", nargs="?", help="the text prompt (or use --prompt-file / --class-label)")
     what = p.add_argument_group("what to generate")
-    what.add_argument("--prompt-file", metavar="FILE", help="one prompt per line; empty lines are skipped")
+    what.add_argument("--prompt-file", metavar="FILE",
+                      help="one prompt per line; empty lines are skipped (kept under --parity opensora-1.0)")  # fmt: skip
     what.add_argument("--class-label", metavar="N", type=int, action="append",
                       help="class index for class-conditional presets (repeatable)")  # fmt: skip
     what.add_argument("--replay", metavar="JSON", help="regenerate the video a sidecar JSON describes")
@@ -69,6 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     samp.add_argument("--guidance", type=float, help="classifier-free guidance scale")
     samp.add_argument("--fps", type=float, help="frames per second of the written video")
     samp.add_argument("--batch-size", type=int, help="videos sampled at once (per process)")
+    samp.add_argument("--parity", metavar="NAME",
+                      help="reproduce an original's samples: opensora-1.0 (its noise, guidance, precision and "
+                           "uint8 conversion; see docs/differences.md)")  # fmt: skip
     run_ = p.add_argument_group("runtime")
     run_.add_argument(
         "--dtype", help="auto, fp32, bf16 or fp16 (default auto: bf16/fp16 on GPU, fp32 on CPU)"
@@ -241,15 +246,19 @@ def _check_folder_writable(folder: Path) -> None:
         raise UserError(f"cannot write to {folder}: {exc.strerror or exc}") from exc
 
 
-def _read_prompt_file(path: str) -> list[tuple[int, str]]:
+def _read_prompt_file(path: str, keep_empty: bool = False) -> list[tuple[int, str]]:
+    """(line index, stripped prompt) per non-empty line; with ``keep_empty`` every line, as Open-Sora 1.0
+    read its prompt files (``readlines``: no extra prompt after a final newline)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--prompt-file: no such file: {path}")
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        lines = p.read_text(encoding="utf-8").split("\n")
     except UnicodeDecodeError as exc:
         raise UserError(f"--prompt-file {path} is not UTF-8 text") from exc
-    items = [(i, line.strip()) for i, line in enumerate(lines) if line.strip()]
+    if lines and lines[-1] == "":
+        lines.pop()
+    items = [(i, line.strip()) for i, line in enumerate(lines) if line.strip() or keep_empty]
     if not items:
         raise UserError(f"--prompt-file {path} has no prompts (all lines are empty)")
     return items
@@ -272,14 +281,17 @@ def make_plan(args: argparse.Namespace) -> Plan:
         "ckpt": args.ckpt,
         "text_encoder": args.text_encoder,
         "vae": args.vae,
-        "overrides": list(args.overrides),
+        "overrides": list(args.overrides) + ([f"inference.parity={args.parity}"] if args.parity else []),
     }
+    profile = parity.get_profile(args.parity)
     if args.prompt is not None:
         if not args.prompt.strip():
             raise UserError("the prompt is empty")
         items = [(0, args.prompt.strip())]
     elif args.prompt_file:
-        items = _read_prompt_file(args.prompt_file)
+        items = _read_prompt_file(
+            args.prompt_file, keep_empty=profile is not None and profile.keep_empty_prompts
+        )
     else:
         items = [(i, str(label)) for i, label in enumerate(args.class_label)]
 
@@ -289,6 +301,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     _check_exists(args.text_encoder, "text encoder", "--text-encoder", want_dir=True)
     _check_exists(args.vae, "VAE", "--vae", want_dir=True)
     cfg = _source_config(source)
+    parity.get_profile(cfg.inference.parity)  # a bad name in the config fails here too
 
     plan = _settings(args, source, cfg)
     if args.class_label and cfg.text_encoder.type != "classes":
@@ -320,12 +333,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
             raise UserError(f"output {path} is a directory")
 
     # batches, each with its own seed (seed + position of its first prompt): the same videos come out
-    # however the batches are spread over processes
+    # however the batches are spread over processes (under --parity: one seed, one RNG stream for all)
     bs = plan.batch_size
+    step = 0 if cfg.inference.parity else 1
     for start in range(0, len(items), bs):
         chunk = items[start : start + bs]
         plan.batches.append(Batch(
-            prompts=[p for _, p in chunk], seed=plan.seed + start, indices=[i for i, _ in chunk],
+            prompts=[p for _, p in chunk], seed=plan.seed + step * start, indices=[i for i, _ in chunk],
             outputs=paths[start : start + bs],
         ))  # fmt: skip
     return plan
@@ -389,7 +403,10 @@ def _settings(args: argparse.Namespace, source: dict[str, Any], cfg: Any) -> Pla
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be positive, got {threads}")
     device = resolve_device(args.device or cfg.inference.device)
-    dtype = resolve_dtype(args.dtype or cfg.inference.dtype, device)
+    profile = parity.get_profile(cfg.inference.parity)
+    dtype = resolve_dtype(
+        args.dtype or (profile and parity.runtime_dtype(profile, device)) or cfg.inference.dtype, device
+    )
     factor, patch = _geometry(source, cfg)
     if height % (factor * patch[1]) or width % (factor * patch[2]) or num_frames % patch[0]:
         raise UserError(
@@ -438,7 +455,11 @@ def _replay_plan(args: argparse.Namespace) -> Plan:
     _check_writable(out)
     outputs: list[Path | None] = [None] * len(batch["prompts"])
     outputs[batch["index"]] = out
-    plan.batches = [Batch(list(batch["prompts"]), int(batch["seed"]), list(batch["indices"]), outputs)]
+    # under --parity the batches before this one drew from the same RNG stream: run them again, unwritten
+    plan.batches = [
+        Batch(list(p), int(batch["seed"]), [], [None] * len(p)) for p in batch.get("previous", [])
+    ]
+    plan.batches.append(Batch(list(batch["prompts"]), int(batch["seed"]), list(batch["indices"]), outputs))
     return plan
 
 
@@ -477,21 +498,44 @@ def sidecar(plan: Plan, batch: Batch, j: int, pipe: Any) -> dict[str, Any]:
         "sampler": plan.sampler,
         "guidance": plan.guidance,
         "model": plan.source,
+        "parity": plan.cfg.inference.parity,
+        "encoded_prompt": _encoded_prompt(pipe, batch.prompts[j]),
         "dtype": plan.dtype,
         "device": str(pipe.device),
-        "batch": {"prompts": batch.prompts, "indices": batch.indices, "index": j, "seed": batch.seed},
+        "batch": {
+            "prompts": batch.prompts,
+            "indices": batch.indices,
+            "index": j,
+            "seed": batch.seed,
+            **_previous_batches(plan, batch),
+        },  # fmt: skip
         "regenerate": "sorakit generate --replay THIS.json --output OUT",
     }
 
 
-def write_output(path: Path, frames: Any, fps: float) -> None:
-    """uint8 ``[T, H, W, 3]`` -> MP4/GIF, or an image for 1 frame."""
+def _encoded_prompt(pipe: Any, prompt: str) -> str:
+    """The text the encoder tokenised for ``prompt`` (T5: the cleaned caption)."""
+    preprocess = getattr(pipe.text_encoder, "preprocess", None)
+    return preprocess([prompt])[0] if preprocess is not None else prompt
+
+
+def _previous_batches(plan: Plan, batch: Batch) -> dict[str, Any]:
+    """Under --parity, the prompts of the batches sampled before ``batch`` (they moved the RNG stream)."""
+    if not plan.cfg.inference.parity:
+        return {}
+    position = next(i for i, b in enumerate(plan.batches) if b is batch)
+    return {"previous": [b.prompts for b in plan.batches[:position]]}
+
+
+def write_output(path: Path, frames: Any, fps: float, crf: int | None = None) -> None:
+    """uint8 ``[T, H, W, 3]`` -> MP4/GIF (``crf``: H.264 quality, default the writer's), or an image for
+    1 frame."""
     from sorakit.data.video import write_image, write_video
 
     if path.suffix.lower() in IMAGE_SUFFIXES:
         write_image(path, frames[0])
     else:
-        write_video(path, frames, fps=fps)
+        write_video(path, frames, fps=fps, **({} if crf is None else {"crf": crf}))
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -525,6 +569,11 @@ def run(args: argparse.Namespace) -> int:
     sp = bool(getattr(args, "sequence_parallel", False))
     if sp:
         _check_sequence_parallel(plan, world)
+    profile = parity.get_profile(plan.cfg.inference.parity)
+    if profile is not None and world > 1 and not sp:
+        raise UserError(
+            f"--parity {profile.name} runs every batch in one RNG stream: use one process or --sequence-parallel"
+        )
 
     import torch
 
@@ -547,6 +596,9 @@ def run(args: argparse.Namespace) -> int:
         mine = plan.batches if sp else plan.batches[rank::world]
         writes = rank == 0 or not sp
         if mine:
+            if profile is not None:  # upstream seeds once, before building (model init consumes the RNG)
+                parity.apply_runtime(profile)
+                parity.seed_everything(plan.seed)
             pipe = load_pipeline(plan, device)
             if sp:
                 from sorakit.parallel import apply_sequence_parallel
@@ -560,12 +612,12 @@ def run(args: argparse.Namespace) -> int:
             frames = pipe(
                 batch.prompts, num_frames=plan.num_frames, height=plan.height, width=plan.width,
                 num_inference_steps=plan.steps, guidance_scale=plan.guidance, sampler=plan.sampler,
-                seed=batch.seed, output_type="np", progress=not args.no_progress and rank == 0,
+                seed=None if profile else batch.seed, output_type="np", progress=not args.no_progress and rank == 0,
             )  # fmt: skip
             for j, out in enumerate(batch.outputs):
                 if out is None or not writes:
                     continue
-                write_output(out, frames[j], plan.fps)
+                write_output(out, frames[j], plan.fps, crf=profile.crf if profile else None)
                 _write_json(out.with_suffix(".json"), sidecar(plan, batch, j, pipe))
                 print(out, flush=True)
     finally:

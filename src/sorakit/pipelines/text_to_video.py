@@ -9,8 +9,10 @@ numbers on every device), wrap the transformer in classifier-free guidance and r
 its steps, decode with the VAE frame by frame, and convert to uint8.
 
 Precision: the transformer and VAE run in the pipeline's dtype (bf16/fp16 on GPU, fp32 or bf16 on
-CPU); the sampler's arithmetic stays in float32 (see sorakit.diffusion.common.compute_dtype). T5 never
-runs in fp16 (it overflows); it runs in bf16 or fp32.
+CPU); the sampler's arithmetic stays in float32 (see sorakit.diffusion.common.compute_dtype). T5 runs in
+fp32 (``text_encoder.dtype``; never fp16, where it overflows).
+
+``inference.parity = "opensora-1.0"`` reproduces Open-Sora 1.0's samples exactly (see sorakit.parity).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sorakit import parity
 from sorakit.config import Config, apply_overrides
 from sorakit.diffusion import build_sampler, cfg_model_fn
 from sorakit.diffusion.common import randn
@@ -256,13 +259,14 @@ class TextToVideoPipeline:
         guidance_scale: float,
         sampler: str,
         output_type: str,
+        allow_empty: bool = False,
     ) -> tuple[int, int, int]:
         """Validate everything before any heavy work; returns the latent size ``(T, h, w)``."""
         if not prompts:
             raise UserError("no prompts given")
         if self.is_class_conditional:
             self.text_encoder.labels(prompts)
-        elif any(not isinstance(p, str) or not p.strip() for p in prompts):
+        elif any(not isinstance(p, str) or not (p.strip() or allow_empty) for p in prompts):
             raise UserError("empty prompt: every prompt must contain text")
         if num_frames < 1:
             raise UserError(f"number of frames must be positive, got {num_frames}")
@@ -316,6 +320,31 @@ class TextToVideoPipeline:
         """The transformer in the pipeline's dtype, returning float32 for the sampler's arithmetic."""
         return self.transformer(x.to(self.dtype), t, y, mask=mask).float()
 
+    def _generator(
+        self, profile: parity.ParityProfile | None, generator: torch.Generator | None, seed: int | None
+    ) -> torch.Generator | None:
+        """The generator of this call: ``generator``, else a CPU one seeded with ``seed`` (default
+        ``inference.seed``). Under a parity profile: None (the global RNG), reseeded only when ``seed`` is
+        given, so that consecutive calls continue one stream as the original's batches did."""
+        if profile is not None:
+            if seed is not None:
+                parity.seed_everything(int(seed))
+            return None
+        if generator is None:
+            generator = torch.Generator("cpu").manual_seed(
+                self.config.inference.seed if seed is None else int(seed)
+            )
+        return generator
+
+    def _starting_noise(
+        self, shape: tuple[int, ...], generator: torch.Generator | None, profile: parity.ParityProfile | None
+    ) -> torch.Tensor:
+        """``z`` float32 ``[B, C, T, h, w]``: drawn on the generator's device (a CPU generator gives the same
+        numbers on every accelerator), or under a parity profile from the device's global generator."""
+        if profile is not None:
+            return parity.initial_noise(shape, self.device)
+        return randn(shape, generator=generator, device=self.device, dtype=torch.float32)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -338,7 +367,8 @@ class TextToVideoPipeline:
             num_frames, height, width: video size (defaults: the model's ``inference`` settings).
             num_inference_steps, guidance_scale, sampler: defaults from the ``scheduler`` settings.
             generator: a torch.Generator for the starting noise and the sampler's noise; when None one is
-                made on the CPU from ``seed`` (default ``inference.seed``).
+                made on the CPU from ``seed`` (default ``inference.seed``). Under ``inference.parity`` the
+                global RNG is used instead (see :mod:`sorakit.parity`).
             output_type: "np" -> numpy uint8 ``[B, T, H, W, 3]``; "pt" -> torch uint8 ``[B, T, H, W, 3]``;
                 "latent" -> the sampled latents ``[B, C, T, h, w]`` (float32).
             progress: show a progress bar over the sampling steps.
@@ -351,11 +381,11 @@ class TextToVideoPipeline:
         steps = cfg.scheduler.num_sampling_steps if num_inference_steps is None else int(num_inference_steps)
         scale = cfg.scheduler.cfg_scale if guidance_scale is None else float(guidance_scale)
         sampler_name = (sampler or cfg.scheduler.type).lower()
+        profile = parity.get_profile(cfg.inference.parity)  # None: sorakit's own defaults
         latent_size = self.check_inputs(
-            prompts, num_frames, height, width, steps, scale, sampler_name, output_type
+            prompts, num_frames, height, width, steps, scale, sampler_name, output_type, profile is not None
         )
-        if generator is None:
-            generator = torch.Generator("cpu").manual_seed(cfg.inference.seed if seed is None else int(seed))
+        generator = self._generator(profile, generator, seed)
 
         prediction = getattr(self.transformer, "prediction_type", "epsilon")
         if sampler_name == "rflow" and prediction != "flow":
@@ -369,23 +399,25 @@ class TextToVideoPipeline:
         # 1. prompts -> caption embeddings (and the null caption for guidance)
         y, mask, y_null = self.encode_prompt(prompts)
 
-        # 2. starting noise, drawn on the generator's device (CPU: identical on every accelerator)
+        # 2. starting noise
         shape = (len(prompts), self.vae.latent_channels, *latent_size)
-        z = randn(shape, generator=generator, device=self.device, dtype=torch.float32)
+        z = self._starting_noise(shape, generator, profile)
 
         # 3. denoise: guided model function, then the sampler's steps
-        model_fn = cfg_model_fn(
-            self._denoiser, y, y_null, scale, mask=mask, guided_channels=cfg.scheduler.cfg_channels
+        channels = (
+            cfg.scheduler.cfg_channels if profile is None else profile.guided_channels.get(sampler_name)
         )
+        model_fn = cfg_model_fn(self._denoiser, y, y_null, scale, mask=mask, guided_channels=channels)
         if prediction == "flow" and sampler_name != "rflow":
             model_fn = velocity_as_eps(
                 model_fn, cfg.scheduler.num_timesteps, sampler=scheduler
             )  # DDPM samplers on a flow model
-        latents = scheduler.sample(model_fn, z, generator=generator, progress=progress)
+        noise_kw = parity.sampler_kwargs(sampler_name, z) if profile is not None else {}
+        latents = scheduler.sample(model_fn, z, generator=generator, progress=progress, **noise_kw)
         if output_type == "latent":
             return latents
 
         # 4. latents -> pixels, frame by frame, then uint8 [B, T, H, W, 3]
         video = self.vae.decode(latents.to(self.dtype))
-        frames = to_uint8(video).cpu()
+        frames = (to_uint8 if profile is None else parity.to_uint8)(video).cpu()
         return frames if output_type == "pt" else frames.numpy()
