@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -182,3 +183,14 @@ def test_cli_parity_reproduces_upstream(ref, tmp_path: Path, monkeypatch: pytest
         assert (torch.from_numpy(frames).int() - t["iddpm/frames"][i].int()).abs().max() <= 1
         side = json.loads((tmp_path / "out" / name).with_suffix(".json").read_text())
         assert side["encoded_prompt"] == meta["cleaned"][i] and side["parity"] == "opensora-1.0"
+    # the last video came from the second batch, whose noise continued the first batch's stream: its
+    # replay runs the first batch again (unwritten) before it
+    last = sorted(written)[-1]
+    side = (tmp_path / "out" / last).with_suffix(".json")
+    assert json.loads(side.read_text())["batch"]["previous"] == [meta["prompts"][:2]]
+    assert (
+        main(["generate", "--replay", str(side), "--output", str(tmp_path / "again.mp4"), "--no-progress"])
+        == 0
+    )
+    assert len(noise) == 4 and torch.equal(noise[3], t["iddpm/z/1"])
+    assert np.array_equal(written["again.mp4"][0], written[last][0])
