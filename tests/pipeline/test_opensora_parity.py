@@ -194,3 +194,34 @@ def test_cli_parity_reproduces_upstream(ref, tmp_path: Path, monkeypatch: pytest
     )
     assert len(noise) == 4 and torch.equal(noise[3], t["iddpm/z/1"])
     assert np.array_equal(written["again.mp4"][0], written[last][0])
+
+
+def test_parity_from_the_config_plans_like_the_flag(ref, tmp_path: Path) -> None:
+    """`inference.parity` in a preset does what --parity does: empty lines kept, one seed for all batches."""
+    import argparse
+
+    from sorakit.cli import generate
+
+    meta, _ = ref
+    preset = write_preset(tmp_path / "e2e.toml")
+    preset.write_text(preset.read_text() + 'parity = "opensora-1.0"\n')
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(meta["prompts"]) + "\n", encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    generate.register(parser.add_subparsers())
+    common = [
+        "generate",
+        "--prompt-file",
+        str(prompts),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+    ]
+    plan = generate.make_plan(parser.parse_args([*common, "--preset", str(preset)]))
+    assert [b.prompts for b in plan.batches] == [meta["prompts"][:2], meta["prompts"][2:]]
+    assert [b.seed for b in plan.batches] == [42, 42]
+    plain = generate.make_plan(
+        parser.parse_args([*common, "--preset", str(write_preset(tmp_path / "p.toml"))])
+    )
+    assert [b.seed for b in plain.batches] == [42, 44] and len(plain.batches[1].prompts) == 1

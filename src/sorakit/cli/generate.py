@@ -283,15 +283,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
         "vae": args.vae,
         "overrides": list(args.overrides) + ([f"inference.parity={args.parity}"] if args.parity else []),
     }
-    profile = parity.get_profile(args.parity)
+    parity.get_profile(args.parity)  # a bad name fails before anything is read
     if args.prompt is not None:
         if not args.prompt.strip():
             raise UserError("the prompt is empty")
         items = [(0, args.prompt.strip())]
     elif args.prompt_file:
-        items = _read_prompt_file(
-            args.prompt_file, keep_empty=profile is not None and profile.keep_empty_prompts
-        )
+        items = _read_prompt_file(args.prompt_file)
     else:
         items = [(i, str(label)) for i, label in enumerate(args.class_label)]
 
@@ -301,7 +299,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     _check_exists(args.text_encoder, "text encoder", "--text-encoder", want_dir=True)
     _check_exists(args.vae, "VAE", "--vae", want_dir=True)
     cfg = _source_config(source)
-    parity.get_profile(cfg.inference.parity)  # a bad name in the config fails here too
+    if args.prompt_file and (profile := parity.get_profile(cfg.inference.parity)) is not None:
+        items = _read_prompt_file(args.prompt_file, keep_empty=profile.keep_empty_prompts)  # as it read them
 
     plan = _settings(args, source, cfg)
     if args.class_label and cfg.text_encoder.type != "classes":
