@@ -18,6 +18,7 @@ fp32 (``text_encoder.dtype``; never fp16, where it overflows).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -359,6 +360,7 @@ class TextToVideoPipeline:
         seed: int | None = None,
         output_type: str = "np",
         progress: bool = True,
+        callback: Callable[[int, int], None] | None = None,
     ) -> Any:
         """Generate one video per prompt.
 
@@ -372,6 +374,8 @@ class TextToVideoPipeline:
             output_type: "np" -> numpy uint8 ``[B, T, H, W, 3]``; "pt" -> torch uint8 ``[B, T, H, W, 3]``;
                 "latent" -> the sampled latents ``[B, C, T, h, w]`` (float32).
             progress: show a progress bar over the sampling steps.
+            callback: called as ``callback(done, total)`` after each of the sampler's model calls
+                (``total`` = the number of steps); an exception raised in it stops the sampling.
         """
         cfg = self.config
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -413,6 +417,7 @@ class TextToVideoPipeline:
                 model_fn, cfg.scheduler.num_timesteps, sampler=scheduler
             )  # DDPM samplers on a flow model
         noise_kw = parity.sampler_kwargs(sampler_name, z) if profile is not None else {}
+        model_fn = model_fn if callback is None else _report_calls(model_fn, steps, callback)
         latents = scheduler.sample(model_fn, z, generator=generator, progress=progress, **noise_kw)
         if output_type == "latent":
             return latents
@@ -421,3 +426,18 @@ class TextToVideoPipeline:
         video = self.vae.decode(latents.to(self.dtype))
         frames = (to_uint8 if profile is None else parity.to_uint8)(video).cpu()
         return frames if output_type == "pt" else frames.numpy()
+
+
+def _report_calls(model_fn: Callable[..., torch.Tensor], total: int, callback: Callable[[int, int], None]):
+    """``model_fn`` that reports ``callback(calls so far, total)`` after each call (every sampler makes
+    one guided model call per step, so this counts steps; capped at ``total``)."""
+    done = 0
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        nonlocal done
+        out = model_fn(*args, **kwargs)
+        done += 1
+        callback(min(done, total), total)
+        return out
+
+    return counted
