@@ -127,3 +127,20 @@ def test_models_health_and_metrics(served) -> None:
     assert f"sorakit_video_generation_seconds_count {counts['completed']}" in metrics
     total = float(metrics.split("sorakit_video_generation_seconds_sum ")[1].split()[0])
     assert total > 0
+
+
+def test_a_generation_error_fails_the_job_and_the_worker_goes_on(served) -> None:
+    # a job the API would never queue (0 steps), written to the store directly, as a corrupt row would be
+    store = JobStore(served.data_dir / DB_FILE)
+    params = {"seed": 0, "steps": 0, "guidance": 4.0, "sampler": "rflow", "num_frames": 16, "height": 64,
+              "width": 64, "fps": 8}  # fmt: skip
+    bad = store.create(
+        model="sorakit-builtin", prompt="x", seconds="2", size="64x64", params=params, max_queue=100
+    )
+    videos = served.client().videos
+    video = videos.poll(bad.id, poll_interval_ms=100)
+    assert video.status == "failed" and video.error.code == "generation_failed"
+    assert "number of steps must be positive" in video.error.message
+    with pytest.raises(openai.NotFoundError):
+        videos.download_content(bad.id)
+    assert videos.create_and_poll(prompt="a red circle", extra_body={"steps": STEPS}).status == "completed"

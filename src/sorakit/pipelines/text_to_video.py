@@ -374,8 +374,7 @@ class TextToVideoPipeline:
             output_type: "np" -> numpy uint8 ``[B, T, H, W, 3]``; "pt" -> torch uint8 ``[B, T, H, W, 3]``;
                 "latent" -> the sampled latents ``[B, C, T, h, w]`` (float32).
             progress: show a progress bar over the sampling steps.
-            callback: called as ``callback(done, total)`` after each of the sampler's model calls
-                (``total`` = the number of steps); an exception raised in it stops the sampling.
+            callback: ``callback(done, total)`` after each sampler step; an exception raised in it stops sampling.
         """
         cfg = self.config
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)

@@ -26,6 +26,16 @@ MASKS_PENDING = (
 )
 
 
+@dataclass
+class Upload:
+    """A file part of a multipart request (only its presence matters: no route reads uploads yet)."""
+
+    filename: str | None
+
+    def __str__(self) -> str:
+        return "<file upload>"
+
+
 class ApiError(Exception):
     """An error answered in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``."""
 

@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sorakit.serve.api import MASKS_PENDING, ApiError, ModelInfo, parse_create, video_json
+from sorakit.serve.api import MASKS_PENDING, ApiError, ModelInfo, Upload, parse_create, video_json
 from sorakit.serve.pool import WorkerPool
 from sorakit.serve.store import DB_FILE, Job, JobStore, QueueFull, valid_id
 from sorakit.serve.worker import VARIANTS, job_dir
@@ -246,7 +246,7 @@ async def _request_fields(request: Request, max_bytes: int) -> dict[str, Any]:
     async with request.form(max_files=4, max_fields=64, max_part_size=max_bytes) as form:
         for key, value in form.multi_items():
             outer, _, inner = key.partition("[")
-            item = "<upload>" if not isinstance(value, str) else value
+            item = value if isinstance(value, str) else Upload(getattr(value, "filename", None))
             if inner:
                 sub = fields.setdefault(outer, {})
                 if isinstance(sub, dict):

@@ -116,8 +116,14 @@ class JobStore:
     """The jobs and their events in ``path`` (created when missing). Safe to use from many threads
     (one connection per thread) and many processes (SQLite's locking)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
         self.path = Path(path)
+        # FULL: a commit is on disk when it returns (the API's acknowledged jobs survive a power cut).
+        # Workers use NORMAL: in WAL mode that still survives a killed process, and a progress update
+        # per step then costs no fsync; a completion lost to a power cut is re-queued and re-run.
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
+        self.synchronous = synchronous
         self._local = threading.local()
         self._db().executescript(_SCHEMA)
 
@@ -131,7 +137,7 @@ class JobStore:
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
             self._local.db = db
         return db
 

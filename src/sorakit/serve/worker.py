@@ -29,6 +29,7 @@ import numpy as np
 from sorakit.serve.store import DB_FILE, Job, JobStore
 
 IDLE_POLL_S = 0.2
+WORKER_NICE = 10
 VIDEO_FILE, THUMBNAIL_FILE, SPRITESHEET_FILE = "video.mp4", "thumbnail.png", "spritesheet.png"
 VARIANTS = {"video": (VIDEO_FILE, "video/mp4"), "thumbnail": (THUMBNAIL_FILE, "image/png")}
 VARIANTS["spritesheet"] = (SPRITESHEET_FILE, "image/png")
@@ -133,6 +134,8 @@ def worker_main(
     ``ready`` (a multiprocessing Event) is set once the model is loaded."""
     # Ctrl-C reaches the whole process group: let the server stop the workers in order instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Below the API's priority: when the cores are busy, a GET is answered first and the video waits.
+    os.nice(WORKER_NICE)
     import torch
 
     from sorakit.pipelines import TextToVideoPipeline
@@ -140,7 +143,7 @@ def worker_main(
     if threads > 0:
         torch.set_num_threads(threads)
     pipe = TextToVideoPipeline.from_pretrained(model, device=device)
-    store = JobStore(Path(data_dir) / DB_FILE)
+    store = JobStore(Path(data_dir) / DB_FILE, synchronous="NORMAL")
     if ready is not None:
         ready.set()
     while os.getppid() == parent_pid:
