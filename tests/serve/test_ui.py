@@ -50,8 +50,8 @@ def test_submit_a_prompt_and_watch_the_video_play(served, browser, tmp_path: Pat
     browser.find_element(By.ID, "steps").send_keys(str(STEPS * 3))
     browser.find_element(By.ID, "submit").click()
 
-    status = wait.until(lambda d: d.find_element(By.ID, "status").text.partition(":")[0] or None)
-    assert status.startswith("video_")
+    text = wait.until(lambda d: (t := d.find_element(By.ID, "status").text).startswith("video_") and t)
+    status = text.partition(":")[0]
     played = (
         "const v = document.getElementById('player');"
         "return v.readyState >= 2 && v.currentTime > 0 && !v.paused && v.videoWidth === 64;"
