@@ -34,9 +34,9 @@ import numpy as np
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
-def start_server(data: Path, workers: int) -> tuple[subprocess.Popen, str]:
+def start_server(data: Path, workers: int, nice: int) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "sorakit.cli.main", "serve", "--port", "0", "--data-dir", str(data),
-           "--workers", str(workers), "--max-queue", "10000"]  # fmt: skip
+           "--workers", str(workers), "--max-queue", "10000", "--worker-nice", str(nice)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
         if line.startswith("sorakit serve: http://"):
@@ -114,7 +114,7 @@ def pct(values: list[float], q: float) -> float:
 
 def report(args: argparse.Namespace, out: dict, wall: float, gen: list[float], checks: dict) -> None:
     busy = [t for t, b in out["probe"] if b]
-    print(f"# sorakit serve load test: {args.requests} requests, {args.clients} clients, {args.workers} workers, "
+    print(f"# sorakit serve load test: {args.requests} requests, {args.clients} clients, {args.workers} workers (nice {args.worker_nice}), "
           f"{args.steps} steps, built-in model (16x64x64); {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {out['load'][0]:.1f} at the start, {out['load'][1]:.1f} at the end")  # fmt: skip
     print("| wall time | videos/s | generation s/video (mean) | lost | duplicated | failed |")
@@ -137,11 +137,12 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--worker-nice", type=int, default=0, help="the server's --worker-nice")
     args = parser.parse_args()
     from sorakit.serve.store import DB_FILE, JobStore
 
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_server(Path(tmp), args.workers)
+        proc, url = start_server(Path(tmp), args.workers, args.worker_nice)
         try:
             wait_ready(url)
             out = {"ids": [], "post": [], "client_get": [], "probe": [], "final": {}}

@@ -19,6 +19,7 @@ from sorakit.serve.worker import spritesheet
     [
         (["--port", "70000"], "--port must be between 0 and 65535"),
         (["--workers", "-1"], "--workers must be at least 0"),
+        (["--worker-nice", "20"], "--worker-nice must be between 0 and 19"),
         (["--max-queue", "0"], "--max-queue must be at least 1"),
         (["--max-attempts", "0"], "--max-attempts must be at least 1"),
         (["--api-key", "short"], "--api-key must be at least 8 characters"),

@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads per worker (default 1, which keeps the API responsive; 0 = torch's choice)")  # fmt: skip
+    p.add_argument("--worker-nice", type=int, default=0,
+                   help="lower the workers' CPU priority by N (0-19) once loaded, so on a busy CPU the API answers first")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -49,6 +51,8 @@ def _check_args(args: argparse.Namespace) -> str | None:
     """Every flag checked before anything heavy; returns the API key (flag or SORAKIT_API_KEY)."""
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
+    if not 0 <= args.worker_nice <= 19:
+        raise UserError(f"--worker-nice must be between 0 and 19, got {args.worker_nice}")
     for flag, value, low in (("--workers", args.workers, 0), ("--max-queue", args.max_queue, 1),
                              ("--max-attempts", args.max_attempts, 1), ("--threads", args.threads, 0)):  # fmt: skip
         if value < low:
@@ -117,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         max_attempts=args.max_attempts,
+        worker_nice=args.worker_nice,
         url=f"http://{shown}:{port}",
     )
     app = create_app(settings, info)

@@ -43,6 +43,7 @@ class ServeSettings:
     device: str = "auto"
     threads: int = 1
     max_attempts: int = 3
+    worker_nice: int = 0
     max_body_bytes: int = 10 * 2**20
     max_prompt_chars: int = 2000
     url: str = ""
@@ -94,7 +95,7 @@ def create_app(settings: ServeSettings, info: ModelInfo) -> FastAPI:
     store = JobStore(settings.data_dir / DB_FILE)
     pool = WorkerPool(
         store, settings.data_dir, settings.model, settings.workers, settings.device, settings.threads,
-        settings.max_attempts,
+        settings.max_attempts, settings.worker_nice,
     )  # fmt: skip
 
     @asynccontextmanager

@@ -51,6 +51,7 @@ class WorkerPool:
         device: str = "auto",
         threads: int = 0,
         max_attempts: int = 3,
+        nice: int = 0,
     ) -> None:
         self.store = store
         self.data_dir = Path(data_dir)
@@ -58,6 +59,7 @@ class WorkerPool:
         self.device = device
         self.threads = threads
         self.max_attempts = max_attempts
+        self.nice = nice
         # spawn: a fresh interpreter per worker (forking a process that runs threads and an event
         # loop is unsafe), and it inherits none of the server's sockets or file locks.
         self._ctx = mp.get_context("spawn")
@@ -75,7 +77,16 @@ class WorkerPool:
     def _spawn(self, slot: _Slot) -> None:
         slot.ready = self._ctx.Event()
         slot.name = f"worker-{slot.index}-{slot.restarts}"
-        args = (str(self.data_dir), self.model, self.device, self.threads, slot.name, os.getpid(), slot.ready)
+        args = (
+            str(self.data_dir),
+            self.model,
+            self.device,
+            self.threads,
+            slot.name,
+            os.getpid(),
+            slot.ready,
+            self.nice,
+        )
         slot.process = self._ctx.Process(target=worker_main, args=args, name=slot.name, daemon=False)
         slot.process.start()
 

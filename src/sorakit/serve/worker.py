@@ -29,7 +29,6 @@ import numpy as np
 from sorakit.serve.store import DB_FILE, Job, JobStore
 
 IDLE_POLL_S = 0.2
-WORKER_NICE = 10
 VIDEO_FILE, THUMBNAIL_FILE, SPRITESHEET_FILE = "video.mp4", "thumbnail.png", "spritesheet.png"
 VARIANTS = {"video": (VIDEO_FILE, "video/mp4"), "thumbnail": (THUMBNAIL_FILE, "image/png")}
 VARIANTS["spritesheet"] = (SPRITESHEET_FILE, "image/png")
@@ -128,14 +127,14 @@ def worker_main(
     name: str,
     parent_pid: int,
     ready: Any = None,
+    nice: int = 0,
 ) -> None:
     """The body of one worker process: load the model, then claim and run jobs until the server goes.
 
-    ``ready`` (a multiprocessing Event) is set once the model is loaded."""
+    ``ready`` (a multiprocessing Event) is set once the model is loaded; ``nice`` then lowers the
+    process's CPU priority by that much."""
     # Ctrl-C reaches the whole process group: let the server stop the workers in order instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Below the API's priority: when the cores are busy, a GET is answered first and the video waits.
-    os.nice(WORKER_NICE)
     import torch
 
     from sorakit.pipelines import TextToVideoPipeline
@@ -146,6 +145,9 @@ def worker_main(
     store = JobStore(Path(data_dir) / DB_FILE, synchronous="NORMAL")
     if ready is not None:
         ready.set()
+    if nice:
+        # after loading: below the API's priority, so on busy cores a GET is answered first
+        os.nice(nice)
     while os.getppid() == parent_pid:
         job = store.claim(name)
         if job is None:
