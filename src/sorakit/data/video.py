@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import platform
+import subprocess
 import tempfile
 from fractions import Fraction
 from pathlib import Path
@@ -51,7 +54,44 @@ def write_video(
     ph, pw = frames.shape[1] % 2, frames.shape[2] % 2
     if ph or pw:
         frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
-    return _encode_atomic(path, frames, fps, "mp4", codec, "yuv420p", {"crf": str(crf)})
+    return _encode_atomic(
+        path, frames, fps, "mp4", codec, "yuv420p", x264_options(crf) if codec == "libx264" else {}
+    )
+
+
+def x264_options(crf: int) -> dict[str, str]:
+    """libx264 options that make the same frames give the same bytes in every process.
+
+    x264's AVX-512 macroblock-tree kernel reads past the end of its per-row cost arrays into heap
+    padding that nobody initialised, and the garbage feeds the rate control: at frame sizes such as
+    48, 64, 80 or 160 pixels the same frames encoded to different files (pixels off by up to 31
+    levels) depending on what the process had freed before (e.g. after a model ran). With glibc's
+    MALLOC_PERTURB_ the output followed the fill byte; with x264 capped at AVX2 it is the same for
+    every fill byte and every size tried, and as fast. So on an AVX-512 CPU x264 runs its AVX2 code.
+    """
+    opts = {"crf": str(crf)}
+    if _cpu_has_avx512():
+        opts["x264-params"] = "asm=AVX2"  # every AVX-512 CPU has AVX2, so this never names a missing ISA
+    return opts
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_avx512() -> bool:
+    """True on an x86-64 CPU with AVX-512 (Linux: /proc/cpuinfo; macOS: sysctl)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        if platform.system() == "Darwin":
+            out = subprocess.run(["sysctl", "-n", "hw.optional.avx512f"], capture_output=True, text=True)
+            return out.stdout.strip() == "1"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return "avx512f" in flags and "avx2" in flags
+    except OSError:
+        pass
+    return False
 
 
 def _encode_atomic(
