@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 
 def _umask() -> int:
@@ -24,3 +26,26 @@ def new_dir_mode() -> int:
     """The permissions ``mkdir`` would give a new folder (0o777 minus the umask); ``tempfile.mkdtemp``
     makes owner-only folders, so a folder built under a temporary name gets this before its rename."""
     return 0o777 & ~_umask()
+
+
+def save_safetensors(
+    tensors: Mapping[str, Any], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
+    """``safetensors.torch.save_file``, then the mode an ordinary new file gets.
+
+    safetensors creates its files owner-only (0600), unlike every other sorakit output; callers write to
+    a temporary name and rename, so the mode is fixed here, before the file becomes visible."""
+    from safetensors.torch import save_file
+
+    save_file(dict(tensors), str(path), metadata=metadata)
+    os.chmod(path, new_file_mode())
+
+
+def follow_umask(folder: str | os.PathLike) -> None:
+    """Give the ``*.safetensors`` files under `folder` that a library's ``save_pretrained`` wrote (0600,
+    see :func:`save_safetensors`) the mode an ordinary new file gets."""
+    mode = new_file_mode()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name.endswith(".safetensors"):
+                os.chmod(os.path.join(root, name), mode)

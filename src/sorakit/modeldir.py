@@ -54,7 +54,7 @@ from torch import nn
 from sorakit import __version__
 from sorakit.config import Config, apply_dict
 from sorakit.errors import UserError
-from sorakit.fileutil import new_dir_mode
+from sorakit.fileutil import follow_umask, new_dir_mode
 from sorakit.models import save_pretrained
 
 PIPELINE_FILE = "sorakit_pipeline.json"
@@ -139,6 +139,7 @@ def save_model_dir(
             "config": cfg.to_dict(),
         }
         (tmp / PIPELINE_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        follow_umask(tmp)  # diffusers' / transformers' safetensors files (vae/, text_encoder/) are 0600
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

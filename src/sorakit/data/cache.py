@@ -44,10 +44,10 @@ def shard_name(k: int) -> str:
 
 def write_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write one shard atomically (temporary name in the same folder, then rename)."""
-    from safetensors.torch import save_file
+    from sorakit.fileutil import save_safetensors
 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    save_safetensors({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
     os.replace(tmp, path)
 
 

@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from sorakit.errors import UserError
+from sorakit.fileutil import save_safetensors
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -81,7 +82,7 @@ def save_pretrained(
             v = v.to(dtype)
         tensors[k] = v.to("cpu").contiguous()
     meta = {"format": FORMAT_NAME, "architecture": spec["architecture"]}
-    _atomic_write(d / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata=meta))
+    _atomic_write(d / WEIGHTS_NAME, lambda p: save_safetensors(tensors, p, metadata=meta))
     cfg = {
         "format": FORMAT_NAME,
         "format_version": 1,

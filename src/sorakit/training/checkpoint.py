@@ -105,10 +105,10 @@ def restore_rng(state: dict[str, torch.Tensor], generators: dict[str, torch.Gene
 
 
 def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
+    from sorakit.fileutil import save_safetensors
 
     # clone: safetensors refuses tensors that share storage
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path))
+    save_safetensors({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, path)
 
 
 def save_checkpoint(

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from sorakit.errors import UserError
+from sorakit.fileutil import follow_umask
 from sorakit.logging import get_logger
 
 logger = get_logger(__name__)
@@ -131,13 +132,13 @@ def _lr_at(step: int, cfg: VAETrainConfig) -> float:
 
 
 def _save_state(state_dir: Path, model, opt, step: int, cfg: VAETrainConfig) -> None:
-    from safetensors.torch import save_file
+    from sorakit.fileutil import save_safetensors
 
     tmp = state_dir.with_name(state_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    save_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     torch.save(opt.state_dict(), tmp / "optimizer.pt")
     rng = torch.get_rng_state()
     torch.save({"torch_rng": rng}, tmp / "rng.pt")
@@ -262,6 +263,7 @@ def train_vae(csv_path: str | os.PathLike, output: str | os.PathLike, cfg: VAETr
     std = latent_std(model, frames)
     model.register_to_config(scaling_factor=1.0 / std)
     model.save_pretrained(str(output), safe_serialization=True)
+    follow_umask(output)
     sample = frames[np.linspace(0, len(frames) - 1, 32).astype(int)]
     write_image(output / "recon.png", preview_grid(sample, reconstruct(model, sample)))
     logger.info("train-vae: saved %s (scaling_factor %.4f)", output, 1.0 / std)
