@@ -353,3 +353,34 @@ def test_keep_existing_and_no_retry_failed(media, tmp_path):
     again = FrameMeanBackend()
     stats = run_caption(rows, paths, again, out, fail, keep_existing=True, retry_failed=False, progress=False)
     assert again.calls == 0 and stats.failed == 1 and len(read(fail)) == 1  # the failure is kept, not retried
+
+
+def test_run_that_captions_nothing_exits_nonzero(media, tmp_path, monkeypatch, capsys, chat_server):
+    """A dead/erroring server: every clip fails -> exit 1 and one error line; one success -> exit 0."""
+    clips = clip_csv(tmp_path, media["a"][0], [(0, 18), (18, 40)])
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    args = [
+        "data",
+        "caption",
+        str(clips),
+        "-o",
+        str(tmp_path / "o.csv"),
+        "--max-retries",
+        "0",
+        "--workers",
+        "1",
+    ]
+    with chat_server([], default=("status", 500, {})) as server:
+        assert main([*args, "--base-url", server.url]) == 1
+    err = capsys.readouterr().err
+    assert "sorakit: error: no clip was captioned, all 2 failed" in err and "Traceback" not in err
+    assert len(read(tmp_path / "o.failures.csv")) == 2
+    with chat_server(["One clip fine."], default=("status", 500, {})) as server:
+        assert main([*args, "--base-url", server.url]) == 0  # partial success is still a success
+
+
+def test_caption_help_shows_single_percent(capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "caption", "--help"])
+    out = capsys.readouterr().out
+    assert "20/50/80% of the clip" in " ".join(out.split()) and "%%" not in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from sorakit.tools.executor import add_executor_args
 
@@ -15,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "caption",
         help="caption videos/clips with a local vision-language model or an OpenAI-compatible API",
         description="Caption every clip of INPUT (a video, a folder, or a CSV with a path column and optionally "
-        "start_frame/end_frame) from frames at 20/50/80%% of the clip, all passed to the model. Captions are "
+        "start_frame/end_frame) from frames at 20/50/80% of the clip, all passed to the model. Captions are "
         "appended to OUTPUT as they are made, so an interrupted run resumes where it stopped (rows already "
         "captioned are skipped). Empty, refused or failed captions go to a failures CSV with the reason.",
     )
@@ -148,14 +149,17 @@ def run(args: argparse.Namespace) -> int:
                 retries=args.retries,
             )
     except KeyboardInterrupt:
-        import sys
-
         print(
             f"sorakit: interrupted; captions so far are in {output}; run the same command again to resume",
             file=sys.stderr,
         )
         return 130
     print_summary(stats, output, failures)
+    if stats.failed and not stats.captioned:
+        # nothing was produced (a dead server, a wrong model name): a script must see that as a failure
+        print(f"sorakit: error: no clip was captioned, all {stats.failed} failed (reasons in {failures})",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
