@@ -84,3 +84,29 @@ def test_generates_with_a_model_dir(tmp_path, capsys):
     assert len(list(save.glob("*.mp4"))) == 4
     rows = list(csv.DictReader(open(tmp_path / "r.csv")))
     assert [r["group"] for r in rows] == ["train", "train", "heldout", "heldout"]
+
+
+def test_output_paths_checked_before_the_work(tmp_path, capsys):
+    """--json / --results in a missing folder are created; under a file they fail before any scoring."""
+    videos = _video_csv(tmp_path)
+    js, res = tmp_path / "nodir" / "deeper" / "x.json", tmp_path / "other" / "r.csv"
+    assert main(["eval", "shapes", "--videos", str(videos), "--json", str(js), "--results", str(res)]) == 0
+    assert json.loads(js.read_text())["overall"]["n"] == 6 and len(list(csv.DictReader(open(res)))) == 6
+    capsys.readouterr()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for flag in ("--json", "--results"):
+        assert main(["eval", "shapes", "--videos", str(videos), flag, str(a_file / "x.out")]) == 2
+        cap = capsys.readouterr()
+        assert cap.out == "" and cap.err.startswith("sorakit: error:") and len(cap.err.splitlines()) == 1
+    assert main(["eval", "shapes", "--videos", str(videos), "--json", str(tmp_path)]) == 2  # a folder
+    assert main(["eval", "shapes", "--videos", str(videos), "--save-videos", str(a_file)]) == 2
+
+
+def test_empty_prompt_file_is_an_error_and_no_progress_is_accepted(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    assert main(["eval", "shapes", "--prompts", str(empty), "--no-progress"]) == 2
+    assert "holds no prompt" in capsys.readouterr().err
+    videos = _video_csv(tmp_path)
+    assert main(["eval", "shapes", "--videos", str(videos), "--no-progress"]) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--results", default=None, help="write one row per video to this CSV")
     s.add_argument("--json", default=None, help="write the summary to this JSON file")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=run_shapes)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -61,79 +63,103 @@ def _read_video_csv(path: str) -> list[tuple[str, str, str]]:
 
 
 def run_shapes(args: argparse.Namespace) -> int:
-    import json
     import time
 
     from sorakit.errors import UserError
     from sorakit.eval import shapes as ev
+    from sorakit.fileutil import write_text_atomic
+    from sorakit.tools._io import check_output, write_csv
 
     if args.num_prompts < 1 or args.batch_size < 1:
         raise UserError("--num-prompts and --batch-size must be >= 1")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
+    # output paths are checked before the work, not found broken after it
+    results = check_output(args.results, "--results") if args.results else None
+    summary_json = check_output(args.json, "--json") if args.json else None
+    if args.save_videos and os.path.exists(args.save_videos) and not os.path.isdir(args.save_videos):
+        raise UserError(f"--save-videos {args.save_videos} is a file; give a folder")
     t0 = time.perf_counter()
-    if args.videos:
-        from sorakit.data.video import read_video
-
-        items = _read_video_csv(args.videos)
-        for _, text, _ in items:
-            ev.parse_prompt(text)  # every prompt must name colour, shape and direction: fail before work
-        scores = []
-        for path, text, group in items:
-            try:
-                frames = read_video(path)
-            except ValueError as exc:
-                raise UserError(str(exc)) from exc
-            scores.append(ev.score_video(frames, text, group))
-    else:
-        if args.prompts:
-            from pathlib import Path
-
-            if not Path(args.prompts).is_file():
-                raise UserError(f"no such prompt file: {args.prompts}")
-            lines = [ln.strip() for ln in Path(args.prompts).read_text().splitlines() if ln.strip()]
-            prompts = [("custom", ln) for ln in lines]
-        else:
-            sets = [s.strip() for s in args.sets.split(",") if s.strip()]
-            for s in sets:
-                if s not in ev.PROMPT_SETS:
-                    raise UserError(f"unknown prompt set {s!r} (valid: {', '.join(ev.PROMPT_SETS)})")
-            prompts = ev.build_prompts(sets, args.num_prompts, args.seed)
-        for _, text in prompts:
-            ev.parse_prompt(text)
-        import torch
-
-        from sorakit.pipelines import TextToVideoPipeline
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        pipe = TextToVideoPipeline.from_pretrained(args.model, device="cpu" if args.threads else "auto")
-        kwargs = {
-            "num_inference_steps": args.steps,
-            "guidance_scale": args.guidance,
-            "sampler": args.sampler,
-        }
-        scores = ev.generate_and_score(
-            pipe,
-            prompts,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            save_dir=args.save_videos,
-            fps=pipe.config.inference.fps,
-            **kwargs,
-        )
+    scores = _score_given(args) if args.videos else _generate_and_score(args)
     summary = ev.summarize(scores)
     print(ev.format_table(summary))
     print(f"({len(scores)} videos in {time.perf_counter() - t0:.1f}s)")
-    if args.results:
-        import csv
+    if results is not None:
+        write_csv(results, [s.row() for s in scores])
+    if summary_json is not None:
+        import json
 
-        rows = [s.row() for s in scores]
-        with open(args.results, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+        write_text_atomic(summary_json, json.dumps(summary, indent=2))
     return 0
+
+
+def _score_given(args: argparse.Namespace) -> list:
+    """--videos: score the videos of a CSV (every prompt parsed before any video is read)."""
+    from tqdm import tqdm
+
+    from sorakit.data.video import read_video
+    from sorakit.errors import UserError
+    from sorakit.eval import shapes as ev
+
+    items = _read_video_csv(args.videos)
+    for _, text, _ in items:
+        ev.parse_prompt(text)  # every prompt must name colour, shape and direction: fail before work
+    scores = []
+    for path, text, group in tqdm(
+        items, desc="score", unit="video", disable=True if args.no_progress else None
+    ):
+        try:
+            frames = read_video(path)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+        scores.append(ev.score_video(frames, text, group))
+    return scores
+
+
+def _prompts(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``(group, prompt)`` pairs from --prompts (non-empty lines) or the named --sets."""
+    from pathlib import Path
+
+    from sorakit.errors import UserError
+    from sorakit.eval import shapes as ev
+
+    if args.prompts:
+        if not Path(args.prompts).is_file():
+            raise UserError(f"no such prompt file: {args.prompts}")
+        lines = [ln.strip() for ln in Path(args.prompts).read_text().splitlines() if ln.strip()]
+        if not lines:
+            raise UserError(f"{args.prompts} holds no prompt (every line is empty)")
+        prompts = [("custom", ln) for ln in lines]
+    else:
+        sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+        for s in sets:
+            if s not in ev.PROMPT_SETS:
+                raise UserError(f"unknown prompt set {s!r} (valid: {', '.join(ev.PROMPT_SETS)})")
+        prompts = ev.build_prompts(sets, args.num_prompts, args.seed)
+    for _, text in prompts:
+        ev.parse_prompt(text)
+    return prompts
+
+
+def _generate_and_score(args: argparse.Namespace) -> list:
+    import torch
+
+    from sorakit.eval import shapes as ev
+    from sorakit.pipelines import TextToVideoPipeline
+
+    prompts = _prompts(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = TextToVideoPipeline.from_pretrained(args.model, device="cpu" if args.threads else "auto")
+    return ev.generate_and_score(
+        pipe,
+        prompts,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        save_dir=args.save_videos,
+        fps=pipe.config.inference.fps,
+        progress=not args.no_progress,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        sampler=args.sampler,
+    )

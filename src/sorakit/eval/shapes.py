@@ -454,19 +454,22 @@ def generate_and_score(
     seed: int = 0,
     save_dir=None,
     fps: int = 8,
+    progress: bool = False,
     **call_kwargs,
 ) -> list[Score]:
     """Generate one video per ``(group, prompt)`` with a :class:`TextToVideoPipeline` and score it.
 
     Batch ``k`` (prompts ``k*batch_size ...``) uses the seed ``seed + k``. With `save_dir`, every video
     is written there as ``NNNN.mp4``. `call_kwargs` go to the pipeline (``num_inference_steps``,
-    ``guidance_scale``, ``sampler``, ...).
+    ``guidance_scale``, ``sampler``, ...). `progress` shows a bar over the videos.
     """
     import torch
+    from tqdm import tqdm
 
     from sorakit.data.video import write_video
 
     scores = []
+    bar = tqdm(total=len(prompts), desc="eval", unit="video", disable=True if not progress else None)
     for k, start in enumerate(range(0, len(prompts), batch_size)):
         part = prompts[start : start + batch_size]
         gen = torch.Generator("cpu").manual_seed(seed + k)
@@ -475,4 +478,6 @@ def generate_and_score(
             if save_dir is not None:
                 write_video(f"{save_dir}/{start + j:04d}.mp4", video, fps=fps)
             scores.append(score_video(video, text, group))
+        bar.update(len(part))
+    bar.close()
     return scores

@@ -301,7 +301,7 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     """Validate an output CSV path before any heavy work: not a folder, parent creatable."""
     p = Path(path).expanduser()
     if p.is_dir():
-        raise UserError(f"{what} {p} is a folder; give a CSV file path")
+        raise UserError(f"{what} {p} is a folder; give a file path")
     parent = p.parent
     while not parent.exists():
         parent = parent.parent
