@@ -132,7 +132,7 @@ class TrainConfig:
     vae_micro_batch_size: int | None = _doc("frames per VAE encode call during training", None)
     tensorboard: bool = _doc("write TensorBoard event files to RUN_DIR/tensorboard", True)
     peak_tflops: float | None = _doc(
-        "device peak TFLOP/s for MFU; None = GPU datasheet or a measured CPU matmul", None
+        "device peak TFLOP/s for MFU; None = the GPU datasheet, else no MFU is reported", None
     )
 
 

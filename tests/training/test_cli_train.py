@@ -94,3 +94,34 @@ def test_cli_errors_are_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "sorakit.cli.main", "export", str(tmp_path), str(tmp_path / "m")],
                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 2 and "no complete checkpoint" in out.stderr
+
+
+def test_threads_flag_and_no_mfu_without_a_known_peak(tmp_path, monkeypatch):
+    """--threads sets torch's threads; on a CPU with no train.peak_tflops the run reports no MFU instead
+    of one against a start-up matmul measurement (which gave 'MFU against 0.0 TFLOP/s', 'mfu 3.356')."""
+    import json
+
+    from sorakit.cli.main import main
+
+    cache = make_cache(tmp_path / "cache", n=8)
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("train.peak_tflops")]
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    args = [
+        "train",
+        "tiny",
+        *overrides,
+        "--data",
+        str(cache),
+        "--output",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "2",
+    ]
+    assert main([*args, "--threads", "1"]) == 0
+    assert seen == [1]
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics and all("mfu" not in m and m["samples_per_s"] > 0 for m in metrics)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "MFU not reported: no known peak for cpu" in log and "MFU against" not in log
+    assert main([*args, "--threads", "0"]) == 2

@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--ckpt-every", type=int, help="checkpoint every N steps (train.ckpt_every)")
     parser.add_argument("--batch-size", type=int, help="samples per process per step (train.batch_size)")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads for torch per process (default: torch's choice, one per core; use fewer "
+                             "when other programs keep the cores busy, or each step waits on descheduled threads)")  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -43,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from sorakit.config import load_config
     from sorakit.errors import UserError
 
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be positive, got {args.threads}")
     overrides = list(args.overrides)
     for flag, key in (
         ("max_steps", "train.max_steps"),
@@ -71,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} exists and is not a directory")
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from sorakit.training.trainer import train
 
     result = train(cfg, output, resume=args.resume)

@@ -64,6 +64,25 @@ def peak_tflops(
     return measure_matmul_tflops(device, dtype), f"measured {dtype} matmul on {device.type}"
 
 
+def known_peak_tflops(
+    device: torch.device, low_precision: bool, override: float | None = None
+) -> tuple[float | None, str]:
+    """The peak the trainer reports MFU against: `override` (train.peak_tflops) or a GPU datasheet.
+
+    None where neither exists (a CPU, an unlisted GPU): a matmul measured at start-up is not a peak -- on
+    a CPU shared with other work it came out far below what the run later achieved (MFU 3.4).
+    """
+    if override:
+        return float(override), "train.peak_tflops"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = gpu_peak_tflops(name, low_precision)
+        if peak:
+            return peak, f"{name} datasheet"
+        return None, f"no datasheet peak for {name}"
+    return None, f"no known peak for {device.type}"
+
+
 def training_flops_per_sample(
     model: torch.nn.Module, latent_size: tuple[int, int, int], text_len: int | None
 ) -> int | None:

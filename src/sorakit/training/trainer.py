@@ -35,7 +35,7 @@ from sorakit.parallel.mesh import ParallelState, all_reduce_mean, all_reduce_sum
 from sorakit.parallel.parallelize import parallelize
 from sorakit.training import checkpoint as ckpt
 from sorakit.training.ema import EMA
-from sorakit.training.mfu import peak_tflops, tokens_per_sample, training_flops_per_sample
+from sorakit.training.mfu import known_peak_tflops, tokens_per_sample, training_flops_per_sample
 from sorakit.training.optim import build_optimizer, build_scheduler, freeze
 
 log = get_logger(__name__)
@@ -465,13 +465,12 @@ def _train(
         low = tcfg.mixed_precision != "fp32"
         peak, peak_src = (None, "")
         if state.is_main and flops:
-            peak, peak_src = peak_tflops(state.device, low, tcfg.peak_tflops)
-            log.info(
-                "MFU against %.1f TFLOP/s per device (%s); %.3g training FLOPs per sample",
-                peak,
-                peak_src,
-                flops,
-            )
+            peak, peak_src = known_peak_tflops(state.device, low, tcfg.peak_tflops)
+            if peak:
+                log.info("MFU against %.4g TFLOP/s per device (%s); %.3g training FLOPs per sample",
+                         peak, peak_src, flops)  # fmt: skip
+            else:
+                log.info("MFU not reported: %s (set train.peak_tflops=TFLOPS to get it)", peak_src)
         metrics = MetricsLogger(run_dir, state.is_main, tcfg.tensorboard)
 
         autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tcfg.mixed_precision)
