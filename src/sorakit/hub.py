@@ -9,9 +9,13 @@ a missing download is a one-line :class:`UserError` telling what to download and
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sorakit.errors import UserError
 
@@ -51,8 +55,53 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
+def _endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+@functools.lru_cache(maxsize=4)
+def _reachable(endpoint: str) -> bool:
+    """Whether a TCP connection to the hub's host opens within 3 s (answered once per process).
+
+    Without this check an unreachable hub costs ~25 s of huggingface_hub's retries and ten lines of
+    warnings before the one-line error. Behind a proxy the hub's host is not dialled directly, so the
+    check is skipped there."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def _unavailable() -> str | None:
+    """Why the hub cannot be used right now, or None when a download may be tried."""
+    if _offline():
+        return "offline (HF_HUB_OFFLINE is set)"
+    if not _reachable(_endpoint()):
+        return f"the hub ({urlsplit(_endpoint()).hostname}) is unreachable"
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_hub():
+    """huggingface_hub's retry warnings off for the duration: a failure ends in sorakit's own one line."""
+    import logging
+
+    logger = logging.getLogger("huggingface_hub")
+    old = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
 def _download_error(name: str, what: str, flag: str, exc: Exception) -> UserError:
-    reason = "offline (HF_HUB_OFFLINE is set)" if _offline() else f"download failed ({type(exc).__name__})"
+    reason = _unavailable() or f"download failed ({type(exc).__name__})"
     return UserError(
         f"{what} '{name}' is not on disk and {reason}: run `huggingface-cli download {name} --local-dir DIR` "
         f"on a connected machine and pass {flag} DIR"
@@ -79,15 +128,16 @@ def resolve_dir(name: str | os.PathLike, what: str = "model", flag: str = "--mod
         return Path(snapshot_download(text, allow_patterns=patterns + ["*.bin"], local_files_only=True))
     except Exception:
         pass
-    if _offline():
-        raise _download_error(text, what, flag, RuntimeError("offline"))
+    if _unavailable():
+        raise _download_error(text, what, flag, RuntimeError("unavailable"))
     try:
         from huggingface_hub import list_repo_files
 
-        # weights as safetensors when the repository has them, else its PyTorch .bin files
-        if not any(f.endswith(".safetensors") for f in list_repo_files(text)):
-            patterns.append("*.bin")
-        return Path(snapshot_download(text, allow_patterns=patterns))
+        with _quiet_hub():
+            # weights as safetensors when the repository has them, else its PyTorch .bin files
+            if not any(f.endswith(".safetensors") for f in list_repo_files(text)):
+                patterns.append("*.bin")
+            return Path(snapshot_download(text, allow_patterns=patterns))
     except Exception as exc:
         raise _download_error(text, what, flag, exc) from exc
 
@@ -119,10 +169,12 @@ def resolve_file(name: str | os.PathLike, what: str = "checkpoint", flag: str = 
         return Path(hf_hub_download(repo, filename, local_files_only=True))
     except Exception:
         pass
-    if _offline():
-        raise _file_error(text, repo, filename, what, flag, "offline (HF_HUB_OFFLINE is set)")
+    reason = _unavailable()
+    if reason:
+        raise _file_error(text, repo, filename, what, flag, reason)
     try:
-        return Path(hf_hub_download(repo, filename))
+        with _quiet_hub():
+            return Path(hf_hub_download(repo, filename))
     except Exception as exc:
         raise _file_error(
             text, repo, filename, what, flag, f"download failed ({type(exc).__name__})"
