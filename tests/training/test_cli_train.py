@@ -125,3 +125,43 @@ def test_threads_flag_and_no_mfu_without_a_known_peak(tmp_path, monkeypatch):
     log = (tmp_path / "run" / "train.log").read_text()
     assert "MFU not reported: no known peak for cpu" in log and "MFU against" not in log
     assert main([*args, "--threads", "0"]) == 2
+
+
+def test_export_stores_absolute_local_component_paths(tmp_path, monkeypatch):
+    """`vae.path=vae` given relative to where training ran: the run config and the exported model keep an
+    absolute path, so `generate --model /abs/model` works from another folder (issue #14 item 7)."""
+    import json
+
+    from sorakit.cli.main import main
+    from sorakit.config import load_config
+    from sorakit.encoders.vae import build_vae
+    from sorakit.pipelines.tiny import make_tiny_vae
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    make_tiny_vae(work / "vae")
+    cache = make_cache(work / "cache", n=8)
+    monkeypatch.chdir(work)
+    args = [
+        "train",
+        "tiny",
+        *TINY_OVERRIDES,
+        "vae.path=vae",
+        "--data",
+        "cache",
+        "--output",
+        "runs/r",
+        "--max-steps",
+        "1",
+    ]
+    assert main(args) == 0
+    assert load_config(str(next((work / "runs/r/checkpoints").iterdir()) / "config.toml")).vae.path == str(
+        work / "vae"
+    )
+    assert main(["export", "runs/r", str(tmp_path / "models/m")]) == 0
+    monkeypatch.chdir(elsewhere)
+    spec = json.loads((tmp_path / "models/m/sorakit_pipeline.json").read_text())
+    assert spec["config"]["vae"]["path"] == str(work / "vae")
+    cfg = load_config("tiny", ["vae.path=" + spec["config"]["vae"]["path"]])
+    assert build_vae(cfg.vae, root=tmp_path / "models/m").scaling_factor > 0
+    assert cache.is_dir()

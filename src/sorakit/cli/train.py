@@ -65,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
         cfg.data.data_root = args.data_root
     if args.init:
         cfg.train.init_from = args.init
+    from sorakit.training.export import absolute_component_paths
+
+    absolute_component_paths(cfg)  # the run's config.toml (and its exports) work from any folder
     if not (cfg.data.csv or cfg.data.cache_dir):
         raise UserError("no training data: pass --data CSV or a latent cache directory")
     data = Path(cfg.data.cache_dir or cfg.data.csv)  # type: ignore[arg-type]

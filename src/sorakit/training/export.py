@@ -32,6 +32,18 @@ def resolve_checkpoint(run_dir: Path, step: int | None = None) -> Path:
     return found[step]
 
 
+def absolute_component_paths(cfg) -> None:  # noqa: ANN001 - sorakit.config.Config
+    """Make ``vae.path`` / ``text_encoder.path`` absolute where they name an existing local path.
+
+    A relative path means "from the folder the command ran in"; a model directory is used from
+    anywhere, so it must not keep one (``vae`` stored as-is failed from another folder). Hub ids and
+    ``builtin:`` names are not local paths and stay as they are."""
+    for section in (cfg.vae, cfg.text_encoder):
+        p = section.path
+        if p and not Path(p).is_absolute() and Path(p).exists():
+            section.path = str(Path(p).resolve())
+
+
 def export_run(
     run_dir: Path,
     out_dir: Path,
@@ -50,6 +62,7 @@ def export_run(
     if not spec.get("architecture") or not isinstance(spec.get("config"), dict):
         raise UserError(f"{path}/state.json does not describe the model (written by an older sorakit?)")
     cfg = load_config(str(path / "config.toml"))
+    absolute_component_paths(cfg)  # runs trained before the trainer stored absolute paths
     if bundle_vae and not (cfg.vae.path and Path(cfg.vae.path).is_dir()):  # checked before any weights load
         raise UserError(f"--bundle-vae needs a local VAE directory; the run's vae.path is {cfg.vae.path!r}")
     # checkpoints written before the model recorded its prediction type: the run's objective tells it
