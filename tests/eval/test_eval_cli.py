@@ -19,7 +19,7 @@ def _video_csv(tmp_path, wrong: bool = False):
         for i, r in enumerate(rows):
             colour = "blue" if r["color"] != "blue" else "red"
             text = f"a {colour} {r['shape']} moving {r['motion']}" if wrong else r["text"]
-            w.writerow([r["path"], text, "a" if i % 2 else "b"])
+            w.writerow([src.parent / r["path"], text, "a" if i % 2 else "b"])
     return out
 
 

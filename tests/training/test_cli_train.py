@@ -165,3 +165,35 @@ def test_export_stores_absolute_local_component_paths(tmp_path, monkeypatch):
     cfg = load_config("tiny", ["vae.path=" + spec["config"]["vae"]["path"]])
     assert build_vae(cfg.vae, root=tmp_path / "models/m").scaling_factor > 0
     assert cache.is_dir()
+
+
+def test_overrides_after_options_and_short_runs_shorten_the_cooldown(tmp_path, caplog):
+    """`key=value` after the options is an override, not 'unrecognized arguments'; --max-steps shorter than
+    the preset's cooldown keeps the cooldown's share of the run (30 of 100 -> 3 of 10) with a log line,
+    while a decay_steps given on the command line that does not fit is still an error (item 2)."""
+    import logging
+
+    from sorakit.cli.main import main
+    from sorakit.config import load_config
+
+    preset = tmp_path / "p.toml"
+    preset.write_text('base = "tiny"\n[train]\nmax_steps = 100\ndecay_steps = 30\n')
+    cache = make_cache(tmp_path / "cache", n=8)
+    run = tmp_path / "run"
+    args = [
+        "train",
+        str(preset),
+        "--data",
+        str(cache),
+        "--output",
+        str(run),
+        "--max-steps",
+        "10",
+        *TINY_OVERRIDES,
+    ]
+    with caplog.at_level(logging.INFO, logger="sorakit"):
+        assert main([*args, "train.ckpt_every=10"]) == 0
+    assert "cooldown shortened to the last 3 steps" in caplog.text
+    saved = load_config(str(next((run / "checkpoints").iterdir()) / "config.toml"))
+    assert (saved.train.max_steps, saved.train.decay_steps, saved.train.ckpt_every) == (10, 3, 10)
+    assert main([*args, "train.decay_steps=50", "--output", str(tmp_path / "run2")]) == 2

@@ -113,7 +113,9 @@ def stage_encode(
         lat, ys, masks = [], [], []
         for i in range(0, len(part), 16):
             chunk = part[i : i + 16]
-            frames = np.stack([read_video(r["path"]) for r in chunk])  # [b, T, H, W, 3]
+            frames = np.stack(
+                [read_video(Path(csv_path).parent / r["path"]) for r in chunk]
+            )  # [b, T, H, W, 3]
             x = torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1)
             lat.append(vae.encode(x, sample=False))
             y, m = text.encode([r["text"] for r in chunk])

@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("preset", nargs="?", help="preset name or config file")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     parser.add_argument("--format", choices=["toml", "json"], default="toml")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, overrides_anywhere=True)  # key=value also after the options
 
 
 def run(args: argparse.Namespace) -> int:

@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--ignore", action="append", default=[], metavar="PREFIX",
                         help="checkpoint key prefix that may stay unused (repeatable; reported)")  # fmt: skip
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written weights")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, overrides_anywhere=True)  # key=value also after the options
 
 
 def run(args: argparse.Namespace) -> int:

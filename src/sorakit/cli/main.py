@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
 
 from sorakit import __version__
@@ -42,9 +43,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.\-]*=")
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, except that a command taking ``key=value`` overrides (its parser sets
+    ``overrides_anywhere``) accepts them anywhere on the line: argparse fills a ``nargs="*"`` positional
+    once, so overrides after an option were 'unrecognized arguments'."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "overrides_anywhere", False):
+        args.overrides = [*args.overrides, *(e for e in extra if _OVERRIDE.match(e))]
+        extra = [e for e in extra if not _OVERRIDE.match(e)]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

@@ -37,7 +37,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int,
                         help="CPU threads for torch per process (default: torch's choice, one per core; use fewer "
                              "when other programs keep the cores busy, or each step waits on descheduled threads)")  # fmt: skip
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, overrides_anywhere=True)  # key=value also after the options
+
+
+def _fit_cooldown(cfg, args: argparse.Namespace) -> None:  # noqa: ANN001 - sorakit.config.Config
+    """--max-steps shorter than the preset's cooldown (train.decay_steps): keep the cooldown's share of
+    the run instead of refusing, and say so. A decay_steps set on the command line is left to validation."""
+    t = cfg.train
+    if args.max_steps is None or t.decay_steps <= t.max_steps:
+        return
+    if any(o.startswith("train.decay_steps=") for o in args.overrides):
+        return
+    from sorakit.config import load_config
+    from sorakit.logging import get_logger
+
+    preset_steps = load_config(args.config, list(args.overrides)).train.max_steps
+    share = t.decay_steps / max(preset_steps, t.decay_steps)
+    new = int(round(share * t.max_steps))
+    get_logger("sorakit.train").info(
+        "--max-steps %d is shorter than the cooldown (train.decay_steps=%d of %d steps): cooldown shortened to "
+        "the last %d steps (pass train.decay_steps=N to choose)", t.max_steps, t.decay_steps, preset_steps, new,
+    )  # fmt: skip
+    t.decay_steps = new
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_config(args.config, overrides)
+    _fit_cooldown(cfg, args)
     if args.data:
         cfg.data.csv = args.data
         cfg.data.cache_dir = None

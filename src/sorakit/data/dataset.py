@@ -100,6 +100,21 @@ def read_table(
     return rows
 
 
+def _check_some_file_exists(
+    rows: list, csv_path: str | os.PathLike, data_root: str | os.PathLike | None
+) -> None:
+    """A one-line error when not one file of the CSV is on disk (a moved dataset, a wrong --data-root);
+    stops at the first file found, so a healthy CSV costs one stat."""
+    if rows and not any(row.path.exists() for row in rows):
+        base = (
+            f"--data-root {data_root}" if data_root else f"the CSV's folder {Path(csv_path).resolve().parent}"
+        )
+        raise UserError(
+            f"{csv_path}: none of its {len(rows)} files exists (first: {rows[0].path}); relative paths resolve "
+            f"against {base}: moved the data? pass --data-root DIR"
+        )
+
+
 def sample_rng(seed: int, epoch: int, index: int, attempt: int = 0) -> np.random.Generator:
     """The generator of one sample's random choices: depends only on its coordinates."""
     return np.random.default_rng([seed & 0xFFFFFFFF, epoch, index, attempt])
@@ -126,6 +141,7 @@ class VideoTextDataset(torch.utils.data.Dataset):
         max_retries: int = 20,
     ) -> None:
         self.rows = read_table(csv_path, data_root, label_column)
+        _check_some_file_exists(self.rows, csv_path, data_root)
         self.num_frames = num_frames
         self.frame_interval = frame_interval
         self.image_size = (int(image_size[0]), int(image_size[1]))
@@ -178,7 +194,7 @@ class VideoTextDataset(torch.utils.data.Dataset):
             if self.label_column:
                 item["label"] = row.label
             return item
-        raise RuntimeError(
+        raise UserError(
             f"{self.max_retries + 1} files in a row could not be read (last: {skipped[-1][0]}: {skipped[-1][1]})"
         )
 

@@ -134,7 +134,8 @@ def _make_one(job: tuple[int, int, str, int, int, float, str]) -> dict[str, str]
     if not path.exists():  # resumable: an existing file was written atomically by the same (seed, index)
         write_video(path, render(spec, size, frames), fps=fps)
     return {
-        "path": str(path.resolve()),
+        # relative to the CSV's folder (where every reader resolves it): the dataset can be moved
+        "path": f"videos/{index:06d}.mp4",
         "text": spec.caption,
         "num_frames": str(frames),
         "fps": f"{fps:g}",
@@ -176,7 +177,8 @@ def synthesize(
     """Write `num_videos` videos under ``output/videos/`` and ``output/train.csv``; returns the CSV path.
 
     Videos are made in shards on `pool` (else a local pool of `workers`); finished shards are kept in
-    ``output/train.parts/`` until the CSV is written, so an interrupted run resumes.
+    ``output/train.parts/`` until the CSV is written, so an interrupted run resumes. The CSV's paths are
+    relative to its folder (``videos/000000.mp4``).
     """
     check_options(num_videos, size, frames, fps, holdout)
     if workers < 1:

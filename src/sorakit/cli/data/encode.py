@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--seed", type=int, default=0, help="seed of clip starts and VAE posterior samples")
     add_executor_args(parser, default="local:1", shards=False)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, overrides_anywhere=True)  # key=value also after the options
 
 
 def run(args: argparse.Namespace) -> int:
