@@ -6,7 +6,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import IN_REPO_FIXTURES, REPO, fixtures_dir
+
+def _conftest():
+    """tests/conftest.py by path: `import conftest` may find another folder's conftest under xdist."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_tests_conftest", Path(__file__).resolve().parents[1] / "conftest.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_ct = _conftest()
+IN_REPO_FIXTURES, REPO, fixtures_dir = _ct.IN_REPO_FIXTURES, _ct.REPO, _ct.fixtures_dir
 
 NEEDED = [
     "iddpm.json",

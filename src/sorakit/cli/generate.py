@@ -192,7 +192,9 @@ def _source_config(source: dict[str, Any]):  # noqa: ANN202 - Config
 def _geometry(source: dict[str, Any], cfg: Any) -> tuple[int, tuple[int, int, int]]:
     """(VAE downsampling factor, transformer patch size) read from config files only."""
     factor = 8  # the Stable Diffusion VAE, when its config is not on disk yet
-    vae_path = cfg.vae.path
+    from sorakit.encoders.vae import BUILTIN_VAE, BUILTIN_VAE_DIR
+
+    vae_path = str(BUILTIN_VAE_DIR) if cfg.vae.path == BUILTIN_VAE else cfg.vae.path
     if vae_path and Path(vae_path).is_dir():
         for cand in (Path(vae_path) / "config.json", Path(vae_path) / "vae" / "config.json"):
             if cand.is_file():

@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int,
                         help="CPU threads for torch per process (default: torch's choice, one per core; use fewer "
                              "when other programs keep the cores busy, or each step waits on descheduled threads)")  # fmt: skip
+    from sorakit.cli._components import add_component_args
+
+    add_component_args(parser)
     parser.set_defaults(func=run, overrides_anywhere=True)  # key=value also after the options
 
 
@@ -80,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={value}")
     cfg = load_config(args.config, overrides)
     _fit_cooldown(cfg, args)
+    from sorakit.cli._components import apply_component_args
+
+    apply_component_args(cfg, args)
     if args.data:
         cfg.data.csv = args.data
         cfg.data.cache_dir = None

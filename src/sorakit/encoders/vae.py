@@ -100,6 +100,12 @@ class VideoVAE(nn.Module):
         return rearrange(torch.cat(out), "(b t) c h w -> b c t h w", b=b)
 
 
+# The built-in model's 0.95M-parameter AutoencoderKL (64x64 RGB -> 16x16x4), shipped with the package:
+# the `tiny` preset uses it so that training from videos needs no download.
+BUILTIN_VAE = "builtin:vae"
+BUILTIN_VAE_DIR = Path(__file__).resolve().parents[1] / "builtin" / "model" / "vae"
+
+
 def load_autoencoder(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> AutoencoderKL:
     """``AutoencoderKL.from_pretrained`` on a local directory; a full Stable Diffusion pipeline directory
     (with a ``vae/`` subfolder) works too."""
@@ -134,7 +140,9 @@ def build_vae(
     if not cfg.path:
         raise UserError("no VAE given: pass --vae DIR")
     path: Path
-    if root is not None and not Path(cfg.path).is_absolute() and (root / cfg.path).is_dir():
+    if cfg.path == BUILTIN_VAE:
+        path = BUILTIN_VAE_DIR
+    elif root is not None and not Path(cfg.path).is_absolute() and (root / cfg.path).is_dir():
         path = root / cfg.path
     else:
         from sorakit.hub import resolve_dir

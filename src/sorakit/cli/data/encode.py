@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--seed", type=int, default=0, help="seed of clip starts and VAE posterior samples")
     add_executor_args(parser, default="local:1", shards=False)
+    from sorakit.cli._components import add_component_args
+
+    add_component_args(parser)
     parser.set_defaults(func=run, overrides_anywhere=True)  # key=value also after the options
 
 
@@ -51,9 +54,11 @@ def run(args: argparse.Namespace) -> int:
 
     log = get_logger("sorakit.cli.encode")
     spec = executor_from_args(args, default="local:1", workers_flag=False)
-    inputs = EncodeInputs(
-        args.config, tuple(args.overrides), args.csv, args.data_root, args.seed, args.device
-    )
+    from sorakit.cli._components import component_overrides
+
+    # --vae / --text-encoder travel as overrides: worker processes rebuild the config from them
+    overrides = (*args.overrides, *component_overrides(args))
+    inputs = EncodeInputs(args.config, overrides, args.csv, args.data_root, args.seed, args.device)
     cfg = inputs.config_obj()
     if args.batch_size < 1 or args.shard_size < 1:
         raise UserError("--batch-size and --shard-size must be >= 1")
