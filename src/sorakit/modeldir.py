@@ -149,6 +149,13 @@ def save_model_dir(
     return out
 
 
+def _is_transformer_dir(root: Path) -> bool:
+    try:
+        return json.loads((root / "config.json").read_text()).get("format") == "sorakit-model"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def read_model_dir(path: str | os.PathLike) -> tuple[Path, Config]:
     """Read ``DIR/sorakit_pipeline.json`` -> (directory, config with vae/text-encoder paths resolved
     against DIR). Raises UserError for anything that is not a valid model directory."""
@@ -157,6 +164,11 @@ def read_model_dir(path: str | os.PathLike) -> tuple[Path, Config]:
         raise UserError(f"model: no such directory: {path}")
     file = root / PIPELINE_FILE
     if not file.is_file():
+        if _is_transformer_dir(root):
+            raise UserError(
+                f"{root} holds a transformer alone (what `sorakit convert` writes), not a whole model: generate "
+                f"with --preset PRESET --ckpt {root} (the preset names the text encoder and VAE)"
+            )
         raise UserError(f"{root} is not a sorakit model directory (no {PIPELINE_FILE})")
     try:
         spec = json.loads(file.read_text())

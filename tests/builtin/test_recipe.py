@@ -77,3 +77,22 @@ def test_rerun_resumes_training_and_skips_finished_stages(toy_run, capfd):
 def test_unknown_stage_is_a_one_line_error(tmp_path, capsys):
     assert recipe.main(["--workdir", str(tmp_path), "--stages", "data,bake"]) == 2
     assert "unknown stage" in capsys.readouterr().err
+
+
+def test_ctrl_c_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in `make train-builtin` (issue #14 item 11): in the recipe's own stages, or in a child
+    `sorakit` command that exits 130, ends with one line and status 130."""
+    import subprocess
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipe, "stage_data", interrupted)
+    assert recipe.main(["--workdir", str(tmp_path / "w"), "--stages", "data"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "sorakit: interrupted; run the same command again to resume (every stage resumes)"
+    ]
+    monkeypatch.setattr(subprocess, "call", lambda cmd: 130)
+    with pytest.raises(KeyboardInterrupt):
+        recipe._sorakit("train", "x")

@@ -46,3 +46,11 @@ def test_config_dump_applies_overrides(capsys):
     )
     out = capsys.readouterr().out
     assert '"num_sampling_steps": 7' in out
+
+
+def test_config_takes_generate_short_preset_names(capsys):
+    """`sorakit config opensora/16x256x256` (the name `generate --preset` takes) prints that preset."""
+    assert main(["config", "opensora/16x256x256", "--format", "json"]) == 0
+    short = capsys.readouterr().out
+    assert main(["config", "opensora/inference/16x256x256", "--format", "json"]) == 0
+    assert short == capsys.readouterr().out and '"num_sampling_steps"' in short

@@ -7,7 +7,7 @@ import json
 import torch
 
 from sorakit.cli.main import main
-from sorakit.models import PixArt, from_pretrained
+from sorakit.models import PixArt, build_model, from_pretrained, save_pretrained
 
 
 def test_convert_pixart_into_stdit(tmp_path, capsys):
@@ -59,3 +59,13 @@ def test_convert_user_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("sorakit: error:") and "missing" in err and "unexpected 1 keys: x" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_converted_dir_as_model_says_how_to_use_it(tmp_path, capsys):
+    """`generate --model CONVERTED` explains the transformer-only folder (was: 'no sorakit_pipeline.json')."""
+    model = build_model("STDiT-tiny", input_size=(4, 8, 8), hidden_size=32, depth=1, num_heads=2)
+    save_pretrained(model, tmp_path / "conv")
+    code = main(["generate", "a cat", "--model", str(tmp_path / "conv"), "--output", str(tmp_path / "a.mp4")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"--preset PRESET --ckpt {tmp_path / 'conv'}" in err

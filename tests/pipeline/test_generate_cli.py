@@ -42,21 +42,22 @@ def test_prompt_file_names_seeds_and_replay(tiny_model_dir: Path, tmp_path: Path
                 "--batch-size", "2", "--steps", "3", "--num-frames", "3", "--seed", "100")  # fmt: skip
     assert code == 0
     names = sorted(p.name for p in out_dir.iterdir())
+    # numbered by prompt: the blank line uses no number
     assert names == [
         "0000-a-red-circle.json", "0000-a-red-circle.mp4",
-        "0002-a-blue-square-bouncing.json", "0002-a-blue-square-bouncing.mp4",
-        "0003-waves-at-sunset.json", "0003-waves-at-sunset.mp4",
+        "0001-a-blue-square-bouncing.json", "0001-a-blue-square-bouncing.mp4",
+        "0002-waves-at-sunset.json", "0002-waves-at-sunset.mp4",
     ]  # fmt: skip
-    second = json.loads((out_dir / "0002-a-blue-square-bouncing.json").read_text())
-    third = json.loads((out_dir / "0003-waves-at-sunset.json").read_text())
-    assert second["prompt"] == "A blue square, bouncing!" and second["index"] == 2
+    second = json.loads((out_dir / "0001-a-blue-square-bouncing.json").read_text())
+    third = json.loads((out_dir / "0002-waves-at-sunset.json").read_text())
+    assert second["prompt"] == "A blue square, bouncing!" and second["index"] == 1
     assert second["seed"] == 100 and third["seed"] == 102  # seed + position of the batch's first prompt
     assert second["batch"]["prompts"] == ["a red circle", "A blue square, bouncing!"]
 
     # the sidecar regenerates the same video
     replay = tmp_path / "again.mp4"
-    assert _gen("--replay", str(out_dir / "0002-a-blue-square-bouncing.json"), "--output", str(replay)) == 0
-    np.testing.assert_array_equal(read_video(replay), read_video(out_dir / "0002-a-blue-square-bouncing.mp4"))
+    assert _gen("--replay", str(out_dir / "0001-a-blue-square-bouncing.json"), "--output", str(replay)) == 0
+    np.testing.assert_array_equal(read_video(replay), read_video(out_dir / "0001-a-blue-square-bouncing.mp4"))
     # and it is not the same as its batch neighbour
     assert not np.array_equal(read_video(replay), read_video(out_dir / "0000-a-red-circle.mp4"))
 

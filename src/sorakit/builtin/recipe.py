@@ -164,6 +164,8 @@ def _sorakit(*args: str) -> None:
     cmd = [sys.executable, "-m", "sorakit.cli.main", *args]
     logger.info("recipe: %s", " ".join(["sorakit", *args]))
     rc = subprocess.call(cmd)
+    if rc in (130, -2):  # the child was stopped by Ctrl-C (SIGINT) too: the recipe stops the same way
+        raise KeyboardInterrupt
     if rc != 0:
         raise UserError(f"`sorakit {' '.join(args)}` failed with exit status {rc}")
 
@@ -252,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"sorakit: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "sorakit: interrupted; run the same command again to resume (every stage resumes)",
+            file=sys.stderr,
+        )
+        return 130
     logger.info("recipe: done; stage times in %s", Path(args.workdir) / "times.json")
     return 0
 

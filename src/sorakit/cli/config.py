@@ -25,6 +25,9 @@ def run(args: argparse.Namespace) -> int:
         for name in list_presets():
             print(name)
         return 0
-    cfg = load_config(args.preset, args.overrides)
+    from sorakit.cli.generate import preset_name
+
+    # the short names `generate --preset` takes (opensora/16x256x256) name the same presets here
+    cfg = load_config(preset_name(args.preset), args.overrides)
     print(cfg.dump(args.format))
     return 0

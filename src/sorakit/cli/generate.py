@@ -249,7 +249,7 @@ def _check_folder_writable(folder: Path) -> None:
 
 
 def _read_prompt_file(path: str, keep_empty: bool = False) -> list[tuple[int, str]]:
-    """(line index, stripped prompt) per non-empty line; with ``keep_empty`` every line, as Open-Sora 1.0
+    """(number, stripped prompt) per non-empty line; with ``keep_empty`` (line index, line) for every line, as Open-Sora 1.0
     read its prompt files (``readlines``: no extra prompt after a final newline)."""
     p = Path(path)
     if not p.is_file():
@@ -260,7 +260,10 @@ def _read_prompt_file(path: str, keep_empty: bool = False) -> list[tuple[int, st
         raise UserError(f"--prompt-file {path} is not UTF-8 text") from exc
     if lines and lines[-1] == "":
         lines.pop()
-    items = [(i, line.strip()) for i, line in enumerate(lines) if line.strip() or keep_empty]
+    if keep_empty:
+        items = [(i, line.strip()) for i, line in enumerate(lines)]
+    else:  # numbered by prompt, not by line: blank lines do not use up output numbers
+        items = list(enumerate(line.strip() for line in lines if line.strip()))
     if not items:
         raise UserError(f"--prompt-file {path} has no prompts (all lines are empty)")
     return items

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class CutOptions:
     fps: float | None = None  # output frame rate; None keeps the source's
     crf: int = 18
     overwrite: bool = False
+    upscale: bool = False  # enlarge sources whose shorter side is below short_side (else keep their size)
 
     def validate(self) -> None:
         if self.short_side is not None and self.short_side < 2:
@@ -57,14 +59,22 @@ class Job:
     opts: CutOptions
 
 
-def resized_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
-    """(height, width) with the shorter side set to `short_side`, aspect kept, both even."""
-    if short_side is None:
+def resized_size(height: int, width: int, short_side: int | None, upscale: bool = True) -> tuple[int, int]:
+    """(height, width) with the shorter side set to `short_side`, aspect kept, both even. Without
+    `upscale`, a source already smaller than `short_side` keeps its size (enlarging adds no detail)."""
+    if short_side is None or (not upscale and min(height, width) <= short_side):
         return height + height % 2, width + width % 2
     s = short_side + short_side % 2
     if height <= width:
         return s, max(2, 2 * round(width * s / height / 2))
     return max(2, 2 * round(height * s / width / 2)), s
+
+
+def _clip_size(source: Path | None, height: int, width: int, opts: CutOptions) -> tuple[int, int]:
+    if opts.short_side and not opts.upscale and min(height, width) < opts.short_side:
+        print(f"sorakit: {source}: {width}x{height} is smaller than --short-side {opts.short_side}: kept at its "
+              "size (--upscale enlarges it)", file=sys.stderr, flush=True)  # fmt: skip
+    return resized_size(height, width, opts.short_side, opts.upscale)
 
 
 def resample_indices(n: int, src_fps: float, dst_fps: float | None) -> list[int]:
@@ -142,7 +152,7 @@ def cut_source(job: Job) -> list[tuple[int, dict[str, str] | str]]:
         src_fps = float(rate) if rate else 0.0
         if src_fps <= 0:
             return results + [(c.index, f"{job.source}: unknown frame rate") for c in todo]
-        plan = _ClipPlan(todo, src_fps, job.opts)
+        plan = _ClipPlan(todo, src_fps, job.opts, job.source)
         n_decoded, decode_error = 0, ""
         try:
             for i, frame in enumerate(container.decode(stream)):
@@ -179,7 +189,8 @@ class _ClipPlan:
     as its last frame is decoded; an open-ended clip keeps every frame until the stream ends.
     """
 
-    def __init__(self, clips: list[Clip], src_fps: float, opts: CutOptions):
+    def __init__(self, clips: list[Clip], src_fps: float, opts: CutOptions, source: Path | None = None):
+        self.source = source
         self.opts, self.src_fps, self.dst_fps = opts, src_fps, opts.fps or src_fps
         self.pending = sorted(clips, key=lambda c: c.start)
         self.need = {
@@ -205,7 +216,7 @@ class _ClipPlan:
         if not users:
             return []
         if self.size is None:
-            self.size = resized_size(frame.height, frame.width, self.opts.short_side)
+            self.size = _clip_size(self.source, frame.height, frame.width, self.opts)
         h, w = self.size
         arr = frame.to_ndarray(format="rgb24", height=h, width=w, interpolation="AREA")
         done = []

@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--short-side", type=int, default=None, help="resize so the shorter side is this many pixels"
     )
+    p.add_argument("--upscale", action="store_true",
+                   help="also enlarge sources whose shorter side is below --short-side (default: keep their size)")  # fmt: skip
     p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's)")
     p.add_argument("--crf", type=int, default=18, help="H.264 quality, 0-51, lower is better (default: 18)")
     p.add_argument("--overwrite", action="store_true", help="re-encode clips whose file already exists")
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         fps=args.fps,
         crf=args.crf,
         overwrite=args.overwrite,
+        upscale=args.upscale,
     )
     opts.validate()
     if not str(args.input).lower().endswith(".csv"):
