@@ -108,6 +108,21 @@ def _download_error(name: str, what: str, flag: str, exc: Exception) -> UserErro
     )
 
 
+def download_hint(name: str) -> str:
+    """For a missing local path named like a known component or checkpoint (``./t5-v1_1-xxl``,
+    ``PixArt-XL-2-512x512.pth``): what to download into it, as a sentence fragment; else ''."""
+    base = Path(str(name).rstrip("/")).name
+    if base in KNOWN_COMPONENTS:
+        repo = KNOWN_COMPONENTS[base]
+        return f" (download it: `huggingface-cli download {repo} --local-dir {name}`)"
+    known = KNOWN_CHECKPOINTS.get(base)
+    if isinstance(known, str):
+        return f" (download it from {known})"
+    if known is not None:
+        return f" (download it: `huggingface-cli download {known[0]} {known[1]} --local-dir DIR`)"
+    return ""
+
+
 def resolve_dir(name: str | os.PathLike, what: str = "model", flag: str = "--model") -> Path:
     """A local directory, or a hub repository id fetched into the hub cache (weights and configs only).
 

@@ -165,10 +165,12 @@ def _check_exists(name: str | None, what: str, flag: str, want_dir: bool) -> Non
     if not name or not _looks_local(name):
         return
     path = Path(os.path.expanduser(name))
+    from sorakit.hub import download_hint
+
     if want_dir and not path.is_dir():
-        raise UserError(f"{flag}: no such directory: {name}")
+        raise UserError(f"{flag}: no such directory: {name}{download_hint(name)}")
     if not want_dir and not path.exists():
-        raise UserError(f"{flag}: no such file: {name}")
+        raise UserError(f"{flag}: no such file: {name}{download_hint(name)}")
 
 
 def _source_config(source: dict[str, Any]):  # noqa: ANN202 - Config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,9 +65,32 @@ def _fit_cooldown(cfg, args: argparse.Namespace) -> None:  # noqa: ANN001 - sora
     t.decay_steps = new
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _check_inputs(cfg, output: Path) -> None:  # noqa: ANN001 - sorakit.config.Config
+    """Data, initial weights, the VAE / text encoder a CSV needs and the output folder, before any work.
+    Hub-named components and known upstream checkpoints are fetched now, or (offline) fail in one line."""
+    from sorakit.cli._components import fetch_components
+    from sorakit.data.cache import is_cache_dir
+    from sorakit.errors import UserError
+    from sorakit.hub import _HUB_FILE, KNOWN_CHECKPOINTS, download_hint, resolve_file
 
+    if not (cfg.data.csv or cfg.data.cache_dir):
+        raise UserError("no training data: pass --data CSV or a latent cache directory")
+    data = Path(cfg.data.cache_dir or cfg.data.csv)
+    if not data.exists():
+        raise UserError(f"--data: no such file or directory: {data}")
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output} exists and is not a directory")
+    if not is_cache_dir(data):  # a latent cache already holds what the VAE and text encoder would give
+        fetch_components(cfg)
+    init = cfg.train.init_from
+    if init and not Path(init).exists():
+        if Path(init).name in KNOWN_CHECKPOINTS or _HUB_FILE.match(init):
+            cfg.train.init_from = str(resolve_file(init, what="--init checkpoint", flag="--init"))
+        else:
+            raise UserError(f"--init: no such file or directory: {init}{download_hint(init)}")
+
+
+def run(args: argparse.Namespace) -> int:
     from sorakit.config import load_config
     from sorakit.errors import UserError
 
@@ -96,16 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from sorakit.training.export import absolute_component_paths
 
     absolute_component_paths(cfg)  # the run's config.toml (and its exports) work from any folder
-    if not (cfg.data.csv or cfg.data.cache_dir):
-        raise UserError("no training data: pass --data CSV or a latent cache directory")
-    data = Path(cfg.data.cache_dir or cfg.data.csv)  # type: ignore[arg-type]
-    if not data.exists():
-        raise UserError(f"--data: no such file or directory: {data}")
-    if cfg.train.init_from and not Path(cfg.train.init_from).exists():
-        raise UserError(f"--init: no such file or directory: {cfg.train.init_from}")
-    output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise UserError(f"--output {output} exists and is not a directory")
+    _check_inputs(cfg, Path(args.output))
 
     if args.threads:
         import torch
@@ -113,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     from sorakit.training.trainer import train
 
-    result = train(cfg, output, resume=args.resume)
+    result = train(cfg, Path(args.output), resume=args.resume)
     if result.checkpoint is not None:
         print(result.checkpoint)
     return 0

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     log = get_logger("sorakit.cli.encode")
     spec = executor_from_args(args, default="local:1", workers_flag=False)
-    from sorakit.cli._components import component_overrides
+    from sorakit.cli._components import component_overrides, fetch_components
 
     # --vae / --text-encoder travel as overrides: worker processes rebuild the config from them
     overrides = (*args.overrides, *component_overrides(args))
@@ -65,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output {out} exists and is not a directory")
+    if not Path(args.csv).is_file():
+        raise UserError(f"no such CSV: {args.csv}")
+    # hub-named VAE / text encoder: fetched now, or (offline) one line saying what to download
+    fetch_components(cfg)
 
     from sorakit.data.cache import encode_to_cache
 
