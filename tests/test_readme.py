@@ -137,6 +137,11 @@ COVERAGE: dict[str, Run | Fetch] = {
     "sorakit data csv split train.csv -o train_split.csv --val-output val.csv --val-fraction 0.05":
         Run("data", (), _csv_rows("train_split.csv", 1)),
     "sorakit data convert ucf101 UCF-101/ --output ucf101.csv": Run("data", (), _csv_rows("ucf101.csv", 2)),
+    # data tools on an executor (several processes; a local Dask cluster)
+    "sorakit data synth --output shapes --num-videos 40 --size 32 --frames 4 --executor local:2":
+        Run("executor", ("--num-videos", "4"), _csv_rows("shapes/train.csv", 4)),
+    "sorakit data info shapes/videos --output shapes_info.csv --executor dask:local:2 --retries 1":
+        Run("executor", (), _csv_rows("shapes_info.csv", 4)),
     # configuration
     "sorakit config": Run("config"),
     "sorakit config opensora/inference/64x512x512 scheduler.num_sampling_steps=50": Run("config"),

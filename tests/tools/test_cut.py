@@ -101,10 +101,10 @@ def test_cut_rejects_non_csv(media, tmp_path, capsys):
     path = media["a"][0]
     assert main(["data", "cut", str(path), "--output-dir", str(tmp_path / "o")]) == 2
     assert main(["data", "cut", str(path) + ".csv", "--output-dir", str(tmp_path / "o"), "--fps", "0"]) == 2
-    assert capsys.readouterr().err.count("sorakit: error:") == 2
+    assert capfd.readouterr().err.count("sorakit: error:") == 2
 
 
-def test_cut_does_not_upscale_unless_asked(media, tmp_path, capsys):
+def test_cut_does_not_upscale_unless_asked(media, tmp_path, capfd):
     """--short-side above the source's size keeps the size and says so; --upscale enlarges (item 11)."""
     path, _, n, fps = media["a"]  # 48x64
     clips = write(tmp_path / "c.csv", [{"path": str(path), "start_frame": "0", "end_frame": "10"}])
@@ -112,11 +112,11 @@ def test_cut_does_not_upscale_unless_asked(media, tmp_path, capsys):
     assert main([*base, "--output-dir", str(tmp_path / "keep")]) == 0
     assert (
         "64x48 is smaller than --short-side 96: kept at its size (--upscale enlarges it)"
-        in capsys.readouterr().err
+        in capfd.readouterr().err
     )
     assert read_video(read(tmp_path / "keep" / "clips.csv")[0]["path"]).shape[1:3] == (48, 64)
     assert main([*base, "--output-dir", str(tmp_path / "up"), "--upscale"]) == 0
-    assert "smaller than" not in capsys.readouterr().err
+    assert "smaller than" not in capfd.readouterr().err
     assert read_video(read(tmp_path / "up" / "clips.csv")[0]["path"]).shape[1:3] == (96, 128)
     assert resized_size(48, 64, 96, upscale=False) == (48, 64) and resized_size(
         480, 640, 96, upscale=False
