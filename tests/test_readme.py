@@ -51,6 +51,14 @@ class Fetch:
     extra: tuple[str, ...] = field(default=())
 
 
+@dataclass
+class Serve:
+    """A server: started (its --port replaced by a free one), its /health must answer, then Ctrl-C ends it."""
+
+    group: str
+    extra: tuple[str, ...] = ()
+
+
 # -- checks of what the runnable commands wrote --------------------------------------------------------
 
 
@@ -99,7 +107,7 @@ def _checkpoint(run: str) -> Callable[[Path], None]:
 # -- the table -------------------------------------------------------------------------------------------
 
 GEN = ("--steps", "3", "--no-progress")
-COVERAGE: dict[str, Run | Fetch] = {
+COVERAGE: dict[str, Run | Fetch | Serve] = {
     # generating
     'sorakit generate "a red circle moving to the right" --output red.mp4': Run("generate", GEN, _is_video("red.mp4", 16)),
     "sorakit generate --prompt-file prompts.txt --output-dir out --seed 1 --steps 30 --sampler dpm-solver":
@@ -108,6 +116,10 @@ COVERAGE: dict[str, Run | Fetch] = {
         Run("generate", ("--no-progress",), _replay_is_byte_identical),
     "sorakit generate --preset opensora/16x256x256 --ckpt OpenSora-v1-HQ-16x256x256.pth --text-encoder "
     "./t5-v1_1-xxl --vae ./sd-vae-ft-ema --prompt-file prompts.txt --output-dir out": Fetch("generate"),
+    "sorakit generate --preset opensora/16x256x256 --ckpt OpenSora-v1-HQ-16x256x256.pth --text-encoder "
+    "./t5-v1_1-xxl --vae ./sd-vae-ft-ema --prompt-file prompts.txt --output-dir out --parity opensora-1.0":
+        Fetch("generate"),
+    "sorakit serve --port 8000 --workers 1 --data-dir serve-data": Serve("serve"),
     "sorakit generate --preset dit/1x256x256-class --ckpt DiT-XL-2-256x256.pt --class-label 207 --output dog.png":
         Fetch("generate"),
     "torchrun --nproc_per_node 4 -m sorakit.cli.main generate --prompt-file p.txt --output-dir out":
@@ -285,6 +297,36 @@ def _run(argv: list[str], work: Path, env: dict[str, str]) -> tuple[subprocess.C
     return proc, cpu
 
 
+def _serve(argv: list[str], work: Path, env: dict[str, str]) -> None:
+    import signal
+    import time
+    import urllib.request
+
+    port = _free_port()
+    argv[argv.index("--port") + 1] = str(port)
+    proc = subprocess.Popen(
+        argv, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline, status = time.monotonic() + 600, None
+        while status != 200 and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    status = r.status
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200, f"`{' '.join(argv)}` did not answer /health (exit {proc.poll()})"
+    finally:
+        proc.send_signal(signal.SIGINT)  # what the README says ends it
+        try:
+            out = proc.communicate(timeout=120)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out = proc.communicate()[0]
+    assert proc.returncode in (0, 130), out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+
+
 GROUPS = list(dict.fromkeys(case.group for case in COVERAGE.values()))
 
 
@@ -301,6 +343,9 @@ def test_readme_commands(group: str, tmp_path: Path, env: dict[str, str], shapes
             if case.group != group:
                 continue
             argv = _argv(command, case.extra, subs, in_one_process=isinstance(case, Fetch))
+            if isinstance(case, Serve):
+                _serve(argv, tmp_path, env)
+                continue
             proc, cpu = _run(argv, tmp_path, env)
             said = f"`{command}` ->\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}"
             if isinstance(case, Fetch):

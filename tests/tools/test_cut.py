@@ -101,7 +101,7 @@ def test_cut_rejects_non_csv(media, tmp_path, capsys):
     path = media["a"][0]
     assert main(["data", "cut", str(path), "--output-dir", str(tmp_path / "o")]) == 2
     assert main(["data", "cut", str(path) + ".csv", "--output-dir", str(tmp_path / "o"), "--fps", "0"]) == 2
-    assert capfd.readouterr().err.count("sorakit: error:") == 2
+    assert capsys.readouterr().err.count("sorakit: error:") == 2
 
 
 def test_cut_does_not_upscale_unless_asked(media, tmp_path, capfd):
