@@ -88,7 +88,10 @@ def test_prompt_file_empty_lines(tmp_path: Path) -> None:
 
     f = tmp_path / "p.txt"
     f.write_text("a\n\n  b  \n", encoding="utf-8")
-    assert _read_prompt_file(str(f)) == [(0, "a"), (2, "b")]
+    assert _read_prompt_file(str(f)) == [
+        (0, "a"),
+        (1, "b"),
+    ]  # numbered by prompt: the blank line uses no number
     assert _read_prompt_file(str(f), keep_empty=True) == [(0, "a"), (1, ""), (2, "b")]
     f.write_text("a\n\nb", encoding="utf-8")  # no final newline: still three lines, as readlines() gives
     assert _read_prompt_file(str(f), keep_empty=True) == [(0, "a"), (1, ""), (2, "b")]
