@@ -101,7 +101,6 @@ def test_models_package_has_no_import_cycle() -> None:
     assert not offenders
 
 
-@pytest.mark.xfail(strict=True, reason="stage 2 of #13: the CLI still validates and starts torch.distributed")
 def test_generate_cli_is_thin() -> None:
     """cli/generate.py: argv, output paths, calling the pipeline, writing files -- nothing else."""
     path = SRC / "cli" / "generate.py"
