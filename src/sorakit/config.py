@@ -17,9 +17,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sorakit.errors import ConfigError
+from sorakit.opensora_config import opensora_py_to_dict
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -54,7 +55,7 @@ class ModelConfig:
 class VAEConfig:
     """The per-frame image autoencoder."""
 
-    type: str = _doc("'sd-vae' (diffusers AutoencoderKL) or 'builtin'", "sd-vae")
+    type: Literal["sd-vae", "builtin"] = _doc("'sd-vae' (diffusers AutoencoderKL) or 'builtin'", "sd-vae")
     path: str | None = _doc("local directory (or hub id) of the VAE weights", "stabilityai/sd-vae-ft-ema")
     micro_batch_size: int | None = _doc("frames encoded/decoded at once; None = all at once", None)
     scaling_factor: float | None = _doc("latent scaling; None = read from the VAE's config", None)
@@ -64,7 +65,9 @@ class VAEConfig:
 class TextEncoderConfig:
     """The frozen text encoder."""
 
-    type: str = _doc("'t5', 'clip', 'minilm' or 'classes' (class labels, DiT/Latte)", "t5")
+    type: Literal["t5", "clip", "minilm", "classes"] = _doc(
+        "'t5', 'clip', 'minilm' or 'classes' (class labels, DiT/Latte)", "t5"
+    )
     path: str | None = _doc("local directory (or hub id) of the encoder", "DeepFloyd/t5-v1_1-xxl")
     model_max_length: int = _doc("tokens per caption (T5: 120)", 120)
     clean_caption: bool = _doc("T5 only: clean prompts as Open-Sora 1.0 did before tokenising", True)
@@ -75,6 +78,7 @@ class TextEncoderConfig:
 class SchedulerConfig:
     """The diffusion process and sampler."""
 
+    # a str, not a Literal: sampler names and their aliases are defined once, in sorakit.diffusion.SAMPLERS
     type: str = _doc("sampler: 'iddpm', 'dpm-solver', 'ddim' or 'rflow'", "iddpm")
     num_sampling_steps: int = _doc("denoising steps at inference", 100)
     cfg_scale: float = _doc("classifier-free guidance scale (1 = no guidance)", 7.0)
@@ -111,7 +115,7 @@ class TrainConfig:
     """The training loop."""
 
     seed: int = _doc("random seed", 42)
-    objective: str = _doc("'iddpm' or 'rflow'", "iddpm")
+    objective: Literal["iddpm", "rflow"] = _doc("'iddpm' or 'rflow'", "iddpm")
     batch_size: int = _doc("samples per process per step", 8)
     max_steps: int = _doc("optimizer steps to run", 1000)
     lr: float = _doc("AdamW learning rate", 2e-5)
@@ -122,9 +126,13 @@ class TrainConfig:
     )
     grad_clip: float = _doc("gradient norm clipping (0 = off)", 1.0)
     ema_decay: float = _doc("EMA decay of the exported weights", 0.9999)
-    mixed_precision: str = _doc("'bf16' (autocast, fp32 master weights), 'fp16' or 'fp32'", "bf16")
+    mixed_precision: Literal["bf16", "fp16", "fp32"] = _doc(
+        "'bf16' (autocast, fp32 master weights), 'fp16' or 'fp32'", "bf16"
+    )
     caption_dropout: float = _doc("probability of replacing a caption by the null caption", 0.1)
-    freeze: str | None = _doc("None, 'not_temporal' (train temporal layers only) or 'text'", None)
+    freeze: Literal["not_temporal", "text"] | None = _doc(
+        "None, 'not_temporal' (train temporal layers only) or 'text'", None
+    )
     log_every: int = _doc("log every N steps", 10)
     ckpt_every: int = _doc("write a checkpoint every N steps", 500)
     keep_last: int = _doc("checkpoints kept (newest)", 3)
@@ -140,7 +148,9 @@ class TrainConfig:
 class ParallelConfig:
     """Distribution over processes."""
 
-    strategy: str = _doc("'none', 'ddp', 'fsdp' (ZeRO-2-like) or 'fsdp-full' (ZeRO-3-like)", "ddp")
+    strategy: Literal["none", "ddp", "fsdp", "fsdp-full"] = _doc(
+        "'none', 'ddp', 'fsdp' (ZeRO-2-like) or 'fsdp-full' (ZeRO-3-like)", "ddp"
+    )
     sp_size: int = _doc("sequence-parallel group size (STDiT tokens split along time)", 1)
     backend: str | None = _doc("torch.distributed backend; None = nccl on GPU, gloo on CPU", None)
 
@@ -205,17 +215,20 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(key, value, arg)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                pass
         raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r}")
     if hint is Any:
         return value
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key}: expected one of {', '.join(map(repr, args))}, got {value!r}")
     if origin is list:
         if isinstance(value, str):
             value = _parse_list_string(key, value)
@@ -266,7 +279,8 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
 
 def _type_name(hint: Any) -> str:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    names = [getattr(a, "__name__", str(a)) for a in args]
+    names = [" or ".join(map(repr, typing.get_args(a))) if typing.get_origin(a) is Literal
+             else getattr(a, "__name__", str(a)) for a in args]  # fmt: skip
     return " or ".join(names) + " or none"
 
 
@@ -434,189 +448,3 @@ def dump_toml(data: dict[str, Any]) -> str:
                 lines.append(f"{key} = {fmt(value)}")
         lines.append("")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------------
-# Open-Sora 1.0 Python configs, read with `ast` and never executed
-
-
-class _LiteralReader(ast.NodeVisitor):
-    """Evaluates literal expressions only: constants, tuples/lists/dicts, dict(k=v), unary minus and
-    arithmetic between numbers (Open-Sora writes `fps = 24 // 3`). Anything else is refused."""
-
-    _BINOPS = {
-        ast.Add: lambda a, b: a + b,
-        ast.Sub: lambda a, b: a - b,
-        ast.Mult: lambda a, b: a * b,
-        ast.Div: lambda a, b: a / b,
-        ast.FloorDiv: lambda a, b: a // b,
-    }
-
-    def __init__(self, source: str, names: dict[str, Any]):
-        self.source = source
-        self.names = names
-
-    def value(self, node: ast.AST) -> Any:
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, (ast.Tuple, ast.List)):
-            return [self.value(e) for e in node.elts]
-        if isinstance(node, ast.Dict):
-            if any(k is None for k in node.keys):
-                raise self._refuse(node, "dict unpacking")
-            return {self.value(k): self.value(v) for k, v in zip(node.keys, node.values)}
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
-            if node.args or any(kw.arg is None for kw in node.keywords):
-                raise self._refuse(node, "dict() with positional or ** arguments")
-            return {kw.arg: self.value(kw.value) for kw in node.keywords}
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            v = self.value(node.operand)
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise self._refuse(node, "unary operator on a non-number")
-            return -v if isinstance(node.op, ast.USub) else v
-        if isinstance(node, ast.BinOp) and type(node.op) in self._BINOPS:
-            a, b = self.value(node.left), self.value(node.right)
-            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b)):
-                raise self._refuse(node, "arithmetic on non-numbers")
-            return self._BINOPS[type(node.op)](a, b)
-        if isinstance(node, ast.Name) and node.id in self.names:
-            return self.names[node.id]
-        if isinstance(node, ast.Call):
-            raise self._refuse(node, "a function call")
-        raise self._refuse(node, type(node).__name__)
-
-    def _refuse(self, node: ast.AST, what: str) -> ConfigError:
-        line = getattr(node, "lineno", "?")
-        return ConfigError(
-            f"{self.source}:{line}: refused to read {what}: Open-Sora config files may hold literals only"
-        )
-
-
-def read_python_literals(path: Path) -> dict[str, Any]:
-    """Module-level ``name = literal`` assignments of a Python file, without executing it."""
-    try:
-        tree = ast.parse(path.read_text(), filename=str(path))
-    except SyntaxError as exc:
-        raise ConfigError(f"{path}: not valid Python: {exc.msg} (line {exc.lineno})") from exc
-    names: dict[str, Any] = {}
-    reader = _LiteralReader(str(path), names)
-    for node in tree.body:
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            raise reader._refuse(node, "an import")
-        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
-            continue  # docstring
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            names[node.targets[0].id] = reader.value(node.value)
-            continue
-        raise reader._refuse(node, f"a {type(node).__name__} statement")
-    return names
-
-
-# Open-Sora 1.0 component type names -> sorakit names
-_OS_VAE = {"VideoAutoencoderKL": "sd-vae"}
-_OS_TEXT = {"t5": "t5", "clip": "clip", "classes": "classes"}
-_OS_SCHED = {"iddpm": "iddpm", "dpm-solver": "dpm-solver", "iddpm-speed": "iddpm"}
-_OS_DTYPE = {
-    "fp16": "fp16",
-    "bf16": "bf16",
-    "fp32": "fp32",
-    "float16": "fp16",
-    "bfloat16": "bf16",
-    "float32": "fp32",
-}
-_OS_PLUGIN = {"zero2": "fsdp", "zero2-seq": "fsdp", "ddp": "ddp"}
-
-
-def opensora_py_to_dict(path: Path) -> dict[str, Any]:
-    """Translate an Open-Sora 1.0 config file (inference or training) into sorakit sections."""
-    src = read_python_literals(path)
-    out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-    unknown: list[str] = []
-
-    model = dict(src.get("model") or {})
-    if model:
-        out["model"]["type"] = model.pop("type", "STDiT-XL/2")
-        for key in ("space_scale", "time_scale", "from_pretrained"):
-            if key in model:
-                out["model"][key] = model.pop(key)
-        if "enable_grad_checkpoint" in model:
-            out["model"]["grad_checkpoint"] = model.pop("enable_grad_checkpoint")
-        for key in ("enable_flashattn", "enable_layernorm_kernel", "enable_sequence_parallelism"):
-            model.pop(key, None)  # kernels are chosen by torch's SDPA; sp comes from parallel.sp_size
-        out["model"]["arch"] = model
-    vae = dict(src.get("vae") or {})
-    if vae:
-        vtype = vae.pop("type", "VideoAutoencoderKL")
-        out["vae"]["type"] = _OS_VAE.get(vtype, vtype)
-        if "from_pretrained" in vae:
-            out["vae"]["path"] = vae.pop("from_pretrained")
-        if "micro_batch_size" in vae:
-            out["vae"]["micro_batch_size"] = vae.pop("micro_batch_size")
-        unknown += [f"vae.{k}" for k in vae]
-    text = dict(src.get("text_encoder") or {})
-    if text:
-        ttype = text.pop("type", "t5")
-        out["text_encoder"]["type"] = _OS_TEXT.get(ttype, ttype)
-        if "from_pretrained" in text:
-            out["text_encoder"]["path"] = text.pop("from_pretrained")
-        if "model_max_length" in text:
-            out["text_encoder"]["model_max_length"] = text.pop("model_max_length")
-        text.pop("shardformer", None)
-        if ttype == "classes" and "num_classes" in text:
-            out["model"].setdefault("arch", {})["num_classes"] = text.pop("num_classes")
-        unknown += [f"text_encoder.{k}" for k in text]
-    sched = dict(src.get("scheduler") or {})
-    if sched:
-        stype = sched.pop("type", "iddpm")
-        out["scheduler"]["type"] = _OS_SCHED.get(stype, stype)
-        if "num_sampling_steps" in sched:
-            out["scheduler"]["num_sampling_steps"] = sched.pop("num_sampling_steps")
-        if "cfg_scale" in sched:
-            out["scheduler"]["cfg_scale"] = sched.pop("cfg_scale")
-        sched.pop("timestep_respacing", None)
-        unknown += [f"scheduler.{k}" for k in sched]
-
-    is_train = any(k in src for k in ("lr", "epochs", "ckpt_every", "plugin", "dataset", "grad_clip"))
-    frames_key = "data" if is_train else "inference"
-    if "num_frames" in src:
-        out[frames_key]["num_frames"] = src["num_frames"]
-    if "image_size" in src:
-        out[frames_key]["image_size"] = list(src["image_size"])
-    dataset = dict(src.get("dataset") or {})
-    for key in ("num_frames", "frame_interval"):
-        if key in dataset:
-            out["data"][key] = dataset[key]
-    if "image_size" in dataset:
-        out["data"]["image_size"] = list(dataset["image_size"])
-    if dataset.get("data_path") or src.get("data_path"):
-        out["data"]["csv"] = dataset.get("data_path") or src.get("data_path")
-    if "frame_interval" in src:
-        out["data"]["frame_interval"] = src["frame_interval"]
-    if "num_workers" in src:
-        out["data"]["num_workers"] = src["num_workers"]
-    if "fps" in src:
-        out["inference"]["fps"] = int(src["fps"])
-    if "seed" in src:
-        out["train" if is_train else "inference"]["seed"] = src["seed"]
-    if "batch_size" in src:
-        out["train" if is_train else "inference"]["batch_size"] = src["batch_size"]
-    if "dtype" in src:
-        dtype = _OS_DTYPE.get(str(src["dtype"]), str(src["dtype"]))
-        if is_train:
-            out["train"]["mixed_precision"] = dtype
-        else:
-            out["inference"]["dtype"] = dtype
-    if "save_dir" in src:
-        out["inference"]["save_dir"] = src["save_dir"]
-    for key in ("lr", "grad_clip", "ckpt_every", "log_every"):
-        if key in src:
-            out["train"][key] = src[key]
-    if "grad_checkpoint" in src:
-        out["model"]["grad_checkpoint"] = src["grad_checkpoint"]
-    if "plugin" in src:
-        out["parallel"]["strategy"] = _OS_PLUGIN.get(src["plugin"], src["plugin"])
-    if "sp_size" in src:
-        out["parallel"]["sp_size"] = src["sp_size"]
-    if unknown:
-        raise ConfigError(f"{path}: unsupported Open-Sora keys: {', '.join(unknown)}")
-    return {k: v for k, v in out.items() if v}

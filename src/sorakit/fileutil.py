@@ -1,10 +1,14 @@
-"""Small file helpers shared by the atomic writers."""
+"""Small file helpers shared by the atomic writers and the commands that check their outputs up front."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from sorakit.errors import UserError
 
 
 def _umask() -> int:
@@ -54,8 +58,6 @@ def follow_umask(folder: str | os.PathLike) -> None:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder (created if missing), then
     rename: a reader never sees half a file. The file gets the mode an ordinary new file gets."""
-    import tempfile
-
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
@@ -68,3 +70,26 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def check_writable_file(path: Path) -> None:
+    """The output file `path` is not a folder, and its folder can be written."""
+    if path.is_dir():
+        raise UserError(f"output {path} is a directory")
+    check_writable_folder(path.parent)
+
+
+def check_writable_folder(folder: Path) -> None:
+    """Create `folder` and prove a file can be written there (works as root too)."""
+    for ancestor in (folder, *folder.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise UserError(f"cannot write to {folder}: {ancestor} is a file, not a folder")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".sorakit-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise UserError(f"cannot write to {folder}: {exc.strerror or exc}") from exc

@@ -46,9 +46,15 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _HUB_FILE = re.compile(r"^([A-Za-z0-9][\w.\-]*/[\w.\-]+)/(.+\.(?:pt|pth|bin|safetensors|ckpt))$")
 
 
-def is_hub_id(name: str) -> bool:
-    """True for ``owner/repo`` (a hub repository) that is not an existing local path."""
-    return bool(_HUB_ID.match(name)) and not Path(name).exists()
+def names_local_path(name: str) -> bool:
+    """True when `name` can only mean a local path: not ``owner/repo``, not ``owner/repo/file.pt``, not a
+    known upstream checkpoint name, not ``builtin:...`` (those are fetched when loading)."""
+    return not (
+        _HUB_ID.match(name)
+        or _HUB_FILE.match(name)
+        or name in KNOWN_CHECKPOINTS
+        or name.startswith("builtin:")
+    )
 
 
 def _offline() -> bool:

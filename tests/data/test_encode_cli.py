@@ -46,3 +46,6 @@ def test_encode_then_train_on_the_cache(tmp_path, capsys):
     )
     # the run's config records the cache's encoders, which `sorakit export` hands to `sorakit generate`
     assert 'path = "builtin:minilm"' in (ckpt / "config.toml").read_text()
+    # ... and so does the run folder's copy: the config actually used, not the one before the cache spoke
+    assert (tmp_path / "run" / "config.toml").read_text() == (ckpt / "config.toml").read_text()
+    assert state["model"]["prediction_type"] == "epsilon"

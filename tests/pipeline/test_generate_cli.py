@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from sorakit.cli.generate import preset_name, slugify
+from sorakit.cli.generate import slugify
 from sorakit.cli.main import main
 from sorakit.data.video import probe_video, read_video
 from sorakit.pipelines import TextToVideoPipeline
 from sorakit.pipelines.tiny import make_tiny_autoencoder
+from sorakit.pipelines.validate import preset_name
 
 
 def _gen(*args: str) -> int:

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from sorakit.cli.generate import _check_folder_writable, _check_writable
 from sorakit.errors import UserError
+from sorakit.fileutil import check_writable_file as _check_writable
+from sorakit.fileutil import check_writable_folder as _check_folder_writable
 
 
 def test_unrelated_subfolder_does_not_block_output(tmp_path):

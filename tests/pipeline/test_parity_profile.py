@@ -84,7 +84,7 @@ def test_cli_rejects_unknown_profile_before_loading(tmp_path: Path) -> None:
 
 
 def test_prompt_file_empty_lines(tmp_path: Path) -> None:
-    from sorakit.cli.generate import _read_prompt_file
+    from sorakit.pipelines.validate import read_prompt_file as _read_prompt_file
 
     f = tmp_path / "p.txt"
     f.write_text("a\n\n  b  \n", encoding="utf-8")

@@ -1,31 +1,23 @@
 """Entry point of the `sorakit` command.
 
-Subcommands are the modules of this package (and of `sorakit.cli.data` for `sorakit data ...`);
-each defines `register(subparsers)`. Heavy imports (torch, transformers) happen inside the
-subcommands' `run` functions so that `sorakit --help` stays fast.
+`COMMANDS` lists the subcommands, one module each (`sorakit data ...` has its own table in
+`sorakit.cli.data`); each module defines `register(subparsers)`. Heavy imports (torch, transformers)
+happen inside the subcommands' `run` functions so that `sorakit --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 import re
 import sys
 
 from sorakit import __version__
+from sorakit.cli import config, convert, data, export, generate, info, serve, train, train_vae
+from sorakit.cli import eval as eval_
 from sorakit.errors import UserError
 
-
-def subcommand_modules(package: str) -> list[str]:
-    """Names of the modules of `package` that define a subcommand, sorted."""
-    pkg = importlib.import_module(package)
-    names = []
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name.startswith("_") or info.name == "main":
-            continue
-        names.append(f"{package}.{info.name}")
-    return sorted(names)
+# in `sorakit --help` order
+COMMANDS = (config, convert, data, eval_, export, generate, info, serve, train, train_vae)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,11 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sorakit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in subcommand_modules("sorakit.cli"):
-        module = importlib.import_module(name)
-        register = getattr(module, "register", None)
-        if register is not None:
-            register(sub)
+    for module in COMMANDS:
+        module.register(sub)
     return parser
 
 

@@ -78,11 +78,17 @@ _ALIASES = {"dpm_solver": "dpm-solver", "dpmsolver": "dpm-solver", "dpm-solver++
 OBJECTIVES = {"iddpm": IDDPM, "rflow": RectifiedFlow}
 
 
-def build_sampler(name: str, num_steps: int, **kwargs) -> Sampler:
-    """A sampler by name (`SAMPLERS`) with `num_steps` model evaluations; kwargs go to its class."""
-    key = _ALIASES.get(name, name)
+def sampler_name(name: str) -> str:
+    """The canonical name of a sampler (`SAMPLERS` key; aliases such as "dpm_solver" accepted)."""
+    key = _ALIASES.get(name.lower(), name.lower())
     if key not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
+        raise ConfigError(f"unknown sampler '{name}' (valid: {', '.join(SAMPLERS)})")
+    return key
+
+
+def build_sampler(name: str, num_steps: int, **kwargs) -> Sampler:
+    """A sampler by name (`SAMPLERS`, or an alias) with `num_steps` model evaluations; kwargs go to its class."""
+    key = sampler_name(name)
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ConfigError(f"sampler steps must be a positive integer, got {num_steps!r}")
     try:
@@ -115,6 +121,7 @@ __all__ = [
     "Sampler",
     "build_objective",
     "build_sampler",
+    "sampler_name",
     "cfg_model_fn",
     "cosine_betas",
     "gaussian_coefficients",

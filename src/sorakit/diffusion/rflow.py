@@ -46,11 +46,6 @@ def time_shift(t: torch.Tensor, ratio: float | torch.Tensor, num_timesteps: floa
     return ratio * s / (1 + (ratio - 1) * s) * num_timesteps
 
 
-def opensora_latent_frames(num_frames: int) -> int:
-    """Latent frames of Open-Sora 1.2's VAE (17 frames -> 5 latents); 1 for images."""
-    return 1 if num_frames == 1 else num_frames // 17 * 5
-
-
 def shift_ratio(
     height: float,
     width: float,
@@ -61,7 +56,7 @@ def shift_ratio(
 ) -> float:
     """The time-shift ratio for a (height, width) in pixels and `num_frames` (latent) frames.
 
-    Open-Sora 1.2 passes its VAE's latent frame count (`opensora_latent_frames`); sorakit's
+    Open-Sora 1.2 passes its VAE's latent frame count (17 frames -> 5 latents); sorakit's
     per-frame VAE keeps every frame, so callers pass the number of frames they actually denoise.
     """
     if height <= 0 or width <= 0 or num_frames < 1:

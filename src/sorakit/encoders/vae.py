@@ -9,6 +9,7 @@ the spatial downsampling factor is derived from the architecture (``2 ** (len(bl
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -124,6 +125,21 @@ def load_autoencoder(path: str | os.PathLike, dtype: torch.dtype = torch.float32
         )
     except (OSError, ValueError) as exc:
         raise UserError(f"VAE: cannot load {path}: {str(exc).splitlines()[0]}") from exc
+
+
+def peek_downsample_factor(path: str | os.PathLike | None) -> int:
+    """The spatial downsampling factor of the VAE at `path`, from its config.json alone (no weights);
+    8 (the Stable Diffusion VAE) when the folder is not on disk yet (a hub id fetched later)."""
+    path = BUILTIN_VAE_DIR if path == BUILTIN_VAE else path
+    if not path or not Path(path).is_dir():
+        return 8
+    for cand in (Path(path) / "config.json", Path(path) / "vae" / "config.json"):
+        if cand.is_file():
+            try:
+                return 2 ** (len(json.loads(cand.read_text())["block_out_channels"]) - 1)
+            except (KeyError, ValueError, TypeError) as exc:
+                raise UserError(f"{cand}: not a diffusers AutoencoderKL config ({exc})") from exc
+    return 8
 
 
 def build_vae(

@@ -20,7 +20,7 @@ All functions take uint8 frames ``[T, H, W, 3]`` and need only numpy.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -29,7 +29,6 @@ from sorakit.errors import UserError
 from sorakit.shapes_world import (
     COLORS,
     HELDOUT,
-    MOTIONS,
     SHAPES,
     TRAIN_TEMPLATES,
     combos,
@@ -429,13 +428,6 @@ def check_novel_templates() -> None:
     train = {t.replace("{a}", "") for t in TRAIN_TEMPLATES}
     for t in NOVEL_TEMPLATES:
         assert t not in train, t
-
-
-def iter_all_targets() -> Iterable[tuple[str, str, str]]:
-    for c in COLORS:
-        for s in SHAPES:
-            for m in MOTIONS:
-                yield c, s, m
 
 
 # --------------------------------------------------------------------------------------------------

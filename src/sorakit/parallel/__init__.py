@@ -2,13 +2,9 @@
 process layout. See ``parallelize.py`` (strategies), ``sequence.py`` (STDiT sequence parallelism) and
 ``mesh.py`` (process groups)."""
 
-from sorakit.parallel.mesh import ParallelState, init_distributed, shutdown
+from sorakit.parallel.mesh import ParallelState, inference_processes, init_distributed, shutdown
 from sorakit.parallel.parallelize import STRATEGIES, apply_activation_checkpointing, parallelize
-from sorakit.parallel.sequence import (
-    SequenceParallel,
-    apply_sequence_parallel,
-    setup_inference_sequence_parallel,
-)
+from sorakit.parallel.sequence import SequenceParallel, apply_sequence_parallel
 
 __all__ = [
     "STRATEGIES",
@@ -16,8 +12,8 @@ __all__ = [
     "SequenceParallel",
     "apply_activation_checkpointing",
     "apply_sequence_parallel",
+    "inference_processes",
     "init_distributed",
     "parallelize",
-    "setup_inference_sequence_parallel",
     "shutdown",
 ]

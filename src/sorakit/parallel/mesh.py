@@ -9,6 +9,8 @@ data is sharded over ``dp``; every rank of a sequence-parallel group reads the s
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +87,27 @@ def init_distributed(
     if sp_size > 1:
         state.sp_group = state.mesh.get_group("sp")
     return state
+
+
+@contextmanager
+def inference_processes(
+    device: str | torch.device, sequence_parallel: bool = False
+) -> Iterator[ParallelState]:
+    """`sorakit generate` under torchrun: one process group over all processes, each on its local-rank GPU
+    (when `device` is a GPU) or the CPU; with `sequence_parallel` every rank joins one sequence-parallel
+    group (``state.sp_group``). One process: nothing is started. On exit the ranks meet, then the group
+    is torn down."""
+    world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+    dev = torch.device(device)
+    if world > 1 and dev.type == "cuda":
+        dev = pick_device()
+    state = init_distributed(sp_size=world if sequence_parallel else 1, device=dev)
+    try:
+        yield state
+    finally:
+        if state.distributed and dist.is_initialized():
+            dist.barrier()
+        shutdown(state)
 
 
 def shutdown(state: ParallelState) -> None:

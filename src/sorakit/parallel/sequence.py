@@ -179,22 +179,3 @@ def apply_sequence_parallel(model: nn.Module, group: Any = None) -> SequencePara
         if i == last:
             sp.handles.append(block.register_forward_hook(last_hook, with_kwargs=True))
     return sp
-
-
-def setup_inference_sequence_parallel(
-    model: nn.Module, backend: str | None = None
-) -> tuple[Any, SequenceParallel | None]:
-    """For `sorakit generate` under ``torchrun --nproc-per-node N``: initialise the process group from the
-    environment and make `model` sequence-parallel over all N ranks. Returns ``(ParallelState, handle)``;
-    with one process nothing changes (handle None). Every rank must then run the same sampling loop with the
-    same prompts and the same seed (identical noise); only rank 0 should write the video.
-    """
-    import os
-
-    from sorakit.parallel.mesh import init_distributed
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    state = init_distributed(sp_size=world, backend=backend)
-    if world == 1:
-        return state, None
-    return state, apply_sequence_parallel(model, state.sp_group)

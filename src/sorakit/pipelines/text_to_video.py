@@ -27,7 +27,7 @@ from torch import nn
 
 from sorakit import parity
 from sorakit.config import Config, apply_overrides
-from sorakit.diffusion import build_sampler, cfg_model_fn
+from sorakit.diffusion import build_sampler, cfg_model_fn, sampler_name
 from sorakit.diffusion.common import randn
 from sorakit.diffusion.rflow import velocity_as_eps
 from sorakit.encoders.text import ClassLabelEncoder, build_text_encoder, peek_output_dim
@@ -37,11 +37,11 @@ from sorakit.hub import resolve_file
 from sorakit.logging import get_logger
 from sorakit.modeldir import builtin_model_dir, read_model_dir, save_model_dir
 from sorakit.models import build_from_config, from_pretrained, load_checkpoint, prediction_type_of_objective
+from sorakit.pipelines.validate import ModelSource, validate
 from sorakit.runtime import resolve_device, resolve_dtype
 
 log = get_logger(__name__)
 
-SAMPLERS = ("iddpm", "dpm-solver", "ddim", "rflow")
 OUTPUT_TYPES = ("np", "pt", "latent")
 
 
@@ -202,6 +202,21 @@ class TextToVideoPipeline:
         encoder = build_text_encoder(cfg.text_encoder, "cpu", dt if dt == torch.bfloat16 else torch.float32)
         return cls(transformer, video_vae, encoder, cfg, device=dev, dtype=dt, **kwargs)
 
+    # Weight-free checks of a request (see sorakit.pipelines.validate): call before `load`.
+    validate = staticmethod(validate)
+
+    @classmethod
+    def load(
+        cls, source: ModelSource, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
+    ) -> TextToVideoPipeline:
+        """The pipeline `source` names: a model directory (or the built-in one) or a preset with `ckpt`."""
+        if source.kind == "preset":
+            return cls.from_config(source.config(), ckpt=source.ckpt, device=device, dtype=dtype)
+        return cls.from_pretrained(
+            source.model if source.kind == "model" else None, device=device, dtype=dtype,
+            text_encoder=source.text_encoder, vae=source.vae, overrides=source.overrides, ckpt=source.ckpt,
+        )  # fmt: skip
+
     def load_transformer_checkpoint(self, ckpt: str | os.PathLike) -> None:
         """Load weights (a file, an upstream checkpoint name, a hub id or a model directory) into the
         transformer; a checkpoint that does not fit is a UserError."""
@@ -277,8 +292,7 @@ class TextToVideoPipeline:
             raise UserError(f"number of steps must be positive, got {num_inference_steps}")
         if guidance_scale < 0:
             raise UserError(f"guidance scale must be >= 0, got {guidance_scale}")
-        if sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler '{sampler}' (valid: {', '.join(SAMPLERS)})")
+        sampler_name(sampler)  # a UserError naming the valid samplers
         if output_type not in OUTPUT_TYPES:
             raise UserError(f"unknown output_type '{output_type}' (valid: {', '.join(OUTPUT_TYPES)})")
         latent = self.vae.latent_size(num_frames, height, width)
@@ -292,6 +306,11 @@ class TextToVideoPipeline:
         return latent
 
     # -- generation -------------------------------------------------------------------------------
+
+    def encoded_prompt(self, prompt: str) -> str:
+        """The text the encoder tokenises for `prompt` (T5: the cleaned caption)."""
+        preprocess = getattr(self.text_encoder, "preprocess", None)
+        return preprocess([prompt])[0] if preprocess is not None else prompt
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -383,21 +402,21 @@ class TextToVideoPipeline:
         width = cfg.inference.image_size[1] if width is None else int(width)
         steps = cfg.scheduler.num_sampling_steps if num_inference_steps is None else int(num_inference_steps)
         scale = cfg.scheduler.cfg_scale if guidance_scale is None else float(guidance_scale)
-        sampler_name = (sampler or cfg.scheduler.type).lower()
+        sampler = sampler_name(sampler or cfg.scheduler.type)
         profile = parity.get_profile(cfg.inference.parity)  # None: sorakit's own defaults
         latent_size = self.check_inputs(
-            prompts, num_frames, height, width, steps, scale, sampler_name, output_type, profile is not None
+            prompts, num_frames, height, width, steps, scale, sampler, output_type, profile is not None
         )
         generator = self._generator(profile, generator, seed)
 
         prediction = getattr(self.transformer, "prediction_type", "epsilon")
-        if sampler_name == "rflow" and prediction != "flow":
+        if sampler == "rflow" and prediction != "flow":
             raise UserError(
                 f"the rflow sampler needs a model trained with rectified flow; this one predicts"
                 f" {prediction!r}: choose iddpm, ddim or dpm-solver"
             )
-        extra = {"shift": cfg.scheduler.shift} if sampler_name == "rflow" else {}
-        scheduler = build_sampler(sampler_name, steps, num_timesteps=cfg.scheduler.num_timesteps, **extra)
+        extra = {"shift": cfg.scheduler.shift} if sampler == "rflow" else {}
+        scheduler = build_sampler(sampler, steps, num_timesteps=cfg.scheduler.num_timesteps, **extra)
 
         # 1. prompts -> caption embeddings (and the null caption for guidance)
         y, mask, y_null = self.encode_prompt(prompts)
@@ -407,15 +426,13 @@ class TextToVideoPipeline:
         z = self._starting_noise(shape, generator, profile)
 
         # 3. denoise: guided model function, then the sampler's steps
-        channels = (
-            cfg.scheduler.cfg_channels if profile is None else profile.guided_channels.get(sampler_name)
-        )
+        channels = cfg.scheduler.cfg_channels if profile is None else profile.guided_channels.get(sampler)
         model_fn = cfg_model_fn(self._denoiser, y, y_null, scale, mask=mask, guided_channels=channels)
-        if prediction == "flow" and sampler_name != "rflow":
+        if prediction == "flow" and sampler != "rflow":
             model_fn = velocity_as_eps(
                 model_fn, cfg.scheduler.num_timesteps, sampler=scheduler
             )  # DDPM samplers on a flow model
-        noise_kw = parity.sampler_kwargs(sampler_name, z) if profile is not None else {}
+        noise_kw = parity.sampler_kwargs(sampler, z) if profile is not None else {}
         model_fn = model_fn if callback is None else _report_calls(model_fn, steps, callback)
         latents = scheduler.sample(model_fn, z, generator=generator, progress=progress, **noise_kw)
         if output_type == "latent":

@@ -111,8 +111,8 @@ class ModelInfo:
 def read_model_info(model: str | None) -> ModelInfo:
     """The served model's name and accepted sizes and durations (UserError when ``model`` is not a
     sorakit model directory). The built-in model is called ``sorakit-builtin``."""
+    from sorakit.diffusion import SAMPLERS  # sampler names are defined once, in sorakit.diffusion
     from sorakit.modeldir import builtin_model_dir, read_model_dir
-    from sorakit.pipelines.text_to_video import SAMPLERS
 
     root = builtin_model_dir() if model is None else Path(model)
     _, cfg = read_model_dir(root)

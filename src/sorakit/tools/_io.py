@@ -52,10 +52,6 @@ def is_image(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_EXTS)
 
 
-def is_video(path: str | os.PathLike) -> bool:
-    return str(path).lower().endswith(VIDEO_EXTS)
-
-
 def read_csv(path: str | os.PathLike, require: Sequence[str] = ()) -> tuple[list[str], list[Row]]:
     """Read a CSV with a header row -> (column names, rows as dicts of strings).
 

@@ -1,4 +1,7 @@
-"""The training loop, written out: build -> parallelise -> optimiser / EMA -> (resume) -> loop -> checkpoint.
+"""The training loop, written out (DiT's train.py): `_train` reads top to bottom --
+`build_data` (data, and the frozen encoders raw videos need) -> `build_model` -> `build_train_state`
+(parallelise, optimiser, lr schedule, EMA, random streams, resume) -> loop over `train_step`,
+`log_window` and `save`. `TrainState` is everything the loop advances.
 
 Reproducibility contract: a run stopped at any point (even by ``kill -9``) and resumed with ``--resume``
 ends with exactly the weights of an uninterrupted run (bit for bit on CPU). What makes it hold:
@@ -24,15 +27,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.utils.tensorboard import SummaryWriter
 
-from sorakit.config import Config
-from sorakit.data.dataset import ResumableBatchSampler, SkipReport, collate
+from sorakit.config import Config, apply_dict
+from sorakit.data.cache import LatentCacheDataset, is_cache_dir
+from sorakit.data.dataset import ResumableBatchSampler, SkipReport, VideoTextDataset, collate
+from sorakit.diffusion import build_objective as objective_by_name
+from sorakit.encoders import build_text_encoder, build_vae
 from sorakit.errors import ConfigError, UserError
 from sorakit.logging import get_logger
 from sorakit.models import build_from_config, load_checkpoint, model_spec
 from sorakit.parallel.mesh import ParallelState, all_reduce_mean, all_reduce_sum, init_distributed, shutdown
 from sorakit.parallel.parallelize import parallelize
+from sorakit.runtime import autocast_dtype
 from sorakit.training import checkpoint as ckpt
 from sorakit.training.ema import EMA
 from sorakit.training.mfu import known_peak_tflops, tokens_per_sample, training_flops_per_sample
@@ -66,11 +82,9 @@ class TrainResult:
 
 def build_objective(cfg: Config) -> Any:
     """The training objective: IDDPM (Open-Sora 1.0) or rectified flow (from ``sorakit.diffusion``)."""
-    from sorakit.diffusion import build_objective as factory
-
     name = cfg.train.objective
     extra = {"shift": cfg.scheduler.shift} if name == "rflow" else {}
-    return factory(name, num_timesteps=cfg.scheduler.num_timesteps, **extra)
+    return objective_by_name(name, num_timesteps=cfg.scheduler.num_timesteps, **extra)
 
 
 @dataclass
@@ -85,17 +99,12 @@ class DataSource:
     caption_channels: int | None
     text_len: int | None
     label: bool
-    loader_factory: Callable[[], Iterator[dict[str, Any]]] | None = None
-
-
-def _is_label_model(cfg: Config) -> bool:
-    return cfg.text_encoder.type == "classes"
 
 
 def build_data(cfg: Config, state: ParallelState, components: Components) -> DataSource:
-    """Validate and open the training data (before any heavy building)."""
-    from sorakit.data.cache import LatentCacheDataset, is_cache_dir
-
+    """Open the training data (checked before anything heavy is built). A latent cache brings its own shapes
+    and names its encoders (adopted into `cfg`); raw videos need the frozen VAE and text encoder, built here
+    into `components`, whose shapes the model takes."""
     source = cfg.data.cache_dir or cfg.data.csv
     if not source:
         raise UserError(
@@ -107,28 +116,26 @@ def build_data(cfg: Config, state: ParallelState, components: Components) -> Dat
     if cfg.data.cache_dir or is_cache_dir(source):
         ds = LatentCacheDataset(source)
         c, t, h, w = ds.latent_shape
-        meta = ds.meta
+        _adopt_cache_encoders(cfg, ds.meta)
         return DataSource(
             dataset=ds, sampler=ResumableBatchSampler(len(ds), **sampler_args), cached=True,
-            latent_size=(t, h, w), latent_channels=c, caption_channels=meta.get("text_dim") or None,
-            text_len=meta.get("model_max_length") or None, label=not ds.has_text,
+            latent_size=(t, h, w), latent_channels=c, caption_channels=ds.meta.get("text_dim") or None,
+            text_len=ds.meta.get("model_max_length") or None, label=not ds.has_text,
         )  # fmt: skip
     if Path(source).is_dir():
         raise UserError(f"{source} is a directory but not a latent cache (no meta.json)")
-    from sorakit.data.dataset import VideoTextDataset
-
-    label = _is_label_model(cfg)
+    label = cfg.text_encoder.type == "classes"
     ds = VideoTextDataset(
         source, cfg.data.num_frames, cfg.data.frame_interval, cfg.data.image_size, data_root=cfg.data.data_root,
         seed=cfg.train.seed, flip=cfg.data.random_flip, label_column=label,
     )  # fmt: skip
-    vae, text = components.vae, components.text_encoder
-    f = int(getattr(vae, "downsample_factor", 8)) if vae is not None else None
+    build_encoders(cfg, state, components)
+    f = int(getattr(components.vae, "downsample_factor", 8))
     return DataSource(
         dataset=ds, sampler=ResumableBatchSampler(len(ds), **sampler_args), cached=False,
-        latent_size=(cfg.data.num_frames, cfg.data.image_size[0] // (f or 8), cfg.data.image_size[1] // (f or 8)),
-        latent_channels=int(getattr(vae, "latent_channels", 4)) if vae is not None else 4,
-        caption_channels=None if label else (getattr(text, "output_dim", None) if text is not None else None),
+        latent_size=(cfg.data.num_frames, cfg.data.image_size[0] // f, cfg.data.image_size[1] // f),
+        latent_channels=int(getattr(components.vae, "latent_channels", 4)),
+        caption_channels=None if label else getattr(components.text_encoder, "output_dim", None),
         text_len=None if label else cfg.text_encoder.model_max_length, label=label,
     )  # fmt: skip
 
@@ -136,8 +143,6 @@ def build_data(cfg: Config, state: ParallelState, components: Components) -> Dat
 def _adopt_cache_encoders(cfg: Config, meta: dict[str, Any]) -> None:
     """A model trained on a cache is tied to the VAE and text encoder that wrote it: record those in the
     run's config (what `sorakit export` passes on to `sorakit generate`)."""
-    from sorakit.config import apply_dict
-
     for section in ("vae", "text_encoder"):
         spec = meta.get(section)
         if isinstance(spec, dict):
@@ -152,15 +157,11 @@ def build_encoders(cfg: Config, state: ParallelState, components: Components) ->
     low = state.device.type == "cuda" and cfg.train.mixed_precision == "bf16"
     dtype = torch.bfloat16 if low else torch.float32
     if components.vae is None:
-        from sorakit.encoders import build_vae
-
         vcfg = copy.deepcopy(cfg.vae)
         if cfg.train.vae_micro_batch_size:
             vcfg.micro_batch_size = cfg.train.vae_micro_batch_size
         components.vae = build_vae(vcfg, device=state.device, dtype=dtype)
     if components.text_encoder is None:
-        from sorakit.encoders import build_text_encoder
-
         components.text_encoder = build_text_encoder(cfg.text_encoder, device=state.device, dtype=dtype)
 
 
@@ -286,12 +287,7 @@ class MetricsLogger:
             return
         self.file = open(run_dir / "metrics.jsonl", "a")
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:  # pragma: no cover - tensorboard is a dependency
-                log.warning("tensorboard is not installed: no event files written")
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -339,24 +335,224 @@ def _add_file_log(run_dir: Path) -> logging.Handler:
 # State dicts that work for plain, DDP and FSDP2 models alike
 
 
-def _full_options(**kw: Any) -> Any:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
+def _full_options(**kw: Any) -> StateDictOptions:
     return StateDictOptions(full_state_dict=True, **kw)
 
 
 def _gather_states(
     model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]]:
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
     msd = get_model_state_dict(model, options=_full_options(cpu_offload=True))
     osd = get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True))
     return msd, osd, ema.state_dict(model)
 
 
 # --------------------------------------------------------------------------------------------------
-# The loop
+# The training state and the three things the loop does: train_step, log_window, save
+
+
+@dataclass
+class TrainState:
+    """What the loop advances, and (with the config) what a checkpoint stores."""
+
+    model: nn.Module  # the single-device model: EMA and checkpoints read it
+    train_model: nn.Module  # the same model wrapped for DDP / FSDP2: what a step calls
+    params: list[nn.Parameter]  # the trainable parameters (gradient clipping)
+    optimizer: torch.optim.Optimizer
+    lr_schedule: Any
+    ema: EMA
+    # "train": timesteps, noise and caption dropout of the global batch; "vae": latent sampling
+    generators: dict[str, torch.Generator]
+    skip: SkipReport
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+@dataclass
+class Throughput:
+    """What a log line's throughput and MFU are computed from."""
+
+    global_batch: int
+    tokens: int  # per sample
+    flops: float | None  # training FLOPs per sample
+    peak: float | None  # TFLOP/s per device
+
+
+@dataclass
+class Window:
+    """The steps since the last log line."""
+
+    loss: float = 0.0
+    steps: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+
+def build_train_state(cfg: Config, model: nn.Module, state: ParallelState, latest: Path | None,
+                      run_dir: Path) -> TrainState:  # fmt: skip
+    """Parallelise, optimiser, lr schedule, EMA and random streams, then resume from `latest` if given."""
+    tcfg = cfg.train
+    train_model = parallelize(model, state, cfg.parallel.strategy, cfg.model.grad_checkpoint)
+    optimizer = build_optimizer(
+        model, tcfg.lr, tcfg.weight_decay
+    )  # after parallelize: FSDP2 swaps parameters
+    lr_schedule = build_scheduler(optimizer, tcfg.warmup_steps, tcfg.decay_steps, tcfg.max_steps)
+    ts = TrainState(
+        model=model, train_model=train_model, params=[p for p in model.parameters() if p.requires_grad],
+        optimizer=optimizer, lr_schedule=lr_schedule, ema=EMA(model, tcfg.ema_decay),
+        generators={"train": torch.Generator().manual_seed(tcfg.seed),
+                    "vae": torch.Generator(device=state.device).manual_seed(tcfg.seed * 1000 + state.dp_rank)},
+        skip=SkipReport(max_fraction=cfg.data.max_bad_fraction),
+        scaler=torch.amp.GradScaler("cuda") if tcfg.mixed_precision == "fp16" else None,
+    )  # fmt: skip
+    torch.manual_seed(tcfg.seed + state.dp_rank)  # anything left inside the model (drop path)
+    if latest is not None:
+        _resume(latest, ts, state)
+        log.info(
+            "resumed from %s (step %d, epoch %d, batch %d)", latest, ts.step, ts.epoch, ts.batch_in_epoch
+        )
+        if state.is_main:
+            _truncate_metrics(run_dir / "metrics.jsonl", ts.step)
+    return ts
+
+
+def train_step(
+    cfg: Config, ts: TrainState, batch: dict[str, Any], data: DataSource, components: Components, objective: Any,
+    state: ParallelState,
+) -> tuple[float, torch.Tensor, float]:  # fmt: skip
+    """One optimiser step on one global batch -> (the global batch's mean loss, grad norm, the lr it used)."""
+    tcfg, dev = cfg.train, state.device
+    if not data.cached:
+        _count_skipped(batch, ts.skip, tcfg.batch_size, state)
+    x0, y, mask = _conditions(batch, data, components, dev, ts.generators["vae"])
+    part = slice(state.dp_rank * tcfg.batch_size, (state.dp_rank + 1) * tcfg.batch_size)
+    shape = (data.latent_channels, *data.latent_size)
+    t, noise, drop = _draw_global(objective, ts.generators["train"], tcfg.batch_size * state.dp_size, shape,
+                                  tcfg.caption_dropout, part)  # fmt: skip
+    drop = drop.to(dev) if drop is not None else None
+    model_fn = _model_fn(ts.train_model, y, mask, drop, dev.type, autocast_dtype(tcfg.mixed_precision))
+    ts.train_model.train()
+    loss = objective.training_losses(model_fn, x0, t.to(dev), noise.to(dev))["loss"].mean()
+    if not torch.isfinite(loss):
+        raise RuntimeError(
+            f"loss is {loss.item()} at step {ts.step}: lower train.lr or use bf16 instead of fp16"
+        )
+    grad_norm, lr = _optimizer_step(ts, loss, tcfg.grad_clip)
+    ts.ema.update(ts.model)
+    ts.step += 1
+    (global_loss,) = all_reduce_mean([loss.item()], state)
+    return global_loss, grad_norm, lr
+
+
+def _count_skipped(batch: dict[str, Any], skip: SkipReport, batch_size: int, state: ParallelState) -> None:
+    """Unreadable videos of this step (all ranks): too many of them stop the run."""
+    fails = len(batch["skipped"])
+    attempts, fails = all_reduce_sum([fails + batch_size, fails], state)
+    skip.update(batch["skipped"], int(attempts), int(fails))
+    skip.check()
+
+
+def _optimizer_step(ts: TrainState, loss: torch.Tensor, grad_clip: float) -> tuple[torch.Tensor, float]:
+    """Backward, clip, step (through the fp16 scaler when there is one) -> (grad norm, the lr used)."""
+    if ts.scaler is not None:
+        ts.scaler.scale(loss).backward()
+        ts.scaler.unscale_(ts.optimizer)
+    else:
+        loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(ts.params, grad_clip if grad_clip > 0 else math.inf)
+    if ts.scaler is not None:
+        ts.scaler.step(ts.optimizer)
+        ts.scaler.update()
+    else:
+        ts.optimizer.step()
+    lr = ts.optimizer.param_groups[0]["lr"]  # the rate this step used (the schedule moves on next)
+    ts.lr_schedule.step()
+    ts.optimizer.zero_grad(set_to_none=True)
+    return grad_norm, lr
+
+
+def build_throughput(cfg: Config, model: nn.Module, data: DataSource, state: ParallelState) -> Throughput:
+    """Tokens and FLOPs per sample, and the device peak MFU is measured against (rank 0 logs it)."""
+    flops = training_flops_per_sample(model, data.latent_size, data.text_len)
+    peak = None
+    if state.is_main and flops:
+        low = cfg.train.mixed_precision != "fp32"
+        peak, source = known_peak_tflops(state.device, low, cfg.train.peak_tflops)
+        if peak:
+            log.info(
+                "MFU against %.4g TFLOP/s per device (%s); %.3g training FLOPs per sample",
+                peak,
+                source,
+                flops,
+            )
+        else:
+            log.info("MFU not reported: %s (set train.peak_tflops=TFLOPS to get it)", source)
+    return Throughput(
+        cfg.train.batch_size * state.dp_size, tokens_per_sample(model, data.latent_size), flops, peak
+    )
+
+
+def log_window(metrics: MetricsLogger, ts: TrainState, window: Window, grad_norm: torch.Tensor, lr: float,
+               tp: Throughput, state: ParallelState) -> Window:  # fmt: skip
+    """Log the window's mean loss, lr, grad norm, throughput and MFU; returns a fresh window."""
+    elapsed = time.perf_counter() - window.start
+    gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    sps = tp.global_batch * window.steps / max(elapsed, 1e-9)
+    m = {"loss": window.loss / window.steps, "lr": lr, "grad_norm": float(gn), "samples_per_s": sps,
+         "tokens_per_s": sps * tp.tokens, "epoch": ts.epoch}  # fmt: skip
+    if tp.flops and tp.peak:
+        m["mfu"] = sps * tp.flops / (tp.peak * 1e12 * state.world_size)
+    if state.device.type == "cuda":
+        m["peak_mem_gib"] = torch.cuda.max_memory_allocated(state.device) / 2**30
+    metrics.log(ts.step, m)
+    return Window()
+
+
+def save(cfg: Config, run_dir: Path, ts: TrainState, state: ParallelState) -> Path:
+    """A complete checkpoint of `ts` under `run_dir` (rank 0 writes the tensors; every rank its RNG)."""
+    msd, osd, esd = _gather_states(ts.model, ts.optimizer, ts.ema)
+    main = state.is_main
+    path = ckpt.save_checkpoint(
+        run_dir, ts.step, state, model_state=msd if main else None, ema_state=esd if main else None,
+        optimizer_state=osd if main else None, scheduler_state=ts.lr_schedule.state_dict(),
+        rng_state=ckpt.capture_rng(ts.generators),
+        train_state={"epoch": ts.epoch, "batch_in_epoch": ts.batch_in_epoch, "skipped": ts.skip.state_dict(),
+                     "model": model_spec(ts.model)},
+        config_text=cfg.dump(), keep_last=cfg.train.keep_last,
+    )  # fmt: skip
+    log.info("saved checkpoint %s", path)
+    return path
+
+
+def _resume(path: Path, ts: TrainState, state: ParallelState) -> None:
+    info = ckpt.load_train_state(path)
+    if int(info.get("dp_size", 1)) != state.dp_size:
+        log.warning(
+            "resuming with %d data-parallel ranks instead of %d: the data order stays the same per global batch "
+            "only if the global batch size is unchanged", state.dp_size, info.get("dp_size"),
+        )  # fmt: skip
+    set_model_state_dict(ts.model, ckpt.load_tensors(path, "model.safetensors"), options=_full_options())
+    optimizer_state = ckpt.load_pickled(path, "optimizer.pt")
+    set_optimizer_state_dict(ts.model, ts.optimizer, optimizer_state, options=_full_options())
+    ts.lr_schedule.load_state_dict(ckpt.load_pickled(path, "scheduler.pt"))
+    ts.ema.load_state_dict(ckpt.load_tensors(path, "ema.safetensors"))
+    rng = ckpt.load_rng(path, state.rank)
+    if rng is None:
+        log.warning("checkpoint %s has no RNG state for rank %d: continuing with fresh random streams", path,
+                    state.rank)  # fmt: skip
+    else:
+        ckpt.restore_rng(rng, ts.generators)
+    ts.skip.load_state_dict(info.get("skipped", {}))
+    ts.step, ts.epoch, ts.batch_in_epoch = (
+        int(info["step"]),
+        int(info.get("epoch", 0)),
+        int(info.get("batch_in_epoch", 0)),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The run: top to bottom
 
 
 def train(
@@ -373,7 +569,53 @@ def train(
         shutdown(state)
 
 
-def _validate(cfg: Config) -> None:
+def _train(
+    cfg: Config, run_dir: Path, resume: bool, components: Components, state: ParallelState
+) -> TrainResult:
+    _validate(cfg, state)
+    latest = prepare_run_dir(run_dir, resume, state)
+    handler = _add_file_log(run_dir) if state.is_main else None
+    try:
+        data = build_data(cfg, state, components)
+        save_config(cfg, run_dir, state)  # after the data settled it: the config this run actually uses
+        model = components.model if components.model is not None else build_model(cfg, data)
+        init_weights(cfg, model, data, state, from_init=latest is None and components.model is None)
+        objective = components.objective if components.objective is not None else build_objective(cfg)
+        ts = build_train_state(cfg, model, state, latest, run_dir)
+        tp = build_throughput(cfg, model, data, state)
+        metrics = MetricsLogger(run_dir, state.is_main, cfg.train.tensorboard)
+        result = TrainResult(run_dir=run_dir, step=ts.step, checkpoint=latest)
+        if ts.step >= cfg.train.max_steps:
+            log.info("nothing to do: step %d >= train.max_steps %d", ts.step, cfg.train.max_steps)
+            metrics.close()
+            return result
+
+        stream, window = _batches(data, cfg, ts.epoch, ts.batch_in_epoch), Window()
+        log.info(
+            "training from step %d to %d (global batch %d)", ts.step, cfg.train.max_steps, tp.global_batch
+        )
+        while ts.step < cfg.train.max_steps:
+            ts.epoch, b, batch = next(stream)
+            ts.batch_in_epoch = b + 1
+            loss, grad_norm, lr = train_step(cfg, ts, batch, data, components, objective, state)
+            result.losses.append(loss)
+            window.loss, window.steps = window.loss + loss, window.steps + 1
+            last = ts.step == cfg.train.max_steps
+            if ts.step % cfg.train.log_every == 0 or last:
+                window = log_window(metrics, ts, window, grad_norm, lr, tp, state)
+            if ts.step % cfg.train.ckpt_every == 0 or last:
+                result.checkpoint = save(cfg, run_dir, ts, state)
+        metrics.close()
+        result.step, result.skipped = ts.step, _report_skipped(ts.skip, run_dir, state)
+        log.info("done: step %d, checkpoint %s", ts.step, result.checkpoint)
+        return result
+    finally:
+        if handler is not None:
+            logging.getLogger("sorakit").removeHandler(handler)
+            handler.close()
+
+
+def _validate(cfg: Config, state: ParallelState) -> None:
     t = cfg.train
     if t.batch_size < 1:
         raise ConfigError(f"train.batch_size must be >= 1, got {t.batch_size}")
@@ -389,19 +631,14 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"train.mixed_precision: unknown '{t.mixed_precision}' (valid: bf16, fp16, fp32)")
     if not 0.0 <= t.caption_dropout < 1.0:
         raise ConfigError(f"train.caption_dropout must be in [0, 1), got {t.caption_dropout}")
-
-
-def _train(
-    cfg: Config, run_dir: Path, resume: bool, components: Components, state: ParallelState
-) -> TrainResult:
-    _validate(cfg)
-    tcfg = cfg.train
-    if tcfg.mixed_precision == "fp16" and (
+    if t.mixed_precision == "fp16" and (
         state.device.type != "cuda" or cfg.parallel.strategy.startswith("fsdp")
     ):
         raise ConfigError("train.mixed_precision='fp16' needs a GPU and strategy ddp/none; use bf16")
 
-    # -- where we start from ------------------------------------------------------------------------
+
+def prepare_run_dir(run_dir: Path, resume: bool, state: ParallelState) -> Path | None:
+    """The checkpoint to resume from (None: a fresh run); refuses to train over a run without --resume."""
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is not None and not resume:
         raise UserError(
@@ -412,191 +649,37 @@ def _train(
     state.barrier()  # every rank has looked before rank 0 writes anything
     if state.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.toml").write_text(cfg.dump())
     state.barrier()
-    handler = _add_file_log(run_dir) if state.is_main else None
+    return latest
 
-    try:
-        # -- data, encoders, model ------------------------------------------------------------------
-        data = build_data(cfg, state, components)
-        if data.cached:
-            _adopt_cache_encoders(cfg, data.dataset.meta)
-        else:
-            build_encoders(cfg, state, components)
-            data = build_data(cfg, state, components)  # now with the encoders' shapes
-        model = components.model if components.model is not None else build_model(cfg, data)
-        init = tcfg.init_from or cfg.model.from_pretrained
-        if init and latest is None and components.model is None:
-            load_init_weights(model, init)
-        n_train = freeze(model, tcfg.freeze)
-        objective = components.objective if components.objective is not None else build_objective(cfg)
-        n_params = sum(p.numel() for p in model.parameters())
-        log.info(
-            "model %s: %.2fM parameters (%.2fM trainable), latents %s x %d ch, data %s (%d samples%s)",
-            type(model).__name__, n_params / 1e6, n_train / 1e6, list(data.latent_size), data.latent_channels,
-            "latent cache" if data.cached else "videos", len(data.dataset),
-            f", {state.world_size} processes: dp {state.dp_size} x sp {state.sp_size}" if state.distributed else "",
-        )  # fmt: skip
 
-        # -- parallelise, optimiser, EMA -----------------------------------------------------------
-        train_model = parallelize(model, state, cfg.parallel.strategy, cfg.model.grad_checkpoint)
-        optimizer = build_optimizer(model, tcfg.lr, tcfg.weight_decay)
-        scheduler = build_scheduler(optimizer, tcfg.warmup_steps, tcfg.decay_steps, tcfg.max_steps)
-        ema = EMA(model, tcfg.ema_decay)
-        gen = torch.Generator().manual_seed(tcfg.seed)  # timesteps / noise / dropout (global batch)
-        vae_gen = torch.Generator(device=state.device).manual_seed(tcfg.seed * 1000 + state.dp_rank)
-        generators = {"train": gen, "vae": vae_gen}
-        torch.manual_seed(tcfg.seed + state.dp_rank)  # anything left inside the model (drop path)
-        skip = SkipReport(max_fraction=cfg.data.max_bad_fraction)
+def save_config(cfg: Config, run_dir: Path, state: ParallelState) -> None:
+    """RUN_DIR/config.toml: the resolved config of the run (written by rank 0)."""
+    if state.is_main:
+        (run_dir / "config.toml").write_text(cfg.dump())
 
-        step, epoch, batch_in_epoch = 0, 0, 0
-        if latest is not None:
-            step, epoch, batch_in_epoch = _resume(
-                latest, model, optimizer, scheduler, ema, generators, skip, state
-            )
-            log.info("resumed from %s (step %d, epoch %d, batch %d)", latest, step, epoch, batch_in_epoch)
-            if state.is_main:
-                _truncate_metrics(run_dir / "metrics.jsonl", step)
 
-        # -- accounting for throughput / MFU --------------------------------------------------------
-        global_batch = tcfg.batch_size * state.dp_size
-        tokens = tokens_per_sample(model, data.latent_size)
-        flops = training_flops_per_sample(model, data.latent_size, data.text_len)
-        low = tcfg.mixed_precision != "fp32"
-        peak, peak_src = (None, "")
-        if state.is_main and flops:
-            peak, peak_src = known_peak_tflops(state.device, low, tcfg.peak_tflops)
-            if peak:
-                log.info("MFU against %.4g TFLOP/s per device (%s); %.3g training FLOPs per sample",
-                         peak, peak_src, flops)  # fmt: skip
-            else:
-                log.info("MFU not reported: %s (set train.peak_tflops=TFLOPS to get it)", peak_src)
-        metrics = MetricsLogger(run_dir, state.is_main, tcfg.tensorboard)
-
-        autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tcfg.mixed_precision)
-        scaler = torch.amp.GradScaler("cuda") if tcfg.mixed_precision == "fp16" else None
-        part = slice(state.dp_rank * tcfg.batch_size, (state.dp_rank + 1) * tcfg.batch_size)
-        shape = (data.latent_channels, *data.latent_size)
-        params = [p for p in model.parameters() if p.requires_grad]
-        result = TrainResult(run_dir=run_dir, step=step)
-
-        if step >= tcfg.max_steps:
-            log.info("nothing to do: step %d >= train.max_steps %d", step, tcfg.max_steps)
-            result.checkpoint = latest
-            return result
-
-        stream = _batches(data, cfg, epoch, batch_in_epoch)
-        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-        last_saved = step if latest is not None else -1
-        log.info("training from step %d to %d (global batch %d)", step, tcfg.max_steps, global_batch)
-        while step < tcfg.max_steps:
-            epoch, b, batch = next(stream)
-            batch_in_epoch = b + 1
-            if not data.cached:
-                fails = len(batch["skipped"])
-                attempts, fails = all_reduce_sum([fails + tcfg.batch_size, fails], state)
-                skip.update(batch["skipped"], int(attempts), int(fails))
-                skip.check()
-
-            x0, y, mask = _conditions(batch, data, components, state.device, vae_gen)
-            t, noise, drop = _draw_global(objective, gen, global_batch, shape, tcfg.caption_dropout, part)
-            t, noise = t.to(state.device), noise.to(state.device)
-            if drop is not None:
-                drop = drop.to(state.device)
-
-            model_fn = _model_fn(train_model, y, mask, drop, state.device.type, autocast_dtype)
-            train_model.train()
-            loss = objective.training_losses(model_fn, x0, t, noise)["loss"].mean()
-            if not torch.isfinite(loss):
-                raise RuntimeError(
-                    f"loss is {loss.item()} at step {step}: lower train.lr or use bf16 instead of fp16"
-                )
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            max_norm = tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            step_lr = optimizer.param_groups[0]["lr"]  # the rate this step used (the scheduler moves on next)
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            ema.update(model)
-            step += 1
-
-            (global_loss,) = all_reduce_mean([loss.item()], state)  # the loss of the global batch
-            window_loss += global_loss
-            window_steps += 1
-            result.losses.append(global_loss)
-            if step % tcfg.log_every == 0 or step == tcfg.max_steps:
-                elapsed = time.perf_counter() - window_start
-                mean_loss = window_loss / window_steps
-                gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-                sps = global_batch * window_steps / max(elapsed, 1e-9)
-                m = {
-                    "loss": mean_loss, "lr": step_lr, "grad_norm": float(gn),
-                    "samples_per_s": sps, "tokens_per_s": sps * tokens, "epoch": epoch,
-                }  # fmt: skip
-                if flops and peak:
-                    m["mfu"] = sps * flops / (peak * 1e12 * state.world_size)
-                if state.device.type == "cuda":
-                    m["peak_mem_gib"] = torch.cuda.max_memory_allocated(state.device) / 2**30
-                metrics.log(step, m)
-                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-
-            if step % tcfg.ckpt_every == 0 or step == tcfg.max_steps:
-                result.checkpoint = _save(
-                    cfg,
-                    run_dir,
-                    step,
-                    epoch,
-                    batch_in_epoch,
-                    model,
-                    optimizer,
-                    scheduler,
-                    ema,
-                    generators,
-                    skip,
-                    state,
-                )
-                last_saved = step
-        if last_saved != step:  # pragma: no cover - the loop always saves at max_steps
-            result.checkpoint = _save(
-                cfg,
-                run_dir,
-                step,
-                epoch,
-                batch_in_epoch,
-                model,
-                optimizer,
-                scheduler,
-                ema,
-                generators,
-                skip,
-                state,
-            )
-        metrics.close()
-        result.step = step
-        result.skipped = _report_skipped(skip, run_dir, state)
-        log.info("done: step %d, checkpoint %s", step, result.checkpoint)
-        return result
-    finally:
-        if handler is not None:
-            logging.getLogger("sorakit").removeHandler(handler)
-            handler.close()
+def init_weights(
+    cfg: Config, model: nn.Module, data: DataSource, state: ParallelState, from_init: bool
+) -> None:
+    """`--init` weights (a fresh run only), the frozen parts (`train.freeze`), and a line about the model."""
+    init = cfg.train.init_from or cfg.model.from_pretrained
+    if init and from_init:
+        load_init_weights(model, init)
+    n_train = freeze(model, cfg.train.freeze)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(
+        "model %s: %.2fM parameters (%.2fM trainable), latents %s x %d ch, data %s (%d samples%s)",
+        type(model).__name__, n_params / 1e6, n_train / 1e6, list(data.latent_size), data.latent_channels,
+        "latent cache" if data.cached else "videos", len(data.dataset),
+        f", {state.world_size} processes: dp {state.dp_size} x sp {state.sp_size}" if state.distributed else "",
+    )  # fmt: skip
 
 
 def _report_skipped(skip: SkipReport, run_dir: Path, state: ParallelState) -> dict[str, str]:
     """Collect every rank's unreadable files; rank 0 logs them and writes RUN_DIR/skipped_files.txt."""
     files = dict(skip.files)
     if state.distributed:
-        import torch.distributed as dist
-
         gathered: list[Any] = [None] * state.world_size
         dist.all_gather_object(gathered, files)
         for g in gathered:
@@ -608,55 +691,3 @@ def _report_skipped(skip: SkipReport, run_dir: Path, state: ParallelState) -> di
             for path, reason in files.items():
                 fh.write(f"{path}\t{reason}\n")
     return files
-
-
-def _save(
-    cfg: Config, run_dir: Path, step: int, epoch: int, batch_in_epoch: int, model: nn.Module,
-    optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMA, generators: dict[str, torch.Generator],
-    skip: SkipReport, state: ParallelState,
-) -> Path:  # fmt: skip
-    msd, osd, esd = _gather_states(model, optimizer, ema)
-    path = ckpt.save_checkpoint(
-        run_dir, step, state,
-        model_state=msd if state.is_main else None, ema_state=esd if state.is_main else None,
-        optimizer_state=osd if state.is_main else None, scheduler_state=scheduler.state_dict(),
-        rng_state=ckpt.capture_rng(generators),
-        train_state={
-            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "skipped": skip.state_dict(),
-            "model": model_spec(model),
-        },
-        config_text=cfg.dump(), keep_last=cfg.train.keep_last,
-    )  # fmt: skip
-    log.info("saved checkpoint %s", path)
-    return path
-
-
-def _resume(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMA,
-    generators: dict[str, torch.Generator], skip: SkipReport, state: ParallelState,
-) -> tuple[int, int, int]:  # fmt: skip
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-
-    info = ckpt.load_train_state(path)
-    if int(info.get("dp_size", 1)) != state.dp_size:
-        log.warning(
-            "resuming with %d data-parallel ranks instead of %d: the data order stays the same per global batch "
-            "only if the global batch size is unchanged", state.dp_size, info.get("dp_size"),
-        )  # fmt: skip
-    set_model_state_dict(model, ckpt.load_tensors(path, "model.safetensors"), options=_full_options())
-    set_optimizer_state_dict(
-        model, optimizer, ckpt.load_pickled(path, "optimizer.pt"), options=_full_options()
-    )
-    scheduler.load_state_dict(ckpt.load_pickled(path, "scheduler.pt"))
-    ema.load_state_dict(ckpt.load_tensors(path, "ema.safetensors"))
-    rng = ckpt.load_rng(path, state.rank)
-    if rng is None:
-        log.warning(
-            "checkpoint %s has no RNG state for rank %d: continuing with fresh random streams",
-            path,
-            state.rank,
-        )
-    else:
-        ckpt.restore_rng(rng, generators)
-    skip.load_state_dict(info.get("skipped", {}))
-    return int(info["step"]), int(info.get("epoch", 0)), int(info.get("batch_in_epoch", 0))

@@ -26,30 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--duplicates", default=None, help="also write the dropped duplicate rows here")
     m.set_defaults(func=run_merge)
 
-    f = cs.add_parser(
-        "filter",
-        help="keep rows within bounds on frames, duration, size, aspect ratio, caption",
-        description="Keep the rows that meet every given bound; the others are written to a "
-        "rejected CSV with a reason column. Aspect ratio is height / width.",
-    )
-    f.add_argument("input")
-    f.add_argument("-o", "--output", required=True)
-    f.add_argument(
-        "--rejected", default=None, help="rejected rows CSV (default: OUTPUT stem + .rejected.csv)"
-    )
-    f.add_argument("--min-frames", type=int)
-    f.add_argument("--max-frames", type=int)
-    f.add_argument("--min-duration", type=float, help="seconds")
-    f.add_argument("--max-duration", type=float, help="seconds")
-    f.add_argument("--min-height", type=int)
-    f.add_argument("--min-width", type=int)
-    f.add_argument("--min-short-side", type=int, help="min(height, width) at least this")
-    f.add_argument("--min-aspect", type=float, help="height / width at least this")
-    f.add_argument("--max-aspect", type=float, help="height / width at most this")
-    f.add_argument("--min-caption-words", type=int)
-    f.add_argument("--max-caption-words", type=int)
-    f.add_argument("--drop-empty-caption", action="store_true", help="drop rows whose text is empty")
-    f.set_defaults(func=run_filter)
+    _register_filter(cs)
 
     s = cs.add_parser(
         "strip-prefix",
@@ -89,6 +66,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.set_defaults(func=run_stats)
 
     p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def _register_filter(cs: argparse._SubParsersAction) -> None:
+    f = cs.add_parser(
+        "filter",
+        help="keep rows within bounds on frames, duration, size, aspect ratio, caption",
+        description="Keep the rows that meet every given bound; the others are written to a "
+        "rejected CSV with a reason column. Aspect ratio is height / width.",
+    )
+    f.add_argument("input")
+    f.add_argument("-o", "--output", required=True)
+    f.add_argument(
+        "--rejected", default=None, help="rejected rows CSV (default: OUTPUT stem + .rejected.csv)"
+    )
+    f.add_argument("--min-frames", type=int)
+    f.add_argument("--max-frames", type=int)
+    f.add_argument("--min-duration", type=float, help="seconds")
+    f.add_argument("--max-duration", type=float, help="seconds")
+    f.add_argument("--min-height", type=int)
+    f.add_argument("--min-width", type=int)
+    f.add_argument("--min-short-side", type=int, help="min(height, width) at least this")
+    f.add_argument("--min-aspect", type=float, help="height / width at least this")
+    f.add_argument("--max-aspect", type=float, help="height / width at most this")
+    f.add_argument("--min-caption-words", type=int)
+    f.add_argument("--max-caption-words", type=int)
+    f.add_argument("--drop-empty-caption", action="store_true", help="drop rows whose text is empty")
+    f.set_defaults(func=run_filter)
 
 
 def _check_outputs(*paths: str | None) -> None:

@@ -1,0 +1,310 @@
+"""Everything about a generation request that can be decided without loading weights, in one place.
+
+    source = ModelSource.choose(model="path/to/model_dir")               # or preset=..., ckpt=..., nothing
+    cfg = source.config()                                                # config files only
+    settings = validate(cfg, source, num_frames=16, height=256, width=256, sampler="iddpm")
+    pipe = TextToVideoPipeline.load(source, settings.device, settings.dtype)
+    frames = pipe(prompts, **settings.call_kwargs(), seed=settings.seed)
+
+`validate` owns the geometry (the VAE's downsampling factor and the transformer's patch size, read from
+config files), the sampler names (through `sorakit.diffusion.sampler_name`) and every input check, so a bad
+request fails in milliseconds with one `UserError` line, before gigabytes of weights are read.
+Messages name the inputs as the caller calls them (`names`, e.g. the CLI's "--steps").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sorakit import parity
+from sorakit.config import PRESET_DIR, Config, apply_overrides, load_config
+from sorakit.diffusion import build_sampler, sampler_name
+from sorakit.encoders.text import CLASS_DATASETS
+from sorakit.encoders.vae import peek_downsample_factor
+from sorakit.errors import UserError
+from sorakit.hub import download_hint, names_local_path
+from sorakit.modeldir import builtin_model_dir, read_model_dir
+from sorakit.models import MODELS, read_model_config
+from sorakit.runtime import dtype_name, resolve_device, resolve_dtype
+
+
+def preset_name(name: str) -> str:
+    """'opensora/16x256x256' -> 'opensora/inference/16x256x256' (the inference preset of that family)."""
+    if name.endswith((".toml", ".py")) or "/inference/" in name:
+        return name
+    family, _, rest = name.partition("/")
+    if rest and (PRESET_DIR / family / "inference" / f"{rest}.toml").is_file():
+        return f"{family}/inference/{rest}"
+    return name
+
+
+def parse_resolution(text: str, name: str = "resolution") -> tuple[int, int]:
+    """'256x256' (or '256,256', '256*256') -> (height, width); `name` is how the caller calls the input."""
+    m = re.fullmatch(r"\s*(-?\d+)\s*[x,X*]\s*(-?\d+)\s*", text)
+    if not m:
+        raise UserError(f"{name} must look like HxW (e.g. 256x256), got {text!r}")
+    h, w = int(m.group(1)), int(m.group(2))
+    if h < 1 or w < 1:
+        raise UserError(f"{name} must be positive, got {h}x{w}")
+    return h, w
+
+
+def read_prompt_file(path: str, keep_empty: bool = False) -> list[tuple[int, str]]:
+    """(number, stripped prompt) per non-empty line of a UTF-8 file; with `keep_empty` (line index, line)
+    for every line, as
+    Open-Sora 1.0 read its prompt files (``readlines``: no extra prompt after a final newline)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--prompt-file: no such file: {path}")
+    try:
+        lines = p.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"--prompt-file {path} is not UTF-8 text") from exc
+    lines = lines[:-1] if lines and lines[-1] == "" else lines
+    if keep_empty:
+        items = [(i, line.strip()) for i, line in enumerate(lines)]
+    else:  # numbered by prompt, not by line: blank lines do not use up output numbers
+        items = list(enumerate(line.strip() for line in lines if line.strip()))
+    if not items:
+        raise UserError(f"--prompt-file {path} has no prompts (all lines are empty)")
+    return items
+
+
+def _check_exists(name: str | None, flag: str, want_dir: bool) -> None:
+    """A local-looking path must exist now (hub ids are fetched later)."""
+    if not name or not names_local_path(name):
+        return
+    path = Path(os.path.expanduser(name))
+    if want_dir and not path.is_dir():
+        raise UserError(f"{flag}: no such directory: {name}{download_hint(name)}")
+    if not want_dir and not path.exists():
+        raise UserError(f"{flag}: no such file: {name}{download_hint(name)}")
+
+
+@dataclass
+class ModelSource:
+    """Where the model comes from: the built-in model, a model directory, or a preset (with `ckpt`).
+    `text_encoder` / `vae` replace the config's references; `overrides` are `section.key=value`."""
+
+    kind: str  # "builtin" | "model" | "preset"
+    model: str | None = None
+    preset: str | None = None
+    ckpt: str | None = None
+    text_encoder: str | None = None
+    vae: str | None = None
+    overrides: list[str] = field(default_factory=list)
+
+    @classmethod
+    def choose(
+        cls,
+        model: str | None = None,
+        preset: str | None = None,
+        ckpt: str | None = None,
+        text_encoder: str | None = None,
+        vae: str | None = None,
+        overrides: list[str] | tuple[str, ...] = (),
+    ) -> ModelSource:
+        """The source these arguments name; local paths must exist (hub ids are fetched when loading)."""
+        if model and preset:
+            raise UserError("use either --model or --preset, not both")
+        if model and not Path(model).is_dir():
+            raise UserError(f"--model: no such directory: {model}")
+        _check_exists(ckpt, "--ckpt", want_dir=False)
+        _check_exists(text_encoder, "--text-encoder", want_dir=True)
+        _check_exists(vae, "--vae", want_dir=True)
+        return cls(
+            kind="preset" if preset else ("model" if model else "builtin"),
+            model=str(Path(model).resolve()) if model else None,
+            preset=preset_name(preset) if preset else None,
+            ckpt=ckpt, text_encoder=text_encoder, vae=vae, overrides=list(overrides),
+        )  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSource:
+        """The inverse of `to_dict` (a sidecar's "model" entry)."""
+        return cls(**{k: data.get(k) for k in ("kind", "model", "preset", "ckpt", "text_encoder", "vae")},
+                   overrides=list(data.get("overrides") or []))  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def model_dir(self) -> Path | None:
+        """The model directory (the built-in one for "builtin"); None for a preset."""
+        if self.kind == "preset":
+            return None
+        return builtin_model_dir() if self.kind == "builtin" else Path(self.model)
+
+    def config(self) -> Config:
+        """The (light) config of the chosen model: no weights are read."""
+        if self.kind == "preset":
+            cfg = load_config(self.preset, self.overrides)
+        else:
+            _, cfg = read_model_dir(self.model_dir)
+            apply_overrides(cfg, self.overrides)
+        if self.text_encoder:
+            cfg.text_encoder.path = self.text_encoder
+        if self.vae:
+            cfg.vae.path = self.vae
+        return cfg
+
+    def geometry(self, cfg: Config) -> tuple[int, tuple[int, int, int]]:
+        """(VAE downsampling factor, transformer patch size `(t, h, w)`), read from config files only."""
+        factor = peek_downsample_factor(cfg.vae.path)
+        if self.kind == "preset":
+            if cfg.model.type not in MODELS:
+                raise UserError(f"unknown model '{cfg.model.type}' (valid: {', '.join(sorted(MODELS))})")
+            patch = cfg.model.arch.get("patch_size", MODELS[cfg.model.type][1].get("patch_size"))
+        else:
+            transformer_dir, _ = read_model_dir(self.model_dir)
+            patch = read_model_config(transformer_dir)["config"].get("patch_size")
+        return factor, tuple(int(v) for v in (patch or (1, 2, 2)))  # type: ignore[return-value]
+
+
+@dataclass
+class Settings:
+    """A validated generation request (every default filled in from the model's config)."""
+
+    num_frames: int
+    height: int
+    width: int
+    steps: int
+    sampler: str
+    guidance: float
+    fps: float
+    batch_size: int
+    seed: int
+    device: str
+    dtype: str
+
+    def call_kwargs(self) -> dict[str, Any]:
+        """The `TextToVideoPipeline.__call__` arguments these settings fix."""
+        return dict(num_frames=self.num_frames, height=self.height, width=self.width,
+                    num_inference_steps=self.steps, guidance_scale=self.guidance, sampler=self.sampler)  # fmt: skip
+
+
+def check_prompts(cfg: Config, prompts: list[str], class_labels: bool = False) -> None:
+    """Prompts fit the model: text for a text model (empty lines allowed under a parity profile that keeps
+    them), in-range class indices for a class-conditional one."""
+    if not prompts:
+        raise UserError("no prompts given")
+    if cfg.text_encoder.type != "classes":
+        if class_labels:
+            raise UserError(
+                "--class-label is for class-conditional models (dit/..-class, latte/..-class): give a prompt"
+            )
+        profile = parity.get_profile(cfg.inference.parity)
+        allow_empty = profile is not None and profile.keep_empty_prompts
+        if any(not isinstance(p, str) or not (p.strip() or allow_empty) for p in prompts):
+            raise UserError("empty prompt: every prompt must contain text")
+        return
+    name = (cfg.text_encoder.path or "").lower()
+    num = int(name) if name.isdigit() else CLASS_DATASETS.get(name)
+    for p in prompts:
+        if not p.lstrip("-").isdigit():
+            raise UserError(f"this model is class-conditional: give --class-label N, not the text {p[:40]!r}")
+        if num is not None and not 0 <= int(p) < num:
+            raise UserError(f"class label {p} out of range 0..{num - 1}")
+
+
+def _positive(value: Any, name: str, strict: bool = True) -> None:
+    if value is not None and (value <= 0 if strict else value < 0):
+        raise UserError(f"{name} must be {'positive' if strict else '>= 0'}, got {value}")
+
+
+def validate(
+    cfg: Config,
+    source: ModelSource,
+    *,
+    prompts: list[str] | None = None,
+    class_labels: bool = False,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    steps: int | None = None,
+    sampler: str | None = None,
+    guidance: float | None = None,
+    fps: float | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    threads: int | None = None,
+    world_size: int = 1,
+    sequence_parallel: bool = False,
+    names: Mapping[str, str] | None = None,
+) -> Settings:
+    """Check a request against the model `source` names (config files only) and fill in its defaults.
+
+    `world_size`: the processes that will run the request (torchrun); they share out the batches, or with
+    `sequence_parallel` split every video's frames. Raises `UserError` (one line) for the first problem."""
+    name = {k: k for k in ("num_frames", "steps", "guidance", "fps", "batch_size", "threads")} | dict(
+        names or {}
+    )
+    inf, sch = cfg.inference, cfg.scheduler
+    num_frames = inf.num_frames if num_frames is None else num_frames
+    _positive(num_frames, name["num_frames"])
+    height = inf.image_size[0] if height is None else height
+    width = inf.image_size[1] if width is None else width
+    if height < 1 or width < 1:
+        raise UserError(f"resolution must be positive, got {height}x{width}")
+    steps = sch.num_sampling_steps if steps is None else steps
+    _positive(steps, name["steps"])
+    sampler = sampler_name(sampler or sch.type)
+    build_sampler(
+        sampler, steps, num_timesteps=sch.num_timesteps
+    )  # the sampler's own checks (e.g. DPM order)
+    guidance = sch.cfg_scale if guidance is None else guidance
+    _positive(guidance, name["guidance"], strict=False)
+    fps = inf.fps if fps is None else fps
+    _positive(fps, name["fps"])
+    batch_size = inf.batch_size if batch_size is None else batch_size
+    _positive(batch_size, name["batch_size"])
+    _positive(threads, name["threads"])
+    dev = resolve_device(device or inf.device)
+    profile = parity.get_profile(inf.parity)
+    dt = resolve_dtype(dtype or (profile and parity.runtime_dtype(profile, dev)) or inf.dtype, dev)
+    _check_geometry(source, cfg, num_frames, height, width, world_size if sequence_parallel else None)
+    if profile is not None and world_size > 1 and not sequence_parallel:
+        raise UserError(
+            f"--parity {profile.name} runs every batch in one RNG stream: use one process or --sequence-parallel"
+        )
+    if prompts is not None:
+        check_prompts(cfg, prompts, class_labels)
+    return Settings(
+        num_frames=num_frames, height=height, width=width, steps=steps, sampler=sampler, guidance=float(guidance),
+        fps=float(fps), batch_size=batch_size, seed=inf.seed if seed is None else seed, device=str(dev),
+        dtype=dtype_name(dt),
+    )  # fmt: skip
+
+
+def _check_geometry(
+    source: ModelSource, cfg: Config, num_frames: int, height: int, width: int, sp_world: int | None
+) -> None:
+    """The video splits into the model's patches (and, with sequence parallelism, over the processes)."""
+    factor, patch = source.geometry(cfg)
+    if height % (factor * patch[1]) or width % (factor * patch[2]) or num_frames % patch[0]:
+        raise UserError(
+            f"{num_frames}x{height}x{width} does not fit the model: height and width must be multiples of "
+            f"{factor * patch[1]}x{factor * patch[2]} (VAE /{factor}, patch {patch[1]}x{patch[2]})"
+            + (f" and frames a multiple of {patch[0]}" if patch[0] > 1 else "")
+        )
+    if sp_world is None:
+        return
+    if sp_world < 2:
+        raise UserError(
+            "--sequence-parallel needs several processes: launch with torchrun --nproc_per_node N (N > 1)"
+        )
+    if not str(cfg.model.type).lower().startswith("stdit"):
+        raise UserError(f"--sequence-parallel works with STDiT models only, not {cfg.model.type}")
+    latent_frames = num_frames // patch[0]
+    if latent_frames % sp_world:
+        raise UserError(
+            f"--sequence-parallel: {num_frames} frames give {latent_frames} latent frames, "
+            f"which do not split over {sp_world} processes"
+        )
