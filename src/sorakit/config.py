@@ -403,6 +403,16 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
 
 
+def preset_name(name: str) -> str:
+    """'opensora/16x256x256' -> 'opensora/inference/16x256x256' (the inference preset of that family)."""
+    if name.endswith((".toml", ".py")) or "/inference/" in name:
+        return name
+    family, _, rest = name.partition("/")
+    if rest and (PRESET_DIR / family / "inference" / f"{rest}.toml").is_file():
+        return f"{family}/inference/{rest}"
+    return name
+
+
 def load_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- preset or file (TOML, or Open-Sora 1.0 .py read safely) <- overrides."""
     cfg = Config()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sorakit.config import list_presets, load_config
+from sorakit.config import list_presets, load_config, preset_name
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,8 +25,6 @@ def run(args: argparse.Namespace) -> int:
         for name in list_presets():
             print(name)
         return 0
-    from sorakit.cli.generate import preset_name
-
     # the short names `generate --preset` takes (opensora/16x256x256) name the same presets here
     cfg = load_config(preset_name(args.preset), args.overrides)
     print(cfg.dump(args.format))

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sorakit import parity
-from sorakit.config import PRESET_DIR, Config, apply_overrides, load_config
+from sorakit.config import Config, apply_overrides, load_config, preset_name
 from sorakit.diffusion import build_sampler, sampler_name
 from sorakit.encoders.text import CLASS_DATASETS
 from sorakit.encoders.vae import peek_downsample_factor
@@ -31,16 +31,6 @@ from sorakit.hub import download_hint, names_local_path
 from sorakit.modeldir import builtin_model_dir, read_model_dir
 from sorakit.models import MODELS, read_model_config
 from sorakit.runtime import dtype_name, resolve_device, resolve_dtype
-
-
-def preset_name(name: str) -> str:
-    """'opensora/16x256x256' -> 'opensora/inference/16x256x256' (the inference preset of that family)."""
-    if name.endswith((".toml", ".py")) or "/inference/" in name:
-        return name
-    family, _, rest = name.partition("/")
-    if rest and (PRESET_DIR / family / "inference" / f"{rest}.toml").is_file():
-        return f"{family}/inference/{rest}"
-    return name
 
 
 def parse_resolution(text: str, name: str = "resolution") -> tuple[int, int]:
