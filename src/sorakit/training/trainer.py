@@ -114,7 +114,7 @@ def build_data(cfg: Config, state: ParallelState, components: Components) -> Dat
         batch_size=cfg.train.batch_size, rank=state.dp_rank, num_replicas=state.dp_size, seed=cfg.train.seed
     )
     if cfg.data.cache_dir or is_cache_dir(source):
-        ds = LatentCacheDataset(source)
+        ds = LatentCacheDataset(source, damaged=cfg.data.damaged_shards)
         c, t, h, w = ds.latent_shape
         _adopt_cache_encoders(cfg, ds.meta)
         return DataSource(
