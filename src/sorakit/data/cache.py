@@ -13,7 +13,9 @@ Layout of a cache directory (written by ``sorakit data encode``)::
 ``L_shard`` is the longest caption of the shard (embeddings are padded back to ``model_max_length``
 with zeros and mask 0 when read; masked positions never reach the model's output). Shards cover fixed
 CSV row ranges and are written to a temporary name then renamed, so an interrupted encode is resumed
-by running it again. ``meta.json`` is written last: a directory without it is not a cache.
+by running it again. ``meta.json`` is written last: a directory without it is not a cache. It records each
+shard's size and sha256 (the cache's manifest): :func:`verify_shards` checks them, and
+:class:`LatentCacheDataset` refuses or skips a damaged shard, naming its path.
 """
 
 from __future__ import annotations
