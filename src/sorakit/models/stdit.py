@@ -141,7 +141,11 @@ class STDiT(DiffusionTransformer):
     `forward(x [B, C, T, H, W], timestep [B], y [B, 1, L, Cy], mask [n, L] | None, x_mask [B, T] | None)` ->
     `[B, C_out, T, H, W]` with C_out = 2C when `pred_sigma` (channels [0, C) = noise, [C, 2C) = variance
     interpolation values). Any T, H, W divisible by the patch is accepted; position embeddings for sizes
-    other than `input_size` are computed on the fly.
+    other than `input_size` are computed on the fly. By default (Open-Sora 1.0) grid positions are
+    `index / space_scale` on every grid, so a larger grid sees positions it never saw in training. With
+    `base_size` (tokens; Open-Sora 1.1 STDiT2 / PixArt style) each axis of any grid is rescaled by
+    `base_size / grid` to span the same extent as a `base_size`-wide grid, so a model trained at one size
+    sees the spacing it was trained with at every resolution and aspect ratio.
 
     `no_temporal_pos_emb` is accepted for config compatibility; as in upstream STDiT it does not switch the
     temporal position embedding off.
@@ -166,6 +170,7 @@ class STDiT(DiffusionTransformer):
         model_max_length: int = 120,
         space_scale: float = 1.0,
         time_scale: float = 1.0,
+        base_size: int | None = None,
         freeze: str | None = None,
         dtype: Any = None,
         enable_flashattn: bool = False,
@@ -181,6 +186,9 @@ class STDiT(DiffusionTransformer):
             no_temporal_pos_emb=no_temporal_pos_emb, caption_channels=caption_channels,
             model_max_length=model_max_length, space_scale=space_scale, time_scale=time_scale,
         )  # fmt: skip
+        if base_size is not None:  # only when set, so configs of upstream models stay as they were
+            self.config["base_size"] = int(base_size)
+        self.base_size = int(base_size) if base_size is not None else None
         self.input_size = tuple(input_size)
         self.patch_size = tuple(patch_size)
         self.in_channels = in_channels
@@ -199,7 +207,9 @@ class STDiT(DiffusionTransformer):
         self.num_temporal = nt
         self.num_spatial = nh * nw
 
-        self.register_buffer("pos_embed", get_2d_sincos_pos_embed(hidden_size, nh, nw, space_scale))
+        self.register_buffer(
+            "pos_embed", get_2d_sincos_pos_embed(hidden_size, nh, nw, space_scale, self.base_size)
+        )
         self.register_buffer("pos_embed_temporal", get_1d_sincos_pos_embed(hidden_size, nt, time_scale))
 
         self.x_embedder = PatchEmbed3D(self.patch_size, in_channels, hidden_size)
@@ -268,7 +278,7 @@ class STDiT(DiffusionTransformer):
 
         x = self.x_embedder(x)  # [B, N, D]
         x = rearrange(x, "B (T S) D -> B T S D", T=nt)
-        x = x + self._spatial_pos_embed(self.pos_embed, nh, nw, self.space_scale, None, x)
+        x = x + self._spatial_pos_embed(self.pos_embed, nh, nw, self.space_scale, self.base_size, x)
         x = rearrange(x, "B T S D -> B (T S) D")
 
         t = self.t_embedder(timestep, dtype=x.dtype)  # [B, D]
