@@ -133,6 +133,7 @@ COVERAGE: dict[str, Run | Fetch | Serve] = {
     "sorakit train opensora/train/16x512x512 --data hq.csv --output runs/s3 --init runs/s2-export": Fetch("train"),
     "sorakit train tiny --data train.csv --output runs/tiny --max-steps 50":
         Run("train", ("--max-steps", "2", "--batch-size", "2", "train.tensorboard=false"), _checkpoint("runs/tiny")),
+    "sorakit checkpoints runs/tiny": Run("train", (), _checkpoint("runs/tiny")),
     "torchrun --nproc_per_node 8 -m sorakit.cli.main train opensora/train/64x512x512-sp --data d.csv --output runs/sp":
         Fetch("train"),
     # data tools, in the order a dataset is made

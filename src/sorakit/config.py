@@ -108,6 +108,10 @@ class DataConfig:
     num_workers: int = _doc("data-loader worker processes", 2)
     max_bad_fraction: float = _doc("stop with an error when more than this fraction of samples fail", 0.1)
     random_flip: bool = _doc("flip training clips left-right at random (Open-Sora 1.0 does)", True)
+    damaged_shards: str = _doc(
+        "a latent-cache shard that fails its size / sha256 check: 'refuse' (stop, naming it) or 'skip'",
+        "refuse",
+    )
 
 
 @dataclass

@@ -11,6 +11,8 @@ Layout::
                               absent when the JSON refers to a VAE elsewhere (a hub id or a path)
       text_encoder/           optional: a transformers model + tokenizer directory; absent when the
                               JSON refers to one elsewhere (e.g. "builtin:minilm", a hub id, a path)
+      manifest.json           every file's size and sha256, written last (sorakit.manifest); a model
+                              directory whose files do not match it is refused by read_model_dir
 
 ``sorakit_pipeline.json``::
 
@@ -55,6 +57,7 @@ from sorakit import __version__
 from sorakit.config import Config, apply_dict
 from sorakit.errors import UserError
 from sorakit.fileutil import follow_umask, new_dir_mode
+from sorakit.manifest import verify_folder, write_manifest
 from sorakit.models import save_pretrained
 
 PIPELINE_FILE = "sorakit_pipeline.json"
@@ -140,6 +143,7 @@ def save_model_dir(
         }
         (tmp / PIPELINE_FILE).write_text(json.dumps(spec, indent=2) + "\n")
         follow_umask(tmp)  # diffusers' / transformers' safetensors files (vae/, text_encoder/) are 0600
+        write_manifest(tmp)  # last: read_model_dir checks every file against it
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -156,9 +160,10 @@ def _is_transformer_dir(root: Path) -> bool:
         return False
 
 
-def read_model_dir(path: str | os.PathLike) -> tuple[Path, Config]:
+def read_model_dir(path: str | os.PathLike, deep: bool = False) -> tuple[Path, Config]:
     """Read ``DIR/sorakit_pipeline.json`` -> (directory, config with vae/text-encoder paths resolved
-    against DIR). Raises UserError for anything that is not a valid model directory."""
+    against DIR). Raises UserError for anything that is not a valid model directory, or whose files do not
+    match its manifest: sizes always (cheap), sha256 too with ``deep`` (the pipeline's load does that)."""
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"model: no such directory: {path}")
@@ -170,6 +175,9 @@ def read_model_dir(path: str | os.PathLike) -> tuple[Path, Config]:
                 f"with --preset PRESET --ckpt {root} (the preset names the text encoder and VAE)"
             )
         raise UserError(f"{root} is not a sorakit model directory (no {PIPELINE_FILE})")
+    verdict = verify_folder(root, deep)  # without a manifest (older exports): accepted unverified
+    if not verdict.ok:
+        raise UserError(f"model directory {root} is damaged: {verdict.reason}")
     try:
         spec = json.loads(file.read_text())
     except json.JSONDecodeError as exc:

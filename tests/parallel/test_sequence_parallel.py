@@ -31,11 +31,17 @@ def _make(seed: int = 0):
     return model, (x, t, y, mask), w
 
 
-def _forward_backward(model, inputs, w, grad_ckpt: bool = False):
-    if grad_ckpt:
+# reference frames: sample 0 conditions on frames 0 and 3 (one on each rank), sample 1 on frame 1 only
+X_MASK = torch.tensor([[False, True, True, False], [True, False, True, True]])
+CASES = (False, True, "x_mask")  # gradient checkpointing off / on, then a per-frame mask
+
+
+def _forward_backward(model, inputs, w, case=False):
+    if case is True:
         model.enable_gradient_checkpointing(True)
     x = inputs[0].clone().requires_grad_(True)
-    out = model(x, *inputs[1:])
+    kw = {"x_mask": X_MASK} if case == "x_mask" else {}
+    out = model(x, *inputs[1:], **kw)
     (out * w).sum().backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
     return out.detach(), grads, x.grad.detach()
@@ -48,16 +54,16 @@ def _sp_worker(rank: int, world: int):
     from sorakit.parallel.sequence import apply_sequence_parallel
 
     results = {}
-    for grad_ckpt in (False, True):
+    for case in CASES:
         model, inputs, w = _make()
         handle = apply_sequence_parallel(model)
-        out, grads, xgrad = _forward_backward(model, inputs, w, grad_ckpt)
+        out, grads, xgrad = _forward_backward(model, inputs, w, case)
         # what DDP / FSDP do over the world: average the gradients
         for g in [*grads.values(), xgrad]:
             dist.all_reduce(g)
             g /= world
         handle.remove()
-        results[grad_ckpt] = (out, grads, xgrad)
+        results[case] = (out, grads, xgrad)
     # 3 latent frames cannot be split over 2 ranks: a clear error, no hang
     model = build_model(
         "STDiT-tiny", input_size=(3, 8, 8), in_channels=4, caption_channels=16, model_max_length=6
@@ -72,13 +78,19 @@ def _sp_worker(rank: int, world: int):
 
 
 def test_sequence_parallel_matches_single_process(tmp_path):
-    model, inputs, w = _make()
-    ref_out, ref_grads, ref_xgrad = _forward_backward(model, inputs, w)
+    refs = {}
+    for case in (False, "x_mask"):
+        model, inputs, w = _make()
+        refs[case] = _forward_backward(model, inputs, w, case)
+    refs[True] = refs[False]
     # the temporal attention really gets gradients (it is not a no-op in this comparison)
-    assert ref_grads["blocks.0.attn_temp.qkv.weight"].abs().sum() > 0
+    assert refs[False][1]["blocks.0.attn_temp.qkv.weight"].abs().sum() > 0
+    # the mask changes the result (so the masked comparison checks the split of x_mask)
+    assert not torch.allclose(refs["x_mask"][0], refs[False][0], atol=1e-3)
     for res in run_distributed(_sp_worker, 2, tmp_path):
-        for grad_ckpt in (False, True):
-            out, grads, xgrad = res[grad_ckpt]
+        for case in CASES:
+            ref_out, ref_grads, ref_xgrad = refs[case]
+            out, grads, xgrad = res[case]
             torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(xgrad, ref_xgrad, atol=1e-5, rtol=1e-5)
             assert grads.keys() == ref_grads.keys()

@@ -250,3 +250,27 @@ def test_rflow_time_shift_reaches_the_sampler(tiny_pipe: TextToVideoPipeline, mo
     seen.clear()
     tiny_pipe("a cat", num_frames=2, num_inference_steps=4, sampler="ddim", seed=0, progress=False)
     assert len(seen) == 4 and seen[0] < 1000
+
+
+def test_model_dir_manifest_detects_damage(tmp_path, tiny_model_dir) -> None:
+    import shutil
+
+    from sorakit.manifest import verify_folder
+
+    assert verify_folder(tiny_model_dir).status == "verified"
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    weights = copy / "transformer" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x40
+    weights.write_bytes(bytes(data))
+    read_model_dir(copy)  # the cheap check (sizes) passes: a flipped bit needs the sha256
+    with pytest.raises(
+        UserError, match="copy is damaged: transformer/model.safetensors does not match its sha256"
+    ):
+        TextToVideoPipeline.from_pretrained(copy, device="cpu")
+    weights.write_bytes(bytes(data[:1000]))  # a copy that stopped half-way: refused by every reader
+    with pytest.raises(UserError, match="transformer/model.safetensors has 1000 bytes"):
+        read_model_dir(copy)
+    (copy / "manifest.json").unlink()  # an export from before manifests: accepted as it is
+    read_model_dir(copy)

@@ -12,12 +12,12 @@ import re
 import sys
 
 from sorakit import __version__
-from sorakit.cli import config, convert, data, export, generate, info, serve, train, train_vae
+from sorakit.cli import checkpoints, config, convert, data, export, generate, info, serve, train, train_vae
 from sorakit.cli import eval as eval_
 from sorakit.errors import UserError
 
 # in `sorakit --help` order
-COMMANDS = (config, convert, data, eval_, export, generate, info, serve, train, train_vae)
+COMMANDS = (checkpoints, config, convert, data, eval_, export, generate, info, serve, train, train_vae)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,9 @@ Layout of a cache directory (written by ``sorakit data encode``)::
 ``L_shard`` is the longest caption of the shard (embeddings are padded back to ``model_max_length``
 with zeros and mask 0 when read; masked positions never reach the model's output). Shards cover fixed
 CSV row ranges and are written to a temporary name then renamed, so an interrupted encode is resumed
-by running it again. ``meta.json`` is written last: a directory without it is not a cache.
+by running it again. ``meta.json`` is written last: a directory without it is not a cache. It records each
+shard's size and sha256 (the cache's manifest): :func:`verify_shards` checks them, and
+:class:`LatentCacheDataset` refuses or skips a damaged shard, naming its path.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ from typing import Any
 
 import torch
 
-from sorakit.errors import UserError
+from sorakit.errors import ConfigError, UserError
+from sorakit.logging import get_logger
+from sorakit.manifest import check_entry, file_entry
+
+log = get_logger(__name__)
 
 FORMAT = "sorakit-latent-cache"
 VERSION = 1
@@ -52,7 +58,8 @@ def write_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str
 
 
 def write_meta(cache_dir: Path, meta: dict[str, Any]) -> None:
-    """Write ``meta.json`` (atomically) listing the shards present with their sample counts."""
+    """Write ``meta.json`` (atomically) listing the shards present with their sample counts, sizes and
+    sha256."""
     from safetensors import safe_open
 
     shards = []
@@ -61,7 +68,8 @@ def write_meta(cache_dir: Path, meta: dict[str, Any]) -> None:
         with safe_open(str(f), "pt") as fh:
             n = fh.get_slice("latents").get_shape()[0]
         if n:
-            shards.append({"file": f.name, "count": int(n)})
+            # size + sha256: the cache's manifest, checked by verify_shards when training opens the cache
+            shards.append({"file": f.name, "count": int(n), **file_entry(f)})
             total += int(n)
     meta = {"format": FORMAT, "version": VERSION, **meta, "num_samples": total, "shards": shards}
     tmp = cache_dir / f".{META}.tmp-{os.getpid()}"
@@ -91,23 +99,76 @@ def read_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def verify_shards(cache_dir: str | os.PathLike, deep: bool = True) -> list[tuple[Path, str]]:
+    """The damaged shards of a cache as ``(path, reason)``; empty when every shard checks out.
+
+    Shards are checked against the size and sha256 recorded in ``meta.json`` (``deep=False``: size only);
+    caches written before checksums existed get a lighter check (the shard opens and holds the number of
+    samples meta.json says)."""
+    from safetensors import safe_open
+
+    root = Path(cache_dir)
+    bad = []
+    for s in read_meta(root)["shards"]:
+        path = root / s["file"]
+        if "sha256" in s:
+            why = check_entry(path, s, deep)
+        elif not path.is_file():
+            why = f"{path.name} is missing"
+        else:
+            try:
+                with safe_open(str(path), "pt") as fh:
+                    n = fh.get_slice("latents").get_shape()[0]
+                why = "" if n == int(s["count"]) else f"holds {n} samples, meta.json says {s['count']}"
+            except Exception as exc:  # noqa: BLE001 - whatever a damaged header raises
+                why = f"does not open ({str(exc).strip()[:200]})"
+        if why:
+            bad.append((path, why))
+    return bad
+
+
+def _drop_damaged(cache_dir: Path, meta: dict[str, Any], policy: str) -> dict[str, Any]:
+    """Apply ``data.damaged_shards``: refuse a cache with a damaged shard, or leave those shards out."""
+    if policy not in ("refuse", "skip"):
+        raise ConfigError(f"data.damaged_shards: unknown '{policy}' (valid: refuse, skip)")
+    bad = verify_shards(cache_dir)
+    if not bad:
+        return meta
+    listed = "; ".join(f"{p} ({why})" for p, why in bad)
+    if policy == "refuse":
+        raise UserError(
+            f"latent cache {cache_dir}: {len(bad)} damaged shard(s): {listed}. Delete them and run `sorakit "
+            "data encode` again to rewrite them, or train without them with data.damaged_shards=skip"
+        )
+    names = {p.name for p, _ in bad}
+    kept = [s for s in meta["shards"] if s["file"] not in names]
+    if not kept:
+        raise UserError(f"latent cache {cache_dir}: every shard is damaged: {listed}")
+    log.warning("latent cache: skipping %d damaged shard(s) (data.damaged_shards=skip): %s", len(bad), listed)
+    return {**meta, "shards": kept, "num_samples": sum(int(s["count"]) for s in kept)}
+
+
 class LatentCacheDataset(torch.utils.data.Dataset):
     """Items ``{"latent": [C, T, h, w], "y": [1, L, Cy], "mask": [L]}`` (or ``"label"``) from a cache.
 
     With ``in_memory`` (default when the cache is under `memory_limit_bytes`) every shard is loaded once
     and items are slices of RAM tensors -- the fastest path; otherwise shards are memory-mapped and read
     per item. Items accept ``(index, epoch)`` keys like :class:`~sorakit.data.dataset.VideoTextDataset`.
+
+    Every shard is checked first (:func:`verify_shards`); ``damaged="refuse"`` stops with an error naming
+    the damaged shards, ``"skip"`` leaves them out with a warning naming them.
     """
 
     def __init__(
-        self, cache_dir: str | os.PathLike, in_memory: bool | None = None, memory_limit_bytes: int = 4 << 30
+        self,
+        cache_dir: str | os.PathLike,
+        in_memory: bool | None = None,
+        memory_limit_bytes: int = 4 << 30,
+        damaged: str = "refuse",
     ) -> None:
         self.dir = Path(cache_dir)
-        self.meta = read_meta(self.dir)
+        self.meta = _drop_damaged(self.dir, read_meta(self.dir), damaged)
         self.shards = [self.dir / s["file"] for s in self.meta["shards"]]
-        for s in self.shards:
-            if not s.is_file():
-                raise UserError(f"latent cache shard missing: {s}")
         counts = [int(s["count"]) for s in self.meta["shards"]]
         self.offsets = torch.tensor([0] + counts).cumsum(0).tolist()
         self.max_length = int(self.meta.get("model_max_length") or 0)

@@ -40,6 +40,17 @@ def randn(shape, generator: torch.Generator | None = None, device=None, dtype=No
     return torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
 
 
+def masked_mean_flat(x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample mean of `x [B, C, T, ...]` over all non-batch dims, or only over frames where
+    `frame_mask [B, T]` is True (Open-Sora 1.1's masked `mean_flat`). A sample with no such frame gives 0.
+    Without a mask it is exactly `x.mean(dim=1..)`."""
+    if frame_mask is None:
+        return x.mean(dim=list(range(1, x.dim())))
+    per_frame = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1).mean(dim=-1)  # [B, T]
+    m = frame_mask.to(per_frame.dtype)
+    return (per_frame * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
+
+
 def expand_to(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """[B] -> [B, 1, 1, ...] with as many dims as `like`."""
     return v.reshape(v.shape + (1,) * (like.dim() - v.dim()))

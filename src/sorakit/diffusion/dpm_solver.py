@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sorakit.diffusion import condition as cnd
 from sorakit.diffusion.common import CallCounter, ModelFn, compute_dtype, progress_iter, split_prediction
 from sorakit.diffusion.schedules import named_betas
 from sorakit.errors import ConfigError
@@ -179,6 +180,31 @@ def dpmpp_multistep_third_order(x, x0s, lambdas, lambda_t, sigma_prev_0, sigma_t
     )
 
 
+def dpmpp_update(x, x0_list, t_list, t, order: int, s: DiscreteVPSchedule) -> torch.Tensor:
+    """One multistep DPM-Solver++ update of `order` from t_list[-1] to t, with the x0 history `x0_list`."""
+    sigma_prev, sigma_t, alpha_t = marginal_std(t_list[-1], s), marginal_std(t, s), marginal_alpha(t, s)
+
+    def lam(tt):
+        return marginal_lambda(tt, s)
+
+    if order == 1:
+        return dpmpp_first_order(x, x0_list[-1], lam(t_list[-1]), lam(t), sigma_prev, sigma_t, alpha_t)
+    if order == 2:
+        return dpmpp_multistep_second_order(
+            x,
+            x0_list[-2],
+            x0_list[-1],
+            lam(t_list[-2]),
+            lam(t_list[-1]),
+            lam(t),
+            sigma_prev,
+            sigma_t,
+            alpha_t,
+        )
+    lambdas = tuple(lam(tt) for tt in t_list[-3:])
+    return dpmpp_multistep_third_order(x, tuple(x0_list[-3:]), lambdas, lam(t), sigma_prev, sigma_t, alpha_t)
+
+
 # ---------------------------------------------------------------------------------------------
 # Sampler
 # ---------------------------------------------------------------------------------------------
@@ -254,72 +280,63 @@ class DPMSolver:
         generator: torch.Generator | None = None,
         progress: bool = False,
         return_intermediates: bool = False,
+        condition: cnd.Condition | None = None,
     ):
         """Integrate from noise `z` [B, C, ...] at t_start to t_end; returns x (z's dtype).
 
-        With `return_intermediates=True` returns (x, list of x after each step).
+        With `return_intermediates=True` returns (x, list of x after each step). With a `condition`
+        (reference frames, `sorakit.diffusion.condition`; level = the continuous t) the model gets `x_mask=`,
+        and the data prediction of frames held at their reference is the reference itself, so the multistep
+        history of a frame that enters later (SDEdit) is the clean reference.
         """
         s = self.schedule.to(z.device)
         counter = CallCounter(model_fn)
         self.num_model_calls = 0
         x = z.to(compute_dtype(z.dtype))
-        channels = x.shape[1]
+        z0, cond, held = x, (condition.to(x) if condition is not None else None), [1.0, None]
+        if cond is not None:
+            x = cnd.start(z0, cond)
 
-        def data_prediction(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            t_in = model_input_time(t.expand(x.shape[0]), s.total_n)
-            eps, _ = split_prediction(counter(x, t_in), channels)
+        def data_prediction(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """(x after entering frames, x0 prediction) at continuous time t."""
             alpha_t, sigma_t = marginal_alpha(t, s), marginal_std(t, s)
-            return (x - sigma_t * eps) / alpha_t
-
-        def lam(t):
-            return marginal_lambda(t, s)
-
-        def update(x, x0_list, t_list, t, order):
-            sigma_prev, sigma_t, alpha_t = (
-                marginal_std(t_list[-1], s),
-                marginal_std(t, s),
-                marginal_alpha(t, s),
-            )
-            if order == 1:
-                return dpmpp_first_order(
-                    x, x0_list[-1], lam(t_list[-1]), lam(t), sigma_prev, sigma_t, alpha_t
+            kw = {}
+            if cond is not None:
+                x, kw["x_mask"] = cnd.enter(
+                    x, z0, cond, float(t), held[0], lambda r, n: alpha_t * r + sigma_t * n
                 )
-            if order == 2:
-                return dpmpp_multistep_second_order(
-                    x,
-                    x0_list[-2],
-                    x0_list[-1],
-                    lam(t_list[-2]),
-                    lam(t_list[-1]),
-                    lam(t),
-                    sigma_prev,
-                    sigma_t,
-                    alpha_t,
-                )
-            lambdas = tuple(lam(tt) for tt in t_list[-3:])
-            return dpmpp_multistep_third_order(
-                x, tuple(x0_list[-3:]), lambdas, lam(t), sigma_prev, sigma_t, alpha_t
-            )
+                held[:] = [float(t), kw["x_mask"]]
+            t_in = model_input_time(t.expand(x.shape[0]), s.total_n)
+            eps, _ = split_prediction(counter(x, t_in, **kw), x.shape[1])
+            x0 = (x - sigma_t * eps) / alpha_t
+            return x, (x0 if cond is None else cnd.select_frames(kw["x_mask"], x0, cond.latents))
+
+        def step(x, x0_list, t_list, t, order):
+            x = dpmpp_update(x, x0_list, t_list, t, order, s)
+            return x if cond is None else cnd.hold(x, cond, held[1])
 
         ts = solver_time_steps(self.skip_type, self.t_start, self.t_end, self.num_steps, s)
         n, order = self.num_steps, self.order
         intermediates = []
         with torch.no_grad():
             t_list = [ts[0]]
-            x0_list = [data_prediction(x, ts[0])]
+            x, x0 = data_prediction(x, ts[0])
+            x0_list = [x0]
             # Warm up with lower orders until enough history exists.
-            for step in range(1, order):
-                x = update(x, x0_list, t_list, ts[step], step)
+            for i in range(1, order):
+                x = step(x, x0_list, t_list, ts[i], i)
                 intermediates.append(x)
-                t_list.append(ts[step])
-                x0_list.append(data_prediction(x, ts[step]))
-            for step in progress_iter(range(order, n + 1), progress, n + 1 - order, "dpm-solver"):
-                step_order = min(order, n + 1 - step) if (self.lower_order_final and n < 10) else order
-                x = update(x, x0_list, t_list, ts[step], step_order)
+                t_list.append(ts[i])
+                x, x0 = data_prediction(x, ts[i])
+                x0_list.append(x0)
+            for i in progress_iter(range(order, n + 1), progress, n + 1 - order, "dpm-solver"):
+                step_order = min(order, n + 1 - i) if (self.lower_order_final and n < 10) else order
+                x = step(x, x0_list, t_list, ts[i], step_order)
                 intermediates.append(x)
-                t_list = t_list[1:] + [ts[step]]
-                if step < n:  # the last model value would never be used
-                    x0_list = x0_list[1:] + [data_prediction(x, ts[step])]
+                t_list = t_list[1:] + [ts[i]]
+                if i < n:  # the last model value would never be used
+                    x, x0 = data_prediction(x, ts[i])
+                    x0_list = x0_list[1:] + [x0]
                 self.num_model_calls = counter.calls
         self.num_model_calls = counter.calls
         x = x.to(z.dtype)

@@ -79,17 +79,21 @@ class CFGModel:
         self.guided_channels = guided_channels
         self.model_kwargs = model_kwargs
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **step_kwargs: torch.Tensor) -> torch.Tensor:
+        """`step_kwargs`: per-step model inputs a sampler adds (`x_mask [n, T]` of reference frames), given
+        for the n rows; the null-caption rows get the same."""
         n = x.shape[0]
         if self.y_null is None or self.scale == 1.0:
-            return self.model(x, t, self.y, mask=self.mask, **self.model_kwargs)
+            return self.model(x, t, self.y, mask=self.mask, **self.model_kwargs, **step_kwargs)
         mask = None if self.mask is None else _repeat_rows(self.mask, n)
+        doubled = {k: _repeat_rows(v, n) for k, v in step_kwargs.items()}
         out = self.model(
             torch.cat([x, x]),
             torch.cat([t, t]),
             torch.cat([self.y, self.y_null]),
             mask=mask,
             **self.model_kwargs,
+            **doubled,
         )
         cond, uncond = out[:n], out[n:]
         channels = x.shape[1]

@@ -27,11 +27,13 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from sorakit.diffusion import condition as cnd
 from sorakit.diffusion.common import (
     CallCounter,
     ModelFn,
     compute_dtype,
     expand_to,
+    masked_mean_flat,
     progress_iter,
     randn_like,
     split_prediction,
@@ -344,6 +346,18 @@ class IDDPM:
             "model_output": model_output,
         }
 
+    def _enter(
+        self, x: torch.Tensor, z: torch.Tensor, cond: cnd.Condition | None, t: torch.Tensor, prev: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
+        """Reference frames before the model call at respaced index `t` [B]: (x, model kwargs, level).
+        The level is the original timestep / num_timesteps; entering SDEdit frames are noised to it."""
+        if cond is None:
+            return x, {}, prev
+        t_model = self.model_timesteps(t)
+        level = float(t_model[0]) / self.num_timesteps
+        x, x_mask = cnd.enter(x, z, cond, level, prev, lambda r, n: self.add_noise(r, n, t_model))
+        return x, {"x_mask": x_mask}, level
+
     def sample_progressive(
         self,
         model_fn: ModelFn,
@@ -351,6 +365,7 @@ class IDDPM:
         generator: torch.Generator | None = None,
         progress: bool = False,
         noise: Iterable[torch.Tensor] | None = None,
+        condition: cnd.Condition | None = None,
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Ancestral sampling, one dict per step (p_mean_variance keys + "sample", "t" = respaced index).
 
@@ -360,18 +375,25 @@ class IDDPM:
             generator: for the per-step noise (reproducible with a seed).
             noise: optional per-step noise tensors (one per step, in execution order) to inject
                 instead of drawing; the last step's entry is not used.
+            condition: reference frames (`sorakit.diffusion.condition`); the model then gets `x_mask=`.
         """
         counter = CallCounter(model_fn)
         self.num_model_calls = 0
         x = z.to(compute_dtype(z.dtype))
         noise_iter = iter(noise) if noise is not None else None
+        z0, cond, prev = x, (condition.to(x) if condition is not None else None), 1.0
+        if cond is not None:
+            x = cnd.start(z0, cond)
         for i in progress_iter(range(self.num_steps - 1, -1, -1), progress, self.num_steps, "iddpm"):
             t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-            out = self.p_mean_variance(counter, x, t)
+            x, kw, prev = self._enter(x, z0, cond, t, prev)
+            out = self.p_mean_variance(counter, x, t, **kw)
             step_noise = next(noise_iter) if noise_iter is not None else None
             if i != 0 and step_noise is None:
                 step_noise = randn_like(x, generator)
             x = ancestral_step(out["mean"], out["log_variance"], step_noise, last=i == 0)
+            if cond is not None:
+                x = cnd.hold(x, cond, kw["x_mask"])
             self.num_model_calls = counter.calls
             yield {**out, "sample": x, "t": t}
 
@@ -382,11 +404,13 @@ class IDDPM:
         generator: torch.Generator | None = None,
         progress: bool = False,
         noise: Iterable[torch.Tensor] | None = None,
+        condition: cnd.Condition | None = None,
     ) -> torch.Tensor:
-        """Run the whole ancestral loop from noise `z` [B, C, ...]; returns x_0 in z's dtype."""
+        """Run the whole ancestral loop from noise `z` [B, C, ...]; returns x_0 in z's dtype.
+        With a `condition`, its hard frames come out equal to their reference latents."""
         final = z
         with torch.no_grad():
-            for out in self.sample_progressive(model_fn, z, generator, progress, noise):
+            for out in self.sample_progressive(model_fn, z, generator, progress, noise, condition):
                 final = out["sample"]
         return final.to(z.dtype)
 
@@ -409,6 +433,7 @@ class IDDPM:
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        x_mask: torch.Tensor | None = None,
         **model_kwargs,
     ) -> dict[str, torch.Tensor]:
         """Open-Sora 1.0's loss: MSE on eps + variational bound (bits) for the learned variance.
@@ -418,6 +443,10 @@ class IDDPM:
             x_start: clean latents [B, C, ...].
             t: indices [B] (drawn uniformly with `generator` if None).
             noise: [B, C, ...] (drawn with `generator` if None).
+            x_mask: optional [B, T] bool over frames (dim 2), True = generate (Open-Sora 1.1): condition
+                frames stay clean (t = 0 for them; upstream adds its t = 0 noise, std 0.01, here they are
+                exactly the latents sampling holds them at), the model gets `x_mask=`, and MSE and bound
+                average generated frames only.
 
         Returns:
             dict with loss, mse, vb (each [B]) and x_t.
@@ -427,31 +456,39 @@ class IDDPM:
         if noise is None:
             noise = randn_like(x_start, generator)
         x_t = self.q_sample(x_start, t, noise)
+        if x_mask is not None:
+            x_t = cnd.select_frames(x_mask, x_t, x_start)
+            model_kwargs["x_mask"] = x_mask
         model_output = model_fn(x_t, self.model_timesteps(t), **model_kwargs)
         eps, v = split_prediction(model_output, x_start.shape[1])
-        mse = mean_flat((noise - eps) ** 2)
+        mse = masked_mean_flat((noise - eps) ** 2, x_mask)
         if v is None:
             vb = torch.zeros_like(mse)
         else:
             # Learn the variance through the bound without letting it move the mean prediction.
             frozen = torch.cat([eps.detach(), v], dim=1)
-            vb = self.vb_terms_bpd(x_start, x_t, t, frozen)["output"]
+            vb = self.vb_terms_bpd(x_start, x_t, t, frozen, x_mask)["output"]
         return {"loss": mse + vb, "mse": mse, "vb": vb, "x_t": x_t}
 
     def vb_terms_bpd(
-        self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor
+        self,
+        x_start: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        model_output: torch.Tensor,
+        x_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """One variational-bound term per sample, in bits: KL(q || p) for t > 0, decoder NLL at t = 0.
+        """One variational-bound term per sample, in bits: KL(q || p) for t > 0, decoder NLL at t = 0
+        (averaged over the frames where `x_mask [B, T]` is True, if given).
 
         Returns: dict with output [B], and the true/model means and log-variances that entered it.
         """
         true_mean, _, true_log_variance = self.q_posterior_mean_variance(x_start, x_t, t)
         out = self.p_mean_variance(None, x_t, t, clip_denoised=False, model_output=model_output)
-        kl = mean_flat(normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])) / math.log(
-            2.0
-        )
+        kl = normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])
+        kl = masked_mean_flat(kl, x_mask) / math.log(2.0)
         nll = -discretized_gaussian_log_likelihood(x_start, out["mean"], 0.5 * out["log_variance"])
-        nll = mean_flat(nll) / math.log(2.0)
+        nll = masked_mean_flat(nll, x_mask) / math.log(2.0)
         return {
             "output": torch.where(t.to(kl.device) == 0, nll, kl),
             "true_mean": true_mean,
@@ -490,15 +527,20 @@ class DDIM(IDDPM):
         generator: torch.Generator | None = None,
         progress: bool = False,
         noise: Iterable[torch.Tensor] | None = None,
+        condition: cnd.Condition | None = None,
     ) -> Iterator[dict[str, torch.Tensor]]:
         counter = CallCounter(model_fn)
         self.num_model_calls = 0
         x = z.to(compute_dtype(z.dtype))
         noise_iter = iter(noise) if noise is not None else None
         c = self.coef
+        z0, cond, prev = x, (condition.to(x) if condition is not None else None), 1.0
+        if cond is not None:
+            x = cnd.start(z0, cond)
         for i in progress_iter(range(self.num_steps - 1, -1, -1), progress, self.num_steps, "ddim"):
             t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-            out = self.p_mean_variance(counter, x, t)
+            x, kw, prev = self._enter(x, z0, cond, t, prev)
+            out = self.p_mean_variance(counter, x, t, **kw)
             # Re-derive eps from (possibly clipped) x_0 so that clipping stays consistent.
             eps = predict_eps_from_xstart(
                 x,
@@ -515,6 +557,8 @@ class DDIM(IDDPM):
             x = ddim_step(
                 out["pred_xstart"], eps, acp_prev, sigma, step_noise if (self.eta > 0 and i != 0) else None
             )
+            if cond is not None:
+                x = cnd.hold(x, cond, kw["x_mask"])
             self.num_model_calls = counter.calls
             yield {**out, "sample": x, "t": t}
 

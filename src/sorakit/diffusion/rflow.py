@@ -20,11 +20,13 @@ import math
 
 import torch
 
+from sorakit.diffusion import condition as cnd
 from sorakit.diffusion.common import (
     CallCounter,
     ModelFn,
     compute_dtype,
     expand_to,
+    masked_mean_flat,
     progress_iter,
     randn,
     randn_like,
@@ -217,6 +219,7 @@ class RectifiedFlow:
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        x_mask: torch.Tensor | None = None,
         **model_kwargs,
     ) -> dict[str, torch.Tensor]:
         """Per-sample MSE between the predicted velocity and x_0 - noise.
@@ -224,6 +227,8 @@ class RectifiedFlow:
         Args:
             model_fn: `model_fn(x_t, t, **model_kwargs)`; a 2C-channel output uses its first C.
             x_start: clean latents [B, C, ...]; t: times [B] on [0, T] (drawn if None).
+            x_mask: optional [B, T] bool over frames (dim 2), True = generate: condition frames (False) stay
+                clean (t = 0 for them), the model gets `x_mask=`, and the loss averages generated frames only.
         Returns:
             dict with loss [B] and x_t.
         """
@@ -232,8 +237,11 @@ class RectifiedFlow:
         if noise is None:
             noise = randn_like(x_start, generator)
         x_t = rf_interpolate(x_start, noise, t, self.num_timesteps)
+        if x_mask is not None:
+            x_t = cnd.select_frames(x_mask, x_t, x_start)
+            model_kwargs["x_mask"] = x_mask
         v, _ = split_prediction(model_fn(x_t, t, **model_kwargs), x_start.shape[1])
-        loss = ((v - (x_start - noise)) ** 2).mean(dim=list(range(1, x_start.dim())))
+        loss = masked_mean_flat((v - (x_start - noise)) ** 2, x_mask)
         return {"loss": loss, "x_t": x_t}
 
     # -- sampling -----------------------------------------------------------------------------
@@ -262,22 +270,41 @@ class RectifiedFlow:
         height: int | None = None,
         width: int | None = None,
         num_frames: int | None = None,
+        condition: cnd.Condition | None = None,
     ) -> torch.Tensor:
         """Euler-integrate the velocity from noise `z` [B, C, ...] (t = T) to data (t = 0).
 
-        `model_fn(x, t)` gets t as a [B] tensor in x's compute dtype. Deterministic; `generator`
-        is accepted for interface uniformity.
+        `model_fn(x, t)` gets t as a [B] tensor in x's compute dtype (and `x_mask=` [B, T] with a
+        `condition`: reference frames, see `sorakit.diffusion.condition`; level = t / T). Deterministic;
+        `generator` is accepted for interface uniformity.
         """
         ts = self.timesteps_for(height, width, num_frames)
         counter = CallCounter(model_fn)
         self.num_model_calls = 0
         x = z.to(compute_dtype(z.dtype))
+        noise, cond, prev, kw = x, None, 1.0, {}
+        if condition is not None:
+            cond = condition.to(x)
+            x = cnd.start(noise, cond)
         with torch.no_grad():
             for i in progress_iter(range(len(ts)), progress, len(ts), "rflow"):
                 t = torch.full((x.shape[0],), ts[i], dtype=x.dtype, device=x.device)
-                v, _ = split_prediction(counter(x, t), x.shape[1])
+                if cond is not None:
+                    level = ts[i] / self.num_timesteps
+                    x, kw["x_mask"] = cnd.enter(
+                        x,
+                        noise,
+                        cond,
+                        level,
+                        prev,
+                        lambda r, n, t=t: rf_interpolate(r, n, t, self.num_timesteps),
+                    )
+                    prev = level
+                v, _ = split_prediction(counter(x, t, **kw), x.shape[1])
                 t_next = ts[i + 1] if i + 1 < len(ts) else 0.0
                 x = euler_step(x, v, ts[i], t_next, self.num_timesteps)
+                if cond is not None:
+                    x = cnd.hold(x, cond, kw["x_mask"])
                 self.num_model_calls = counter.calls
         return x.to(z.dtype)
 

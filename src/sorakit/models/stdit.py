@@ -10,6 +10,11 @@ Block (adaLN-single):
      position embedding is added to its input in block 0 only), gated by the SAME gate_msa;
   3. cross-attention to the caption tokens (no norm, no gate);
   4. MLP on the modulated LayerNorm, gated by gate_mlp.
+
+Reference frames (Open-Sora 1.1/1.2's per-frame mask, `x_mask [B, T]`, True = generate): condition frames are
+clean latents, so every modulation and gate of their tokens (in each block and in the final layer) uses the
+adaLN parameters of timestep 0 instead of t -- the same `t_block`, no new parameters. Without `x_mask` the
+computation is exactly Open-Sora 1.0's.
 """
 
 from __future__ import annotations
@@ -34,10 +39,39 @@ from sorakit.models.layers import (
     get_1d_sincos_pos_embed,
     get_2d_sincos_pos_embed,
     layer_norm,
+    per_frame,
     t2i_modulate,
 )
 
 FREEZE_MODES = ("not_temporal", "text")
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """t2i_modulate of tokens `x [B, T'*S, D]` by `[B, 1, D]` (one per sample) or `[B, T', 1, D]` (per frame)."""
+    if shift.dim() == 3:
+        return t2i_modulate(x, shift, scale)
+    x = rearrange(x, "B (T S) D -> B T S D", T=num_frames)
+    return rearrange(t2i_modulate(x, shift, scale), "B T S D -> B (T S) D")
+
+
+def _gate(gate: torch.Tensor, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """gate * x for tokens `x [B, T'*S, D]`, gate `[B, 1, D]` or `[B, T', 1, D]`."""
+    if gate.dim() == 3:
+        return gate * x
+    x = rearrange(x, "B (T S) D -> B T S D", T=num_frames)
+    return rearrange(gate * x, "B T S D -> B (T S) D")
+
+
+def token_frame_mask(x_mask: torch.Tensor, batch: int, num_frames: int, patch_t: int) -> torch.Tensor:
+    """Latent-frame mask `[B, T]` (True = generate) -> token-frame mask `[B, T']` with T = T' * patch_t.
+
+    A token spanning several latent frames (temporal patch > 1) counts as generated when any of its frames is:
+    its output carries generated frames, so it must be modulated with the current timestep.
+    """
+    expected = (batch, num_frames * patch_t)
+    if tuple(x_mask.shape) != expected:
+        raise ValueError(f"x_mask must have shape [B, T] = {list(expected)}, got {list(x_mask.shape)}")
+    return x_mask.to(torch.bool).reshape(batch, num_frames, patch_t).any(dim=-1)
 
 
 class STDiTBlock(nn.Module):
@@ -63,20 +97,26 @@ class STDiTBlock(nn.Module):
         y_mask: torch.Tensor | None,
         tpe: torch.Tensor | None,
         num_frames: int,
+        x_mask: torch.Tensor | None = None,
+        t0_zero: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x `[B, N, D]`, y `[B, L, D]` caption tokens, t0 `[B, 6D]`, y_mask `[B, L]` bool or None,
-        tpe `[1, T', D]` or None, num_frames = T'. Returns `[B, N, D]`."""
+        tpe `[1, T', D]` or None, num_frames = T', x_mask `[B, T']` bool (True = generate) or None,
+        t0_zero `[B, 6D]` (the t_block output at timestep 0; needed with x_mask). Returns `[B, N, D]`."""
         B, N, D = x.shape
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            self.scale_shift_table[None] + t0.reshape(B, 6, -1)
-        ).chunk(6, dim=1)
+        mods = (self.scale_shift_table[None] + t0.reshape(B, 6, -1)).chunk(6, dim=1)
+        if x_mask is not None:
+            zero = (self.scale_shift_table[None] + t0_zero.reshape(B, 6, -1)).chunk(6, dim=1)
+            mods = tuple(per_frame(m, z, x_mask) for m, z in zip(mods, zero))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
+        nt = num_frames
 
         # spatial: attention inside each frame
-        x_s = t2i_modulate(layer_norm(x), shift_msa, scale_msa)
+        x_s = _modulate(layer_norm(x), shift_msa, scale_msa, nt)
         x_s = rearrange(x_s, "B (T S) D -> (B T) S D", T=num_frames)
         x_s = self.attn(x_s)
         x_s = rearrange(x_s, "(B T) S D -> B (T S) D", T=num_frames)
-        x = x + self.drop_path(gate_msa * x_s)
+        x = x + self.drop_path(_gate(gate_msa, x_s, nt))
 
         # temporal: attention across frames at each spatial position; no norm, reuses gate_msa
         x_t = rearrange(x, "B (T S) D -> (B S) T D", T=num_frames)
@@ -84,24 +124,28 @@ class STDiTBlock(nn.Module):
             x_t = x_t + tpe
         x_t = self.attn_temp(x_t)
         x_t = rearrange(x_t, "(B S) T D -> B (T S) D", B=B)
-        x = x + self.drop_path(gate_msa * x_t)
+        x = x + self.drop_path(_gate(gate_msa, x_t, nt))
 
         # cross-attention to the caption: no norm, no gate
         x = x + self.cross_attn(x, y, y_mask)
 
         # MLP
-        x_m = t2i_modulate(layer_norm(x), shift_mlp, scale_mlp)
-        x = x + self.drop_path(gate_mlp * self.mlp(x_m))
+        x_m = _modulate(layer_norm(x), shift_mlp, scale_mlp, nt)
+        x = x + self.drop_path(_gate(gate_mlp, self.mlp(x_m), nt))
         return x
 
 
 class STDiT(DiffusionTransformer):
     """Spatial-temporal DiT conditioned on T5 caption embeddings (Open-Sora 1.0).
 
-    `forward(x [B, C, T, H, W], timestep [B], y [B, 1, L, Cy], mask [n, L] | None)` ->
+    `forward(x [B, C, T, H, W], timestep [B], y [B, 1, L, Cy], mask [n, L] | None, x_mask [B, T] | None)` ->
     `[B, C_out, T, H, W]` with C_out = 2C when `pred_sigma` (channels [0, C) = noise, [C, 2C) = variance
     interpolation values). Any T, H, W divisible by the patch is accepted; position embeddings for sizes
-    other than `input_size` are computed on the fly.
+    other than `input_size` are computed on the fly. By default (Open-Sora 1.0) grid positions are
+    `index / space_scale` on every grid, so a larger grid sees positions it never saw in training. With
+    `base_size` (tokens; Open-Sora 1.1 STDiT2 / PixArt style) each axis of any grid is rescaled by
+    `base_size / grid` to span the same extent as a `base_size`-wide grid, so a model trained at one size
+    sees the spacing it was trained with at every resolution and aspect ratio.
 
     `no_temporal_pos_emb` is accepted for config compatibility; as in upstream STDiT it does not switch the
     temporal position embedding off.
@@ -126,6 +170,7 @@ class STDiT(DiffusionTransformer):
         model_max_length: int = 120,
         space_scale: float = 1.0,
         time_scale: float = 1.0,
+        base_size: int | None = None,
         freeze: str | None = None,
         dtype: Any = None,
         enable_flashattn: bool = False,
@@ -141,6 +186,9 @@ class STDiT(DiffusionTransformer):
             no_temporal_pos_emb=no_temporal_pos_emb, caption_channels=caption_channels,
             model_max_length=model_max_length, space_scale=space_scale, time_scale=time_scale,
         )  # fmt: skip
+        if base_size is not None:  # only when set, so configs of upstream models stay as they were
+            self.config["base_size"] = int(base_size)
+        self.base_size = int(base_size) if base_size is not None else None
         self.input_size = tuple(input_size)
         self.patch_size = tuple(patch_size)
         self.in_channels = in_channels
@@ -159,7 +207,9 @@ class STDiT(DiffusionTransformer):
         self.num_temporal = nt
         self.num_spatial = nh * nw
 
-        self.register_buffer("pos_embed", get_2d_sincos_pos_embed(hidden_size, nh, nw, space_scale))
+        self.register_buffer(
+            "pos_embed", get_2d_sincos_pos_embed(hidden_size, nh, nw, space_scale, self.base_size)
+        )
         self.register_buffer("pos_embed_temporal", get_1d_sincos_pos_embed(hidden_size, nt, time_scale))
 
         self.x_embedder = PatchEmbed3D(self.patch_size, in_channels, hidden_size)
@@ -216,16 +266,19 @@ class STDiT(DiffusionTransformer):
         y: torch.Tensor,
         mask: torch.Tensor | None = None,
         force_drop_ids: torch.Tensor | None = None,
+        x_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x `[B, C, T, H, W]`, timestep `[B]`, y `[B, 1, L, Cy]`, mask `[n, L]` 0/1 (n divides B) or None,
-        force_drop_ids `[B]` (1 = replace the caption by the null caption). Returns `[B, C_out, T, H, W]`."""
+        force_drop_ids `[B]` (1 = replace the caption by the null caption), x_mask `[B, T]` bool over latent
+        frames (True = generate, False = condition frame: modulated as timestep 0) or None (all generated,
+        Open-Sora 1.0). Returns `[B, C_out, T, H, W]`."""
         B = x.shape[0]
         grid = self.patch_grid(x)
         nt, nh, nw = grid
 
         x = self.x_embedder(x)  # [B, N, D]
         x = rearrange(x, "B (T S) D -> B T S D", T=nt)
-        x = x + self._spatial_pos_embed(self.pos_embed, nh, nw, self.space_scale, None, x)
+        x = x + self._spatial_pos_embed(self.pos_embed, nh, nw, self.space_scale, self.base_size, x)
         x = rearrange(x, "B T S D -> B (T S) D")
 
         t = self.t_embedder(timestep, dtype=x.dtype)  # [B, D]
@@ -233,9 +286,15 @@ class STDiT(DiffusionTransformer):
         y = self.y_embedder(y, self.training, force_drop_ids).squeeze(1)  # [B, L, D]
         y_mask = caption_key_mask(mask, B)
         tpe = self._temporal_pos_embed(self.pos_embed_temporal, nt, self.time_scale, x)
+        frame_mask = t_zero = t0_zero = None
+        if x_mask is not None:
+            frame_mask = token_frame_mask(x_mask.to(x.device), B, nt, self.patch_size[0])
+            t_zero = self.t_embedder(torch.zeros_like(timestep), dtype=x.dtype)  # [B, D]
+            t0_zero = self.t_block(t_zero)
 
         for i, block in enumerate(self.blocks):
-            x = self._run_block(block, x, y, t0, y_mask, tpe if i == 0 else None, nt)
+            extra = () if frame_mask is None else (frame_mask, t0_zero)
+            x = self._run_block(block, x, y, t0, y_mask, tpe if i == 0 else None, nt, *extra)
 
-        x = self.final_layer(x, t)  # [B, N, prod(patch) * C_out]
+        x = self.final_layer(x, t, frame_mask, t_zero)  # [B, N, prod(patch) * C_out]
         return self.unpatchify(x, grid)

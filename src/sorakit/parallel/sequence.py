@@ -12,7 +12,8 @@ sequence-parallel group: each rank holds ``T/sp`` frames. In every block
 The split happens when block 0 is entered (its temporal position embedding is cut to the local frames)
 and the tokens are gathered when the last block returns, so the embeddings and the final layer run
 unchanged on every rank. Nothing in ``sorakit/models`` knows about this: the hooks rewrite block
-arguments (``num_frames``, ``tpe``) and wrap ``attn_temp``. Parameter names do not change.
+arguments (``num_frames``, ``tpe``, and the per-frame mask ``x_mask`` of reference frames, which is cut to
+the local frames like the tokens) and wrap ``attn_temp``. Parameter names do not change.
 
 Gradients: the gather's backward keeps the local slice scaled by ``sp`` and the split's backward
 gathers and scales by ``1/sp``, so that averaging gradients over all ranks of the world (what DDP and
@@ -132,8 +133,8 @@ def apply_sequence_parallel(model: nn.Module, group: Any = None) -> SequencePara
     blocks = getattr(model, "blocks", None)
     if blocks is None or len(blocks) == 0 or not all(hasattr(b, "attn_temp") for b in blocks):
         raise TypeError(f"{type(model).__name__}: sequence parallelism needs STDiT blocks with `attn_temp`")
-    params = list(inspect.signature(blocks[0].forward).parameters)
-    if tuple(params[: len(_BLOCK_ARGS)]) != _BLOCK_ARGS:
+    params = tuple(inspect.signature(blocks[0].forward).parameters)
+    if params[: len(_BLOCK_ARGS)] != _BLOCK_ARGS:
         raise TypeError(f"unexpected STDiT block signature {params}; expected {list(_BLOCK_ARGS)}")
     size, rank = _world(group)
     sp = SequenceParallel(group=group, size=size)
@@ -143,7 +144,7 @@ def apply_sequence_parallel(model: nn.Module, group: Any = None) -> SequencePara
 
     def block_pre_hook(index: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            bound = dict(zip(_BLOCK_ARGS, args))
+            bound = dict(zip(params, args))
             bound.update(kwargs)
             nt = int(bound["num_frames"])
             if nt % size:
@@ -153,6 +154,10 @@ def apply_sequence_parallel(model: nn.Module, group: Any = None) -> SequencePara
                 tpe = bound.get("tpe")
                 if tpe is not None:
                     bound["tpe"] = torch.chunk(tpe, size, dim=1)[rank]
+            if (
+                bound.get("x_mask") is not None
+            ):  # [B, T'] -> this rank's frames (every block gets the full mask)
+                bound["x_mask"] = torch.chunk(bound["x_mask"], size, dim=1)[rank]
             bound["num_frames"] = nt // size
             return (), bound
 

@@ -146,7 +146,7 @@ class TextToVideoPipeline:
         or hub ids; ``overrides`` are ``section.key=value`` config overrides; ``ckpt`` replaces the
         transformer's weights (loaded before the text encoder, so a mismatch fails early)."""
         root = builtin_model_dir() if path is None else Path(path)
-        transformer_dir, cfg = read_model_dir(root)
+        transformer_dir, cfg = read_model_dir(root, deep=True)  # every file against its sha256
         apply_overrides(cfg, overrides or [])
         if text_encoder:
             cfg.text_encoder.path = text_encoder

@@ -7,6 +7,7 @@ from pathlib import Path
 from sorakit.config import load_config
 from sorakit.encoders.vae import VideoVAE, load_autoencoder
 from sorakit.errors import UserError
+from sorakit.manifest import MANIFEST
 from sorakit.modeldir import save_model_dir
 from sorakit.models import instantiate, prediction_type_of_objective
 from sorakit.runtime import DTYPES
@@ -14,22 +15,33 @@ from sorakit.training import checkpoint as ckpt
 
 
 def resolve_checkpoint(run_dir: Path, step: int | None = None) -> Path:
-    if (run_dir / ckpt.STATE).is_file():  # a checkpoint folder itself
-        return run_dir
+    """The checkpoint to export: the newest that verifies (damaged newer ones are logged and skipped), or
+    step ``step``'s, which must verify."""
+    if (run_dir / ckpt.STATE).is_file() or (run_dir / MANIFEST).is_file():  # a checkpoint folder itself
+        return _verified(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"no such run directory: {run_dir}")
     found = dict(ckpt.list_checkpoints(run_dir))
-    if not found:
+    if step is not None:
+        if step not in found:
+            raise UserError(
+                f"{run_dir}: no checkpoint for step {step} (have: {', '.join(map(str, sorted(found))) or 'none'})"
+            )
+        return _verified(found[step])
+    path = ckpt.resume_checkpoint(run_dir) if found else None
+    if path is None:
         raise UserError(
             f"{run_dir} holds no complete checkpoint (expected {ckpt.CHECKPOINTS}/step-NNNNNNNN/)"
+            + (" that verifies: see `sorakit checkpoints`" if found else "")
         )
-    if step is None:
-        return found[max(found)]
-    if step not in found:
-        raise UserError(
-            f"{run_dir}: no checkpoint for step {step} (have: {', '.join(map(str, sorted(found)))})"
-        )
-    return found[step]
+    return path
+
+
+def _verified(path: Path) -> Path:
+    verdict = ckpt.verify_checkpoint(path)
+    if not verdict.ok:
+        raise UserError(f"checkpoint {path} is damaged: {verdict.reason}")
+    return path
 
 
 def absolute_component_paths(cfg) -> None:  # noqa: ANN001 - sorakit.config.Config

@@ -114,7 +114,7 @@ def build_data(cfg: Config, state: ParallelState, components: Components) -> Dat
         batch_size=cfg.train.batch_size, rank=state.dp_rank, num_replicas=state.dp_size, seed=cfg.train.seed
     )
     if cfg.data.cache_dir or is_cache_dir(source):
-        ds = LatentCacheDataset(source)
+        ds = LatentCacheDataset(source, damaged=cfg.data.damaged_shards)
         c, t, h, w = ds.latent_shape
         _adopt_cache_encoders(cfg, ds.meta)
         return DataSource(
@@ -639,13 +639,13 @@ def _validate(cfg: Config, state: ParallelState) -> None:
 
 def prepare_run_dir(run_dir: Path, resume: bool, state: ParallelState) -> Path | None:
     """The checkpoint to resume from (None: a fresh run); refuses to train over a run without --resume."""
-    latest = ckpt.latest_checkpoint(run_dir)
-    if latest is not None and not resume:
+    if ckpt.list_checkpoints(run_dir) and not resume:
         raise UserError(
             f"{run_dir} already holds checkpoints: pass --resume to continue, or choose a new --output"
         )
+    latest = ckpt.resume_checkpoint(run_dir, state) if resume else None  # the newest that verifies
     if resume and latest is None:
-        log.warning("--resume: no complete checkpoint in %s, starting from step 0", run_dir)
+        log.warning("--resume: no intact checkpoint in %s, starting from step 0", run_dir)
     state.barrier()  # every rank has looked before rank 0 writes anything
     if state.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

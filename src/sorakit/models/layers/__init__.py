@@ -8,6 +8,7 @@ from sorakit.models.layers.blocks import (
     T2IFinalLayer,
     layer_norm,
     modulate_fp32_norm,
+    per_frame,
     t2i_modulate,
 )
 from sorakit.models.layers.embeddings import (
@@ -36,6 +37,7 @@ __all__ = [
     "get_2d_sincos_pos_embed",
     "layer_norm",
     "modulate_fp32_norm",
+    "per_frame",
     "t2i_modulate",
     "timestep_features",
 ]

@@ -44,6 +44,12 @@ def t2i_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> t
     return x * (1 + scale) + shift
 
 
+def per_frame(mod: torch.Tensor, mod_zero: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """Per-frame adaLN parameter: `mod` `[B, 1, D]` on generated frames, `mod_zero` `[B, 1, D]` on condition
+    frames (`frame_mask [B, T']` False). Returns `[B, T', 1, D]`."""
+    return torch.where(frame_mask[:, :, None, None], mod[:, None], mod_zero[:, None])
+
+
 def layer_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """LayerNorm over the last dim without affine parameters."""
     return F.layer_norm(x, (x.shape[-1],), eps=eps)
@@ -61,7 +67,10 @@ def modulate_fp32_norm(
 class T2IFinalLayer(nn.Module):
     """Final layer of PixArt/STDiT: modulated LayerNorm with a learned `scale_shift_table`, then Linear.
 
-    `x` `[B, N, D]`, `t` `[B, D]` (timestep embedding, no SiLU) -> `[B, N, prod(patch) * C_out]`.
+    `x` `[B, N, D]`, `t` `[B, D]` (timestep embedding, no SiLU) -> `[B, N, prod(patch) * C_out]`. With a
+    per-frame mask `x_mask [B, T']` (True = generate) and `t_zero [B, D]` (the embedding of timestep 0), tokens
+    of condition frames are modulated with `t_zero` (Open-Sora 1.2; upstream normalises the already modulated
+    tokens a second time on that path, here both paths normalise the block output once).
     """
 
     def __init__(self, hidden_size: int, num_patch: int, out_channels: int) -> None:
@@ -70,9 +79,20 @@ class T2IFinalLayer(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
         self.out_channels = out_channels
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        x_mask: torch.Tensor | None = None,
+        t_zero: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         shift, scale = (self.scale_shift_table[None] + t[:, None]).chunk(2, dim=1)
-        return self.linear(t2i_modulate(layer_norm(x), shift, scale))
+        if x_mask is None:
+            return self.linear(t2i_modulate(layer_norm(x), shift, scale))
+        shift0, scale0 = (self.scale_shift_table[None] + t_zero[:, None]).chunk(2, dim=1)
+        shift, scale = per_frame(shift, shift0, x_mask), per_frame(scale, scale0, x_mask)  # [B, T', 1, D]
+        xf = layer_norm(x).reshape(x.shape[0], x_mask.shape[1], -1, x.shape[-1])  # [B, T', S, D]
+        return self.linear(t2i_modulate(xf, shift, scale).reshape(x.shape))
 
 
 class FinalLayer(nn.Module):
