@@ -29,11 +29,11 @@ def test_safetensors_outputs_follow_umask(tmp_path: Path, umask_022) -> None:
     from sorakit.fileutil import save_safetensors
     from sorakit.models import build_model, save_pretrained
     from sorakit.pipelines.tiny import make_tiny_model_dir
-    from sorakit.training.checkpoint import _save_safetensors
+    from sorakit.training.checkpoint import _safetensors_bytes, _write_file
 
     t = {"a": torch.arange(6.0).reshape(2, 3)}
     save_safetensors(t, tmp_path / "plain.safetensors")
-    _save_safetensors(tmp_path / "ckpt.safetensors", t)  # training checkpoints
+    _write_file(tmp_path / "ckpt.safetensors", _safetensors_bytes(t))  # training checkpoints
     write_shard(tmp_path / "shard-00000.safetensors", t)  # latent cache shards
     save_pretrained(
         build_model("STDiT-tiny", depth=1, hidden_size=32, num_heads=2), tmp_path / "convert"

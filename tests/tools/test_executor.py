@@ -311,3 +311,18 @@ class CaptionServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def test_a_killed_writers_temporary_is_removed_when_the_file_is_written_again(tmp_path: Path) -> None:
+    """A SIGKILLed worker leaves its hidden `.NAME.XXXXXXXX.mp4`; the re-run of that item removes it."""
+    import numpy as np
+
+    from sorakit.data.video import write_video
+
+    frames = np.zeros((2, 16, 16, 3), dtype=np.uint8)
+    stale = tmp_path / ".000003.k1ll3d_x.mp4"
+    stale.write_bytes(b"half a video")
+    other = tmp_path / ".000003.extra.k1ll3d_x.mp4"  # another file's temporary: kept
+    other.write_bytes(b"x")
+    write_video(tmp_path / "000003.mp4", frames, fps=8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "000003.mp4"]

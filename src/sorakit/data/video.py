@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import glob
 import os
 import platform
 import subprocess
@@ -25,7 +26,11 @@ def is_image(path: str | os.PathLike) -> bool:
 
 
 def _atomic_target(path: Path) -> Path:
+    """A fresh hidden temporary file beside `path` (renamed onto it once complete). Temporaries of
+    `path` left by a killed writer (a SIGKILLed worker) are removed first: they can never complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.stem)}.{'?' * 8}{glob.escape(path.suffix)}"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.fchmod(fd, new_file_mode())
     os.close(fd)
