@@ -162,7 +162,9 @@ def open_pool(spec: ExecutorSpec | str) -> Iterator[Pool]:
         from concurrent.futures import ProcessPoolExecutor
 
         n = spec.workers or cores
-        with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn")) as ex:
+        ctx = mp.get_context("spawn")
+        threads = max(1, cores // n)
+        with ProcessPoolExecutor(n, mp_context=ctx, initializer=_share_cores, initargs=(threads,)) as ex:
             yield Pool(ex, n, spec)
     elif spec.kind == "dask":
         with _dask_pool(spec, cores) as pool:
@@ -173,6 +175,13 @@ def open_pool(spec: ExecutorSpec | str) -> Iterator[Pool]:
             yield Pool(ex, ex.workers, spec)
         finally:
             ex.shutdown()
+
+
+def _share_cores(threads: int) -> None:
+    """In a pool worker, before torch or numpy start their thread pools: N workers each take
+    cores / N threads instead of every one taking all cores (as Dask does for its workers)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
 
 
 @contextlib.contextmanager
