@@ -9,12 +9,15 @@ Inputs are generated: `--videos` H.264 clips of `--frames` frames (96x128, a cut
 text encoder for `encode`. Each executor is started before the clock starts (its start-up time is its
 own column). Each command then runs twice on it: `cold` includes what a worker does on its first task
 (starting, importing, loading models), `warm` is the same work again on the same workers, the steady
-state of a long job. `x` is items/s over the `local:1` items/s of the same column.
+state of a long job. `x` is items/s over the `local:1` items/s of the same column. Every worker, the
+in-process one included, runs torch with one thread (OMP_NUM_THREADS=1 unless set), so the columns
+compare 1 and 2 workers, not torch's own threading.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from fractions import Fraction
@@ -92,6 +95,7 @@ def main() -> None:
     p.add_argument("--encode-rows", type=int, default=32)
     p.add_argument("--executors", nargs="+", default=list(EXECUTORS))
     args = p.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported here or in any worker
 
     from sorakit.pipelines.tiny import make_tiny_vae
     from sorakit.tools.synth import synthesize
