@@ -146,6 +146,10 @@ class TrainConfig:
     peak_tflops: float | None = _doc(
         "device peak TFLOP/s for MFU; None = the GPU datasheet, else no MFU is reported", None
     )
+    mask_ratios: dict[str, float] = _doc(
+        "reference-frame training (STDiT): pattern -> probability, identity takes the rest (docs/masks.md)",
+        factory=dict,
+    )
 
 
 @dataclass

@@ -8,9 +8,10 @@ ends with exactly the weights of an uninterrupted run (bit for bit on CPU). What
 
 - the data order is a function of ``(seed, epoch)`` and each sample's random choices of
   ``(seed, epoch, index)`` (``sorakit.data.dataset``); the checkpoint stores ``(epoch, batch)``;
-- timesteps, noise and caption-dropout decisions come from one trainer generator, drawn for the
-  *global* batch and sliced per data-parallel rank -- so 2 ranks x batch 2 train exactly like
-  1 rank x batch 4 -- and its state is checkpointed with every other RNG state;
+- timesteps, noise, caption-dropout decisions and reference-frame masks (``train.mask_ratios``) come
+  from one trainer generator, drawn for the *global* batch and sliced per data-parallel rank -- so
+  2 ranks x batch 2 train exactly like 1 rank x batch 4 -- and its state is checkpointed with every
+  other RNG state;
 - model, EMA, optimizer and scheduler state are saved losslessly (float32 safetensors / torch.save).
 """
 
@@ -219,9 +220,9 @@ def _model_fn(
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:  # fmt: skip
     """``model_fn(x_t, t)`` for the objective: the model under autocast (weights stay float32), output float32."""
 
-    def model_fn(x_t: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    def model_fn(x_t: torch.Tensor, timestep: torch.Tensor, **kw: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            out = model(x_t, timestep, y, mask, drop)
+            out = model(x_t, timestep, y, mask, drop, **kw)  # kw: x_mask of reference frames
         return out.float()
 
     return model_fn
@@ -234,12 +235,16 @@ def _draw_global(
     shape: tuple[int, ...],
     p_drop: float,
     part: slice,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Timesteps, noise and caption-dropout decisions for the whole global batch, then this rank's part."""
+    masker: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Timesteps, noise, caption-dropout decisions and reference-frame masks ``[B, T]`` (with a `masker`)
+    for the whole global batch, then this rank's part. Masks are drawn last, so a run without
+    ``train.mask_ratios`` draws exactly what it always did."""
     t = objective.sample_timesteps(global_batch, gen, "cpu")
     noise = torch.randn((global_batch, *shape), generator=gen)
     drop = (torch.rand(global_batch, generator=gen) < p_drop).long() if p_drop > 0 else None
-    return t[part], noise[part], (drop[part] if drop is not None else None)
+    x_mask = masker.get_masks(global_batch, shape[1], gen)[0][part] if masker is not None else None
+    return t[part], noise[part], (drop[part] if drop is not None else None), x_mask
 
 
 # --------------------------------------------------------------------------------------------------
@@ -361,13 +366,14 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     lr_schedule: Any
     ema: EMA
-    # "train": timesteps, noise and caption dropout of the global batch; "vae": latent sampling
+    # "train": timesteps, noise, caption dropout and reference-frame masks of the global batch; "vae": latents
     generators: dict[str, torch.Generator]
     skip: SkipReport
     scaler: torch.amp.GradScaler | None  # fp16 only
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
+    masker: Any = None  # train.mask_ratios: a MaskGenerator (reference-frame masks), None without
 
 
 @dataclass
@@ -405,6 +411,7 @@ def build_train_state(cfg: Config, model: nn.Module, state: ParallelState, lates
                     "vae": torch.Generator(device=state.device).manual_seed(tcfg.seed * 1000 + state.dp_rank)},
         skip=SkipReport(max_fraction=cfg.data.max_bad_fraction),
         scaler=torch.amp.GradScaler("cuda") if tcfg.mixed_precision == "fp16" else None,
+        masker=_mask_generator(cfg, model),
     )  # fmt: skip
     torch.manual_seed(tcfg.seed + state.dp_rank)  # anything left inside the model (drop path)
     if latest is not None:
@@ -428,12 +435,13 @@ def train_step(
     x0, y, mask = _conditions(batch, data, components, dev, ts.generators["vae"])
     part = slice(state.dp_rank * tcfg.batch_size, (state.dp_rank + 1) * tcfg.batch_size)
     shape = (data.latent_channels, *data.latent_size)
-    t, noise, drop = _draw_global(objective, ts.generators["train"], tcfg.batch_size * state.dp_size, shape,
-                                  tcfg.caption_dropout, part)  # fmt: skip
+    t, noise, drop, x_mask = _draw_global(objective, ts.generators["train"], tcfg.batch_size * state.dp_size,
+                                          shape, tcfg.caption_dropout, part, ts.masker)  # fmt: skip
     drop = drop.to(dev) if drop is not None else None
+    masked = {} if x_mask is None else {"x_mask": x_mask.to(dev)}  # condition frames: clean, out of the loss
     model_fn = _model_fn(ts.train_model, y, mask, drop, dev.type, autocast_dtype(tcfg.mixed_precision))
     ts.train_model.train()
-    loss = objective.training_losses(model_fn, x0, t.to(dev), noise.to(dev))["loss"].mean()
+    loss = objective.training_losses(model_fn, x0, t.to(dev), noise.to(dev), **masked)["loss"].mean()
     if not torch.isfinite(loss):
         raise RuntimeError(
             f"loss is {loss.item()} at step {ts.step}: lower train.lr or use bf16 instead of fp16"
@@ -635,6 +643,27 @@ def _validate(cfg: Config, state: ParallelState) -> None:
         state.device.type != "cuda" or cfg.parallel.strategy.startswith("fsdp")
     ):
         raise ConfigError("train.mixed_precision='fp16' needs a GPU and strategy ddp/none; use bf16")
+    if t.mask_ratios:
+        from sorakit.masks import normalise_ratios
+
+        normalise_ratios(t.mask_ratios)
+
+
+def _mask_generator(cfg: Config, model: nn.Module) -> Any:
+    """``train.mask_ratios`` -> a MaskGenerator (None when empty); the model must take ``x_mask`` (STDiT)."""
+    if not cfg.train.mask_ratios:
+        return None
+    import inspect
+
+    from sorakit.masks import MaskGenerator
+
+    if "x_mask" not in inspect.signature(model.forward).parameters:
+        raise ConfigError(
+            f"train.mask_ratios needs a model with reference frames (STDiT), not {type(model).__name__}"
+        )
+    masker = MaskGenerator(cfg.train.mask_ratios)
+    log.info("reference-frame masks: %s", ", ".join(f"{k} {v:g}" for k, v in masker.ratios.items()))
+    return masker
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, state: ParallelState) -> Path | None:
