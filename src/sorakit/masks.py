@@ -164,7 +164,9 @@ def check_strategy(
 ) -> None:
     """Validate every entry against the references and the video before any heavy work.
 
-    Entries of a segment beyond `loops` are an error too (they would silently do nothing).
+    In a looped generation segment s may also name the outputs of segments 0..s-1, which become references
+    `len(ref_lengths)`, ... of `num_frames` frames (upstream `append_generated`). Entries of a segment beyond
+    `loops` are an error too (they would silently do nothing).
     """
     for e in entries:
         if e.loop >= loops:
@@ -172,7 +174,7 @@ def check_strategy(
                 f"mask strategy entry '{e}': loop {e.loop} but only {loops} segment(s) are generated"
             )
     for seg in range(loops):
-        resolve(entries, ref_lengths, num_frames, seg)
+        resolve(entries, list(ref_lengths) + [num_frames] * seg, num_frames, seg)
 
 
 def apply_placements(
@@ -181,17 +183,17 @@ def apply_placements(
     """Reference latents and edit ratios for one video.
 
     Args:
-        placements: from `resolve`; references: latents `[C, T_r, H, W]` each; like: `[C, T, H, W]` (shape,
-            dtype and device of the output).
+        placements: from `resolve`; references: latents `[..., C, T_r, H, W]` each; like: `[..., C, T, H, W]`
+            (shape, dtype and device of the output; frames are dim -3).
     Returns:
-        (latents `[C, T, H, W]`: the reference frames where placed, zeros elsewhere; ratio `[T]` float32, 1 where
+        (latents like `like`: the reference frames where placed, zeros elsewhere; ratio `[T]` float32, 1 where
         nothing is placed). A later entry overwrites an earlier one (upstream order).
     """
     latents = torch.zeros_like(like)
-    ratio = torch.ones(like.shape[1], dtype=torch.float32, device=like.device)
+    ratio = torch.ones(like.shape[-3], dtype=torch.float32, device=like.device)
     for p in placements:
-        src = references[p.ref_idx][:, p.ref_start : p.ref_start + p.length]
-        latents[:, p.target_start : p.target_start + p.length] = src.to(like)
+        src = references[p.ref_idx][..., p.ref_start : p.ref_start + p.length, :, :]
+        latents[..., p.target_start : p.target_start + p.length, :, :] = src.to(like)
         ratio[p.target_start : p.target_start + p.length] = p.edit_ratio
     return latents, ratio
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from sorakit import __version__, parity
 from sorakit.errors import UserError
-from sorakit.fileutil import check_writable_file, check_writable_folder
+from sorakit.fileutil import check_writable_file, check_writable_folder, write_text_atomic
 
 # torch and the pipeline are imported inside the functions that need them, so that `sorakit --help` is fast.
 
@@ -44,6 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--class-label", metavar="N", type=int, action="append",
                       help="class index for class-conditional presets (repeatable)")  # fmt: skip
     what.add_argument("--replay", metavar="JSON", help="regenerate the video a sidecar JSON describes")
+    refs = p.add_argument_group("reference frames (STDiT; docs/masks.md)")
+    refs.add_argument("--reference", metavar="PATH", action="append", default=[], help="reference image or video, repeatable (default use: an image is frame 0, a video's last K frames the first K)")  # fmt: skip
+    refs.add_argument("--mask-strategy", metavar="STR", help="where references go: loop,ref_idx,ref_start,target_start,length,edit_ratio[;...]")  # fmt: skip
+    refs.add_argument("--condition-frames", metavar="K", type=int, default=4, help="frames a video reference / the previous segment conditions on (default 4)")  # fmt: skip
+    refs.add_argument("--loop", metavar="N", type=int, default=1, help="N segments in one video, each starting with the previous one's last K frames (per-segment prompts: '|0|text|2|text from segment 2')")  # fmt: skip
     out = p.add_argument_group("output")
     out.add_argument("--output", "-o", metavar="FILE", help="output file (.mp4, .gif, or .png for 1 frame)")
     out.add_argument(
@@ -182,7 +187,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         num_frames=args.num_frames, height=height, width=width, steps=args.steps, sampler=args.sampler,
         guidance=args.guidance, fps=args.fps, batch_size=args.batch_size, seed=args.seed, device=args.device,
         dtype=args.dtype, threads=args.threads, names=FLAG_NAMES, world_size=int(os.environ.get("WORLD_SIZE", "1")),
-        sequence_parallel=args.sequence_parallel,
+        sequence_parallel=args.sequence_parallel, reference=args.reference, mask_strategy=args.mask_strategy,
+        condition_frames=args.condition_frames, loop=args.loop,
     )  # fmt: skip
     paths = _output_paths(args, items, settings.num_frames, cfg.inference.save_dir)
     # batches, each with its own seed (seed + position of its first prompt): the same videos come out
@@ -201,7 +207,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
 def _replay_plan(args: argparse.Namespace) -> Plan:
     """Rebuild the plan of one video from its sidecar."""
     from sorakit.pipelines import TextToVideoPipeline
-    from sorakit.pipelines.validate import ModelSource
+    from sorakit.pipelines.validate import ModelSource, replay_references
 
     if args.prompt is not None or args.prompt_file or args.class_label:
         raise UserError("--replay takes its prompt from the sidecar: give no prompt")
@@ -222,6 +228,7 @@ def _replay_plan(args: argparse.Namespace) -> Plan:
         steps=meta["steps"], sampler=meta["sampler"], guidance=meta["guidance"], fps=meta["fps"],
         batch_size=len(batch["prompts"]), seed=batch["seed"], names=FLAG_NAMES,
         device=args.device or str(meta.get("device", "auto")).split(":")[0], dtype=args.dtype or meta.get("dtype"),
+        **replay_references(meta),
     )  # fmt: skip
     _check_suffix(out, settings.num_frames)
     check_writable_file(out)
@@ -244,7 +251,7 @@ def sidecar(plan: Plan, batch: Batch, j: int, device: Any, encoded_prompt: str) 
         "batch": {"prompts": batch.prompts, "indices": batch.indices, "index": j, "seed": batch.seed,
                   **({"previous": [b.prompts for b in plan.batches[: plan.batches.index(batch)]]}
                      if plan.parity else {})},
-        "regenerate": "sorakit generate --replay THIS.json --output OUT",
+        "regenerate": "sorakit generate --replay THIS.json --output OUT", **s.reference_record(),
     }  # fmt: skip
 
 
@@ -256,12 +263,6 @@ def write_output(path: Path, frames: Any, fps: float, crf: int | None = None) ->
         write_image(path, frames[0])
     else:
         write_video(path, frames, fps=fps, **({} if crf is None else {"crf": crf}))
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -293,6 +294,6 @@ def run(args: argparse.Namespace) -> int:
                 if out is not None and (state.is_main or not sp):
                     write_output(out, frames[j], s.fps, crf=profile.crf if profile else None)
                     meta = sidecar(plan, batch, j, pipe.device, pipe.encoded_prompt(batch.prompts[j]))
-                    _write_json(out.with_suffix(".json"), meta)
+                    write_text_atomic(out.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
                     print(out, flush=True)
     return 0

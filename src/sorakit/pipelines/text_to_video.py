@@ -17,6 +17,7 @@ fp32 (``text_encoder.dtype``; never fp16, where it overflows).
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -35,8 +36,10 @@ from sorakit.encoders.vae import VideoVAE, build_vae
 from sorakit.errors import UserError
 from sorakit.hub import resolve_file
 from sorakit.logging import get_logger
+from sorakit.masks import split_loop_prompt
 from sorakit.modeldir import builtin_model_dir, read_model_dir, save_model_dir
 from sorakit.models import build_from_config, from_pretrained, load_checkpoint, prediction_type_of_objective
+from sorakit.pipelines.reference import ConditionBuilder, join_segments, load_references, plan_references
 from sorakit.pipelines.validate import ModelSource, validate
 from sorakit.runtime import resolve_device, resolve_dtype
 
@@ -336,9 +339,35 @@ class TextToVideoPipeline:
             y, y_null = y.to(self.dtype), y_null.to(self.dtype)
         return y, (None if mask is None else mask.to(self.device)), y_null
 
-    def _denoiser(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None):
-        """The transformer in the pipeline's dtype, returning float32 for the sampler's arithmetic."""
-        return self.transformer(x.to(self.dtype), t, y, mask=mask).float()
+    def _denoiser(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, **kw: Any
+    ):
+        """The transformer in the pipeline's dtype, returning float32 for the sampler's arithmetic (`kw`: the
+        samplers' `x_mask` of reference frames)."""
+        return self.transformer(x.to(self.dtype), t, y, mask=mask, **kw).float()
+
+    @torch.no_grad()
+    def prepare_references(
+        self,
+        reference: Any,
+        mask_strategy: str | None,
+        num_frames: int,
+        height: int,
+        width: int,
+        condition_frames: int = 4,
+        loop: int = 1,
+    ) -> Any:
+        """References (paths, PIL images, uint8 arrays or loaded `Reference`s) -> a `ConditionBuilder` holding
+        their VAE latents (posterior mean), or None for plain text-to-video. Checks everything first."""
+        refs = load_references(reference, height, width)
+        plan = plan_references(refs, mask_strategy, num_frames, condition_frames, loop)
+        if plan is None:
+            return None
+        if "x_mask" not in inspect.signature(self.transformer.forward).parameters:
+            raise UserError(f"reference frames need an STDiT model, not {type(self.transformer).__name__}")
+        latents = [self.vae.encode(r.frames[None].to(self.device, self.dtype), sample=False)[0].float()
+                   for r in refs]  # fmt: skip
+        return ConditionBuilder(plan, latents)
 
     def _generator(
         self, profile: parity.ParityProfile | None, generator: torch.Generator | None, seed: int | None
@@ -365,6 +394,40 @@ class TextToVideoPipeline:
             return parity.initial_noise(shape, self.device)
         return randn(shape, generator=generator, device=self.device, dtype=torch.float32)
 
+    def _denoise(
+        self,
+        prompts: list[str],
+        shape: tuple[int, ...],
+        scheduler: Any,
+        generator: torch.Generator | None,
+        scale: float,
+        how: tuple[str, str, Any, Any],
+        condition: Any,
+        progress: bool,
+    ) -> torch.Tensor:
+        """Latents `shape` `[B, C, T, h, w]` for `prompts`: captions, starting noise, the sampler's steps.
+        `how` = (sampler name, the model's prediction type, parity profile or None, step callback or None)."""
+        cfg = self.config
+        sampler, prediction, profile, report = how
+        # 1. prompts -> caption embeddings (and the null caption for guidance)
+        y, mask, y_null = self.encode_prompt(prompts)
+
+        # 2. starting noise
+        z = self._starting_noise(shape, generator, profile)
+
+        # 3. denoise: guided model function, then the sampler's steps (reference frames held by the sampler)
+        channels = cfg.scheduler.cfg_channels if profile is None else profile.guided_channels.get(sampler)
+        model_fn = cfg_model_fn(self._denoiser, y, y_null, scale, mask=mask, guided_channels=channels)
+        if prediction == "flow" and sampler != "rflow":
+            model_fn = velocity_as_eps(
+                model_fn, cfg.scheduler.num_timesteps, sampler=scheduler
+            )  # DDPM samplers on a flow model
+        noise_kw = parity.sampler_kwargs(sampler, z) if profile is not None else {}
+        model_fn = model_fn if report is None else _report_calls(model_fn, scheduler.num_steps, report)
+        return scheduler.sample(
+            model_fn, z, generator=generator, progress=progress, condition=condition, **noise_kw
+        )
+
     @torch.no_grad()
     def __call__(
         self,
@@ -380,6 +443,10 @@ class TextToVideoPipeline:
         output_type: str = "np",
         progress: bool = True,
         callback: Callable[[int, int], None] | None = None,
+        reference: Any = None,
+        mask_strategy: str | None = None,
+        condition_frames: int = 4,
+        loop: int = 1,
     ) -> Any:
         """Generate one video per prompt.
 
@@ -394,6 +461,12 @@ class TextToVideoPipeline:
                 "latent" -> the sampled latents ``[B, C, T, h, w]`` (float32).
             progress: show a progress bar over the sampling steps.
             callback: ``callback(done, total)`` after each sampler step; an exception raised in it stops sampling.
+            reference: reference image(s) / video(s) (paths, PIL images, uint8 arrays), shared by every prompt.
+            mask_strategy: where they go (`loop,ref_idx,ref_start,target_start,length,edit_ratio;...`, see
+                docs/masks.md); None = an image conditions frame 0, a video the first `condition_frames` frames.
+            condition_frames, loop: K of the default strategy; `loop` segments of `num_frames`, each after the
+                first starting with the previous one's last K frames: loop * num_frames - (loop - 1) * K frames
+                in all. Prompts may be per segment (`|0|first text|2|from segment 2 on`).
         """
         cfg = self.config
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -418,23 +491,20 @@ class TextToVideoPipeline:
         extra = {"shift": cfg.scheduler.shift} if sampler == "rflow" else {}
         scheduler = build_sampler(sampler, steps, num_timesteps=cfg.scheduler.num_timesteps, **extra)
 
-        # 1. prompts -> caption embeddings (and the null caption for guidance)
-        y, mask, y_null = self.encode_prompt(prompts)
-
-        # 2. starting noise
+        refs = self.prepare_references(
+            reference, mask_strategy, num_frames, height, width, condition_frames, loop
+        )
         shape = (len(prompts), self.vae.latent_channels, *latent_size)
-        z = self._starting_noise(shape, generator, profile)
-
-        # 3. denoise: guided model function, then the sampler's steps
-        channels = cfg.scheduler.cfg_channels if profile is None else profile.guided_channels.get(sampler)
-        model_fn = cfg_model_fn(self._denoiser, y, y_null, scale, mask=mask, guided_channels=channels)
-        if prediction == "flow" and sampler != "rflow":
-            model_fn = velocity_as_eps(
-                model_fn, cfg.scheduler.num_timesteps, sampler=scheduler
-            )  # DDPM samplers on a flow model
-        noise_kw = parity.sampler_kwargs(sampler, z) if profile is not None else {}
-        model_fn = model_fn if callback is None else _report_calls(model_fn, steps, callback)
-        latents = scheduler.sample(model_fn, z, generator=generator, progress=progress, **noise_kw)
+        texts = [split_loop_prompt(p, loop) for p in prompts]  # [prompt][segment]
+        segments = []
+        for seg in range(loop):  # one segment unless looping: each later one starts with the last one's end
+            condition = refs.condition(seg, shape, self.device) if refs is not None else None
+            report = None if callback is None else _segment_callback(callback, seg, steps, loop)
+            segments.append(self._denoise([t[seg] for t in texts], shape, scheduler, generator, scale,
+                                          (sampler, prediction, profile, report), condition, progress))  # fmt: skip
+            if seg + 1 < loop:
+                refs.add_segment(segments[-1], seg + 1)
+        latents = join_segments(segments, condition_frames)
         if output_type == "latent":
             return latents
 
@@ -442,6 +512,13 @@ class TextToVideoPipeline:
         video = self.vae.decode(latents.to(self.dtype))
         frames = (to_uint8 if profile is None else parity.to_uint8)(video).cpu()
         return frames if output_type == "pt" else frames.numpy()
+
+
+def _segment_callback(
+    callback: Callable[[int, int], None], segment: int, steps: int, loop: int
+) -> Callable[[int, int], None]:
+    """A segment's `callback(done, steps)` as the whole loop's `callback(segment * steps + done, loop * steps)`."""
+    return lambda done, _total: callback(segment * steps + done, loop * steps)
 
 
 def _report_calls(model_fn: Callable[..., torch.Tensor], total: int, callback: Callable[[int, int], None]):

@@ -171,11 +171,63 @@ class Settings:
     seed: int
     device: str
     dtype: str
+    references: Any = None  # a pipelines.reference.ReferencePlan, or None for plain text-to-video
 
     def call_kwargs(self) -> dict[str, Any]:
         """The `TextToVideoPipeline.__call__` arguments these settings fix."""
         return dict(num_frames=self.num_frames, height=self.height, width=self.width,
-                    num_inference_steps=self.steps, guidance_scale=self.guidance, sampler=self.sampler)  # fmt: skip
+                    num_inference_steps=self.steps, guidance_scale=self.guidance, sampler=self.sampler,
+                    **self._reference_kwargs("reference", "references"))  # fmt: skip
+
+    def reference_record(self) -> dict[str, Any]:
+        """Sidecar keys of reference frames: each reference's path and sha256, the strategy, K, the loop count."""
+        return self._reference_kwargs("references", "records")
+
+    def _reference_kwargs(self, key: str, attr: str) -> dict[str, Any]:
+        rp = self.references
+        if rp is None:
+            return {}
+        return {key: getattr(rp, attr), "mask_strategy": rp.strategy, "condition_frames": rp.condition_frames,
+                "loop": rp.loops}  # fmt: skip
+
+
+def replay_references(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A sidecar's reference arguments for `validate` (each file must still have its recorded sha256)."""
+    from sorakit.pipelines.reference import file_sha256
+
+    paths = []
+    for rec in meta.get("references") or []:
+        path = Path(rec["path"])
+        if not path.is_file():
+            raise UserError(f"--replay: the reference {path} is gone")
+        if file_sha256(path) != rec["sha256"]:
+            raise UserError(f"--replay: the reference {path} has changed since (sha256 differs)")
+        paths.append(str(path))
+    return {"reference": paths, "mask_strategy": meta.get("mask_strategy"),
+            "condition_frames": int(meta.get("condition_frames", 4)), "loop": int(meta.get("loop", 1))}  # fmt: skip
+
+
+def check_references(
+    cfg: Config,
+    reference: Any,
+    mask_strategy: str | None,
+    num_frames: int,
+    height: int,
+    width: int,
+    condition_frames: int = 4,
+    loop: int = 1,
+) -> Any:
+    """References read and resized, the mask strategy checked (`sorakit.pipelines.reference`), before any
+    weights load -> a ReferencePlan, or None for plain text-to-video."""
+    if not reference and mask_strategy is None and loop == 1:
+        return None
+    if not str(cfg.model.type).lower().startswith("stdit"):
+        raise UserError(f"reference frames (--reference, --mask-strategy, --loop) need an STDiT model, not "
+                        f"{cfg.model.type}")  # fmt: skip
+    from sorakit.pipelines.reference import load_references, plan_references  # torch: only when needed
+
+    refs = load_references(list(reference or []), height, width)
+    return plan_references(refs, mask_strategy, num_frames, condition_frames, loop)
 
 
 def check_prompts(cfg: Config, prompts: list[str], class_labels: bool = False) -> None:
@@ -228,11 +280,16 @@ def validate(
     world_size: int = 1,
     sequence_parallel: bool = False,
     names: Mapping[str, str] | None = None,
+    reference: Any = None,
+    mask_strategy: str | None = None,
+    condition_frames: int = 4,
+    loop: int = 1,
 ) -> Settings:
     """Check a request against the model `source` names (config files only) and fill in its defaults.
 
     `world_size`: the processes that will run the request (torchrun); they share out the batches, or with
-    `sequence_parallel` split every video's frames. Raises `UserError` (one line) for the first problem."""
+    `sequence_parallel` split every video's frames. `reference` .. `loop`: reference frames (STDiT; see
+    `TextToVideoPipeline.__call__`), read and checked here. Raises `UserError` (one line) for the first problem."""
     name = {k: k for k in ("num_frames", "steps", "guidance", "fps", "batch_size", "threads")} | dict(
         names or {}
     )
@@ -266,10 +323,11 @@ def validate(
         )
     if prompts is not None:
         check_prompts(cfg, prompts, class_labels)
+    refs = check_references(cfg, reference, mask_strategy, num_frames, height, width, condition_frames, loop)
     return Settings(
         num_frames=num_frames, height=height, width=width, steps=steps, sampler=sampler, guidance=float(guidance),
         fps=float(fps), batch_size=batch_size, seed=inf.seed if seed is None else seed, device=str(dev),
-        dtype=dtype_name(dt),
+        dtype=dtype_name(dt), references=refs,
     )  # fmt: skip
 
 
