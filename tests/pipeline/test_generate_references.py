@@ -94,8 +94,8 @@ def test_builtin_first_frame_matches_reference_up_to_vae_error(tmp_path: Path) -
     from sorakit.pipelines.text_to_video import to_uint8
 
     yy, xx = np.mgrid[0:64, 0:64]
-    img = np.full((64, 64, 3), 20, np.uint8)
-    img[(yy - 30) ** 2 + (xx - 20) ** 2 < 120] = [220, 40, 40]  # a red circle, like the shapes world
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[(yy - 30) ** 2 + (xx - 20) ** 2 < 120] = [220, 40, 40]  # a red circle on black, like the shapes world
     first = write_image(tmp_path / "first.png", img)
     out = tmp_path / "out.mp4"
     assert _gen("a red circle moving to the right", "--reference", str(first), "--output", str(out)) == 0
