@@ -1,5 +1,5 @@
-"""Training with reference-frame masks (`train.mask_ratios`): 2 gloo processes (DDP, and sequence parallel which
-splits the masks with the frames) train like 1 process on the same global batch, a resumed run ends with the
+"""Training with reference-frame masks (`train.mask_ratios`): 2 gloo processes (DDP, FSDP2, and sequence parallel
+which splits the masks with the frames) train like 1 process on the same global batch, a resumed run ends with the
 weights of an uninterrupted one, and the masks really change training."""
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def _worker(rank: int, world: int, cache: str, out: str):
     results = {}
     cases = {
         "ddp": (2, ["parallel.strategy=ddp", *MASKS]),
+        "fsdp": (2, ["parallel.strategy=fsdp", *MASKS]),
         "sp": (4, ["parallel.strategy=ddp", "parallel.sp_size=2", *MASKS]),
         "ddp-rflow": (2, ["parallel.strategy=ddp", "train.objective=rflow", *MASKS]),
     }
