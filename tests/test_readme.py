@@ -119,6 +119,17 @@ COVERAGE: dict[str, Run | Fetch | Serve] = {
     "sorakit generate --preset opensora/16x256x256 --ckpt OpenSora-v1-HQ-16x256x256.pth --text-encoder "
     "./t5-v1_1-xxl --vae ./sd-vae-ft-ema --prompt-file prompts.txt --output-dir out --parity opensora-1.0":
         Fetch("generate"),
+    # reference frames (docs/masks.md): the built-in model, small generated references
+    'sorakit generate "a red circle moving to the right" --reference first.png --output i2v.mp4':
+        Run("references", GEN, _is_video("i2v.mp4", 16)),
+    'sorakit generate "a red circle moving to the right" --reference clip.mp4 --output more.mp4':
+        Run("references", GEN, _is_video("more.mp4", 16)),
+    'sorakit generate "a red circle moving to the right" --loop 3 --output long.mp4':
+        Run("references", GEN, _is_video("long.mp4", 40)),
+    'sorakit generate "a red circle moving to the right" --reference a.png --reference b.png --mask-strategy '
+    '"0;0,1,0,-1,1" --output ab.mp4': Run("references", GEN, _is_video("ab.mp4", 16)),
+    'sorakit generate "a blue circle moving to the right" --reference clip.mp4 --mask-strategy "0,0,0,0,16,0.5" '
+    "--output edit.mp4": Run("references", GEN, _is_video("edit.mp4", 16)),
     "sorakit serve --port 8000 --workers 1 --data-dir serve-data": Serve("serve"),
     "sorakit generate --preset dit/1x256x256-class --ckpt DiT-XL-2-256x256.pt --class-label 207 --output dog.png":
         Fetch("generate"),
@@ -266,6 +277,14 @@ def _prepare(group: str, work: Path, shapes: Path) -> dict[str, str]:
         for i, cls in enumerate(("ApplyEyeMakeup", "Archery")):
             shutil.copy(shapes / "videos" / f"{i:06d}.mp4", work / "raw_videos" / f"{i:06d}.mp4")
             shutil.copy(shapes / "videos" / f"{i:06d}.mp4", work / "UCF-101" / cls / f"v_{cls}_g01_c01.avi")
+    if group == "references":  # images of the shapes world's size, and one of its 16-frame clips
+        from sorakit.data.video import read_video, write_image
+
+        clip = shapes / "videos" / "000000.mp4"
+        shutil.copy(clip, work / "clip.mp4")
+        frames = read_video(clip)
+        for name, k in (("first.png", 0), ("a.png", 0), ("b.png", -1)):
+            write_image(work / name, frames[k])
     if group == "config":
         (work / "path" / "to").mkdir(parents=True)
         (work / "path" / "to" / "opensora_config.py").write_text(

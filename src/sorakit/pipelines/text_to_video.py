@@ -428,6 +428,16 @@ class TextToVideoPipeline:
             model_fn, z, generator=generator, progress=progress, condition=condition, **noise_kw
         )
 
+    def _scheduler(self, sampler: str, steps: int, prediction: str) -> Any:
+        """The sampler `sampler` with `steps` steps for a model predicting `prediction` (rflow: flow only)."""
+        if sampler == "rflow" and prediction != "flow":
+            raise UserError(
+                f"the rflow sampler needs a model trained with rectified flow; this one predicts"
+                f" {prediction!r}: choose iddpm, ddim or dpm-solver"
+            )
+        extra = {"shift": self.config.scheduler.shift} if sampler == "rflow" else {}
+        return build_sampler(sampler, steps, num_timesteps=self.config.scheduler.num_timesteps, **extra)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -483,14 +493,7 @@ class TextToVideoPipeline:
         generator = self._generator(profile, generator, seed)
 
         prediction = getattr(self.transformer, "prediction_type", "epsilon")
-        if sampler == "rflow" and prediction != "flow":
-            raise UserError(
-                f"the rflow sampler needs a model trained with rectified flow; this one predicts"
-                f" {prediction!r}: choose iddpm, ddim or dpm-solver"
-            )
-        extra = {"shift": cfg.scheduler.shift} if sampler == "rflow" else {}
-        scheduler = build_sampler(sampler, steps, num_timesteps=cfg.scheduler.num_timesteps, **extra)
-
+        scheduler = self._scheduler(sampler, steps, prediction)
         refs = self.prepare_references(
             reference, mask_strategy, num_frames, height, width, condition_frames, loop
         )
