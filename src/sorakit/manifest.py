@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sorakit.fileutil import write_text_atomic
+
 MANIFEST = "manifest.json"
 FORMAT = "sorakit-manifest"
 VERSION = 1
@@ -89,12 +91,7 @@ def write_manifest(folder: str | os.PathLike, entries: dict[str, dict[str, Any]]
         files[rel] = dict(entries[rel]) if entries and rel in entries else file_entry(p)
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     body = json.dumps({"format": FORMAT, "version": VERSION, "created": created, "files": files}, indent=1)
-    tmp = root / f".{MANIFEST}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(body + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, root / MANIFEST)
+    write_text_atomic(root / MANIFEST, body + "\n", fsync=True)
     return root / MANIFEST
 
 

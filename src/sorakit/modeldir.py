@@ -56,7 +56,7 @@ from torch import nn
 from sorakit import __version__
 from sorakit.config import Config, apply_dict
 from sorakit.errors import UserError
-from sorakit.fileutil import follow_umask, new_dir_mode
+from sorakit.fileutil import follow_umask, new_dir_mode, write_text_atomic
 from sorakit.manifest import verify_folder, write_manifest
 from sorakit.models import save_pretrained
 
@@ -127,7 +127,7 @@ def save_model_dir(
             if (
                 vae_cfg.pop("_name_or_path", None) is not None
             ):  # where it was loaded from: not part of the model
-                vae_json.write_text(json.dumps(vae_cfg, indent=2, sort_keys=True) + "\n")
+                write_text_atomic(vae_json, json.dumps(vae_cfg, indent=2, sort_keys=True) + "\n")
             cfg.vae.path = "vae"
             if hasattr(vae, "autoencoder") and getattr(vae, "scaling_factor", None) is not None:
                 cfg.vae.scaling_factor = float(vae.scaling_factor)
@@ -141,7 +141,7 @@ def save_model_dir(
             "transformer": "transformer",
             "config": cfg.to_dict(),
         }
-        (tmp / PIPELINE_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        write_text_atomic(tmp / PIPELINE_FILE, json.dumps(spec, indent=2) + "\n")
         follow_umask(tmp)  # diffusers' / transformers' safetensors files (vae/, text_encoder/) are 0600
         write_manifest(tmp)  # last: read_model_dir checks every file against it
         if out.exists():

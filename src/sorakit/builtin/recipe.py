@@ -36,6 +36,7 @@ import torch
 
 from sorakit.config import Config, load_config
 from sorakit.errors import UserError
+from sorakit.fileutil import write_text_atomic
 from sorakit.logging import get_logger
 
 logger = get_logger("sorakit.builtin.recipe")
@@ -53,7 +54,7 @@ def _record_time(work: Path, stage: str, seconds: float) -> None:
     path = work / "times.json"
     times = json.loads(path.read_text()) if path.is_file() else {}
     times[stage] = round(times.get(stage, 0.0) + seconds, 1)  # a resumed stage adds up
-    path.write_text(json.dumps(times, indent=2))
+    write_text_atomic(path, json.dumps(times, indent=2))
 
 
 def load_video_vae(path: str | Path):
@@ -197,8 +198,8 @@ def stage_eval(work: Path, model_dir: Path, n: int, seed: int = 0) -> dict[str, 
     table = format_table(summary)
     print(table)
     result = {"summary": summary, "one_video_s": round(one_video, 2), "threads": torch.get_num_threads()}
-    (work / "eval.json").write_text(json.dumps(result, indent=2))
-    (work / "eval.md").write_text(table + "\n")
+    write_text_atomic(work / "eval.json", json.dumps(result, indent=2))
+    write_text_atomic(work / "eval.md", table + "\n")
     return result
 
 
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         work = Path(args.workdir)
         work.mkdir(parents=True, exist_ok=True)
-        (work / "config.toml").write_text(cfg.dump())
+        write_text_atomic(work / "config.toml", cfg.dump())
         csv_path = work / "data" / "train.csv"
         vae_dir = work / "vae"
         cache = work / "cache"

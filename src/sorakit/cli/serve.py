@@ -88,7 +88,9 @@ def _lock_data_dir(data: Path):  # noqa: ANN202 - an open file
 
     try:
         data.mkdir(parents=True, exist_ok=True)
-        handle = open(data / "serve.lock", "w")  # noqa: SIM115 - held for the server's lifetime
+        from sorakit.fileutil import open_append
+
+        handle = open_append(data / "serve.lock")  # held for the server's lifetime; never through a link
     except OSError as exc:
         raise UserError(f"--data-dir {data}: cannot write there ({exc.strerror or exc})") from exc
     try:

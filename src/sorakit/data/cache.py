@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from sorakit.errors import ConfigError, UserError
+from sorakit.fileutil import atomic_path, save_safetensors, write_text_atomic
 from sorakit.logging import get_logger
 from sorakit.manifest import check_entry, file_entry
 
@@ -50,11 +51,8 @@ def shard_name(k: int) -> str:
 
 def write_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write one shard atomically (temporary name in the same folder, then rename)."""
-    from sorakit.fileutil import save_safetensors
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_safetensors({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_safetensors({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
 
 
 def write_meta(cache_dir: Path, meta: dict[str, Any]) -> None:
@@ -72,9 +70,7 @@ def write_meta(cache_dir: Path, meta: dict[str, Any]) -> None:
             shards.append({"file": f.name, "count": int(n), **file_entry(f)})
             total += int(n)
     meta = {"format": FORMAT, "version": VERSION, **meta, "num_samples": total, "shards": shards}
-    tmp = cache_dir / f".{META}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, cache_dir / META)
+    write_text_atomic(cache_dir / META, json.dumps(meta, indent=2))
 
 
 def read_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 from sorakit.errors import UserError
-from sorakit.fileutil import save_safetensors
+from sorakit.fileutil import atomic_path, save_safetensors, write_text_atomic
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -42,13 +42,8 @@ def prediction_type_of_objective(objective: str) -> str:
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def model_spec(model: nn.Module) -> dict[str, Any]:
@@ -96,7 +91,7 @@ def save_pretrained(
     if extra_config is not None:
         cfg["extra_config"] = dict(extra_config)
     text = json.dumps(cfg, indent=2) + "\n"
-    _atomic_write(d / CONFIG_NAME, lambda p: p.write_text(text))
+    write_text_atomic(d / CONFIG_NAME, text)
     return d
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sorakit.errors import UserError
-from sorakit.fileutil import new_file_mode
+from sorakit.fileutil import atomic_write, open_append, open_update, refuse_links
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".gif")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -102,21 +102,11 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Row], fields: Sequence[str
     p.parent.mkdir(parents=True, exist_ok=True)
     if fields is None:
         fields = order_fields(rows)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.fchmod(fd, new_file_mode())
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore", restval="")
-            w.writeheader()
-            for r in rows:
-                w.writerow(r)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(p, "w", newline="", fsync=True) as f:
+        w = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore", restval="")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
     return p
 
 
@@ -124,19 +114,27 @@ class CSVAppender:
     """Appends rows to a CSV one at a time, each flushed and fsynced, for long resumable runs.
 
     If the file exists its header is kept (new columns are not added: rows are written with the
-    existing columns); otherwise the header is `fields`. Use as a context manager.
+    existing columns); otherwise the header is `fields`. An existing file whose header lacks a column
+    of `require` is not one this writer made (appending would drop that column from every row): it
+    is refused with a UserError and left as it is. Links are refused too. Use as a context manager.
     """
 
-    def __init__(self, path: str | os.PathLike, fields: Sequence[str]):
+    def __init__(self, path: str | os.PathLike, fields: Sequence[str], require: Sequence[str] = ()):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        refuse_links(self.path.parent, [self.path.name])
         existing: list[str] = []
         if self.path.is_file() and self.path.stat().st_size > 0:
-            with open(self.path, newline="", encoding="utf-8") as f:
-                existing = next(csv.reader(f), [])
+            existing = _header(self.path)
+            missing = [c for c in require if c not in existing]
+            if missing:
+                raise UserError(
+                    f"{self.path} exists but has no column {', '.join(missing)} (columns: "
+                    f"{', '.join(existing)}): not written by this command; move it away or name another file"
+                )
             repair_partial_line(self.path)
         self.fields = existing or list(fields)
-        self._f = open(self.path, "a", newline="", encoding="utf-8")
+        self._f = open_append(self.path, newline="")
         self._w = csv.DictWriter(self._f, fieldnames=self.fields, extrasaction="ignore", restval="")
         if not existing:
             self._w.writeheader()
@@ -161,11 +159,19 @@ class CSVAppender:
         self.close()
 
 
+def _header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        try:
+            return next(csv.reader(f), [])
+        except csv.Error as exc:
+            raise UserError(f"{path}: not a CSV file ({exc})") from None
+
+
 def repair_partial_line(path: str | os.PathLike) -> None:
     """A run killed mid-line leaves a partial last line: drop it so the next append starts clean."""
-    if not os.path.isfile(path):
+    if not os.path.isfile(path) and not os.path.islink(path):
         return
-    with open(path, "rb+") as f:
+    with open_update(path) as f:
         f.seek(0, os.SEEK_END)
         size = f.tell()
         if size == 0:
@@ -294,13 +300,28 @@ def report(
 
 
 def check_output(path: str | os.PathLike, what: str = "output") -> Path:
-    """Validate an output CSV path before any heavy work: not a folder, parent creatable."""
+    """Validate an output CSV path before any heavy work: not a folder, and a file can really be created
+    in its nearest existing folder (tried, so it holds for root and read-only mounts too)."""
     p = Path(path).expanduser()
     if p.is_dir():
         raise UserError(f"{what} {p} is a folder; give a file path")
     parent = p.parent
-    while not parent.exists():
+    while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write {what} {p}: {parent} is not a writable folder")
+    if not parent.is_dir():
+        raise UserError(f"cannot write {what} {p}: {parent} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"cannot write {what} {p}: {parent} is not writable ({exc.strerror or exc})"
+        ) from None
     return p
+
+
+def check_outputs(output: str | os.PathLike, failures: str | os.PathLike | None) -> tuple[Path, Path]:
+    """:func:`check_output` on a command's output CSV and on its failures CSV (`failures`, else the default
+    beside the output), both before the work: a run never ends with results it cannot record."""
+    out = check_output(output)
+    return out, check_output(failures or failures_path(out), "failures CSV")

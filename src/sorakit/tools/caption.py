@@ -419,7 +419,7 @@ def run_caption(
         todo = _todo(rows, captions, failed_before, keep_existing, out_app, stats)
         batches = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
         with (
-            CSVAppender(failures_file, [*fields, "error"]) as fail_app,
+            CSVAppender(failures_file, [*fields, "error"], require=("path", "error")) as fail_app,
             pool_for(pool, 1) as ex,
             _Shards(rows, paths, batches, backend, points, workers, prefetch=ex.inline) as shards,
         ):

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from sorakit.errors import UserError
+from sorakit.fileutil import write_text_atomic
 
 # (ok, value): value is the item's result when ok, else the one-line reason it failed
 ItemResult = tuple[bool, Any]
@@ -279,15 +280,7 @@ def fingerprint(*parts: Any) -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from sorakit.fileutil import new_file_mode
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, new_file_mode())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data), fsync=True)
 
 
 def _read_part(path: Path, fp: str) -> list | None:

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from sorakit.errors import UserError
+from sorakit.fileutil import open_new
 from sorakit.logging import get_logger
 from sorakit.manifest import MANIFEST, Verdict, read_manifest, verify_folder, write_manifest
 from sorakit.parallel.mesh import ParallelState, all_reduce_sum
@@ -264,7 +265,7 @@ def _torch_bytes(obj: Any) -> bytes:
 
 def _write_file(path: Path, data: bytes) -> None:
     """The one place checkpoint bytes reach the disk (tests replace it to simulate a full disk)."""
-    with open(path, "wb") as fh:
+    with open_new(path) as fh:  # inside the fresh temporary folder: never an existing file or a link
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())

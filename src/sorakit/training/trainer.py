@@ -45,6 +45,7 @@ from sorakit.data.dataset import ResumableBatchSampler, SkipReport, VideoTextDat
 from sorakit.diffusion import build_objective as objective_by_name
 from sorakit.encoders import build_text_encoder, build_vae
 from sorakit.errors import ConfigError, UserError
+from sorakit.fileutil import SafeFileHandler, atomic_write, open_append, refuse_links, write_text_atomic
 from sorakit.logging import get_logger
 from sorakit.models import build_from_config, load_checkpoint, model_spec
 from sorakit.parallel.mesh import ParallelState, all_reduce_mean, all_reduce_sum, init_distributed, shutdown
@@ -290,7 +291,7 @@ class MetricsLogger:
         self.file = None
         if not enabled:
             return
-        self.file = open(run_dir / "metrics.jsonl", "a")
+        self.file = open_append(run_dir / "metrics.jsonl")
         if tensorboard:
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
@@ -317,6 +318,7 @@ class MetricsLogger:
 
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metrics logged after `step` by a run that died before its next checkpoint."""
+    refuse_links(path.parent, [path.name])  # never read a planted link's target into the run's log
     if not path.is_file():
         return
     keep = []
@@ -326,11 +328,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
                 keep.append(line)
         except (ValueError, KeyError):
             continue
-    path.write_text("".join(f"{x}\n" for x in keep))
+    write_text_atomic(path, "".join(f"{x}\n" for x in keep))
 
 
 def _add_file_log(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "train.log")
+    handler = SafeFileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     logging.getLogger("sorakit").addHandler(handler)
     return handler
@@ -666,12 +668,18 @@ def _mask_generator(cfg: Config, model: nn.Module) -> Any:
     return masker
 
 
+# the files a run writes or appends to directly in its folder (checkpoints go to fresh step-N folders)
+RUN_FILES = ("config.toml", "train.log", "metrics.jsonl", "skipped_files.txt")
+
+
 def prepare_run_dir(run_dir: Path, resume: bool, state: ParallelState) -> Path | None:
     """The checkpoint to resume from (None: a fresh run); refuses to train over a run without --resume."""
     if ckpt.list_checkpoints(run_dir) and not resume:
         raise UserError(
             f"{run_dir} already holds checkpoints: pass --resume to continue, or choose a new --output"
         )
+    # every rank looks (so all stop together): a planted link would send a write to its target
+    refuse_links(run_dir, RUN_FILES)
     latest = ckpt.resume_checkpoint(run_dir, state) if resume else None  # the newest that verifies
     if resume and latest is None:
         log.warning("--resume: no intact checkpoint in %s, starting from step 0", run_dir)
@@ -685,7 +693,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, state: ParallelState) -> Path |
 def save_config(cfg: Config, run_dir: Path, state: ParallelState) -> None:
     """RUN_DIR/config.toml: the resolved config of the run (written by rank 0)."""
     if state.is_main:
-        (run_dir / "config.toml").write_text(cfg.dump())
+        write_text_atomic(run_dir / "config.toml", cfg.dump())
 
 
 def init_weights(
@@ -716,7 +724,7 @@ def _report_skipped(skip: SkipReport, run_dir: Path, state: ParallelState) -> di
     if state.is_main and files:
         listed = "; ".join(f"{p} ({r})" for p, r in files.items())
         log.warning("%d unreadable file(s) skipped (%d failed loads): %s", len(files), skip.failures, listed)
-        with open(run_dir / "skipped_files.txt", "w") as fh:
+        with atomic_write(run_dir / "skipped_files.txt") as fh:
             for path, reason in files.items():
                 fh.write(f"{path}\t{reason}\n")
     return files

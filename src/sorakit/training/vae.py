@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from sorakit.errors import UserError
-from sorakit.fileutil import follow_umask
+from sorakit.fileutil import follow_umask, open_new, save_safetensors, write_text_atomic
 from sorakit.logging import get_logger
 
 logger = get_logger(__name__)
@@ -132,17 +132,15 @@ def _lr_at(step: int, cfg: VAETrainConfig) -> float:
 
 
 def _save_state(state_dir: Path, model, opt, step: int, cfg: VAETrainConfig) -> None:
-    from sorakit.fileutil import save_safetensors
-
     tmp = state_dir.with_name(state_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     save_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    rng = torch.get_rng_state()
-    torch.save({"torch_rng": rng}, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "config": asdict(cfg)}, indent=2))
+    for name, obj in (("optimizer.pt", opt.state_dict()), ("rng.pt", {"torch_rng": torch.get_rng_state()})):
+        with open_new(tmp / name) as fh:  # a fresh folder: every file in it is new
+            torch.save(obj, fh)
+    write_text_atomic(tmp / "state.json", json.dumps({"step": step, "config": asdict(cfg)}, indent=2))
     if state_dir.exists():
         old = state_dir.with_name(state_dir.name + ".old")
         if old.exists():

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sorakit.errors import UserError
-    from sorakit.tools._io import check_output, collect_inputs, failures_path
+    from sorakit.tools._io import check_outputs, collect_inputs
     from sorakit.tools.caption import DEFAULT_PROMPT, LocalVLMSpec, print_summary, run_caption
     from sorakit.tools.executor import executor_from_args, open_pool
 
@@ -117,9 +117,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"prompt file not found: {pf}")
         prompt = pf.read_text().strip()
     backend_name = args.backend or ("local" if args.model_dir else "api")
-    output = check_output(args.output)
+    output, failures = check_outputs(args.output, args.failures)
     rows, paths = collect_inputs(args.input)
-    failures = Path(args.failures) if args.failures else failures_path(output)
     if backend_name == "local":
         if not args.model_dir:
             raise UserError("--backend local needs --model-dir")

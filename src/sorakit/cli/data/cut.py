@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sorakit.errors import UserError
-    from sorakit.tools._io import check_output, collect_inputs, report, write_outputs
+    from sorakit.tools._io import check_outputs, collect_inputs, report, write_outputs
     from sorakit.tools.cut import CutOptions, run_cut
     from sorakit.tools.executor import executor_from_args, open_pool, parts_dir_for, remove_parts
 
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if not str(args.input).lower().endswith(".csv"):
         raise UserError(f"cut reads a clips CSV (from `sorakit data scenes`), got {args.input}")
     output = args.output or str(opts.output_dir / "clips.csv")
-    check_output(output)
+    check_outputs(output, args.failures)
     if opts.output_dir.exists() and not opts.output_dir.is_dir():
         raise UserError(f"--output-dir {opts.output_dir} is a file")
     rows, paths = collect_inputs(args.input)

@@ -95,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
     for f in failures:
         log.warning("skipped row %s (%s): %s", f["row"], f["path"], f["error"])
     if failures:
-        (out / "failures.json").write_text(json.dumps(failures, indent=2))
+        from sorakit.fileutil import write_text_atomic
+
+        write_text_atomic(out / "failures.json", json.dumps(failures, indent=2))
     print(
         f"{out}: {result['num_samples']} samples in {len(result['shards'])} shard(s), {len(failures)} row(s) skipped"
     )

@@ -32,12 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sorakit.tools._io import check_output, collect_inputs, report, write_outputs
+    from sorakit.tools._io import check_outputs, collect_inputs, report, write_outputs
     from sorakit.tools.executor import executor_from_args, open_pool, parts_dir_for, remove_parts
     from sorakit.tools.info import INFO_COLUMNS, run_info
 
     spec = executor_from_args(args)
-    check_output(args.output)
+    check_outputs(args.output, args.failures)
     rows, paths = collect_inputs(args.input)
     parts = parts_dir_for(args.output)
     with open_pool(spec) as pool:

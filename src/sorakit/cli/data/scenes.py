@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from sorakit.tools._io import (
         VIDEO_EXTS,
-        check_output,
+        check_outputs,
         collect_inputs,
         report,
         write_outputs,
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from sorakit.tools.scenes import SCENE_COLUMNS, SceneOptions, run_scenes
 
     spec = executor_from_args(args)
-    check_output(args.output)
+    check_outputs(args.output, args.failures)
     opts = SceneOptions(
         detector=args.detector,
         threshold=args.threshold,
