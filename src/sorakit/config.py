@@ -27,6 +27,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+# STDiT's linear layers (module-name suffixes) that LoRA adapts by default
+LORA_TARGETS: tuple[str, ...] = (
+    "attn.qkv", "attn.proj", "attn_temp.qkv", "attn_temp.proj",
+    "cross_attn.q_linear", "cross_attn.kv_linear", "cross_attn.proj", "mlp.fc1", "mlp.fc2",
+)  # fmt: skip
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -153,6 +158,22 @@ class TrainConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """LoRA fine-tuning (sorakit.training.lora, on PEFT): rank 0 trains the whole model as usual."""
+
+    rank: int = _doc("LoRA rank r; 0 = no LoRA (full training); > 0 freezes the base (from --init)", 0)
+    alpha: float | None = _doc("LoRA alpha (updates are scaled by alpha / rank); None = rank", None)
+    dropout: float = _doc("dropout on the LoRA branch's input during training", 0.0)
+    target_modules: list[str] = _doc(
+        "module-name suffixes that get adapters (STDiT: self-attention, temporal attention, cross-attention, MLP)",
+        factory=lambda: list(LORA_TARGETS),
+    )
+    adaln: bool = _doc(
+        "also adapt the adaLN-single projection (t_block.1: timestep -> every block's modulation)", False
+    )
+
+
+@dataclass
 class ParallelConfig:
     """Distribution over processes."""
 
@@ -191,6 +212,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 """`sorakit export RUN_DIR OUT_DIR`: a training run's EMA weights -> a sorakit model directory that
-`sorakit generate --model OUT_DIR` reads (and that the next training stage takes as --init)."""
+`sorakit generate --model OUT_DIR` reads (and that the next training stage takes as --init). A LoRA run's
+adapter -> a peft adapter folder for `sorakit generate --lora OUT_DIR` (or, with --merge-lora, a model
+directory with the adapter merged into its base)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="copy the run's local VAE into OUT_DIR (a self-contained model)",
     )
+    parser.add_argument(
+        "--merge-lora",
+        action="store_true",
+        help="a LoRA run: add the adapter into its base and write a plain model directory "
+        "(default: the adapter alone, as a peft folder for `generate --lora`)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -41,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         weights=args.weights,
         dtype=args.dtype,
         bundle_vae=args.bundle_vae,
+        merge_lora=args.merge_lora,
     )
     print(out)
     return 0

@@ -63,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     model.add_argument("--text-encoder", metavar="DIR", help="text encoder directory or hub id")
     model.add_argument("--vae", metavar="DIR", help="VAE directory or hub id")
+    model.add_argument("--lora", metavar="DIR[:SCALE]", action="append", default=[], help="LoRA adapter folder (sorakit export of a LoRA run; peft format), merged in with SCALE (default 1); repeatable")  # fmt: skip
     model.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
                        help="config override, e.g. vae.micro_batch_size=8 (repeatable)")  # fmt: skip
     samp = p.add_argument_group("sampling (defaults from the model or preset)")
@@ -177,7 +178,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
     parity.get_profile(args.parity)  # a bad name fails before anything is read
     items = _read_prompts(args)
     overrides = list(args.overrides) + ([f"inference.parity={args.parity}"] if args.parity else [])
-    source = ModelSource.choose(args.model, args.preset, args.ckpt, args.text_encoder, args.vae, overrides)
+    source = ModelSource.choose(
+        args.model, args.preset, args.ckpt, args.text_encoder, args.vae, overrides, args.lora
+    )
     cfg = source.config()
     if args.prompt_file and (profile := parity.get_profile(cfg.inference.parity)) is not None:
         items = _read_prompts(args, keep_empty=profile.keep_empty_prompts)  # as the original read them

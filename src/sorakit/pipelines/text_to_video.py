@@ -36,6 +36,7 @@ from sorakit.encoders.vae import VideoVAE, build_vae
 from sorakit.errors import UserError
 from sorakit.hub import resolve_file
 from sorakit.logging import get_logger
+from sorakit.lora import apply_adapters, base_fingerprint, parse_lora_arg
 from sorakit.masks import split_loop_prompt
 from sorakit.modeldir import builtin_model_dir, read_model_dir, save_model_dir
 from sorakit.models import build_from_config, from_pretrained, load_checkpoint, prediction_type_of_objective
@@ -123,6 +124,13 @@ class TextToVideoPipeline:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.config = config or Config()
+        self.model_name = (
+            self.config.model.type
+        )  # how LoRA errors name this model (from_pretrained: its folder)
+        # a LoRA names its base by a fingerprint of float16-rounded weights: taken before a bf16 cast loses them
+        lossy = self.dtype == torch.bfloat16 and next(transformer.parameters()).dtype != torch.bfloat16
+        self._base_fingerprint = base_fingerprint(transformer) if lossy else None
+        self._loras: list[str] = []
         self.transformer = transformer.to(self.device, self.dtype).eval().requires_grad_(False)
         self.vae = vae.to(self.device, self.dtype)
         self.text_encoder = text_encoder
@@ -172,7 +180,9 @@ class TextToVideoPipeline:
         _check_text_width(cfg, transformer)
         video_vae = build_vae(cfg.vae, "cpu", torch.float32)
         encoder = build_text_encoder(cfg.text_encoder, "cpu", dt if dt == torch.bfloat16 else torch.float32)
-        return cls(transformer, video_vae, encoder, cfg, device=dev, dtype=dt, **kwargs)
+        pipe = cls(transformer, video_vae, encoder, cfg, device=dev, dtype=dt, **kwargs)
+        pipe.model_name = "the built-in model" if path is None else str(Path(path).resolve())
+        return pipe
 
     @classmethod
     def from_config(
@@ -214,11 +224,36 @@ class TextToVideoPipeline:
     ) -> TextToVideoPipeline:
         """The pipeline `source` names: a model directory (or the built-in one) or a preset with `ckpt`."""
         if source.kind == "preset":
-            return cls.from_config(source.config(), ckpt=source.ckpt, device=device, dtype=dtype)
-        return cls.from_pretrained(
-            source.model if source.kind == "model" else None, device=device, dtype=dtype,
-            text_encoder=source.text_encoder, vae=source.vae, overrides=source.overrides, ckpt=source.ckpt,
-        )  # fmt: skip
+            pipe = cls.from_config(source.config(), ckpt=source.ckpt, device=device, dtype=dtype)
+        else:
+            pipe = cls.from_pretrained(
+                source.model if source.kind == "model" else None, device=device, dtype=dtype,
+                text_encoder=source.text_encoder, vae=source.vae, overrides=source.overrides, ckpt=source.ckpt,
+            )  # fmt: skip
+        if source.loras:
+            pipe.load_lora(source.loras)
+        return pipe
+
+    def load_lora(
+        self, adapters: str | os.PathLike | list[Any], scale: float = 1.0, merge: bool = True
+    ) -> list[str]:
+        """Load LoRA adapter folders (peft format, e.g. from ``sorakit export`` of a LoRA run) onto the
+        transformer: one folder, or a list of folders, ``"DIR:SCALE"`` strings or ``(DIR, scale)`` pairs;
+        `scale` applies to entries without their own. ``merge`` (default): each ``scale * B @ A`` is added
+        into the weights, so sampling costs what it did without the adapter; else the adapters stay separate
+        layers. An adapter trained on another base model is refused (UserError naming both), before any is
+        applied. Returns the names the adapters got (``lora0``, ``lora1``, ...)."""
+        items = adapters if isinstance(adapters, list) else [adapters]
+        pairs = [(str(a[0]), float(a[1])) if isinstance(a, tuple) else parse_lora_arg(str(a)) for a in items]
+        pairs = [(d, s * scale) for d, s in pairs]
+        if self._base_fingerprint is None:  # the base before the first adapter changes it
+            self._base_fingerprint = base_fingerprint(self.transformer)
+        names = apply_adapters(self.transformer, pairs, self._base_fingerprint, self.model_name, merge=merge,
+                               first_index=len(self._loras))  # fmt: skip
+        self.transformer.to(self.device, self.dtype)
+        self._loras += [f"{d}:{s!r}" for d, s in pairs]
+        log.info("LoRA: %s%s", ", ".join(f"{d} (scale {s:g})" for d, s in pairs), " merged" if merge else "")
+        return names
 
     def load_transformer_checkpoint(self, ckpt: str | os.PathLike) -> None:
         """Load weights (a file, an upstream checkpoint name, a hub id or a model directory) into the

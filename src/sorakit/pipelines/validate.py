@@ -28,6 +28,7 @@ from sorakit.encoders.text import CLASS_DATASETS
 from sorakit.encoders.vae import peek_downsample_factor
 from sorakit.errors import UserError
 from sorakit.hub import download_hint, names_local_path
+from sorakit.lora import parse_lora_arg
 from sorakit.modeldir import builtin_model_dir, read_model_dir
 from sorakit.models import MODELS, read_model_config
 from sorakit.runtime import dtype_name, resolve_device, resolve_dtype
@@ -88,6 +89,7 @@ class ModelSource:
     text_encoder: str | None = None
     vae: str | None = None
     overrides: list[str] = field(default_factory=list)
+    loras: list[str] = field(default_factory=list)  # LoRA adapter folders, "DIR:SCALE" (absolute DIR)
 
     @classmethod
     def choose(
@@ -98,8 +100,10 @@ class ModelSource:
         text_encoder: str | None = None,
         vae: str | None = None,
         overrides: list[str] | tuple[str, ...] = (),
+        loras: list[str] | tuple[str, ...] = (),
     ) -> ModelSource:
-        """The source these arguments name; local paths must exist (hub ids are fetched when loading)."""
+        """The source these arguments name; local paths must exist (hub ids are fetched when loading).
+        `loras`: adapter folders, each ``DIR`` or ``DIR:SCALE`` (checked now; the base is checked at load)."""
         if model and preset:
             raise UserError("use either --model or --preset, not both")
         if model and not Path(model).is_dir():
@@ -107,18 +111,20 @@ class ModelSource:
         _check_exists(ckpt, "--ckpt", want_dir=False)
         _check_exists(text_encoder, "--text-encoder", want_dir=True)
         _check_exists(vae, "--vae", want_dir=True)
+        adapters = [parse_lora_arg(text) for text in loras]
         return cls(
             kind="preset" if preset else ("model" if model else "builtin"),
             model=str(Path(model).resolve()) if model else None,
             preset=preset_name(preset) if preset else None,
             ckpt=ckpt, text_encoder=text_encoder, vae=vae, overrides=list(overrides),
+            loras=[f"{Path(d).resolve()}:{s!r}" for d, s in adapters],
         )  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSource:
         """The inverse of `to_dict` (a sidecar's "model" entry)."""
         return cls(**{k: data.get(k) for k in ("kind", "model", "preset", "ckpt", "text_encoder", "vae")},
-                   overrides=list(data.get("overrides") or []))  # fmt: skip
+                   overrides=list(data.get("overrides") or []), loras=list(data.get("loras") or []))  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

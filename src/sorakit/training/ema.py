@@ -21,25 +21,30 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 class EMA:
     """Float32 shadow copies of ``model``'s parameters, updated with :meth:`update`."""
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999) -> None:
+    def __init__(self, model: nn.Module, decay: float = 0.9999, trainable_only: bool = False) -> None:
+        """`trainable_only`: average (and save) only the parameters that train, e.g. a LoRA adapter's, and no
+        buffers -- the frozen rest is not copied."""
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
         self.decay = decay
+        self.trainable_only = trainable_only
         self.shadow: dict[str, torch.Tensor] = {
-            name: p.detach().clone().float() for name, p in model.named_parameters()
+            name: p.detach().clone().float()
+            for name, p in model.named_parameters()
+            if p.requires_grad or not trainable_only
         }
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         for name, p in model.named_parameters():
-            if p.requires_grad:
+            if p.requires_grad and name in self.shadow:
                 self.shadow[name].mul_(self.decay).add_(p.detach().float(), alpha=1.0 - self.decay)
 
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Full EMA weights + the model's persistent buffers: a state dict the single-device model loads
         with ``strict=True``. Call on every rank under FSDP (gathers shards)."""
         out = {name: _full(t) for name, t in self.shadow.items()}
-        for name, buf in _persistent_buffers(model):
+        for name, buf in [] if self.trainable_only else _persistent_buffers(model):
             out[name] = _full(buf).clone()
         return out
 

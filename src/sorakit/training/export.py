@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sorakit.config import load_config
+from sorakit.config import LoRAConfig, load_config
 from sorakit.encoders.vae import VideoVAE, load_autoencoder
 from sorakit.errors import UserError
+from sorakit.lora import AdapterSpec, base_fingerprint, merge_into, save_adapter
 from sorakit.manifest import MANIFEST
-from sorakit.modeldir import save_model_dir
-from sorakit.models import instantiate, prediction_type_of_objective
+from sorakit.modeldir import is_model_dir, save_model_dir
+from sorakit.models import build_architecture, instantiate, load_checkpoint, prediction_type_of_objective
 from sorakit.runtime import DTYPES
 from sorakit.training import checkpoint as ckpt
 
@@ -63,11 +64,14 @@ def export_run(
     weights: str = "ema",
     dtype: str = "fp32",
     bundle_vae: bool = False,
+    merge_lora: bool = False,
 ) -> Path:
     """Write the EMA (or raw) weights of a run's checkpoint as a model directory; returns its path.
 
     With ``bundle_vae`` the run's VAE (``vae.path``, a local diffusers AutoencoderKL directory) is copied into
-    the model directory, which then needs nothing but the text encoder to generate."""
+    the model directory, which then needs nothing but the text encoder to generate. A LoRA run's checkpoint
+    holds an adapter: it is written as a peft adapter folder (``sorakit.lora``), or with ``merge_lora`` added
+    into its base model and written as a plain model directory."""
     path = resolve_checkpoint(run_dir, step)
     info = ckpt.load_train_state(path)
     spec = info.get("model") or {}
@@ -75,13 +79,27 @@ def export_run(
         raise UserError(f"{path}/state.json does not describe the model (written by an older sorakit?)")
     cfg = load_config(str(path / "config.toml"))
     absolute_component_paths(cfg)  # runs trained before the trainer stored absolute paths
+    if merge_lora and not info.get("lora"):
+        raise UserError(f"--merge-lora: {path} is not a LoRA run's checkpoint (it holds the whole model)")
+    if info.get("lora") and not merge_lora:
+        if bundle_vae:
+            raise UserError(
+                "--bundle-vae writes a model directory: add --merge-lora (a LoRA run exports an adapter)"
+            )
+        tensors = ckpt.load_tensors(path, f"{weights}.safetensors")
+        return save_adapter(
+            out_dir, lora_spec(info), tensors, dtype=None if dtype == "fp32" else DTYPES[dtype]
+        )
     if bundle_vae and not (cfg.vae.path and Path(cfg.vae.path).is_dir()):  # checked before any weights load
         raise UserError(f"--bundle-vae needs a local VAE directory; the run's vae.path is {cfg.vae.path!r}")
-    # checkpoints written before the model recorded its prediction type: the run's objective tells it
-    model = instantiate(
-        spec, ckpt.load_tensors(path, f"{weights}.safetensors"), f"{path}: {weights} weights",
-        prediction_type=prediction_type_of_objective(cfg.train.objective),
-    )  # fmt: skip
+    if info.get("lora"):
+        model = merged_model(path, info, weights, prediction_type_of_objective(cfg.train.objective))
+        cfg.lora = LoRAConfig()  # a plain model now
+    else:  # checkpoints written before the model recorded its prediction type: the run's objective tells it
+        model = instantiate(
+            spec, ckpt.load_tensors(path, f"{weights}.safetensors"), f"{path}: {weights} weights",
+            prediction_type=prediction_type_of_objective(cfg.train.objective),
+        )  # fmt: skip
     # generation defaults follow the training clips
     cfg.inference.num_frames = cfg.data.num_frames
     cfg.inference.image_size = list(cfg.data.image_size)
@@ -92,3 +110,31 @@ def export_run(
     if bundle_vae:
         vae = VideoVAE(load_autoencoder(cfg.vae.path), scaling_factor=cfg.vae.scaling_factor)
     return save_model_dir(out_dir, model, cfg, vae=vae, dtype=DTYPES[dtype])
+
+
+def lora_spec(info: dict) -> AdapterSpec:
+    """The adapter a LoRA checkpoint's state.json describes."""
+    d = info["lora"]
+    return AdapterSpec(rank=int(d["rank"]), alpha=float(d["alpha"]), dropout=float(d["dropout"]),
+                       target_modules=list(d["target_modules"]), base_name=str(d["base_name"]),
+                       base_fingerprint=str(d["base_fingerprint"]))  # fmt: skip
+
+
+def merged_model(path: Path, info: dict, weights: str, prediction_type: str):  # noqa: ANN201 - a sorakit model
+    """The LoRA run's base (its --init, checked against the fingerprint) with the adapter merged in."""
+    spec, adapter = info["model"], lora_spec(info)
+    base = info["lora"].get("base_path")
+    if not base or not Path(base).exists():
+        raise UserError(
+            f"--merge-lora: the run's base model {base or adapter.base_name} is gone: it is needed to merge"
+        )
+    model = build_architecture(spec["architecture"], spec["config"])
+    model.preset = spec.get("preset")
+    model.prediction_type = spec.get("prediction_type") or prediction_type
+    load_checkpoint(model, Path(base) / "transformer" if is_model_dir(base) else Path(base))
+    found = base_fingerprint(model)
+    if found != adapter.base_fingerprint:
+        raise UserError(f"--merge-lora: {base} changed since training (fingerprint {found[:12]}, the adapter was "
+                        f"trained on {adapter.base_fingerprint[:12]})")  # fmt: skip
+    merge_into(model, adapter, ckpt.load_tensors(path, f"{weights}.safetensors"))
+    return model

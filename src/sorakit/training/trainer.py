@@ -52,6 +52,7 @@ from sorakit.parallel.mesh import ParallelState, all_reduce_mean, all_reduce_sum
 from sorakit.parallel.parallelize import parallelize
 from sorakit.runtime import autocast_dtype
 from sorakit.training import checkpoint as ckpt
+from sorakit.training import lora
 from sorakit.training.ema import EMA
 from sorakit.training.mfu import known_peak_tflops, tokens_per_sample, training_flops_per_sample
 from sorakit.training.optim import build_optimizer, build_scheduler, freeze
@@ -408,7 +409,7 @@ def build_train_state(cfg: Config, model: nn.Module, state: ParallelState, lates
     lr_schedule = build_scheduler(optimizer, tcfg.warmup_steps, tcfg.decay_steps, tcfg.max_steps)
     ts = TrainState(
         model=model, train_model=train_model, params=[p for p in model.parameters() if p.requires_grad],
-        optimizer=optimizer, lr_schedule=lr_schedule, ema=EMA(model, tcfg.ema_decay),
+        optimizer=optimizer, lr_schedule=lr_schedule, ema=EMA(model, tcfg.ema_decay, trainable_only=lora.enabled(cfg)),
         generators={"train": torch.Generator().manual_seed(tcfg.seed),
                     "vae": torch.Generator(device=state.device).manual_seed(tcfg.seed * 1000 + state.dp_rank)},
         skip=SkipReport(max_fraction=cfg.data.max_bad_fraction),
@@ -522,13 +523,17 @@ def log_window(metrics: MetricsLogger, ts: TrainState, window: Window, grad_norm
 def save(cfg: Config, run_dir: Path, ts: TrainState, state: ParallelState) -> Path:
     """A complete checkpoint of `ts` under `run_dir` (rank 0 writes the tensors; every rank its RNG)."""
     msd, osd, esd = _gather_states(ts.model, ts.optimizer, ts.ema)
+    msd, esd = (
+        lora.checkpoint_tensors(ts.model, msd),
+        lora.checkpoint_tensors(ts.model, esd),
+    )  # LoRA: adapter only
     main = state.is_main
     path = ckpt.save_checkpoint(
         run_dir, ts.step, state, model_state=msd if main else None, ema_state=esd if main else None,
         optimizer_state=osd if main else None, scheduler_state=ts.lr_schedule.state_dict(),
         rng_state=ckpt.capture_rng(ts.generators),
         train_state={"epoch": ts.epoch, "batch_in_epoch": ts.batch_in_epoch, "skipped": ts.skip.state_dict(),
-                     "model": model_spec(ts.model)},
+                     "model": model_spec(ts.model), **lora.train_state(ts.model)},
         config_text=cfg.dump(), keep_last=cfg.train.keep_last,
     )  # fmt: skip
     log.info("saved checkpoint %s", path)
@@ -542,7 +547,11 @@ def _resume(path: Path, ts: TrainState, state: ParallelState) -> None:
             "resuming with %d data-parallel ranks instead of %d: the data order stays the same per global batch "
             "only if the global batch size is unchanged", state.dp_size, info.get("dp_size"),
         )  # fmt: skip
-    set_model_state_dict(ts.model, ckpt.load_tensors(path, "model.safetensors"), options=_full_options())
+    lora.check_resume(ts.model, info, path)
+    adapter_only = lora.spec_of(ts.model) is not None  # the base came from --init
+    set_model_state_dict(
+        ts.model, ckpt.load_tensors(path, "model.safetensors"), options=_full_options(strict=not adapter_only)
+    )
     optimizer_state = ckpt.load_pickled(path, "optimizer.pt")
     set_optimizer_state_dict(ts.model, ts.optimizer, optimizer_state, options=_full_options())
     ts.lr_schedule.load_state_dict(ckpt.load_pickled(path, "scheduler.pt"))
@@ -645,6 +654,7 @@ def _validate(cfg: Config, state: ParallelState) -> None:
         state.device.type != "cuda" or cfg.parallel.strategy.startswith("fsdp")
     ):
         raise ConfigError("train.mixed_precision='fp16' needs a GPU and strategy ddp/none; use bf16")
+    lora.validate(cfg)
     if t.mask_ratios:
         from sorakit.masks import normalise_ratios
 
@@ -701,8 +711,12 @@ def init_weights(
 ) -> None:
     """`--init` weights (a fresh run only), the frozen parts (`train.freeze`), and a line about the model."""
     init = cfg.train.init_from or cfg.model.from_pretrained
-    if init and from_init:
+    if init and (
+        from_init or lora.enabled(cfg)
+    ):  # a LoRA checkpoint holds only the adapter: base on resume too
         load_init_weights(model, init)
+    if lora.enabled(cfg):
+        lora.attach(cfg, model, init)
     n_train = freeze(model, cfg.train.freeze)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
