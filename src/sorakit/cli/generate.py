@@ -178,9 +178,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     parity.get_profile(args.parity)  # a bad name fails before anything is read
     items = _read_prompts(args)
     overrides = list(args.overrides) + ([f"inference.parity={args.parity}"] if args.parity else [])
-    source = ModelSource.choose(
-        args.model, args.preset, args.ckpt, args.text_encoder, args.vae, overrides, args.lora
-    )
+    source = ModelSource.choose(args.model, args.preset, args.ckpt, args.text_encoder, args.vae, overrides, args.lora)  # fmt: skip
     cfg = source.config()
     if args.prompt_file and (profile := parity.get_profile(cfg.inference.parity)) is not None:
         items = _read_prompts(args, keep_empty=profile.keep_empty_prompts)  # as the original read them
