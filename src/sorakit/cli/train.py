@@ -22,7 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--data", help="CSV (path,text[,num_frames,...]) or a latent cache directory (sorakit data encode)"
     )
-    parser.add_argument("--data-root", help="folder that relative paths in the CSV resolve against")
+    parser.add_argument(
+        "--data-root",
+        help="folder that relative paths in the CSV resolve against; paths leading outside it are refused",
+    )
     parser.add_argument(
         "--output", "-o", required=True, help="run directory (logs, TensorBoard, checkpoints)"
     )

@@ -12,7 +12,6 @@ and whenever it is loaded -- which is what makes stop-and-resume exact.
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sorakit.data.csvfile import confine, read_csv_file, shown
 from sorakit.data.transforms import clip_indices, frames_to_tensor
 from sorakit.errors import UserError
 from sorakit.logging import get_logger
@@ -46,58 +46,58 @@ class Row:
 def read_table(
     csv_path: str | os.PathLike, data_root: str | os.PathLike | None = None, label_column: bool = False
 ) -> list[Row]:
-    """Read and validate a training CSV. Raises :class:`UserError` with a one-line message naming the
-    problem (missing file, empty file, missing columns, a bad number)."""
+    """Read and validate a training CSV (through :func:`sorakit.data.csvfile.read_csv_file`). Raises
+    :class:`UserError` with a one-line message naming the problem (missing file, empty file, missing or
+    repeated columns, a bad number). With `data_root`, relative paths resolve against it and every path
+    must stay inside it (:func:`~sorakit.data.csvfile.confine`)."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise UserError(f"data CSV not found: {csv_path}")
     root = Path(data_root) if data_root else csv_path.parent
-    with open(csv_path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames
-        if not header:
-            raise UserError(f"{csv_path}: empty file (expected a header row with columns path,text)")
-        header = [h.strip() for h in header]
-        reader.fieldnames = header
-        need = ["path", "label"] if label_column else ["path", "text"]
-        missing = [c for c in need if c not in header]
-        if missing:
-            raise UserError(
-                f"{csv_path}: missing column(s) {', '.join(missing)} (header: {', '.join(header)})"
-            )
-        rows: list[Row] = []
-        for lineno, rec in enumerate(reader, start=2):
-            path = (rec.get("path") or "").strip()
-            if not path:
-                raise UserError(f"{csv_path}:{lineno}: empty path")
-            p = Path(path)
-            if not p.is_absolute():
-                p = root / p
-            ints: dict[str, int | None] = {}
-            for col in (*OPTIONAL_INT_COLUMNS, *(("label",) if label_column else ())):
-                raw = (rec.get(col) or "").strip()
-                if raw == "":
-                    ints[col] = None
-                    continue
-                try:
-                    ints[col] = int(float(raw))
-                except ValueError:
-                    raise UserError(f"{csv_path}:{lineno}: column {col} is not a number: {raw!r}") from None
-            if label_column and ints["label"] is None:
-                raise UserError(f"{csv_path}:{lineno}: empty label")
-            rows.append(
-                Row(
-                    path=p,
-                    text=(rec.get("text") or "").strip(),
-                    label=ints.get("label"),
-                    num_frames=ints["num_frames"],
-                    start_frame=ints["start_frame"] or 0,
-                    end_frame=ints["end_frame"],
-                )
-            )
+    header, records = read_csv_file(csv_path)
+    need = ["path", "label"] if label_column else ["path", "text"]
+    missing = [c for c in need if c not in header]
+    if missing:
+        raise UserError(
+            f"{csv_path}: missing column(s) {', '.join(missing)} (header: {shown(', '.join(header))})"
+        )
+    rows = [
+        _parse_row(csv_path, lineno, rec, root, label_column) for lineno, rec in enumerate(records, start=2)
+    ]
     if not rows:
         raise UserError(f"{csv_path}: no data rows")
+    if data_root:
+        confine([r.path for r in rows], data_root, str(csv_path))
     return rows
+
+
+def _parse_row(csv_path: Path, lineno: int, rec: dict[str, str], root: Path, label_column: bool) -> Row:
+    path = rec["path"].strip()
+    if not path:
+        raise UserError(f"{csv_path}:{lineno}: empty path")
+    p = Path(path)
+    if not p.is_absolute():
+        p = root / p
+    ints: dict[str, int | None] = {}
+    for col in (*OPTIONAL_INT_COLUMNS, *(("label",) if label_column else ())):
+        raw = (rec.get(col) or "").strip()
+        if raw == "":
+            ints[col] = None
+            continue
+        try:
+            ints[col] = int(float(raw))
+        except (ValueError, OverflowError):
+            raise UserError(f"{csv_path}:{lineno}: column {col} is not a number: {shown(raw)!r}") from None
+    if label_column and ints["label"] is None:
+        raise UserError(f"{csv_path}:{lineno}: empty label")
+    return Row(
+        path=p,
+        text=(rec.get("text") or "").strip(),
+        label=ints.get("label"),
+        num_frames=ints["num_frames"],
+        start_frame=ints["start_frame"] or 0,
+        end_frame=ints["end_frame"],
+    )
 
 
 def _check_some_file_exists(

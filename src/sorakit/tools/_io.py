@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sorakit.data.csvfile import confine, read_csv_file, shown
 from sorakit.errors import UserError
 from sorakit.fileutil import atomic_write, open_append, open_update, refuse_links
 
@@ -55,30 +56,31 @@ def is_image(path: str | os.PathLike) -> bool:
 def read_csv(path: str | os.PathLike, require: Sequence[str] = ()) -> tuple[list[str], list[Row]]:
     """Read a CSV with a header row -> (column names, rows as dicts of strings).
 
-    Raises UserError when the file is missing, has no header, or lacks a `require`d column.
-    Missing cells read as "" (never None), so every row has every column.
+    Raises UserError when the file is missing, has no header, or lacks a `require`d column, and for
+    anything :func:`sorakit.data.csvfile.read_csv_file` refuses (repeated columns, not UTF-8, ...); a
+    UTF-8 byte-order mark is accepted. Missing cells read as "" (never None), so every row has every column.
     """
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"CSV file not found: {p}")
-    with open(p, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        fields = list(reader.fieldnames or [])
-        if not fields:
-            raise UserError(f"{p} is empty or has no header row (expected columns like path,text)")
-        rows: list[Row] = []
-        for r in reader:
-            extra = r.pop(None, None)  # more cells than header columns
-            if extra:
-                raise UserError(f"{p}: line {reader.line_num} has more cells than the header has columns")
-            rows.append({k: ("" if v is None else v) for k, v in r.items()})
+    fields, rows = read_csv_file(p)
     missing = [c for c in require if c not in fields]
     if missing:
         hint = ""
         if fields and (Path(fields[0]).suffix.lower() in MEDIA_EXTS or os.sep in fields[0]):
             hint = " (the first line looks like data: add a header row such as path,text,num_frames)"
-        raise UserError(f"{p} has no column {', '.join(missing)}; its columns are {', '.join(fields)}{hint}")
+        raise UserError(
+            f"{p} has no column {', '.join(missing)}; its columns are {shown(', '.join(fields))}{hint}"
+        )
     return fields, rows
+
+
+def add_data_root_arg(parser: Any) -> None:
+    """``--data-root DIR`` of the data commands that read paths from a CSV (see :func:`collect_inputs`)."""
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="resolve the input CSV's relative paths against DIR and refuse any path that leads outside it "
+        "(.., absolute paths, links): for CSVs from elsewhere",
+    )
 
 
 def order_fields(rows: Iterable[Row], first: Sequence[str] = ()) -> list[str]:
@@ -221,28 +223,58 @@ def failures_path(output: str | os.PathLike) -> Path:
 
 
 def collect_inputs(
-    source: str | os.PathLike, exts: Sequence[str] = MEDIA_EXTS
+    source: str | os.PathLike, exts: Sequence[str] = MEDIA_EXTS, data_root: str | os.PathLike | None = None
 ) -> tuple[list[Row], list[Path]]:
     """Rows to process from a media file, a folder (searched recursively for `exts`) or a CSV.
 
     Returns (rows, resolved paths), one resolved absolute path per row. A folder or a single file
     gives rows {"path": absolute path}; a CSV gives its rows unchanged (so their other columns are
-    carried through), and needs a `path` column.
+    carried through), and needs a `path` column. With `data_root`, a CSV's relative paths resolve
+    against it (rows get the absolute path), and every path must lead inside it (UserError otherwise,
+    before any work).
     """
     p = Path(source).expanduser()
     if not p.exists():
         raise UserError(f"input not found: {p}")
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in exts)
-        if not files:
-            raise UserError(f"no files with extensions {', '.join(exts)} under {p}")
-        files = [f.resolve() for f in files]
-        return [{"path": str(f)} for f in files], files
-    if p.suffix.lower() == ".csv":
+        files = _media_in(p, exts)
+        paths = [_absolute(f) for f in files]
+        rows, where = [{"path": str(f)} for f in paths], str(p)
+    elif p.suffix.lower() == ".csv":
         _, rows = read_csv(p, require=("path",))
-        base = p.resolve().parent
-        return rows, [resolve_path(r["path"], base).absolute() for r in rows]
-    return [{"path": str(p.resolve())}], [p.resolve()]
+        base = Path(data_root).expanduser().resolve() if data_root else p.resolve().parent
+        paths, where = [resolve_path(r["path"], base).absolute() for r in rows], str(p)
+    else:
+        rows, paths, where = [{"path": str(p.resolve())}], [p.resolve()], str(p)
+    if data_root is not None:
+        confine(paths, data_root, where)
+        rows = [{**r, "path": str(q)} for r, q in zip(rows, paths)]  # the outputs do not depend on DIR
+    return rows, paths
+
+
+def _media_in(folder: Path, exts: Sequence[str]) -> list[Path]:
+    """Entries under `folder` named like media, hidden ones (``.name``: temporaries of a killed writer,
+    a parts folder) left out. Entries that are not regular files (a folder named ``x.mp4``, a link loop, a
+    dangling link) are kept, so they end up as failure rows with a reason instead of vanishing."""
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):  # linked sub-folders count, loops don't
+        seen.add(os.path.realpath(root))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files) + [d for d in dirs if d.lower().endswith(tuple(exts))]:
+            if not name.startswith(".") and Path(name).suffix.lower() in exts:
+                found.append(Path(root) / name)
+        dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(root, d)) not in seen]
+    if not found:
+        raise UserError(f"no files with extensions {', '.join(exts)} under {folder}")
+    return sorted(found)
+
+
+def _absolute(path: Path) -> Path:
+    """`path` with its links resolved, or (a link loop, a dangling link) as it is, made absolute."""
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return path.absolute()
 
 
 def one_line(exc: BaseException) -> str:

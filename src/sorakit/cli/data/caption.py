@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from sorakit.tools._io import add_data_root_arg
 from sorakit.tools.executor import add_executor_args
 
 OPENAI_URL = "https://api.openai.com/v1"
@@ -57,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="on resume, skip rows listed in the failures CSV instead of retrying them",
     )
     add_executor_args(p, default="local:1", shards=False)
+    add_data_root_arg(p)
     g = p.add_argument_group("local model")
     g.add_argument("--model-dir", default=None, help="directory of a LLaVA-style transformers model")
     g.add_argument("--device", default="auto", help="cuda, cpu, cuda:1, ... (default: cuda if available)")
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         prompt = pf.read_text().strip()
     backend_name = args.backend or ("local" if args.model_dir else "api")
     output, failures = check_outputs(args.output, args.failures)
-    rows, paths = collect_inputs(args.input)
+    rows, paths = collect_inputs(args.input, data_root=args.data_root)
     if backend_name == "local":
         if not args.model_dir:
             raise UserError("--backend local needs --model-dir")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from sorakit.tools._io import add_data_root_arg
 from sorakit.tools.executor import add_executor_args
 
 
@@ -31,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="re-encode clips whose file already exists")
     p.add_argument("--workers", type=int, default=None, help="same as --executor local:N")
     add_executor_args(p)
+    add_data_root_arg(p)
     p.set_defaults(func=run)
 
 
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(output, args.failures)
     if opts.output_dir.exists() and not opts.output_dir.is_dir():
         raise UserError(f"--output-dir {opts.output_dir} is a file")
-    rows, paths = collect_inputs(args.input)
+    rows, paths = collect_inputs(args.input, data_root=args.data_root)
     parts = parts_dir_for(output)
     with open_pool(spec) as pool:
         res = run_cut(rows, paths, opts, pool=pool, parts_dir=parts, retries=args.retries,

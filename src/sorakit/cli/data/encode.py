@@ -26,7 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="tiny",
         help="preset or config file giving vae, text_encoder, data (default: tiny)",
     )
-    parser.add_argument("--data-root", help="folder that relative paths in the CSV resolve against")
+    parser.add_argument(
+        "--data-root",
+        help="folder that relative paths in the CSV resolve against; paths leading outside it are refused",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="clips encoded at once")
     parser.add_argument("--shard-size", type=int, default=1024, help="samples per shard file")
     parser.add_argument("--text-dtype", choices=["float16", "bfloat16", "float32"], default="float16",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from sorakit.tools._io import add_data_root_arg
 from sorakit.tools.executor import add_executor_args
 
 
@@ -22,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--failures", default=None, help="failures CSV (default: OUTPUT stem + .failures.csv)")
     p.add_argument("--workers", type=int, default=None, help="same as --executor local:N")
     add_executor_args(p)
+    add_data_root_arg(p)
     p.add_argument(
         "--fast",
         action="store_true",
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = executor_from_args(args)
     check_outputs(args.output, args.failures)
-    rows, paths = collect_inputs(args.input)
+    rows, paths = collect_inputs(args.input, data_root=args.data_root)
     parts = parts_dir_for(args.output)
     with open_pool(spec) as pool:
         res = run_info(rows, paths, fast=args.fast, pool=pool, parts_dir=parts, retries=args.retries,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from sorakit.tools._io import add_data_root_arg
 from sorakit.tools.executor import add_executor_args
 
 
@@ -42,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workers", type=int, default=None, help="same as --executor local:N")
     add_executor_args(p)
+    add_data_root_arg(p)
     p.set_defaults(func=run)
 
 
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         long=args.long,
     )
     opts.validate()
-    rows, paths = collect_inputs(args.input, VIDEO_EXTS)
+    rows, paths = collect_inputs(args.input, VIDEO_EXTS, data_root=args.data_root)
     parts = parts_dir_for(args.output)
     with open_pool(spec) as pool:
         res = run_scenes(rows, paths, opts, pool=pool, parts_dir=parts, retries=args.retries,
