@@ -12,9 +12,11 @@ import ast
 import dataclasses
 import difflib
 import json
+import math
 import sys
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,11 +37,65 @@ LORA_TARGETS: tuple[str, ...] = (
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 
-def _doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with a one-line description kept in its metadata."""
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric config field (each item of a list field, each entry of a dict field) may take.
+
+    Every number in a config is checked, with or without bounds: floats must be finite and ints must fit
+    in 64 bits. `ge`/`gt`/`le`/`lt`: inclusive / exclusive limits. `length`: the number of items of a
+    list. `integer`: floats are refused (dict entries are not converted to a declared type). `keys`: bounds of named entries of a dict field (``model.arch.depth``); `values`: of the others."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    length: int | None = None
+    integer: bool = False
+    keys: Mapping[str, Bounds] | None = None
+    values: Bounds | None = None
+
+    def violation(self, v: float) -> str | None:
+        """None when `v` is within the bounds, else the limit it breaks ('positive', '<= 100000', ...)."""
+        if (self.ge is not None and v < self.ge) or (self.gt is not None and v <= self.gt):
+            if self.ge == 1 or self.gt == 0:
+                return "positive"
+            return f">= {self.ge}" if self.ge is not None else f"> {self.gt}"
+        if self.le is not None and v > self.le:
+            return f"<= {self.le}"
+        if self.lt is not None and v >= self.lt:
+            return f"< {self.lt}"
+        return None
+
+
+POSITIVE = Bounds(ge=1)
+NON_NEGATIVE = Bounds(ge=0)
+FRACTION = Bounds(ge=0, le=1)
+SEED = Bounds(ge=0, le=2**32 - 1)  # numpy (the parity profiles' seeding) takes 32-bit seeds
+STEPS = Bounds(ge=1, le=100_000)
+# far beyond any model, small enough that a typo (10**12 frames) is an error, not a petabyte allocation
+FRAMES = Bounds(ge=1, le=100_000)
+IMAGE_SIZE = Bounds(ge=1, le=65_536, length=2)
+# the transformers' constructor arguments (model.arch.*) that are sizes, counts or probabilities
+_ARCH_SIZES = ("depth", "hidden_size", "num_heads", "in_channels", "caption_channels", "model_max_length",
+               "num_classes", "patch_size", "input_size")  # fmt: skip
+ARCH = Bounds(keys={**{k: Bounds(ge=1, integer=True) for k in _ARCH_SIZES}, "mlp_ratio": Bounds(gt=0), "class_dropout_prob": FRACTION,
+                    "drop_path": Bounds(ge=0, lt=1), "space_scale": Bounds(gt=0), "time_scale": Bounds(gt=0)})  # fmt: skip
+
+
+def _doc(
+    text: str,
+    default: Any = dataclasses.MISSING,
+    factory: Any = dataclasses.MISSING,
+    bounds: Bounds | None = None,
+) -> Any:
+    """A dataclass field with a one-line description and its value `bounds` kept in its metadata."""
+    meta = {"doc": text, "bounds": bounds}
     if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"doc": text})
-    return field(default=default, metadata={"doc": text})
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -47,12 +103,16 @@ class ModelConfig:
     """The diffusion transformer."""
 
     type: str = _doc("architecture preset name in sorakit.models.MODELS, e.g. 'STDiT-XL/2'", "STDiT-XL/2")
-    space_scale: float = _doc("spatial position-embedding scale (0.5 at 256px, 1.0 at 512px)", 1.0)
-    time_scale: float = _doc("temporal position-embedding scale (1.0 at 16 frames, 2/3 at 64)", 1.0)
+    space_scale: float = _doc(
+        "spatial position-embedding scale (0.5 at 256px, 1.0 at 512px)", 1.0, bounds=Bounds(gt=0)
+    )
+    time_scale: float = _doc(
+        "temporal position-embedding scale (1.0 at 16 frames, 2/3 at 64)", 1.0, bounds=Bounds(gt=0)
+    )
     from_pretrained: str | None = _doc("checkpoint file or sorakit model directory to load", None)
     grad_checkpoint: bool = _doc("recompute block activations in the backward pass to save memory", False)
     arch: dict[str, Any] = _doc(
-        "extra constructor kwargs overriding the preset (depth, hidden_size, ...)", factory=dict
+        "extra constructor kwargs overriding the preset (depth, hidden_size, ...)", factory=dict, bounds=ARCH
     )
 
 
@@ -62,8 +122,12 @@ class VAEConfig:
 
     type: Literal["sd-vae", "builtin"] = _doc("'sd-vae' (diffusers AutoencoderKL) or 'builtin'", "sd-vae")
     path: str | None = _doc("local directory (or hub id) of the VAE weights", "stabilityai/sd-vae-ft-ema")
-    micro_batch_size: int | None = _doc("frames encoded/decoded at once; None = all at once", None)
-    scaling_factor: float | None = _doc("latent scaling; None = read from the VAE's config", None)
+    micro_batch_size: int | None = _doc(
+        "frames encoded/decoded at once; None = all at once", None, bounds=POSITIVE
+    )
+    scaling_factor: float | None = _doc(
+        "latent scaling; None = read from the VAE's config", None, bounds=Bounds(gt=0)
+    )
 
 
 @dataclass
@@ -74,7 +138,7 @@ class TextEncoderConfig:
         "'t5', 'clip', 'minilm' or 'classes' (class labels, DiT/Latte)", "t5"
     )
     path: str | None = _doc("local directory (or hub id) of the encoder", "DeepFloyd/t5-v1_1-xxl")
-    model_max_length: int = _doc("tokens per caption (T5: 120)", 120)
+    model_max_length: int = _doc("tokens per caption (T5: 120)", 120, bounds=POSITIVE)
     clean_caption: bool = _doc("T5 only: clean prompts as Open-Sora 1.0 did before tokenising", True)
     dtype: str = _doc("'fp32' (T5 misbehaves in half precision), 'bf16', or 'auto' = the model's", "fp32")
 
@@ -85,16 +149,17 @@ class SchedulerConfig:
 
     # a str, not a Literal: sampler names and their aliases are defined once, in sorakit.diffusion.SAMPLERS
     type: str = _doc("sampler: 'iddpm', 'dpm-solver', 'ddim' or 'rflow'", "iddpm")
-    num_sampling_steps: int = _doc("denoising steps at inference", 100)
-    cfg_scale: float = _doc("classifier-free guidance scale (1 = no guidance)", 7.0)
+    num_sampling_steps: int = _doc("denoising steps at inference", 100, bounds=STEPS)
+    cfg_scale: float = _doc("classifier-free guidance scale (1 = no guidance)", 7.0, bounds=NON_NEGATIVE)
     cfg_channels: int | None = _doc(
-        "guide only the first N channels (3 = Open-Sora 1.0 parity); None = all", None
+        "guide only the first N channels (3 = Open-Sora 1.0 parity); None = all", None, bounds=POSITIVE
     )
-    num_timesteps: int = _doc("training diffusion steps", 1000)
+    num_timesteps: int = _doc("training diffusion steps", 1000, bounds=STEPS)
     shift: float = _doc(
         "rectified flow only: time shift s (t -> s t / (1 + (s - 1) t)) of training times and sampling steps;"
         " > 1 spends them nearer pure noise; 1 = none",
         1.0,
+        bounds=Bounds(gt=0),
     )
 
 
@@ -107,11 +172,15 @@ class DataConfig:
         "folder that relative paths in the CSV resolve against (default: the CSV's)", None
     )
     cache_dir: str | None = _doc("latent/text-embedding cache written by `sorakit data encode`", None)
-    num_frames: int = _doc("frames per training clip", 16)
-    frame_interval: int = _doc("take every N-th frame of the source video", 3)
-    image_size: list[int] = _doc("training resolution [height, width]", factory=lambda: [256, 256])
-    num_workers: int = _doc("data-loader worker processes", 2)
-    max_bad_fraction: float = _doc("stop with an error when more than this fraction of samples fail", 0.1)
+    num_frames: int = _doc("frames per training clip", 16, bounds=FRAMES)
+    frame_interval: int = _doc("take every N-th frame of the source video", 3, bounds=Bounds(ge=1, le=10_000))
+    image_size: list[int] = _doc(
+        "training resolution [height, width]", factory=lambda: [256, 256], bounds=IMAGE_SIZE
+    )
+    num_workers: int = _doc("data-loader worker processes", 2, bounds=Bounds(ge=0, le=1024))
+    max_bad_fraction: float = _doc(
+        "stop with an error when more than this fraction of samples fail", 0.1, bounds=FRACTION
+    )
     random_flip: bool = _doc("flip training clips left-right at random (Open-Sora 1.0 does)", True)
     damaged_shards: str = _doc(
         "a latent-cache shard that fails its size / sha256 check: 'refuse' (stop, naming it) or 'skip'",
@@ -123,37 +192,46 @@ class DataConfig:
 class TrainConfig:
     """The training loop."""
 
-    seed: int = _doc("random seed", 42)
+    seed: int = _doc("random seed", 42, bounds=SEED)
     objective: Literal["iddpm", "rflow"] = _doc("'iddpm' or 'rflow'", "iddpm")
-    batch_size: int = _doc("samples per process per step", 8)
-    max_steps: int = _doc("optimizer steps to run", 1000)
-    lr: float = _doc("AdamW learning rate", 2e-5)
-    weight_decay: float = _doc("AdamW weight decay", 0.0)
-    warmup_steps: int = _doc("linear learning-rate warmup steps", 0)
+    batch_size: int = _doc("samples per process per step", 8, bounds=POSITIVE)
+    max_steps: int = _doc("optimizer steps to run", 1000, bounds=NON_NEGATIVE)
+    lr: float = _doc("AdamW learning rate", 2e-5, bounds=NON_NEGATIVE)
+    weight_decay: float = _doc("AdamW weight decay", 0.0, bounds=NON_NEGATIVE)
+    warmup_steps: int = _doc("linear learning-rate warmup steps", 0, bounds=NON_NEGATIVE)
     decay_steps: int = _doc(
-        "linear learning-rate cooldown to 0 over the last N of max_steps (0 = constant)", 0
+        "linear learning-rate cooldown to 0 over the last N of max_steps (0 = constant)",
+        0,
+        bounds=NON_NEGATIVE,
     )
-    grad_clip: float = _doc("gradient norm clipping (0 = off)", 1.0)
-    ema_decay: float = _doc("EMA decay of the exported weights", 0.9999)
+    grad_clip: float = _doc("gradient norm clipping (0 = off)", 1.0, bounds=NON_NEGATIVE)
+    ema_decay: float = _doc("EMA decay of the exported weights", 0.9999, bounds=FRACTION)
     mixed_precision: Literal["bf16", "fp16", "fp32"] = _doc(
         "'bf16' (autocast, fp32 master weights), 'fp16' or 'fp32'", "bf16"
     )
-    caption_dropout: float = _doc("probability of replacing a caption by the null caption", 0.1)
+    caption_dropout: float = _doc(
+        "probability of replacing a caption by the null caption", 0.1, bounds=FRACTION
+    )
     freeze: Literal["not_temporal", "text"] | None = _doc(
         "None, 'not_temporal' (train temporal layers only) or 'text'", None
     )
-    log_every: int = _doc("log every N steps", 10)
-    ckpt_every: int = _doc("write a checkpoint every N steps", 500)
-    keep_last: int = _doc("checkpoints kept (newest)", 3)
+    log_every: int = _doc("log every N steps", 10, bounds=POSITIVE)
+    ckpt_every: int = _doc("write a checkpoint every N steps", 500, bounds=POSITIVE)
+    keep_last: int = _doc("checkpoints kept (newest)", 3, bounds=NON_NEGATIVE)
     init_from: str | None = _doc("weights to start from (PixArt-α / previous stage EMA)", None)
-    vae_micro_batch_size: int | None = _doc("frames per VAE encode call during training", None)
+    vae_micro_batch_size: int | None = _doc(
+        "frames per VAE encode call during training", None, bounds=POSITIVE
+    )
     tensorboard: bool = _doc("write TensorBoard event files to RUN_DIR/tensorboard", True)
     peak_tflops: float | None = _doc(
-        "device peak TFLOP/s for MFU; None = the GPU datasheet, else no MFU is reported", None
+        "device peak TFLOP/s for MFU; None = the GPU datasheet, else no MFU is reported",
+        None,
+        bounds=Bounds(gt=0),
     )
     mask_ratios: dict[str, float] = _doc(
         "reference-frame training (STDiT): pattern -> probability, identity takes the rest (docs/masks.md)",
         factory=dict,
+        bounds=Bounds(values=FRACTION),
     )
 
 
@@ -180,7 +258,7 @@ class ParallelConfig:
     strategy: Literal["none", "ddp", "fsdp", "fsdp-full"] = _doc(
         "'none', 'ddp', 'fsdp' (ZeRO-2-like) or 'fsdp-full' (ZeRO-3-like)", "ddp"
     )
-    sp_size: int = _doc("sequence-parallel group size (STDiT tokens split along time)", 1)
+    sp_size: int = _doc("sequence-parallel group size (STDiT tokens split along time)", 1, bounds=POSITIVE)
     backend: str | None = _doc("torch.distributed backend; None = nccl on GPU, gloo on CPU", None)
 
 
@@ -188,11 +266,11 @@ class ParallelConfig:
 class InferenceConfig:
     """Generation settings."""
 
-    num_frames: int = _doc("frames per video", 16)
-    image_size: list[int] = _doc("[height, width] in pixels", factory=lambda: [256, 256])
-    fps: int = _doc("frames per second of the written video", 8)
-    batch_size: int = _doc("videos sampled at once", 1)
-    seed: int = _doc("random seed", 42)
+    num_frames: int = _doc("frames per video", 16, bounds=FRAMES)
+    image_size: list[int] = _doc("[height, width] in pixels", factory=lambda: [256, 256], bounds=IMAGE_SIZE)
+    fps: int = _doc("frames per second of the written video", 8, bounds=Bounds(ge=1, le=1000))
+    batch_size: int = _doc("videos sampled at once", 1, bounds=POSITIVE)
+    seed: int = _doc("random seed", 42, bounds=SEED)
     dtype: str = _doc("'auto', 'fp32', 'bf16' or 'fp16' (fp16 on GPU only)", "auto")
     device: str = _doc("'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", "auto")
     save_dir: str = _doc("where videos are written", "samples")
@@ -221,7 +299,7 @@ class Config:
     def dump(self, fmt: str = "toml") -> str:
         """The resolved config as TOML (default) or JSON text."""
         if fmt == "json":
-            return json.dumps(self.to_dict(), indent=2)
+            return json.dumps(self.to_dict(), indent=2, allow_nan=False)
         return dump_toml(self.to_dict())
 
 
@@ -252,33 +330,33 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
                 return _convert(key, value, arg)
             except ConfigError:
                 pass
-        raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {_type_name(hint)}, got {_short(value)}")
     if hint is Any:
         return value
     if origin is Literal:
         if value in args:
             return value
-        raise ConfigError(f"{key}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+        raise ConfigError(f"{key}: expected one of {', '.join(map(repr, args))}, got {_short(value)}")
     if origin is list:
         if isinstance(value, str):
             value = _parse_list_string(key, value)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_short(value)}")
         (item,) = args or (Any,)
         return [_convert(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table/dict, got {value!r}")
+            raise ConfigError(f"{key}: expected a table/dict, got {_short(value)}")
         return dict(value)
     if hint is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
             return value.lower() in ("true", "1", "yes", "on")
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        raise ConfigError(f"{key}: expected true/false, got {_short(value)}")
     if hint is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_short(value)}")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -288,22 +366,20 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
                 return int(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {_short(value)}")
     if hint is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
+            raise ConfigError(f"{key}: expected a number, got {_short(value)}")
+        try:
+            if isinstance(value, (int, float, str)):
                 return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        except (ValueError, OverflowError):  # OverflowError: an int beyond float range (10**400)
+            pass
+        raise ConfigError(f"{key}: expected a number, got {_short(value)}")
     if hint is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {_short(value)}")
     raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover
 
 
@@ -319,8 +395,10 @@ def _parse_list_string(key: str, text: str) -> list[Any]:
     if text.startswith("["):
         try:
             value = ast.literal_eval(text)
-        except (ValueError, SyntaxError) as exc:
-            raise ConfigError(f"{key}: cannot parse list {text!r}") from exc
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+            raise ConfigError(f"{key}: cannot parse list {_short(text)}") from exc
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {_short(text)}")
         return list(value)
     sep = "x" if "x" in text and "," not in text else ","
     return [p.strip() for p in text.split(sep) if p.strip()]
@@ -330,8 +408,66 @@ def _section_hints(section: str) -> dict[str, Any]:
     return typing.get_type_hints(_SECTION_TYPES[section])
 
 
+def _short(value: Any) -> str:
+    """repr of a value for a message, at most ~40 characters (a 10**100 stays one short line)."""
+    if isinstance(value, int) and value.bit_length() > 100:  # repr of a 10**5000 would raise
+        return f"{'-' if value < 0 else ''}an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_value(key: str, value: Any, bounds: Bounds | None = None) -> None:
+    """Raise ConfigError naming `key` unless every number in `value` (a scalar, list or dict) is finite,
+    fits in 64 bits and lies within `bounds`. The one check of numbers for config fields and the flags
+    that map onto them (see `check_field`)."""
+    if value is None or isinstance(value, (bool, str)):
+        return
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+        if bounds is not None and (limit := bounds.violation(value)) is not None:
+            raise ConfigError(f"{key} must be {limit}, got {_short(value)}")
+        if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+            raise ConfigError(f"{key} must fit in 64 bits, got {_short(value)}")
+        if bounds is not None and bounds.integer and isinstance(value, float):
+            raise ConfigError(f"{key} must be an integer, got {value}")
+        return
+    if isinstance(value, (list, tuple)):
+        if bounds is not None and bounds.length is not None and len(value) != bounds.length:
+            raise ConfigError(f"{key} must hold {bounds.length} values, got {len(value)}: {_short(value)}")
+        for i, v in enumerate(value):
+            check_value(f"{key}[{i}]", v, bounds)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_value(f"{key}.{k}", v, (bounds.keys or {}).get(k, bounds.values) if bounds else None)
+
+
+def _field(section: str, key: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(_SECTION_TYPES[section]) if f.name == key)
+
+
+def check_field(section: str, key: str, value: Any, name: str | None = None, hint: Any = None) -> Any:
+    """`value` converted to the type of config field ``section.key`` (or `hint`) and checked against its
+    bounds; errors name the input `name` (a CLI flag such as "--num-frames"), else the field."""
+    label = name or f"{section}.{key}"
+    converted = _convert(label, value, _section_hints(section)[key] if hint is None else hint)
+    check_value(label, converted, _field(section, key).metadata.get("bounds"))
+    return converted
+
+
+def validate_config(cfg: Config) -> Config:
+    """Check every field of `cfg` against its type's number rules and bounds (for configs built in code)."""
+    for section in SECTIONS:
+        for f in dataclasses.fields(_SECTION_TYPES[section]):
+            check_value(
+                f"{section}.{f.name}", getattr(getattr(cfg, section), f.name), f.metadata.get("bounds")
+            )
+    return cfg
+
+
 def apply_dict(cfg: Config, data: dict[str, Any], source: str = "config") -> Config:
-    """Apply a nested dict ``{section: {key: value}}`` onto `cfg`, validating every key and type."""
+    """Apply a nested dict ``{section: {key: value}}`` onto `cfg`, validating every key, type and bound."""
     for section, values in data.items():
         if section not in SECTIONS:
             raise ConfigError(f"{source}: unknown section '{section}'{_closest(section, list(SECTIONS))}")
@@ -342,7 +478,7 @@ def apply_dict(cfg: Config, data: dict[str, Any], source: str = "config") -> Con
         for key, value in values.items():
             if key not in hints:
                 raise ConfigError(f"{source}: unknown key '{section}.{key}'{_closest(key, list(hints))}")
-            setattr(obj, key, _convert(f"{section}.{key}", value, hints[key]))
+            setattr(obj, key, check_field(section, key, value))
     return cfg
 
 
@@ -373,10 +509,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         if rest:
             if typing.get_origin(hints[key]) is not dict:
                 raise ConfigError(f"override '{item}': '{section}.{key}' has no sub-keys")
-            target = getattr(getattr(cfg, section), key)
-            target[".".join(rest)] = value
-        else:
-            setattr(getattr(cfg, section), key, _convert(f"{section}.{key}", value, hints[key]))
+            value = {**getattr(getattr(cfg, section), key), ".".join(rest): value}
+        setattr(getattr(cfg, section), key, check_field(section, key, value))
     return cfg
 
 
@@ -398,7 +532,8 @@ def _parse_scalar(raw: str) -> Any:
         return low == "true"
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    # MemoryError / RecursionError: deeply nested brackets; TypeError: e.g. {[]: 1}
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return text
 
 
@@ -425,12 +560,23 @@ def resolve_preset(name_or_path: str) -> Path:
     raise ConfigError(f"unknown preset '{name_or_path}'{_closest(name_or_path, presets)}")
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB; refuse to parse megabytes of anything
+
+
 def load_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict; ConfigError for anything that is not (small, UTF-8) TOML."""
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes is too large for a config file")
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    except RecursionError as exc:  # tomllib parses nested arrays / inline tables recursively
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
 
 
 def preset_name(name: str) -> str:
@@ -445,19 +591,24 @@ def preset_name(name: str) -> str:
 
 def load_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- preset or file (TOML, or Open-Sora 1.0 .py read safely) <- overrides."""
-    cfg = Config()
-    if name_or_path:
-        path = resolve_preset(name_or_path)
-        if path.suffix == ".py":
-            apply_dict(cfg, opensora_py_to_dict(path), source=str(path))
-        else:
-            data = load_toml(path)
-            base = data.pop("base", None)
-            if base is not None:
-                cfg = load_config(base)
-            apply_dict(cfg, data, source=str(path))
+    cfg = _load_file(name_or_path, ()) if name_or_path else Config()
     apply_overrides(cfg, overrides or [])
     return cfg
+
+
+def _load_file(name_or_path: str, chain: tuple[Path, ...]) -> Config:
+    """The config a preset / file describes; `chain`: the files whose ``base`` led here (a cycle is an error)."""
+    path = resolve_preset(name_or_path)
+    if path.suffix == ".py":
+        return apply_dict(Config(), opensora_py_to_dict(path), source=str(path))
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: 'base' cycle: {' -> '.join(map(str, (*chain, path.resolve())))}")
+    data = load_toml(path)
+    base = data.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be a preset name or file path (a string), got {_short(base)}")
+    cfg = _load_file(base, (*chain, path.resolve())) if base is not None else Config()
+    return apply_dict(cfg, data, source=str(path))
 
 
 def dump_toml(data: dict[str, Any]) -> str:
@@ -469,12 +620,16 @@ def dump_toml(data: dict[str, Any]) -> str:
         if isinstance(v, (int, float)):
             return repr(v)
         if isinstance(v, str):
-            return json.dumps(v)
+            return json.dumps(v, allow_nan=False)
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(fmt(x) for x in v) + "]"
         if isinstance(v, dict):
             return (
-                "{ " + ", ".join(f"{json.dumps(k)} = {fmt(x)}" for k, x in v.items() if x is not None) + " }"
+                "{ "
+                + ", ".join(
+                    f"{json.dumps(k, allow_nan=False)} = {fmt(x)}" for k, x in v.items() if x is not None
+                )
+                + " }"
             )
         raise TypeError(f"cannot write {type(v)} to TOML")
 

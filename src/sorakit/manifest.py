@@ -90,7 +90,9 @@ def write_manifest(folder: str | os.PathLike, entries: dict[str, dict[str, Any]]
             continue
         files[rel] = dict(entries[rel]) if entries and rel in entries else file_entry(p)
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    body = json.dumps({"format": FORMAT, "version": VERSION, "created": created, "files": files}, indent=1)
+    body = json.dumps(
+        {"format": FORMAT, "version": VERSION, "created": created, "files": files}, indent=1, allow_nan=False
+    )
     write_text_atomic(root / MANIFEST, body + "\n", fsync=True)
     return root / MANIFEST
 

@@ -127,7 +127,9 @@ def save_model_dir(
             if (
                 vae_cfg.pop("_name_or_path", None) is not None
             ):  # where it was loaded from: not part of the model
-                write_text_atomic(vae_json, json.dumps(vae_cfg, indent=2, sort_keys=True) + "\n")
+                write_text_atomic(
+                    vae_json, json.dumps(vae_cfg, indent=2, sort_keys=True, allow_nan=False) + "\n"
+                )
             cfg.vae.path = "vae"
             if hasattr(vae, "autoencoder") and getattr(vae, "scaling_factor", None) is not None:
                 cfg.vae.scaling_factor = float(vae.scaling_factor)
@@ -141,7 +143,7 @@ def save_model_dir(
             "transformer": "transformer",
             "config": cfg.to_dict(),
         }
-        write_text_atomic(tmp / PIPELINE_FILE, json.dumps(spec, indent=2) + "\n")
+        write_text_atomic(tmp / PIPELINE_FILE, json.dumps(spec, indent=2, allow_nan=False) + "\n")
         follow_umask(tmp)  # diffusers' / transformers' safetensors files (vae/, text_encoder/) are 0600
         write_manifest(tmp)  # last: read_model_dir checks every file against it
         if out.exists():

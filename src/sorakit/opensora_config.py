@@ -7,16 +7,29 @@ translator does not know are an error naming them (nothing is dropped silently).
 from __future__ import annotations
 
 import ast
+import math
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from sorakit.errors import ConfigError
 
+# Limits on what reading one file may cost: an Open-Sora config is a few KB of small literals, so these
+# are far above any real file and far below what hurts (`a1 = a0*a0` forty times is a 2**40-digit number).
+MAX_BYTES = 1 << 20  # file size
+MAX_NODES = 100_000  # syntax-tree nodes
+MAX_DEPTH = 64  # nesting of expressions
+MAX_ITEMS = 100_000  # values built, counting each use of a name as a copy of its value
+MAX_STRING = 65_536  # characters of one string
+MAX_INT = 2**64  # |int| after every operation
+TIME_BUDGET_S = 10.0  # wall time of the whole read (a backstop: the limits above bound it already)
+
 
 class _LiteralReader(ast.NodeVisitor):
     """Evaluates literal expressions only: constants, tuples/lists/dicts, dict(k=v), unary minus and
-    arithmetic between numbers (Open-Sora writes `fps = 24 // 3`). Anything else is refused."""
+    arithmetic between numbers (Open-Sora writes `fps = 24 // 3`). Anything else is refused, and so is any
+    value beyond the limits above."""
 
     _BINOPS = {
         ast.Add: lambda a, b: a + b,
@@ -29,35 +42,72 @@ class _LiteralReader(ast.NodeVisitor):
     def __init__(self, source: str, names: dict[str, Any]):
         self.source = source
         self.names = names
+        self.sizes: dict[str, int] = {}  # name -> values its value holds (a reference costs as much)
+        self.items = 0
+        self.deadline = time.monotonic() + TIME_BUDGET_S
 
-    def value(self, node: ast.AST) -> Any:
+    def value(self, node: ast.AST, depth: int = 0) -> Any:
+        self.items += 1
+        if depth > MAX_DEPTH or self.items > MAX_ITEMS or time.monotonic() > self.deadline:
+            what = "nesting" if depth > MAX_DEPTH else ("values" if self.items > MAX_ITEMS else "time")
+            raise self._limit(node, f"beyond the reader's limit on {what}")
+        return self._checked(node, self._value(node, depth + 1))
+
+    def _value(self, node: ast.AST, depth: int) -> Any:
         if isinstance(node, ast.Constant):
+            if node.value is not None and not isinstance(node.value, (bool, int, float, str)):
+                raise self._refuse(node, f"a {type(node.value).__name__} constant")
             return node.value
         if isinstance(node, (ast.Tuple, ast.List)):
-            return [self.value(e) for e in node.elts]
+            return [self.value(e, depth) for e in node.elts]
         if isinstance(node, ast.Dict):
             if any(k is None for k in node.keys):
                 raise self._refuse(node, "dict unpacking")
-            return {self.value(k): self.value(v) for k, v in zip(node.keys, node.values)}
+            pairs = [(self.value(k, depth), self.value(v, depth)) for k, v in zip(node.keys, node.values)]
+            if any(isinstance(k, list) for k, _ in pairs):
+                raise self._refuse(node, "a list as a dict key")
+            return dict(pairs)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
             if node.args or any(kw.arg is None for kw in node.keywords):
                 raise self._refuse(node, "dict() with positional or ** arguments")
-            return {kw.arg: self.value(kw.value) for kw in node.keywords}
+            return {kw.arg: self.value(kw.value, depth) for kw in node.keywords}
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            v = self.value(node.operand)
+            v = self.value(node.operand, depth)
             if not isinstance(v, (int, float)) or isinstance(v, bool):
                 raise self._refuse(node, "unary operator on a non-number")
             return -v if isinstance(node.op, ast.USub) else v
         if isinstance(node, ast.BinOp) and type(node.op) in self._BINOPS:
-            a, b = self.value(node.left), self.value(node.right)
+            a, b = self.value(node.left, depth), self.value(node.right, depth)
             if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b)):
                 raise self._refuse(node, "arithmetic on non-numbers")
-            return self._BINOPS[type(node.op)](a, b)
+            try:  # both operands are within MAX_INT / finite, so this is one cheap operation
+                return self._BINOPS[type(node.op)](a, b)
+            except (ZeroDivisionError, OverflowError) as exc:
+                raise self._limit(node, f"arithmetic fails ({exc})") from exc
         if isinstance(node, ast.Name) and node.id in self.names:
+            self.items += self.sizes.get(node.id, 1)
             return self.names[node.id]
         if isinstance(node, ast.Call):
             raise self._refuse(node, "a function call")
         raise self._refuse(node, type(node).__name__)
+
+    def _checked(self, node: ast.AST, v: Any) -> Any:
+        """`v` unless it is a number or string beyond the limits."""
+        if isinstance(v, float) and not math.isfinite(v):
+            raise self._limit(node, f"a non-finite number ({v})")
+        if isinstance(v, int) and abs(v) > MAX_INT:
+            raise self._limit(node, f"an integer beyond 64 bits ({v.bit_length()} bits)")
+        if isinstance(v, str) and len(v) > MAX_STRING:
+            raise self._limit(node, f"a string of {len(v)} characters (at most {MAX_STRING})")
+        return v
+
+    def assign(self, name: str, node: ast.AST) -> None:
+        before = self.items
+        self.names[name] = self.value(node)
+        self.sizes[name] = self.items - before
+
+    def _limit(self, node: ast.AST, what: str) -> ConfigError:
+        return ConfigError(f"{self.source}:{getattr(node, 'lineno', '?')}: {what}")
 
     def _refuse(self, node: ast.AST, what: str) -> ConfigError:
         line = getattr(node, "lineno", "?")
@@ -66,12 +116,34 @@ class _LiteralReader(ast.NodeVisitor):
         )
 
 
+def _parse(path: Path) -> ast.Module:
+    """The syntax tree of a small UTF-8 Python file; ConfigError for anything else."""
+    try:
+        size = path.stat().st_size
+        text = "" if size > MAX_BYTES else path.read_bytes().decode("utf-8")
+        tree = ast.parse(text, filename=str(path))
+    except SyntaxError as exc:
+        where = f" (line {exc.lineno})" if exc.lineno else ""
+        raise ConfigError(f"{path}: not valid Python: {exc.msg}{where}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    # ValueError: null bytes, an int literal past Python's 4300 digits; Recursion/MemoryError: deep nesting
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise ConfigError(
+            f"{path}: not a readable Python file (nested too deeply, or {type(exc).__name__})"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    if size > MAX_BYTES:
+        raise ConfigError(f"{path}: {size} bytes is too large for a config file (at most {MAX_BYTES})")
+    if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
+        raise ConfigError(f"{path}: more than {MAX_NODES} syntax nodes: too large for a config file")
+    return tree
+
+
 def read_python_literals(path: Path) -> dict[str, Any]:
     """Module-level ``name = literal`` assignments of a Python file, without executing it."""
-    try:
-        tree = ast.parse(path.read_text(), filename=str(path))
-    except SyntaxError as exc:
-        raise ConfigError(f"{path}: not valid Python: {exc.msg} (line {exc.lineno})") from exc
+    tree = _parse(path)
     names: dict[str, Any] = {}
     reader = _LiteralReader(str(path), names)
     for node in tree.body:
@@ -80,7 +152,7 @@ def read_python_literals(path: Path) -> dict[str, Any]:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
             continue  # docstring
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            names[node.targets[0].id] = reader.value(node.value)
+            reader.assign(node.targets[0].id, node.value)
             continue
         raise reader._refuse(node, f"a {type(node).__name__} statement")
     return names
@@ -105,8 +177,14 @@ def opensora_py_to_dict(path: Path) -> dict[str, Any]:
     """Translate an Open-Sora 1.0 config file (inference or training) into sorakit sections."""
     src = read_python_literals(path)
     out: dict[str, dict[str, Any]] = defaultdict(dict)
-    unknown = _model(src, out) + _vae(src, out) + _text_encoder(src, out) + _scheduler(src, out)
-    _run_settings(src, out)
+    try:
+        unknown = _model(src, out) + _vae(src, out) + _text_encoder(src, out) + _scheduler(src, out)
+        _run_settings(src, out)
+    except ConfigError:
+        raise
+    # the file's values are untrusted: a wrong shape (model = 5, fps = "x", plugin = [1]) fails in here
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{path}: a value of an unexpected type ({exc})") from exc
     if unknown:
         raise ConfigError(f"{path}: unsupported Open-Sora keys: {', '.join(unknown)}")
     return {k: v for k, v in out.items() if v}

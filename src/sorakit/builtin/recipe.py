@@ -54,7 +54,7 @@ def _record_time(work: Path, stage: str, seconds: float) -> None:
     path = work / "times.json"
     times = json.loads(path.read_text()) if path.is_file() else {}
     times[stage] = round(times.get(stage, 0.0) + seconds, 1)  # a resumed stage adds up
-    write_text_atomic(path, json.dumps(times, indent=2))
+    write_text_atomic(path, json.dumps(times, indent=2, allow_nan=False))
 
 
 def load_video_vae(path: str | Path):
@@ -198,7 +198,7 @@ def stage_eval(work: Path, model_dir: Path, n: int, seed: int = 0) -> dict[str, 
     table = format_table(summary)
     print(table)
     result = {"summary": summary, "one_video_s": round(one_video, 2), "threads": torch.get_num_threads()}
-    write_text_atomic(work / "eval.json", json.dumps(result, indent=2))
+    write_text_atomic(work / "eval.json", json.dumps(result, indent=2, allow_nan=False))
     write_text_atomic(work / "eval.md", table + "\n")
     return result
 

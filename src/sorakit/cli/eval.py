@@ -87,9 +87,9 @@ def run_shapes(args: argparse.Namespace) -> int:
     if results is not None:
         write_csv(results, [s.row() for s in scores])
     if summary_json is not None:
-        import json
+        from sorakit.jsonutil import dumps
 
-        write_text_atomic(summary_json, json.dumps(summary, indent=2))
+        write_text_atomic(summary_json, dumps(summary, indent=2))  # a non-finite score is written as null
     return 0
 
 

@@ -92,7 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 # The plan: every output, seed and setting decided before any weights are loaded. FLAG_NAMES: how the
 # pipeline's validation names its inputs in this command's messages.
 FLAG_NAMES = {"num_frames": "--num-frames", "steps": "--steps", "guidance": "--guidance", "fps": "--fps",
-              "batch_size": "--batch-size", "threads": "--threads"}  # fmt: skip
+              "batch_size": "--batch-size", "threads": "--threads", "seed": "--seed", "resolution": "--resolution"}  # fmt: skip
 
 
 @dataclass(eq=False)  # batches are told apart by identity (equal prompts and seeds can repeat)
@@ -295,6 +295,8 @@ def run(args: argparse.Namespace) -> int:
                 if out is not None and (state.is_main or not sp):
                     write_output(out, frames[j], s.fps, crf=profile.crf if profile else None)
                     meta = sidecar(plan, batch, j, pipe.device, pipe.encoded_prompt(batch.prompts[j]))
-                    write_text_atomic(out.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
+                    write_text_atomic(
+                        out.with_suffix(".json"), json.dumps(meta, indent=2, allow_nan=False) + "\n"
+                    )
                     print(out, flush=True)
     return 0

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = func(args)
     except UserError as exc:
-        print(f"sorakit: error: {exc}", file=sys.stderr)
+        # one line, whatever the message quotes (a file name or value with a newline in it)
+        print(f"sorakit: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sorakit: interrupted", file=sys.stderr)

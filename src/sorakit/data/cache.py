@@ -70,7 +70,7 @@ def write_meta(cache_dir: Path, meta: dict[str, Any]) -> None:
             shards.append({"file": f.name, "count": int(n), **file_entry(f)})
             total += int(n)
     meta = {"format": FORMAT, "version": VERSION, **meta, "num_samples": total, "shards": shards}
-    write_text_atomic(cache_dir / META, json.dumps(meta, indent=2))
+    write_text_atomic(cache_dir / META, json.dumps(meta, indent=2, allow_nan=False))
 
 
 def read_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:

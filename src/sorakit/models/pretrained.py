@@ -90,7 +90,7 @@ def save_pretrained(
         cfg["prediction_type"] = spec["prediction_type"]
     if extra_config is not None:
         cfg["extra_config"] = dict(extra_config)
-    text = json.dumps(cfg, indent=2) + "\n"
+    text = json.dumps(cfg, indent=2, allow_nan=False) + "\n"
     write_text_atomic(d / CONFIG_NAME, text)
     return d
 

@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from sorakit import parity
-from sorakit.config import Config, apply_overrides, load_config, preset_name
+from sorakit.config import (
+    IMAGE_SIZE,
+    Config,
+    apply_overrides,
+    check_field,
+    check_value,
+    load_config,
+    preset_name,
+)
 from sorakit.diffusion import build_sampler, sampler_name
 from sorakit.encoders.text import CLASS_DATASETS
 from sorakit.encoders.vae import peek_downsample_factor
@@ -36,12 +44,14 @@ from sorakit.runtime import dtype_name, resolve_device, resolve_dtype
 
 def parse_resolution(text: str, name: str = "resolution") -> tuple[int, int]:
     """'256x256' (or '256,256', '256*256') -> (height, width); `name` is how the caller calls the input."""
-    m = re.fullmatch(r"\s*(-?\d+)\s*[x,X*]\s*(-?\d+)\s*", text)
+    # at most 9 digits each: int() of thousands of digits is slow (and refused past 4300)
+    m = re.fullmatch(r"\s*(-?\d{1,9})\s*[x,X*]\s*(-?\d{1,9})\s*", text)
     if not m:
-        raise UserError(f"{name} must look like HxW (e.g. 256x256), got {text!r}")
+        raise UserError(f"{name} must look like HxW (e.g. 256x256), got {text[:40]!r}")
     h, w = int(m.group(1)), int(m.group(2))
     if h < 1 or w < 1:
         raise UserError(f"{name} must be positive, got {h}x{w}")
+    check_value(name, [h, w], IMAGE_SIZE)
     return h, w
 
 
@@ -260,6 +270,10 @@ def check_prompts(cfg: Config, prompts: list[str], class_labels: bool = False) -
             raise UserError(f"class label {p} out of range 0..{num - 1}")
 
 
+def _pick(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
 def _positive(value: Any, name: str, strict: bool = True) -> None:
     if value is not None and (value <= 0 if strict else value < 0):
         raise UserError(f"{name} must be {'positive' if strict else '>= 0'}, got {value}")
@@ -296,28 +310,27 @@ def validate(
     `world_size`: the processes that will run the request (torchrun); they share out the batches, or with
     `sequence_parallel` split every video's frames. `reference` .. `loop`: reference frames (STDiT; see
     `TextToVideoPipeline.__call__`), read and checked here. Raises `UserError` (one line) for the first problem."""
-    name = {k: k for k in ("num_frames", "steps", "guidance", "fps", "batch_size", "threads")} | dict(
+    name = {k: k for k in ("num_frames", "steps", "guidance", "fps", "batch_size", "threads", "seed")} | dict(
         names or {}
     )
     inf, sch = cfg.inference, cfg.scheduler
-    num_frames = inf.num_frames if num_frames is None else num_frames
-    _positive(num_frames, name["num_frames"])
-    height = inf.image_size[0] if height is None else height
-    width = inf.image_size[1] if width is None else width
-    if height < 1 or width < 1:
-        raise UserError(f"resolution must be positive, got {height}x{width}")
-    steps = sch.num_sampling_steps if steps is None else steps
-    _positive(steps, name["steps"])
+    # each input is checked with the bounds of the config field it stands for (sorakit.config.check_field)
+    num_frames = check_field("inference", "num_frames", _pick(num_frames, inf.num_frames), name["num_frames"])
+    height, width = check_field(
+        "inference", "image_size", [_pick(height, inf.image_size[0]), _pick(width, inf.image_size[1])],
+        name.get("resolution", "resolution"),
+    )  # fmt: skip
+    steps = check_field(
+        "scheduler", "num_sampling_steps", _pick(steps, sch.num_sampling_steps), name["steps"]
+    )
     sampler = sampler_name(sampler or sch.type)
     build_sampler(
         sampler, steps, num_timesteps=sch.num_timesteps
     )  # the sampler's own checks (e.g. DPM order)
-    guidance = sch.cfg_scale if guidance is None else guidance
-    _positive(guidance, name["guidance"], strict=False)
-    fps = inf.fps if fps is None else fps
-    _positive(fps, name["fps"])
-    batch_size = inf.batch_size if batch_size is None else batch_size
-    _positive(batch_size, name["batch_size"])
+    guidance = check_field("scheduler", "cfg_scale", _pick(guidance, sch.cfg_scale), name["guidance"])
+    fps = check_field("inference", "fps", _pick(fps, inf.fps), name["fps"], hint=float)
+    batch_size = check_field("inference", "batch_size", _pick(batch_size, inf.batch_size), name["batch_size"])
+    seed = check_field("inference", "seed", _pick(seed, inf.seed), name["seed"])
     _positive(threads, name["threads"])
     dev = resolve_device(device or inf.device)
     profile = parity.get_profile(inf.parity)
@@ -332,7 +345,7 @@ def validate(
     refs = check_references(cfg, reference, mask_strategy, num_frames, height, width, condition_frames, loop)
     return Settings(
         num_frames=num_frames, height=height, width=width, steps=steps, sampler=sampler, guidance=float(guidance),
-        fps=float(fps), batch_size=batch_size, seed=inf.seed if seed is None else seed, device=str(dev),
+        fps=float(fps), batch_size=batch_size, seed=seed, device=str(dev),
         dtype=dtype_name(dt), references=refs,
     )  # fmt: skip
 

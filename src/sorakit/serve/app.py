@@ -82,7 +82,7 @@ class BodyLimit:
 async def _send_error(send: Any, error: ApiError) -> None:
     import json
 
-    body = json.dumps(error.body()).encode()
+    body = json.dumps(error.body(), allow_nan=False).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

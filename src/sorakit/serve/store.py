@@ -181,7 +181,7 @@ class JobStore:
             db.execute(
                 "INSERT INTO jobs (id, status, model, prompt, seconds, size, params, created_at)"
                 " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
-                (job_id, model, prompt, seconds, size, json.dumps(params), int(time.time())),
+                (job_id, model, prompt, seconds, size, json.dumps(params, allow_nan=False), int(time.time())),
             )
             self._event(db, job_id, "queued")
         job = self.get(job_id)
@@ -289,7 +289,7 @@ class JobStore:
 
     def fail(self, job_id: str, token: str | None, code: str, message: str) -> bool:
         """Mark the job failed with an OpenAI-style error; with a token, only if the claim still holds."""
-        error = json.dumps({"code": code, "message": message})
+        error = json.dumps({"code": code, "message": message}, allow_nan=False)
         with self._tx() as db:
             sql = "UPDATE jobs SET status = 'failed', error = ?, completed_at = ?, token = NULL WHERE id = ?"
             args: tuple[Any, ...] = (error, int(time.time()), job_id)
@@ -320,7 +320,7 @@ class JobStore:
                         " error = ? WHERE id = ?",
                         (
                             int(time.time()),
-                            json.dumps({"code": "worker_lost", "message": message}),
+                            json.dumps({"code": "worker_lost", "message": message}, allow_nan=False),
                             row["id"],
                         ),
                     )

@@ -405,7 +405,7 @@ def save_checkpoint(
             "optimizer.pt": lambda: _torch_bytes(optimizer_state),
             "scheduler.pt": lambda: _torch_bytes(scheduler_state),
             "config.toml": lambda: config_text.encode(),
-            STATE: lambda: json.dumps({**info, **train_state}, indent=2).encode(),
+            STATE: lambda: json.dumps({**info, **train_state}, indent=2, allow_nan=False).encode(),
         }
         error = _attempt(_write_all, tmp, final, files, entries)
     _all_ok(error, state, step, tmp)

@@ -39,6 +39,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.utils.tensorboard import SummaryWriter
 
+from sorakit import jsonutil
 from sorakit.config import Config, apply_dict
 from sorakit.data.cache import LatentCacheDataset, is_cache_dir
 from sorakit.data.dataset import ResumableBatchSampler, SkipReport, VideoTextDataset, collate
@@ -304,7 +305,8 @@ class MetricsLogger:
             parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
         log.info(" | ".join(parts))
         assert self.file is not None
-        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+        # a non-finite metric (an inf gradient norm) is written as null: bare NaN / Infinity are not JSON
+        self.file.write(jsonutil.dumps({"step": step, **metrics}) + "\n")
         self.file.flush()
         if self.writer is not None:
             for k, v in metrics.items():

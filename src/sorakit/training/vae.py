@@ -140,7 +140,9 @@ def _save_state(state_dir: Path, model, opt, step: int, cfg: VAETrainConfig) -> 
     for name, obj in (("optimizer.pt", opt.state_dict()), ("rng.pt", {"torch_rng": torch.get_rng_state()})):
         with open_new(tmp / name) as fh:  # a fresh folder: every file in it is new
             torch.save(obj, fh)
-    write_text_atomic(tmp / "state.json", json.dumps({"step": step, "config": asdict(cfg)}, indent=2))
+    write_text_atomic(
+        tmp / "state.json", json.dumps({"step": step, "config": asdict(cfg)}, indent=2, allow_nan=False)
+    )
     if state_dir.exists():
         old = state_dir.with_name(state_dir.name + ".old")
         if old.exists():

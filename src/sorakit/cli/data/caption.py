@@ -100,6 +100,18 @@ def _points(text: str) -> tuple[float, ...]:
     return pts
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Finite, in-range numeric flags (the config fields' checks, sorakit.config.check_value)."""
+    from sorakit.config import NON_NEGATIVE, POSITIVE, Bounds, check_value
+
+    for flag, value, bounds in (
+        ("--timeout", args.timeout, Bounds(gt=0)), ("--retry-backoff", args.retry_backoff, NON_NEGATIVE),
+        ("--max-retries", args.max_retries, NON_NEGATIVE), ("--max-tokens", args.max_tokens, POSITIVE),
+        ("--max-new-tokens", args.max_new_tokens, POSITIVE), ("--image-size", args.image_size, Bounds(ge=1, le=65_536)),
+    ):  # fmt: skip
+        check_value(flag, value, bounds)
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -110,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = executor_from_args(args, default="local:1", workers_flag=False)
     points = _points(args.frame_points)
+    _check_numbers(args)
     if args.batch_size < 1 or args.workers < 1:
         raise UserError("--batch-size and --workers must be >= 1")
     prompt = args.prompt or DEFAULT_PROMPT

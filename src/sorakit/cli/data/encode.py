@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if failures:
         from sorakit.fileutil import write_text_atomic
 
-        write_text_atomic(out / "failures.json", json.dumps(failures, indent=2))
+        write_text_atomic(out / "failures.json", json.dumps(failures, indent=2, allow_nan=False))
     print(
         f"{out}: {result['num_samples']} samples in {len(result['shards'])} shard(s), {len(failures)} row(s) skipped"
     )
