@@ -295,8 +295,6 @@ def run(args: argparse.Namespace) -> int:
                 if out is not None and (state.is_main or not sp):
                     write_output(out, frames[j], s.fps, crf=profile.crf if profile else None)
                     meta = sidecar(plan, batch, j, pipe.device, pipe.encoded_prompt(batch.prompts[j]))
-                    write_text_atomic(
-                        out.with_suffix(".json"), json.dumps(meta, indent=2, allow_nan=False) + "\n"
-                    )
+                    write_text_atomic(out.with_suffix(".json"), json.dumps(meta, indent=2, allow_nan=False) + "\n")  # fmt: skip
                     print(out, flush=True)
     return 0
