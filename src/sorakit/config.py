@@ -239,9 +239,15 @@ class TrainConfig:
 class LoRAConfig:
     """LoRA fine-tuning (sorakit.training.lora, on PEFT): rank 0 trains the whole model as usual."""
 
-    rank: int = _doc("LoRA rank r; 0 = no LoRA (full training); > 0 freezes the base (from --init)", 0)
-    alpha: float | None = _doc("LoRA alpha (updates are scaled by alpha / rank); None = rank", None)
-    dropout: float = _doc("dropout on the LoRA branch's input during training", 0.0)
+    rank: int = _doc(
+        "LoRA rank r; 0 = no LoRA (full training); > 0 freezes the base (from --init)", 0, bounds=NON_NEGATIVE
+    )
+    alpha: float | None = _doc(
+        "LoRA alpha (updates are scaled by alpha / rank); None = rank", None, bounds=Bounds(gt=0)
+    )
+    dropout: float = _doc(
+        "dropout on the LoRA branch's input during training", 0.0, bounds=Bounds(ge=0, lt=1)
+    )
     target_modules: list[str] = _doc(
         "module-name suffixes that get adapters (STDiT: self-attention, temporal attention, cross-attention, MLP)",
         factory=lambda: list(LORA_TARGETS),
