@@ -153,7 +153,9 @@ def save_adapter(out_dir: str | os.PathLike, spec: AdapterSpec, tensors: dict[st
     tmp = out / f".{ADAPTER_WEIGHTS}.tmp{os.getpid()}"
     save_safetensors(named, tmp, metadata={"format": "pt"})
     os.replace(tmp, out / ADAPTER_WEIGHTS)
-    write_text_atomic(out / ADAPTER_CONFIG, json.dumps(spec.peft_dict(), indent=2, sort_keys=True) + "\n")
+    write_text_atomic(
+        out / ADAPTER_CONFIG, json.dumps(spec.peft_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    )
     return out
 
 
