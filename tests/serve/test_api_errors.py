@@ -6,18 +6,32 @@ pagination behaviour is exact. Each test deletes the jobs it creates.
 
 from __future__ import annotations
 
+import base64
 import http.client
+import io
 import json
 import urllib.parse
+from pathlib import Path
 
+import numpy as np
 import openai
 import pytest
+from openai.types import Video
+from PIL import Image
 
-from sorakit.serve.store import new_id
+from sorakit.data.video import write_video
+from sorakit.serve.store import DB_FILE, JobStore, new_id
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
 
 KEY = "test-key-123"
+
+
+def _png(hw: tuple[int, int]) -> bytes:
+    """A small valid PNG of height x width (its header is all the API reads)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (hw[1], hw[0]), (255, 0, 0)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _expect(exc_type: type, call, status: int, code: str | None = None, param: str | None = None) -> str:  # noqa: ANN001
@@ -80,8 +94,20 @@ def test_api_key(api_only) -> None:
         ({"extra_body": {"negative_prompt": "x"}}, openai.BadRequestError, 400, "unknown_parameter", None, "seed"),
         ({"prompt": "x" * 2001}, openai.BadRequestError, 400, "too_long", "prompt", "limit is 2000"),
         ({"prompt": "   "}, openai.BadRequestError, 400, "invalid_value", "prompt", "empty"),
-        ({"input_reference": ("ref.png", b"\x89PNG fake", "image/png")}, openai.BadRequestError, 400,
-         "unsupported", "input_reference", "image-to-video"),
+        ({"input_reference": ("ref.png", b"\x89PNG\r\n\x1a\n fake", "image/png")}, openai.BadRequestError, 400,
+         "invalid_file", "input_reference", "not a readable image"),
+        ({"input_reference": ("ref.png", b"%PDF-1.4", "image/png")}, openai.BadRequestError, 400,
+         "invalid_file", "input_reference", "PNG, JPEG or WebP"),
+        ({"input_reference": ("wide.png", _png((1, 5000)), "image/png")}, openai.BadRequestError, 400,
+         "file_too_large", "input_reference", "1 to 4096 pixels"),
+        ({"input_reference": ("a.png", _png((8, 8)), "image/png"), "extra_body": {"mask_strategy": "0,1"}},
+         openai.BadRequestError, 400, "invalid_value", "mask_strategy", "reference"),
+        ({"input_reference": ("a.png", _png((8, 8)), "image/png"), "extra_body": {"mask_strategy": "0,0,0,0,1,2"}},
+         openai.BadRequestError, 400, "invalid_value", "mask_strategy", "edit_ratio must be in [0, 1]"),
+        ({"input_reference": ("a.png", _png((8, 8)), "image/png"), "extra_body": {"condition_frames": 17}},
+         openai.BadRequestError, 400, "invalid_value", "condition_frames", "between 1 and 16"),
+        ({"extra_body": {"mask_strategy": "0"}}, openai.BadRequestError, 400, "invalid_value", "mask_strategy",
+         "needs a reference"),
     ],
 )  # fmt: skip
 def test_create_rejects(api_only, fields, exc_type, status, code, param, says) -> None:  # noqa: ANN001
@@ -154,14 +180,24 @@ def test_queue_limit_pagination_and_delete(api_only) -> None:
     )
     _expect(openai.ConflictError, lambda: videos.remix(ids[0], prompt="blue"), 409, "video_not_ready")
     for route in ("edits", "extensions"):  # the client only uploads files here; {"id": ...} goes as JSON
-        body = json.dumps({"prompt": "x", "seconds": "4", "video": {"id": ids[0]}}).encode()
+        body = json.dumps(
+            {"prompt": "x", "video": {"id": ids[0]}, **({"seconds": "2"} if route == "extensions" else {})}
+        ).encode()
         status, data = _raw(
             api_only, "POST", f"/v1/videos/{route}", body, {"Content-Type": "application/json"}
         )
         assert status == 409 and json.loads(data)["error"]["code"] == "video_not_ready"
     _expect(openai.NotFoundError, lambda: videos.remix(new_id(), prompt="blue"), 404, "video_not_found")
     upload = ("clip.mp4", b"\0" * 100, "video/mp4")
-    _expect(openai.APIStatusError, lambda: videos.edit(prompt="x", video=upload), 501, "not_implemented")
+    _expect(
+        openai.BadRequestError, lambda: videos.edit(prompt="x", video=upload), 400, "invalid_file", "video"
+    )
+    # a reference job over the queue limit leaves no file behind
+    reference = ("a.png", _png((8, 8)), "image/png")
+    _expect(
+        openai.RateLimitError, lambda: videos.create(prompt="x", input_reference=reference), 429, "queue_full"
+    )
+    assert not list(api_only.data_dir.glob("videos/*"))  # text-only jobs have no folder until they run
     # deleting frees the queue; deleted ids are gone
     deleted = videos.delete(ids[0])
     assert deleted.deleted and deleted.id == ids[0] and deleted.object == "video.deleted"
@@ -172,3 +208,62 @@ def test_queue_limit_pagination_and_delete(api_only) -> None:
     assert videos.list().data == []
     metrics = api_only.get("/metrics")[1]
     assert "sorakit_queue_length 0" in metrics and 'sorakit_workers{state="alive"} 0' in metrics
+
+
+def test_reference_uploads(api_only, tmp_path: Path) -> None:
+    client = api_only.client()
+    videos = client.videos
+    # a data URL in a JSON body: decoded, checked, stored in the job's folder under the server's name
+    # (the client uploads only files in these fields: an object goes as JSON, through its generic post)
+    png = _png((48, 80))
+    url = "data:image/png;base64," + base64.b64encode(png).decode()
+    video = client.post(
+        "/videos", body={"prompt": "a red circle", "input_reference": {"image_url": url}}, cast_to=Video
+    )
+    assert video.status == "queued" and video.sorakit["reference"]["kind"] == "image"
+    folder = api_only.data_dir / "videos" / video.id
+    assert [p.name for p in folder.iterdir()] == ["reference.png"]
+    assert (folder / "reference.png").read_bytes() == png
+    ref = JobStore(api_only.data_dir / DB_FILE).get(video.id).params["reference"]
+    assert (ref["file"], ref["width"], ref["height"]) == ("reference.png", 80, 48)
+    videos.delete(video.id)
+    assert not folder.exists()
+    for bad, param, says in (({"image_url": "data:image/png;base64,@@"}, "input_reference.image_url", "base64"),
+                             ({"image_url": "https://example.com/a.png"}, "input_reference.image_url", "does not fetch"),
+                             ({"file_id": "file_123"}, "input_reference.file_id", "send the file")):  # fmt: skip
+        body = {"prompt": "x", "input_reference": bad}
+        assert says in _expect(openai.BadRequestError, lambda: client.post("/videos", body=body, cast_to=Video), 400,  # noqa: B023
+                               None, param)  # fmt: skip
+
+    # videos: header-checked (frame count from the container, nothing decoded), limits, routes' rules
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, np.zeros((8, 16, 16, 3), np.uint8), fps=8)
+    mp4 = ("clip.mp4", clip.read_bytes(), "video/mp4")
+    long = tmp_path / "long.mp4"
+    write_video(long, np.zeros((520, 16, 16, 3), np.uint8), fps=8)
+    upload = ("l.mp4", long.read_bytes(), "video/mp4")
+    message = _expect(openai.BadRequestError, lambda: videos.create(prompt="x", input_reference=upload), 400,
+                      "file_too_large", "input_reference")  # fmt: skip
+    assert "over 512 frames" in message
+    gif = ("a.gif", b"GIF89a" + b"\0" * 64, "image/gif")
+    _expect(
+        openai.BadRequestError, lambda: videos.create(prompt="x", input_reference=gif), 400, "invalid_file"
+    )
+    image = ("a.png", _png((8, 8)), "image/png")
+    message = _expect(
+        openai.BadRequestError, lambda: videos.edit(prompt="x", video=image), 400, "invalid_file", "video"
+    )
+    assert "must be video" in message
+    _expect(openai.BadRequestError, lambda: videos.extend(prompt="x", seconds="4", video=mp4), 400, "invalid_value",
+            "seconds")  # fmt: skip
+    short = _expect(openai.BadRequestError, lambda: videos.extend(prompt="x", seconds="2", video=mp4,
+                                                                  extra_body={"condition_frames": 9}), 400)  # fmt: skip
+    assert "fewer than condition_frames 9" in short
+    for route, missing in (("/videos/extensions", "seconds"), ("/videos/edits", "video")):
+        body = {"prompt": "x"} if missing == "video" else {"prompt": "x", "video": {"id": new_id()}}
+        _expect(openai.BadRequestError, lambda: client.post(route, body=body, cast_to=Video), 400,  # noqa: B023
+                "missing_required_parameter", missing)  # fmt: skip
+    extended = videos.extend(prompt="more", seconds="2", video=mp4)
+    assert extended.status == "queued" and extended.sorakit["reference"]["frames"] == 8
+    assert (api_only.data_dir / "videos" / extended.id / "reference.mp4").read_bytes() == mp4[1]
+    videos.delete(extended.id)

@@ -1,5 +1,5 @@
-"""Faults: the server killed with SIGKILL while jobs are queued and one is running, then restarted; a
-worker killed mid-job. Every job completes exactly once (counted in the store's event log)."""
+"""Faults: the server killed with SIGKILL while jobs are queued (two of them with reference uploads) and one
+is running, then restarted; a worker killed mid-job. Every job completes exactly once (counted in the store's event log)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 from serve_helpers import STEPS, Server, process_gone, wait_for
+from test_references import CLOSE, PROMPT, clip, diff, frames_of, image, mp4_bytes, png_bytes
 
 from sorakit.serve.store import DB_FILE, JobStore
 
@@ -37,6 +38,14 @@ def test_sigkill_restart_and_a_killed_worker(tmp_path) -> None:
         queued = [
             videos.create(prompt=f"a green triangle {i}", extra_body={"steps": STEPS}).id for i in range(3)
         ]
+        # jobs with a reference: their uploads are stored with them, so the restart runs them too
+        upload = ("first.png", png_bytes(image()), "image/png")
+        i2v = videos.create(prompt=PROMPT, input_reference=upload, extra_body={"steps": STEPS, "seed": 5})
+        mp4, source = mp4_bytes(clip(), tmp_path)
+        ext = videos.extend(
+            prompt=PROMPT, seconds="2", video=("clip.mp4", mp4, "video/mp4"), extra_body={"steps": STEPS}
+        )
+        queued += [i2v.id, ext.id]
         wait_for(lambda: _running(server, running.id), what="the long job to run")
     finally:
         server.kill()  # SIGKILL: no shutdown code runs
@@ -73,5 +82,7 @@ def test_sigkill_restart_and_a_killed_worker(tmp_path) -> None:
         assert listed == ids[:2] + queued + [victim.id]  # none lost, none duplicated
         for video_id in ids:
             assert len(videos.download_content(video_id).content) > 0
+        assert diff(frames_of(server, i2v.id)[0], image()) < CLOSE
+        assert diff(frames_of(server, ext.id)[:4], source[-4:]) < CLOSE
     finally:
         server.stop()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from sorakit.cli.main import main
+from sorakit.cli.serve import _bind
 from sorakit.serve.worker import spritesheet
 
 
@@ -86,3 +87,19 @@ def test_spritesheet_layout() -> None:
         r, c = divmod(i, 3)
         assert np.array_equal(sheet[r * 4 : (r + 1) * 4, c * 6 : (c + 1) * 6], frames[i])
     assert not sheet[4:, 12:].any()  # the unused sixth cell stays black
+
+
+def test_the_listening_socket_turns_nagle_off() -> None:
+    """With Nagle's algorithm on, uvicorn's two writes per response (headers, body) meet the client's delayed
+    ACK and every answer waits ~40 ms; asyncio turns it off only on sockets whose protocol says TCP."""
+    listener = _bind("127.0.0.1", 0)
+    try:
+        listener.listen()
+        assert listener.proto == socket.IPPROTO_TCP
+        client = socket.create_connection(listener.getsockname()[:2])
+        conn, _ = listener.accept()
+        assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        conn.close()
+        client.close()
+    finally:
+        listener.close()

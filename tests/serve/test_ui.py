@@ -16,10 +16,13 @@ from serve_helpers import STEPS
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER),
+        reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
+    ),
+    pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning"),
+]
 
 
 @pytest.fixture
@@ -87,3 +90,27 @@ def test_errors_are_shown(served, browser) -> None:
     browser.find_element(By.ID, "submit").click()
     error = wait.until(lambda d: d.find_element(By.ID, "error").text)
     assert "'steps' must be between 1 and 500" in error
+
+
+def test_a_reference_image_from_the_page(served, browser, tmp_path: Path) -> None:
+    """The page's optional reference image goes up as `input_reference`: image-to-video."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from test_references import image, png_bytes
+
+    first = tmp_path / "first.png"
+    first.write_bytes(png_bytes(image()))
+    browser.get(served.url + "/")
+    wait = WebDriverWait(browser, 240, poll_frequency=0.1)
+    wait.until(lambda d: d.find_element(By.ID, "size").get_attribute("value") == "64x64")
+    browser.find_element(By.ID, "prompt").send_keys("a red circle moving to the right")
+    browser.find_element(By.ID, "steps").send_keys(str(STEPS))
+    browser.find_element(By.ID, "reference").send_keys(str(first))
+    browser.find_element(By.ID, "submit").click()
+    text = wait.until(lambda d: (t := d.find_element(By.ID, "status").text).startswith("video_") and t)
+    wait.until(lambda d: "completed" in d.find_element(By.ID, "status").text)
+    assert browser.find_element(By.ID, "error").text == ""
+    video = served.client().videos.retrieve(text.partition(":")[0])
+    assert video.sorakit["reference"]["kind"] == "image" and video.sorakit["reference"]["origin"] == "upload"
+    stored = served.data_dir / "videos" / video.id / "reference.png"
+    assert stored.read_bytes() == first.read_bytes()

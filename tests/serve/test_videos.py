@@ -102,17 +102,6 @@ def test_deleting_a_running_video_cancels_it(served) -> None:
         videos.download_content(video.id)
 
 
-def test_remix_edit_and_extend_are_not_available_yet(served) -> None:
-    _, video = _spritesheet(served, "a red circle", seed=0)
-    videos = served.client().videos
-    for call in (lambda: videos.remix(video.id, prompt="a blue circle"),
-                 lambda: videos.edit(prompt="blue", video=("v.mp4", b"\0" * 64, "video/mp4")),
-                 lambda: videos.extend(prompt="more", seconds="4", video=("v.mp4", b"\0" * 64, "video/mp4"))):  # fmt: skip
-        with pytest.raises(openai.APIStatusError) as info:
-            call()
-        assert info.value.status_code == 501 and "mask machinery" in info.value.message
-
-
 def test_models_health_and_metrics(served) -> None:
     model = served.client().models.list().data[0]
     assert model.id == "sorakit-builtin"

@@ -69,10 +69,16 @@ def _check_args(args: argparse.Namespace) -> str | None:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    """The listening socket, bound now so a taken port is a one-line error before workers start."""
+    """The listening socket, bound now so a taken port is a one-line error before workers start.
+
+    The protocol is given as IPPROTO_TCP, not left 0: asyncio switches Nagle's algorithm off (TCP_NODELAY)
+    only on connections whose socket says TCP. With it on, uvicorn's two writes per response (headers, then
+    body) met the client's delayed ACK and every answer waited ~40 ms (p50 44 ms for GET /health on an idle
+    server, 2 ms without)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets on Linux
     try:
         sock.bind((host, port))
     except OSError as exc:

@@ -1,9 +1,11 @@
 """The OpenAI video API's shapes: request parsing and validation, the ``Video`` object, errors.
 
 Requests follow OpenAI's ``POST /v1/videos`` (the official client sends multipart/form-data; JSON is
-accepted too): ``prompt``, ``model``, ``seconds``, ``size``, ``input_reference``. sorakit's extras sit
-beside them (the client's ``extra_body``): ``seed``, ``steps``, ``guidance``, ``sampler``. Anything
-else is a 400 naming the field, as OpenAI does for unknown parameters.
+accepted too): ``prompt``, ``model``, ``seconds``, ``size``, ``input_reference`` (an image: image-to-video; a
+video: its extension). sorakit's extras sit beside them (the client's ``extra_body``): ``seed``, ``steps``,
+``guidance``, ``sampler``, and with a reference ``mask_strategy`` and ``condition_frames``. Anything else is
+a 400 naming the field, as OpenAI does for unknown parameters. Remix, edits and extensions make a job from
+a video (a completed one, or an upload) through the same reference machinery.
 """
 
 from __future__ import annotations
@@ -14,56 +16,23 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from sorakit.errors import UserError
+from sorakit.masks import check_strategy, parse_mask_strategy
+from sorakit.masks import default_strategy as default_strategy_for
+from sorakit.serve.errors import ApiError
+from sorakit.serve.media import ReferenceFile
 from sorakit.serve.store import Job
 
 STANDARD_FIELDS = ("prompt", "model", "seconds", "size", "input_reference")
 EXTRA_FIELDS = ("seed", "steps", "guidance", "sampler")
+REFERENCE_FIELDS = (
+    "mask_strategy",
+    "condition_frames",
+)  # extras of requests with a reference (docs/masks.md)
 MAX_STEPS = 500
 MAX_GUIDANCE = 50.0
-MASKS_PENDING = (
-    "needs sorakit's conditioning-mask machinery (image-to-video, extension, remix and edit), which this "
-    "version does not have yet; only text-to-video is served"
-)
-
-
-@dataclass
-class Upload:
-    """A file part of a multipart request (only its presence matters: no route reads uploads yet)."""
-
-    filename: str | None
-
-    def __str__(self) -> str:
-        return "<file upload>"
-
-
-class ApiError(Exception):
-    """An error answered in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``."""
-
-    TYPES = {
-        401: "authentication_error",
-        404: "not_found_error",
-        429: "rate_limit_error",
-        501: "server_error",
-    }
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        kind = self.TYPES.get(self.status, "invalid_request_error")
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+DEFAULT_CONDITION_FRAMES = 4  # K: the pipeline's default
+EDIT_RATIO = 0.5  # remix and edits: every frame starts from the source noised halfway (SDEdit)
 
 
 @dataclass
@@ -199,41 +168,126 @@ def _choice(fields: dict[str, Any], name: str, allowed: list[str], default: str)
     return value
 
 
-def parse_create(fields: dict[str, Any], info: ModelInfo, max_prompt_chars: int) -> dict[str, Any]:
-    """Validate a create request's fields; returns the job's columns (model, prompt, seconds, size) and
-    ``params`` (what the worker hands the pipeline). Raises :class:`ApiError`."""
-    unknown = sorted(set(fields) - set(STANDARD_FIELDS) - set(EXTRA_FIELDS))
+def _check_unknown(fields: dict[str, Any], accepted: tuple[str, ...]) -> None:
+    unknown = sorted(set(fields) - set(accepted))
     if unknown:
-        raise ApiError(
-            400,
-            f"unknown parameter '{unknown[0]}' (accepted: {', '.join(STANDARD_FIELDS + EXTRA_FIELDS)})",
-            unknown[0],
-            "unknown_parameter",
-        )
-    prompt = _check_prompt(fields, max_prompt_chars)
-    if fields.get("input_reference") not in (None, ""):
-        raise ApiError(
-            400, f"input_reference (image-to-video) {MASKS_PENDING}", "input_reference", "unsupported"
-        )
-    model = _choice(fields, "model", [info.name], info.name)
-    size = _choice(fields, "size", [info.size], info.size)
-    seconds = _choice(fields, "seconds", [info.seconds], info.seconds)
-    sampler = _choice(fields, "sampler", list(info.samplers), info.sampler)
-    params = {
+        raise ApiError(400, f"unknown parameter '{unknown[0]}' (accepted: {', '.join(accepted)})", unknown[0],
+                       "unknown_parameter")  # fmt: skip
+
+
+def _generation_params(
+    fields: dict[str, Any], info: ModelInfo, base: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """seed, steps, guidance, sampler from the request, else from ``base`` (a remix's source), else the
+    model's defaults (a random seed, reported back); plus the video's shape."""
+    base = base or {}
+
+    def given(name: str) -> bool:
+        return fields.get(name) is not None
+
+    sampler = _choice(fields, "sampler", list(info.samplers), base.get("sampler", info.sampler))
+    return {
         "seed": _as_int(fields, "seed", 0, 2**63 - 1)
-        if fields.get("seed") is not None
-        else secrets.randbelow(2**31),
-        "steps": _as_int(fields, "steps", 1, MAX_STEPS) if fields.get("steps") is not None else info.steps,
+        if given("seed")
+        else base.get("seed", secrets.randbelow(2**31)),
+        "steps": _as_int(fields, "steps", 1, MAX_STEPS) if given("steps") else base.get("steps", info.steps),
         "guidance": _as_float(fields, "guidance", 0.0, MAX_GUIDANCE)
-        if fields.get("guidance") is not None
-        else info.guidance,
+        if given("guidance")
+        else base.get("guidance", info.guidance),
         "sampler": sampler,
         "num_frames": info.num_frames,
         "height": info.height,
         "width": info.width,
         "fps": info.fps,
     }
+
+
+def reference_params(
+    fields: dict[str, Any], ref: ReferenceFile, num_frames: int, default_strategy: str | None = None
+) -> dict[str, Any]:
+    """The job params of a reference: its record, the mask strategy (the request's ``mask_strategy``, else
+    ``default_strategy``, else the pipeline's default: an image on frame 0, a video's last K frames on the
+    first K) and K (``condition_frames``), checked against the reference's frame count exactly as the
+    pipeline will check them, so a bad strategy is a 400 now rather than a failed job later."""
+    k = (
+        _as_int(fields, "condition_frames", 1, num_frames)
+        if fields.get("condition_frames") is not None
+        else None
+    )
+    k = k if k is not None else min(DEFAULT_CONDITION_FRAMES, num_frames)
+    strategy = fields.get("mask_strategy")
+    if strategy is not None and not isinstance(strategy, str):
+        raise ApiError(422, "'mask_strategy' must be a string", "mask_strategy", "invalid_type")
+    strategy = strategy if strategy is not None else default_strategy
+    try:
+        entries = parse_mask_strategy(strategy)
+        if not entries:
+            if 1 < ref.frames < k:
+                raise UserError(
+                    f"the reference video has {ref.frames} frames, fewer than condition_frames {k}"
+                )
+            entries = default_strategy_for([ref.frames], k)
+        check_strategy(entries, [ref.frames], num_frames)
+    except UserError as exc:
+        raise ApiError(400, f"'mask_strategy': {exc}", "mask_strategy", "invalid_value") from None
+    return {"reference": ref.record(), "mask_strategy": strategy, "condition_frames": k}
+
+
+def _no_reference_extras(fields: dict[str, Any]) -> None:
+    for name in REFERENCE_FIELDS:
+        if fields.get(name) is not None:
+            raise ApiError(400, f"'{name}' needs a reference (input_reference)", name, "invalid_value")
+
+
+def parse_create(
+    fields: dict[str, Any], info: ModelInfo, max_prompt_chars: int, ref: ReferenceFile | None = None
+) -> dict[str, Any]:
+    """Validate a create request's fields (``ref``: its checked ``input_reference``, if any); returns the
+    job's columns (model, prompt, seconds, size) and ``params`` (what the worker hands the pipeline)."""
+    _check_unknown(fields, STANDARD_FIELDS + EXTRA_FIELDS + REFERENCE_FIELDS)
+    prompt = _check_prompt(fields, max_prompt_chars)
+    model = _choice(fields, "model", [info.name], info.name)
+    size = _choice(fields, "size", [info.size], info.size)
+    seconds = _choice(fields, "seconds", [info.seconds], info.seconds)
+    params = _generation_params(fields, info)
+    if ref is None:
+        _no_reference_extras(fields)
+    else:
+        params.update(reference_params(fields, ref, info.num_frames))
     return {"model": model, "prompt": prompt, "seconds": seconds, "size": size, "params": params}
+
+
+def check_video_request(
+    route: str, fields: dict[str, Any], info: ModelInfo, max_prompt_chars: int
+) -> tuple[str, str]:
+    """The checks of a remix / edits / extensions request that need no source video (run before it is looked
+    up, so a malformed request is a 400 whatever its video); returns (prompt, seconds)."""
+    accepted = {
+        "remix": ("prompt",),
+        "edits": ("prompt", "video"),
+        "extensions": ("prompt", "seconds", "video"),
+    }
+    _check_unknown(fields, accepted[route] + EXTRA_FIELDS + REFERENCE_FIELDS)
+    prompt = _check_prompt(fields, max_prompt_chars)
+    if route == "extensions" and fields.get("seconds") is None:
+        raise ApiError(400, "missing required parameter 'seconds'", "seconds", "missing_required_parameter")
+    return prompt, _choice(fields, "seconds", [info.seconds], info.seconds)
+
+
+def parse_from_video(
+    route: str, fields: dict[str, Any], info: ModelInfo, max_prompt_chars: int, ref: ReferenceFile,
+    source: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """A job made from a video (``ref``, checked): ``remix`` (a completed video, ``source`` its params: the
+    remix keeps its seed, steps, guidance and sampler unless the request sets them), ``edits`` (SDEdit of
+    every frame) or ``extensions`` (its last K frames begin the new clip)."""
+    prompt, seconds = check_video_request(route, fields, info, max_prompt_chars)
+    params = _generation_params(fields, info, source)
+    edit = f"0,0,0,0,{info.num_frames},{EDIT_RATIO}" if route != "extensions" else None
+    params.update(reference_params(fields, ref, info.num_frames, edit))
+    if route == "remix":
+        params["remixed_from_video_id"] = ref.origin
+    return {"model": info.name, "prompt": prompt, "seconds": seconds, "size": info.size, "params": params}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,6 +299,10 @@ def video_json(job: Job, queue_position: int | None = None) -> dict[str, Any]:
     attempts, queue position) that the official client keeps as an extra attribute."""
     p = job.params
     extras: dict[str, Any] = {k: p[k] for k in EXTRA_FIELDS if k in p}
+    if "reference" in p:
+        ref = p["reference"]
+        extras["reference"] = {k: ref[k] for k in ("kind", "frames", "origin", "sha256")}
+        extras.update({k: p[k] for k in REFERENCE_FIELDS})
     extras["attempts"] = job.attempts
     extras["queue_position"] = queue_position
     if job.gen_seconds is not None:
@@ -262,6 +320,6 @@ def video_json(job: Job, queue_position: int | None = None) -> dict[str, Any]:
         "seconds": job.seconds,
         "size": job.size,
         "error": job.error,
-        "remixed_from_video_id": None,
+        "remixed_from_video_id": p.get("remixed_from_video_id"),
         "sorakit": extras,
     }

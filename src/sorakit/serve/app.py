@@ -22,11 +22,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartParser
 
-from sorakit.serve.api import MASKS_PENDING, ApiError, ModelInfo, Upload, parse_create, video_json
+from sorakit.serve.api import ModelInfo, check_video_request, parse_create, parse_from_video, video_json
+from sorakit.serve.errors import ApiError
+from sorakit.serve.media import ReferenceFile, Upload, check_upload, reference_from_field
 from sorakit.serve.pool import WorkerPool
-from sorakit.serve.store import DB_FILE, Job, JobStore, QueueFull, valid_id
-from sorakit.serve.worker import VARIANTS, job_dir
+from sorakit.serve.store import DB_FILE, Job, JobStore, QueueFull, new_id, valid_id
+from sorakit.serve.worker import VARIANTS, VIDEO_FILE, job_dir
 
 POLL_AFTER_MS = "250"
 
@@ -98,9 +101,14 @@ def create_app(settings: ServeSettings, info: ModelInfo) -> FastAPI:
         settings.max_attempts, settings.worker_nice,
     )  # fmt: skip
 
+    # uploads stay in memory (the body limit bounds them) instead of spooling to the system's temporary
+    # folder: the server writes files only under --data-dir
+    MultiPartParser.spool_max_size = settings.max_body_bytes
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store.release(None, settings.max_attempts, "the server stopped while it ran")
+        _drop_orphans(store, settings.data_dir)
         pool.start()
         if settings.url:
             print(f"sorakit serve: {settings.url} (model {info.name}, {settings.workers} worker(s), "
@@ -116,6 +124,16 @@ def create_app(settings: ServeSettings, info: ModelInfo) -> FastAPI:
     app.include_router(_public_routes(store, pool, info, auth))
     app.include_router(_video_routes(store, info, settings), prefix="/v1", dependencies=[auth])
     return app
+
+
+def _drop_orphans(store: JobStore, data_dir: Path) -> None:
+    """Remove job folders without a job: a reference written by a server killed before it committed the
+    job, or files a deleted job's worker wrote after the API removed its folder."""
+    root = data_dir / "videos"
+    if root.is_dir():
+        for folder in root.iterdir():
+            if folder.is_dir() and valid_id(folder.name) and store.get(folder.name) is None:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -247,7 +265,7 @@ async def _request_fields(request: Request, max_bytes: int) -> dict[str, Any]:
     async with request.form(max_files=4, max_fields=64, max_part_size=max_bytes) as form:
         for key, value in form.multi_items():
             outer, _, inner = key.partition("[")
-            item = value if isinstance(value, str) else Upload(getattr(value, "filename", None))
+            item = value if isinstance(value, str) else Upload(value.filename, await value.read())
             if inner:
                 sub = fields.setdefault(outer, {})
                 if isinstance(sub, dict):
@@ -267,16 +285,12 @@ def _video_routes(store: JobStore, info: ModelInfo, settings: ServeSettings) -> 
     @router.post("/videos")
     async def create(request: Request) -> JSONResponse:
         fields = await _request_fields(request, settings.max_body_bytes)
-        job_fields = parse_create(fields, info, settings.max_prompt_chars)
-        try:
-            job = await run_in_threadpool(lambda: store.create(**job_fields, max_queue=settings.max_queue))
-        except QueueFull:
-            raise ApiError(
-                429, f"the queue is full ({settings.max_queue} videos waiting): retry later", None, "queue_full",
-                headers={"Retry-After": "5"},
-            ) from None  # fmt: skip
-        body = await run_in_threadpool(_job_json, store, job)
-        return JSONResponse(body, headers={"openai-poll-after-ms": POLL_AFTER_MS})
+        value = fields.pop("input_reference", None)
+        ref = None
+        if value not in (None, ""):
+            ref = await run_in_threadpool(reference_from_field, value, "input_reference", ("image", "video"))
+        spec = parse_create(fields, info, settings.max_prompt_chars, ref)
+        return await _queue(store, settings, spec, ref)
 
     @router.get("/videos")
     def list_videos(
@@ -328,41 +342,89 @@ def _video_routes(store: JobStore, info: ModelInfo, settings: ServeSettings) -> 
                            "video_id", "video_not_ready")  # fmt: skip
         return FileResponse(path, media_type=media, filename=f"{video_id}{Path(name).suffix}")
 
-    _pending_routes(router, store)
+    _reference_routes(router, store, info, settings)
     return router
 
 
-def _pending_routes(router: APIRouter, store: JobStore) -> None:
-    """Remix, edits and extensions: the source video is checked (400/404/409), then 501 until the mask
-    machinery exists."""
+async def _queue(
+    store: JobStore, settings: ServeSettings, spec: dict[str, Any], ref: ReferenceFile | None
+) -> JSONResponse:
+    """Write the reference (if any) into the new job's folder, then commit the job: a job in the store
+    always has its reference on disk, so a restart loses neither."""
 
-    def source(video_id: str) -> None:
-        job = _get_job(store, video_id)
-        if job.status != "completed":
-            raise ApiError(409, f"video '{video_id}' is {job.status}; only a completed video can be used",
-                           "video_id", "video_not_ready")  # fmt: skip
+    def write_and_create() -> Job:
+        job_id = new_id()
+        folder = job_dir(settings.data_dir, job_id)
+        try:
+            if ref is not None:
+                ref.write(folder)
+            return store.create(**spec, max_queue=settings.max_queue, job_id=job_id)
+        except FileNotFoundError:  # the source video was deleted a moment ago
+            shutil.rmtree(folder, ignore_errors=True)
+            raise ApiError(
+                404, f"video '{ref.origin if ref else ''}' was deleted", "video_id", "video_not_found"
+            ) from None
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
 
-    def not_yet(what: str) -> ApiError:
-        return ApiError(501, f"{what} {MASKS_PENDING}", None, "not_implemented")
+    try:
+        job = await run_in_threadpool(write_and_create)
+    except QueueFull:
+        raise ApiError(
+            429, f"the queue is full ({settings.max_queue} videos waiting): retry later", None, "queue_full",
+            headers={"Retry-After": "5"},
+        ) from None  # fmt: skip
+    body = await run_in_threadpool(_job_json, store, job)
+    return JSONResponse(body, headers={"openai-poll-after-ms": POLL_AFTER_MS})
+
+
+def _source(store: JobStore, data_dir: Path, video_id: str) -> tuple[ReferenceFile, Job]:
+    """A completed video as a reference (copied into the new job's folder when it is queued)."""
+    job = _get_job(store, video_id)
+    path = job_dir(data_dir, video_id) / VIDEO_FILE
+    if job.status != "completed" or not path.is_file():
+        raise ApiError(409, f"video '{video_id}' is {job.status}; only a completed video can be used",
+                       "video_id", "video_not_ready")  # fmt: skip
+    p = job.params
+    ref = ReferenceFile(
+        "video", ".mp4", int(p["num_frames"]), int(p["width"]), int(p["height"]), job.id, path=path
+    )
+    return ref, job
+
+
+def _reference_routes(router: APIRouter, store: JobStore, info: ModelInfo, settings: ServeSettings) -> None:
+    """Remix (a completed video, new prompt), edits and extensions (a completed video's id or an uploaded
+    video): jobs with the video as their reference (docs/serving.md says which mask strategy each uses)."""
 
     @router.post("/videos/{video_id}/remix")
-    async def remix(video_id: str, request: Request) -> None:
-        await run_in_threadpool(source, video_id)
-        raise not_yet("remix")
+    async def remix(video_id: str, request: Request) -> JSONResponse:
+        fields = await _request_fields(request, settings.max_body_bytes)
+        check_video_request("remix", fields, info, settings.max_prompt_chars)
+        ref, source = await run_in_threadpool(_source, store, settings.data_dir, video_id)
+        spec = parse_from_video("remix", fields, info, settings.max_prompt_chars, ref, source.params)
+        return await _queue(store, settings, spec, ref)
 
-    async def edit_like(request: Request, what: str) -> None:
-        fields = await _request_fields(request, 2**31)
+    async def from_video(request: Request, route: str) -> JSONResponse:
+        fields = await _request_fields(request, settings.max_body_bytes)
+        check_video_request(route, fields, info, settings.max_prompt_chars)
         video = fields.get("video")
-        if isinstance(video, dict) and isinstance(video.get("id"), str):
-            await run_in_threadpool(source, video["id"])
-        elif video is None:
+        if video in (None, ""):
             raise ApiError(400, "missing required parameter 'video'", "video", "missing_required_parameter")
-        raise not_yet(what)
+        if isinstance(video, dict) and set(video) == {"id"}:
+            ref, _ = await run_in_threadpool(_source, store, settings.data_dir, str(video["id"]))
+        elif isinstance(video, Upload):
+            ref = await run_in_threadpool(check_upload, video.data, "video", ("video",))
+        else:
+            raise ApiError(400, "'video' must be a video file upload or {\"id\": a completed video's id}", "video",
+                           "invalid_value")  # fmt: skip
+        spec = parse_from_video(route, fields, info, settings.max_prompt_chars, ref)
+        return await _queue(store, settings, spec, ref)
 
     @router.post("/videos/edits")
-    async def edits(request: Request) -> None:
-        await edit_like(request, "editing a video")
+    async def edits(request: Request) -> JSONResponse:
+        return await from_video(request, "edits")
 
     @router.post("/videos/extensions")
-    async def extensions(request: Request) -> None:
-        await edit_like(request, "extending a video")
+    async def extensions(request: Request) -> JSONResponse:
+        return await from_video(request, "extensions")

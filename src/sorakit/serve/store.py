@@ -170,10 +170,21 @@ class JobStore:
     # -- the API's side ---------------------------------------------------------------------------
 
     def create(
-        self, *, model: str, prompt: str, seconds: str, size: str, params: dict[str, Any], max_queue: int
+        self,
+        *,
+        model: str,
+        prompt: str,
+        seconds: str,
+        size: str,
+        params: dict[str, Any],
+        max_queue: int,
+        job_id: str | None = None,
     ) -> Job:
-        """Queue a new job; :class:`QueueFull` when ``max_queue`` jobs are already waiting."""
-        job_id = new_id()
+        """Queue a new job (``job_id``: one of :func:`new_id` whose files are already in place, e.g. a
+        reference upload); :class:`QueueFull` when ``max_queue`` jobs are already waiting."""
+        job_id = new_id() if job_id is None else job_id
+        if not valid_id(job_id):
+            raise ValueError(f"invalid job id {job_id!r}")
         with self._tx() as db:
             waiting = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
             if waiting >= max_queue:

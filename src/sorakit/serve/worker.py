@@ -5,8 +5,9 @@ generation never blocks the API and a crashed one takes down only itself. It tal
 through the job store and the files under ``--data-dir``:
 
 1. claim the oldest queued job (atomically, see :meth:`JobStore.claim`);
-2. run :class:`TextToVideoPipeline` with a callback that stores the progress after each sampler step,
-   and stops early when the job was deleted or handed to another worker;
+2. run :class:`TextToVideoPipeline` (with the job's reference file and mask strategy, if any) with a
+   callback that stores the progress after each sampler step, and stops early when the job was deleted
+   or handed to another worker;
 3. write ``video.mp4``, ``thumbnail.png`` and ``spritesheet.png`` (each atomically) to the job's
    folder, then mark the job completed in one transaction.
 
@@ -85,6 +86,13 @@ def run_job(pipe: Any, store: JobStore, job: Job, data_dir: Path, parent_pid: in
                 raise JobLost(job.id)
 
     p = job.params
+    folder = job_dir(data_dir, job.id)
+    # a reference was written into the job's folder (under a name the server chose) before the job was queued
+    reference = {} if "reference" not in p else {
+        "reference": str(folder / Path(p["reference"]["file"]).name),  # never a path out of the folder
+        "mask_strategy": p["mask_strategy"],
+        "condition_frames": p["condition_frames"],
+    }  # fmt: skip
     start = time.perf_counter()
     try:
         frames = pipe(
@@ -98,8 +106,8 @@ def run_job(pipe: Any, store: JobStore, job: Job, data_dir: Path, parent_pid: in
             seed=p["seed"],
             progress=False,
             callback=on_step,
+            **reference,
         )[0]
-        folder = job_dir(data_dir, job.id)
         write_outputs(folder, frames, p["fps"])
     except JobLost:
         _drop_files_if_deleted(store, data_dir, job.id)
