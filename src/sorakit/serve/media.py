@@ -20,15 +20,14 @@ import base64
 import binascii
 import hashlib
 import io
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from sorakit.fileutil import atomic_write
 from sorakit.serve.errors import ApiError
 
 MAX_SIDE = 4096  # pixels, either side of an image or a video frame
@@ -77,23 +76,15 @@ class ReferenceFile:
                 "height": self.height, "origin": self.origin, "sha256": digest}  # fmt: skip
 
     def write(self, folder: Path) -> Path:
-        """Write (or copy) the file into ``folder`` atomically: a temporary name, then a rename."""
+        """Write (or copy) the file into ``folder`` atomically (a fresh temporary file, fsynced, renamed)."""
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".reference.", suffix=self.suffix, dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                if self.data is not None:
-                    fh.write(self.data)
-                else:
-                    assert self.path is not None
-                    with open(self.path, "rb") as src:
-                        shutil.copyfileobj(src, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, folder / self.name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(folder / self.name, "wb", fsync=True) as fh:
+            if self.data is not None:
+                fh.write(self.data)
+            else:
+                assert self.path is not None
+                with open(self.path, "rb") as src:
+                    shutil.copyfileobj(src, fh)
         return folder / self.name
 
 
