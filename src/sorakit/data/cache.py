@@ -269,6 +269,49 @@ class EncodeSettings:
     label: bool = False
 
 
+SETTINGS = "settings.json"
+
+
+def cache_settings(
+    meta: dict[str, Any], shard_size: int, text_dtype: torch.dtype, label: bool
+) -> dict[str, Any]:
+    """What decides the content of a cache's shards: `meta` (VAE, text encoder, frames, frame interval,
+    image size, CSV, seed), the rows per shard, the text dtype and labels vs captions. JSON-normalised."""
+    record = {
+        **meta,
+        "shard_size": shard_size,
+        "text_dtype": str(text_dtype).removeprefix("torch."),
+        "label": label,
+    }
+    return json.loads(json.dumps(record, default=str))
+
+
+def check_cache_settings(out_dir: str | os.PathLike, settings: dict[str, Any]) -> None:
+    """Refuse to resume a cache written with other settings: its finished shards would be kept and mixed
+    with new ones of another shape (training then fails on a tensor size, or trains on mixed data). The
+    settings are those of ``settings.json`` (written before the first shard), else of ``meta.json``."""
+    out = Path(out_dir)
+    old: dict[str, Any] | None = None
+    for name in (SETTINGS, META):
+        if (out / name).is_file():
+            try:
+                old = json.loads((out / name).read_text())
+            except (OSError, ValueError):
+                raise UserError(
+                    f"{out / name} is unreadable: remove {out} or choose another --output"
+                ) from None
+            break
+    if not isinstance(old, dict):
+        return
+    diff = [k for k in settings if k in old and old[k] != settings[k]]
+    if diff:
+        said = "; ".join(f"{k}: {old[k]!r} then, {settings[k]!r} now" for k in diff[:4])
+        raise UserError(
+            f"{out} holds a cache encoded with other settings ({said}); resuming would mix them: "
+            "choose a new --output, or remove it to start over"
+        )
+
+
 def encode_to_cache(
     dataset: Any,
     out_dir: str | os.PathLike,
@@ -297,7 +340,10 @@ def encode_to_cache(
     from sorakit.tools.executor import pool_for, run_shards
 
     out = Path(out_dir)
+    record = cache_settings(meta, shard_size, text_dtype, label)
+    check_cache_settings(out, record)
     out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / SETTINGS, json.dumps(record, indent=2, sort_keys=True))  # before any shard
     n = len(dataset)
     settings = EncodeSettings(batch_size, text_dtype, str(device), seed, label)
     rows = [list(range(k * shard_size, min(n, (k + 1) * shard_size))) for k in range((n + shard_size - 1) // shard_size)]  # fmt: skip

@@ -161,16 +161,16 @@ class VideoTextDataset(torch.utils.data.Dataset):
         if not row.path.is_file():
             raise FileNotFoundError("missing file")
         if is_image(row.path):
-            frames = read_video(row.path)[:1]
+            frames = read_video(row.path, end_frame=1, size_hint=self.image_size)
             frames = np.repeat(frames, self.num_frames, axis=0) if self.num_frames > 1 else frames
         elif row.num_frames is not None or row.end_frame is not None:
             start = row.start_frame
             end = row.end_frame if row.end_frame is not None else start + int(row.num_frames)  # type: ignore[arg-type]
             idx = clip_indices(end - start, self.num_frames, self.frame_interval, rng)
-            frames = read_video(row.path, indices=[start + i for i in idx])
+            frames = read_video(row.path, indices=[start + i for i in idx], size_hint=self.image_size)
         else:
             # frame count unknown: decode the clip once and pick from it
-            allframes = read_video(row.path, start_frame=row.start_frame)
+            allframes = read_video(row.path, start_frame=row.start_frame, size_hint=self.image_size)
             frames = allframes[clip_indices(len(allframes), self.num_frames, self.frame_interval, rng)]
         flip = self.flip and bool(rng.random() < 0.5)
         return frames_to_tensor(frames, self.image_size, flip=flip)

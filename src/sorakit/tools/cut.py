@@ -10,6 +10,7 @@ nearest source frame for each output timestamp. Existing outputs are kept (the r
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import sys
@@ -18,7 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
+from sorakit.data.video import (
+    MediaLimits,
+    MediaTooLarge,
+    check_clip_length,
+    declared_frames,
+    decode,
+    open_video,
+    probe_video,
+    stream_fps,
+    write_video,
+)
 from sorakit.errors import UserError
+from sorakit.fileutil import write_text_atomic
 from sorakit.tools._io import Row, fmt_float, one_line
 from sorakit.tools.executor import Pool, map_items, pool_for
 
@@ -50,6 +63,7 @@ class Clip:
     start: int
     end: int | None  # exclusive; None = to the end of the video
     out: Path
+    also: list[int] = field(default_factory=list)  # rows asking for the very same clip: cut once, for all
 
 
 @dataclass
@@ -101,6 +115,7 @@ def plan_jobs(rows: list[Row], paths: list[Path], opts: CutOptions) -> tuple[lis
     hash of the source path is added so names never collide (deterministic for a given CSV).
     """
     failures: list[Row] = []
+    limits = MediaLimits.from_env()
     stems: dict[str, set[Path]] = {}
     for p in paths:
         stems.setdefault(p.stem, set()).add(p)
@@ -115,11 +130,22 @@ def plan_jobs(rows: list[Row], paths: list[Path], opts: CutOptions) -> tuple[lis
         if start < 0 or (end is not None and end <= start):
             failures.append({**row, "error": f"empty or negative frame range [{start}, {end})"})
             continue
+        if end is not None and end - start > limits.max_frames:  # before any list of its frames is made
+            try:
+                check_clip_length(src, end - start, limits)
+            except MediaTooLarge as exc:
+                failures.append({**row, "error": str(exc)})
+                continue
         tag = ""
         if len(stems[src.stem]) > 1:
             tag = "-" + hashlib.sha1(str(src).encode()).hexdigest()[:8]
         clip = Clip(i, start, end, opts.output_dir / clip_name(src, start, end, tag))
-        by_source.setdefault(src, Job(src, [], opts)).clips.append(clip)
+        job = by_source.setdefault(src, Job(src, [], opts))
+        same = next((c for c in job.clips if c.out == clip.out), None)
+        if same is not None:
+            same.also.append(i)
+        else:
+            job.clips.append(clip)
     return list(by_source.values()), failures
 
 
@@ -133,42 +159,59 @@ def _output_row(meta: dict) -> dict[str, str]:
 
 
 def cut_source(job: Job) -> list[tuple[int, dict[str, str] | str]]:
-    """Cut all clips of one source video. Returns (row index, output columns or error) per clip."""
-    import av
+    """Cut all clips of one source video. Returns (row index, output columns or error) per clip.
 
+    The source goes through the media guard (:func:`sorakit.data.video.open_video`): a frame size over the
+    limit fails its clips before anything is decoded, and so does a clip that starts past the frames the
+    container declares (a range such as ``0,1000000000`` on a 24-frame video costs nothing)."""
     results, todo = _reuse_existing(job)
     if not todo:
         return results
     try:
-        container = av.open(str(job.source))
+        with open_video(job.source) as (container, stream):
+            src_fps = stream_fps(stream)
+            if src_fps <= 0:
+                return results + [(c.index, f"{job.source}: unknown frame rate") for c in todo]
+            todo, beyond = _within(todo, declared_frames(container, stream), job.source)
+            plan = _ClipPlan(todo, src_fps, job.opts, job.source)
+            n_decoded, decode_error = 0, ""
+            try:
+                for i, frame in enumerate(decode(container, stream, job.source)):
+                    n_decoded = i + 1
+                    if plan.finished_before(i):
+                        break
+                    results += plan.take(i, frame)
+            except Exception as exc:  # a truncated or corrupt stream: clips not completed fail below
+                decode_error = f" (decoding stopped: {one_line(exc)})"
+            return results + beyond + plan.leftovers(job.source, n_decoded, decode_error)
     except Exception as exc:
         return results + [(c.index, f"cannot open {job.source}: {one_line(exc)}") for c in todo]
-    with container:
-        if not container.streams.video:
-            return results + [(c.index, f"{job.source}: no video stream") for c in todo]
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        rate = stream.average_rate or stream.guessed_rate
-        src_fps = float(rate) if rate else 0.0
-        if src_fps <= 0:
-            return results + [(c.index, f"{job.source}: unknown frame rate") for c in todo]
-        plan = _ClipPlan(todo, src_fps, job.opts, job.source)
-        n_decoded, decode_error = 0, ""
-        try:
-            for i, frame in enumerate(container.decode(stream)):
-                n_decoded = i + 1
-                if plan.finished_before(i):
-                    break
-                results += plan.take(i, frame)
-        except Exception as exc:  # a truncated or corrupt stream: clips not completed fail below
-            decode_error = f" (decoding stopped: {one_line(exc)})"
-        return results + plan.leftovers(job.source, n_decoded, decode_error)
+
+
+def _too_long(source: Path | None, frames: int) -> str:
+    try:
+        check_clip_length(source or "", frames, MediaLimits.from_env())
+    except MediaTooLarge as exc:
+        return str(exc)
+    return ""
+
+
+def _within(clips: list[Clip], declared: int | None, source: Path) -> tuple[list[Clip], list]:
+    """The clips that start inside the video's declared length, and a failure for each other one."""
+    if declared is None:
+        return clips, []
+    tolerance = max(2, math.ceil(0.02 * declared))  # containers round their durations
+    inside = [c for c in clips if c.start < declared + tolerance]
+    beyond = [
+        (c.index, f"{source} has {declared} frames; clip starts at frame {c.start}")
+        for c in clips
+        if c not in inside
+    ]
+    return inside, beyond
 
 
 def _reuse_existing(job: Job) -> tuple[list[tuple[int, dict[str, str] | str]], list[Clip]]:
     """Clips whose output file is already there and readable (unless `overwrite`), and the rest."""
-    from sorakit.data.video import probe_video
-
     results: list[tuple[int, dict[str, str] | str]] = []
     todo: list[Clip] = []
     for c in job.clips:
@@ -203,6 +246,7 @@ class _ClipPlan:
         self.whole: dict[int, list[np.ndarray]] = {c.index: [] for c in self.pending if c.end is None}
         self.last_needed = max((c.end for c in self.pending if c.end is not None), default=-1)
         self.size: tuple[int, int] | None = None
+        self.max_frames = MediaLimits.from_env().max_frames
 
     def finished_before(self, i: int) -> bool:
         """True when no clip needs frame `i` or any later one."""
@@ -210,8 +254,6 @@ class _ClipPlan:
 
     def take(self, i: int, frame) -> list[tuple[int, dict[str, str] | str]]:
         """Give frame `i` to the clips that use it; returns the clips completed by it."""
-        from sorakit.data.video import write_video
-
         users = [c for c in self.pending if i >= c.start and (c.end is None or i < c.end)]
         if not users:
             return []
@@ -223,6 +265,9 @@ class _ClipPlan:
         for c in users:
             if c.end is None:
                 self.whole[c.index].append(arr)
+                if len(self.whole[c.index]) > self.max_frames:  # an open-ended clip over the limit
+                    done.append((c.index, _too_long(self.source, len(self.whole.pop(c.index)))))
+                    self.pending.remove(c)
             elif i in self.need_set[c.index]:
                 self.got[c.index][i] = arr
             if c.end is not None and i == c.end - 1:
@@ -233,8 +278,6 @@ class _ClipPlan:
 
     def leftovers(self, source: Path, n_decoded: int, decode_error: str) -> list:
         """Write the open-ended clips once the stream has ended; every other clip left is a failure."""
-        from sorakit.data.video import write_video
-
         results: list[tuple[int, dict[str, str] | str]] = []
         for c in self.pending:
             if c.end is None and self.whole[c.index] and not decode_error:
@@ -271,6 +314,44 @@ def _write(c: Clip, frames: np.ndarray, fps: float, opts: CutOptions, write_vide
     }
 
 
+SETTINGS = ".cut-settings.json"
+
+
+def check_settings(opts: CutOptions) -> None:
+    """Record the settings the clips of ``opts.output_dir`` are cut with (before the first clip), and refuse
+    a run with other ones: existing clips are kept on a resume, so a changed ``--short-side`` would
+    otherwise leave clips of the old size in the output without a word. ``--overwrite`` re-cuts them."""
+    path = opts.output_dir / SETTINGS
+    now = {"short_side": opts.short_side, "fps": opts.fps, "crf": opts.crf, "upscale": opts.upscale}
+    try:
+        then = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        then = None  # unreadable: treated as unknown, rewritten below
+    if isinstance(then, dict) and not opts.overwrite:
+        diff = [k for k in now if k in then and then[k] != now[k]]
+        if diff:
+            flags = "; ".join(f"--{k.replace('_', '-')} {then[k]} then, {now[k]} now" for k in diff)
+            raise UserError(
+                f"the clips in {opts.output_dir} were cut with other settings ({flags}); they would be kept as "
+                "they are: pass --overwrite to cut them again, or choose another --output-dir"
+            )
+    write_text_atomic(path, json.dumps(now, indent=2) + "\n")
+
+
+def remove_partial_clips(folder: Path, names: list[str]) -> None:
+    """Remove the hidden temporaries (``.NAME-STEM.XXXXXXXX.mp4``) that a writer killed mid-clip left for
+    the clips `names`: they can never complete, and a clip already finished would never clean them up."""
+    stems = {Path(n).stem: Path(n).suffix for n in names}
+    for entry in folder.iterdir():
+        name = entry.name
+        if not name.startswith(".") or len(name) < 11:
+            continue
+        stem, dot, rest = name[1:].rpartition(".")
+        head, _, tag = stem.rpartition(".")
+        if dot and len(tag) == 8 and stems.get(head) == "." + rest and entry.is_file():
+            entry.unlink(missing_ok=True)
+
+
 @dataclass
 class Result:
     rows: list[Row] = field(default_factory=list)
@@ -295,7 +376,9 @@ def run_cut(
     """
     opts.validate()
     opts.output_dir.mkdir(parents=True, exist_ok=True)
+    check_settings(opts)
     jobs, failures = plan_jobs(rows, paths, opts)
+    remove_partial_clips(opts.output_dir, [c.out.name for job in jobs for c in job.clips])
     outcome: dict[int, dict[str, str] | str] = {}
     with pool_for(pool, workers) as ex:
         done = map_items(
@@ -304,6 +387,7 @@ def run_cut(
         )  # fmt: skip
     for job, (ok, res) in zip(jobs, done):
         outcome.update(res if ok else [(c.index, res) for c in job.clips])
+        outcome.update({j: outcome[c.index] for c in job.clips for j in c.also if c.index in outcome})
     out = Result(failures=list(failures))
     for i, (row, src) in enumerate(zip(rows, paths)):
         if i not in outcome:

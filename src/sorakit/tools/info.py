@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sorakit.data.video import declared_frames, is_image, open_video, probe_video, stream_fps
 from sorakit.tools._io import Row, fmt_float
 from sorakit.tools.executor import Pool, map_items, pool_for
 
@@ -26,22 +27,8 @@ class Result:
 def expected_frames(path: str | Path) -> int | None:
     """Frames the container says the video has (from the video stream's frame count or duration, or the
     file's duration when it has no other stream); None when it does not say. Reads headers only."""
-    import av
-
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            return None
-        stream = container.streams.video[0]
-        if stream.frames:
-            return int(stream.frames)
-        rate = stream.average_rate or stream.guessed_rate
-        if not rate:
-            return None
-        if stream.duration and stream.time_base:
-            return round(float(stream.duration * stream.time_base) * float(rate))
-        if container.duration and len(container.streams) == 1:
-            return round(container.duration / 1e6 * float(rate))
-    return None
+    with open_video(path) as (container, stream):
+        return declared_frames(container, stream)
 
 
 def check_complete(path: str | Path, decoded: int) -> None:
@@ -61,8 +48,6 @@ def probe(path: str | Path, fast: bool = False) -> dict[str, str]:
     the container's frame count/duration instead (headers only; decodes when the container has none).
     `aspect_ratio` is height / width (Open-Sora's convention); images have fps 0 and 1 frame.
     """
-    from sorakit.data.video import is_image, probe_video
-
     meta = _probe_headers(path) if fast and not is_image(path) else None
     if meta is None:
         meta = probe_video(path)
@@ -79,19 +64,12 @@ def probe(path: str | Path, fast: bool = False) -> dict[str, str]:
 
 
 def _probe_headers(path: str | Path) -> dict | None:
-    import av
-
-    try:
-        n = expected_frames(path)
-        if not n:
-            return None
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            h, w = stream.codec_context.height, stream.codec_context.width
-            rate = stream.average_rate or stream.guessed_rate
-    except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
-        raise ValueError(f"cannot read {path}: {exc}") from exc
-    fps = float(rate)
+    with open_video(path) as (container, stream):
+        n = declared_frames(container, stream)
+        h, w = stream.codec_context.height, stream.codec_context.width
+        fps = stream_fps(stream)
+    if not n or not fps:
+        return None
     return {
         "num_frames": n,
         "fps": fps,

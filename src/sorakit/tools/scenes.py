@@ -13,6 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sorakit.data.video import MediaLimits, check_frame_size, open_video, stream_fps
 from sorakit.errors import UserError
 from sorakit.tools._io import Row, fmt_float
 from sorakit.tools.executor import Pool, map_items, pool_for
@@ -79,23 +80,56 @@ def _make_detector(opts: SceneOptions):
     return AdaptiveDetector(adaptive_threshold=thr, min_scene_len=opts.min_scene_len)
 
 
+def _counted_stream(path: Path, fps: float, limits: MediaLimits):  # noqa: ANN202 - scenedetect is imported lazily
+    """PySceneDetect's PyAV stream numbering frames in decode order, at the frame rate sorakit's other
+    tools report, with every frame checked by the media guard. Its own numbering comes from timestamps,
+    which a raw H.264 file does not have (24 frames read as 1), and its rate from a different guess; frame
+    numbers in decode order are what `data cut` and `data info` count."""
+    from scenedetect.backends.pyav import VideoStreamAv  # imports OpenCV: only when scenes are detected
+
+    class CountedStream(VideoStreamAv):
+        def __init__(self) -> None:
+            # suppress_output keeps FFmpeg's own log callback off (PyAV's default); no threading_mode with it
+            super().__init__(str(path), frame_rate=fps, suppress_output=True)
+            self.count = 0
+
+        def read(self, decode: bool = True):  # noqa: ANN202 - scenedetect's signature
+            out = super().read(decode)
+            if out is not False:
+                self.count += 1
+                check_frame_size(path, self._frame.height, self._frame.width, limits)
+            return out
+
+        @property
+        def frame_number(self) -> int:
+            return self.count
+
+        @property
+        def position(self):  # noqa: ANN202 - a FrameTimecode
+            return self.base_timecode + max(0, self.count - 1)
+
+    return CountedStream()
+
+
 def detect_scenes(path: str | Path, opts: SceneOptions | None = None) -> VideoScenes:
     """Scenes of one video as frame ranges covering it entirely (one scene when there is no cut).
 
-    Decoding uses PySceneDetect's PyAV backend (the same decoder as the rest of sorakit).
+    The file goes through the media guard (:func:`sorakit.data.video.open_video`: declared size checked
+    before decoding), then PySceneDetect's PyAV backend decodes it (the same decoder as the rest of
+    sorakit), with frames numbered as :func:`_counted_stream` says.
     Raises an exception (any type) when the video cannot be opened or decoded.
     """
     from scenedetect import SceneManager
-    from scenedetect.backends.pyav import VideoStreamAv
 
     opts = opts or SceneOptions()
     logging.getLogger("pyscenedetect").setLevel(logging.ERROR)
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    # suppress_output keeps FFmpeg's own log callback off (PyAV's default); no threading_mode with it
-    video = VideoStreamAv(str(path), suppress_output=True)
-    fps = float(video.frame_rate)
+    limits = MediaLimits.from_env()
+    with open_video(path, limits) as (_, stream):
+        fps = stream_fps(stream)
+    if fps <= 0:
+        raise ValueError(f"{path}: unknown frame rate")
+    video = _counted_stream(path, fps, limits)
     width, height = video.frame_size
     manager = SceneManager()
     manager.add_detector(_make_detector(opts))

@@ -73,12 +73,10 @@ def run(args: argparse.Namespace) -> int:
     # hub-named VAE / text encoder: fetched now, or (offline) one line saying what to download
     fetch_components(cfg)
 
-    from sorakit.data.cache import encode_to_cache
+    from sorakit.data.cache import cache_settings, check_cache_settings, encode_to_cache
 
     label = cfg.text_encoder.type == "classes"
     in_process = spec.kind == "local" and spec.workers == 1
-    # in this process the models load now (errors before any work); workers load their own copies
-    dataset, vae, text = inputs() if in_process else (inputs.dataset(cfg), None, None)
     meta = {
         "vae": dataclasses.asdict(cfg.vae),
         "text_encoder": dataclasses.asdict(cfg.text_encoder),
@@ -88,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
         "csv": str(Path(args.csv).resolve()),
         "seed": args.seed,
     }
+    # a resume with other settings is refused before any model loads
+    check_cache_settings(out, cache_settings(meta, args.shard_size, getattr(torch, args.text_dtype), label))
+    # in this process the models load now (errors before any work); workers load their own copies
+    dataset, vae, text = inputs() if in_process else (inputs.dataset(cfg), None, None)
     with open_pool(spec) as pool:
         result = encode_to_cache(
             dataset, out, vae, text, meta, shard_size=args.shard_size, batch_size=args.batch_size,
