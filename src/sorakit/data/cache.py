@@ -283,7 +283,7 @@ def cache_settings(
         "text_dtype": str(text_dtype).removeprefix("torch."),
         "label": label,
     }
-    return json.loads(json.dumps(record, default=str))
+    return json.loads(json.dumps(record, default=str, allow_nan=False))
 
 
 def check_cache_settings(out_dir: str | os.PathLike, settings: dict[str, Any]) -> None:
@@ -343,7 +343,9 @@ def encode_to_cache(
     record = cache_settings(meta, shard_size, text_dtype, label)
     check_cache_settings(out, record)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / SETTINGS, json.dumps(record, indent=2, sort_keys=True))  # before any shard
+    write_text_atomic(
+        out / SETTINGS, json.dumps(record, indent=2, sort_keys=True, allow_nan=False)
+    )  # before any shard
     n = len(dataset)
     settings = EncodeSettings(batch_size, text_dtype, str(device), seed, label)
     rows = [list(range(k * shard_size, min(n, (k + 1) * shard_size))) for k in range((n + shard_size - 1) // shard_size)]  # fmt: skip

@@ -335,7 +335,7 @@ def check_settings(opts: CutOptions) -> None:
                 f"the clips in {opts.output_dir} were cut with other settings ({flags}); they would be kept as "
                 "they are: pass --overwrite to cut them again, or choose another --output-dir"
             )
-    write_text_atomic(path, json.dumps(now, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(now, indent=2, allow_nan=False) + "\n")
 
 
 def remove_partial_clips(folder: Path, names: list[str]) -> None:
