@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -23,3 +24,11 @@ def refused(capsys: pytest.CaptureFixture[str]) -> Callable[..., str]:
         return err.strip()
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model directory (T5-style text encoder, tiny VAE, tiny STDiT), as tests/pipeline builds it."""
+    from sorakit.pipelines.tiny import make_tiny_model_dir
+
+    return make_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-t5", seed=0)

@@ -8,6 +8,7 @@ happen inside the subcommands' `run` functions so that `sorakit --help` stays fa
 from __future__ import annotations
 
 import argparse
+import errno
 import re
 import sys
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.\-]*=")
 
 
@@ -60,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         # one line, whatever the message quotes (a file name or value with a newline in it)
         print(f"sorakit: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # a file system that refuses mid-run (read-only, full, permissions changed): one line, no traceback
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        print(f"sorakit: error: {exc.filename or 'a file'}: {exc.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sorakit: interrupted", file=sys.stderr)

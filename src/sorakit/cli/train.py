@@ -74,6 +74,7 @@ def _check_inputs(cfg, output: Path) -> None:  # noqa: ANN001 - sorakit.config.C
     from sorakit.cli._components import fetch_components
     from sorakit.data.cache import is_cache_dir
     from sorakit.errors import UserError
+    from sorakit.fileutil import check_writable_folder
     from sorakit.hub import _HUB_FILE, KNOWN_CHECKPOINTS, download_hint, resolve_file
 
     if not (cfg.data.csv or cfg.data.cache_dir):
@@ -83,6 +84,7 @@ def _check_inputs(cfg, output: Path) -> None:  # noqa: ANN001 - sorakit.config.C
         raise UserError(f"--data: no such file or directory: {data}")
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} exists and is not a directory")
+    check_writable_folder(output)  # a read-only place fails now, not at the first checkpoint
     if not is_cache_dir(data):  # a latent cache already holds what the VAE and text encoder would give
         fetch_components(cfg)
     init = cfg.train.init_from

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +30,11 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file
 
 from sorakit.errors import UserError
 from sorakit.models.pretrained import CONFIG_NAME, WEIGHTS_NAME
 from sorakit.models.stdit import STDiT
+from sorakit.safeload import load_safetensors, load_torch
 
 POS_EMBED_NAMES = ("pos_embed", "pos_embed_spatial", "pos_embed_temporal", "temp_embed")
 WRAPPER_KEYS = ("ema", "model", "state_dict", "module")
@@ -115,18 +114,9 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
         raise UserError(f"checkpoint not found: {p}")
     fmt = _sniff(p)
     if fmt == "safetensors":
-        return load_file(str(p), device="cpu"), fmt
-    try:
-        # argparse.Namespace holds training arguments in DiT/Latte checkpoints; it carries no code.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
-        raise UserError(
-            f"{p}: refusing to unpickle non-tensor objects (weights_only=True): {first[:200]}"
-        ) from None
-    except (RuntimeError, EOFError) as exc:
-        raise UserError(f"{p}: cannot read torch checkpoint: {str(exc).splitlines()[0][:200]}") from None
+        return load_safetensors(p), fmt
+    # argparse.Namespace holds training arguments in DiT/Latte checkpoints; it carries no code.
+    obj = load_torch(p, allowed=[argparse.Namespace])
     if not isinstance(obj, Mapping):
         raise UserError(f"{p}: expected a dict of tensors, found {type(obj).__name__}")
     return dict(obj), fmt

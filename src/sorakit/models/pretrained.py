@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file
 
 from sorakit.errors import UserError
 from sorakit.fileutil import atomic_path, save_safetensors, write_text_atomic
+from sorakit.safeload import load_safetensors
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -134,7 +134,7 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
 
 def read_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of ``directory/model.safetensors`` on the CPU."""
-    return load_file(str(Path(directory) / WEIGHTS_NAME), device="cpu")
+    return load_safetensors(Path(directory) / WEIGHTS_NAME)
 
 
 def _short(keys: list[str], limit: int = 12) -> str:

@@ -50,6 +50,7 @@ from sorakit.fileutil import open_new
 from sorakit.logging import get_logger
 from sorakit.manifest import MANIFEST, Verdict, read_manifest, verify_folder, write_manifest
 from sorakit.parallel.mesh import ParallelState, all_reduce_sum
+from sorakit.safeload import load_safetensors, load_torch
 
 log = get_logger(__name__)
 
@@ -455,23 +456,21 @@ def load_train_state(path: Path) -> dict[str, Any]:
 
 
 def load_tensors(path: Path, name: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     file = path / name
     if not file.is_file():
         raise UserError(f"checkpoint {path} lacks {name}")
-    return load_file(str(file))
+    return load_safetensors(file)
 
 
 def load_pickled(path: Path, name: str) -> Any:
     file = path / name
     if not file.is_file():
         raise UserError(f"checkpoint {path} lacks {name}")
-    return torch.load(file, map_location="cpu", weights_only=True)
+    return load_torch(file)
 
 
 def load_rng(path: Path, rank: int) -> dict[str, torch.Tensor] | None:
     file = path / "rng" / f"rank-{rank:05d}.pt"
     if not file.is_file():
         return None
-    return torch.load(file, map_location="cpu", weights_only=True)
+    return load_torch(file)

@@ -551,13 +551,21 @@ def _resume(path: Path, ts: TrainState, state: ParallelState) -> None:
         )  # fmt: skip
     lora.check_resume(ts.model, info, path)
     adapter_only = lora.spec_of(ts.model) is not None  # the base came from --init
-    set_model_state_dict(
-        ts.model, ckpt.load_tensors(path, "model.safetensors"), options=_full_options(strict=not adapter_only)
-    )
-    optimizer_state = ckpt.load_pickled(path, "optimizer.pt")
-    set_optimizer_state_dict(ts.model, ts.optimizer, optimizer_state, options=_full_options())
-    ts.lr_schedule.load_state_dict(ckpt.load_pickled(path, "scheduler.pt"))
-    ts.ema.load_state_dict(ckpt.load_tensors(path, "ema.safetensors"))
+    try:  # a checkpoint of another model shape (model.* changed since) fails in here, named
+        set_model_state_dict(
+            ts.model,
+            ckpt.load_tensors(path, "model.safetensors"),
+            options=_full_options(strict=not adapter_only),
+        )
+        optimizer_state = ckpt.load_pickled(path, "optimizer.pt")
+        set_optimizer_state_dict(ts.model, ts.optimizer, optimizer_state, options=_full_options())
+        ts.lr_schedule.load_state_dict(ckpt.load_pickled(path, "scheduler.pt"))
+        ts.ema.load_state_dict(ckpt.load_tensors(path, "ema.safetensors"))
+    except (RuntimeError, KeyError, ValueError) as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise UserError(
+            f"checkpoint {path} does not fit the configured model (changed model.* settings?): {detail}"
+        ) from None
     rng = ckpt.load_rng(path, state.rank)
     if rng is None:
         log.warning("checkpoint %s has no RNG state for rank %d: continuing with fresh random streams", path,

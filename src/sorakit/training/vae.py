@@ -31,6 +31,7 @@ import torch
 from sorakit.errors import UserError
 from sorakit.fileutil import follow_umask, open_new, save_safetensors, write_text_atomic
 from sorakit.logging import get_logger
+from sorakit.safeload import load_safetensors, load_torch
 
 logger = get_logger(__name__)
 
@@ -155,11 +156,9 @@ def _save_state(state_dir: Path, model, opt, step: int, cfg: VAETrainConfig) -> 
 
 
 def _load_state(state_dir: Path, model, opt) -> int:
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(state_dir / "model.safetensors")), strict=True)
-    opt.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
-    torch.set_rng_state(torch.load(state_dir / "rng.pt", weights_only=True)["torch_rng"])
+    model.load_state_dict(load_safetensors(state_dir / "model.safetensors"), strict=True)
+    opt.load_state_dict(load_torch(state_dir / "optimizer.pt"))
+    torch.set_rng_state(load_torch(state_dir / "rng.pt")["torch_rng"])
     return int(json.loads((state_dir / "state.json").read_text())["step"])
 
 
