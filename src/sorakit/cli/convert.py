@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sorakit.cli._checks import check_can_create
 from sorakit.errors import UserError
-from sorakit.fileutil import check_writable_folder
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"output path exists and is not a directory: {out_dir}")
     if out_dir.resolve() == ckpt.resolve():
         raise UserError("output directory must differ from the checkpoint")
-    check_writable_folder(out_dir)  # before the checkpoint is read, not after
+    check_can_create(out_dir)  # before the checkpoint is read, not after
     name = args.model[0]
     overrides = parse_overrides(args.model[1:] + args.overrides)
 

@@ -71,10 +71,10 @@ def _fit_cooldown(cfg, args: argparse.Namespace) -> None:  # noqa: ANN001 - sora
 def _check_inputs(cfg, output: Path) -> None:  # noqa: ANN001 - sorakit.config.Config
     """Data, initial weights, the VAE / text encoder a CSV needs and the output folder, before any work.
     Hub-named components and known upstream checkpoints are fetched now, or (offline) fail in one line."""
+    from sorakit.cli._checks import check_can_create
     from sorakit.cli._components import fetch_components
     from sorakit.data.cache import is_cache_dir
     from sorakit.errors import UserError
-    from sorakit.fileutil import check_writable_folder
     from sorakit.hub import _HUB_FILE, KNOWN_CHECKPOINTS, download_hint, resolve_file
 
     if not (cfg.data.csv or cfg.data.cache_dir):
@@ -84,7 +84,7 @@ def _check_inputs(cfg, output: Path) -> None:  # noqa: ANN001 - sorakit.config.C
         raise UserError(f"--data: no such file or directory: {data}")
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} exists and is not a directory")
-    check_writable_folder(output)  # a read-only place fails now, not at the first checkpoint
+    check_can_create(output)  # a read-only place fails now, not at the first checkpoint
     if not is_cache_dir(data):  # a latent cache already holds what the VAE and text encoder would give
         fetch_components(cfg)
     init = cfg.train.init_from

@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from sorakit.cli._checks import check_can_create
     from sorakit.errors import UserError
-    from sorakit.fileutil import check_writable_folder
     from sorakit.logging import get_logger
     from sorakit.tools.encode import EncodeInputs
     from sorakit.tools.executor import executor_from_args, open_pool
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--output {out} exists and is not a directory")
     if not Path(args.csv).is_file():
         raise UserError(f"no such CSV: {args.csv}")
-    check_writable_folder(out)  # a read-only place fails now, not after the first shard's work
+    check_can_create(out)  # a read-only place fails now, not after the first shard's work
     # hub-named VAE / text encoder: fetched now, or (offline) one line saying what to download
     fetch_components(cfg)
 
