@@ -148,12 +148,17 @@ def open_new(path: str | os.PathLike, mode: str = "wb") -> IO[Any]:
     return os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
 
 
-def refuse_links(folder: str | os.PathLike, names: Iterable[str]) -> None:
-    """UserError when any of `names` in `folder` exists and is a symbolic link or not a regular file:
-    checked before a command starts its work, so it stops before writing anything."""
+def refuse_links(folder: str | os.PathLike, names: Iterable[str], folders: Iterable[str] = ()) -> None:
+    """UserError when any of `names` in `folder` exists and is a symbolic link or not a regular file, or
+    any of `folders` is a symbolic link (sorakit writes inside those): checked before a command starts
+    its work, so it stops before writing anything."""
     for name in names:
         p = os.path.join(folder, name)
         if os.path.lexists(p) and (os.path.islink(p) or not os.path.isfile(p)):
+            raise _refuse(p)
+    for name in folders:
+        p = os.path.join(folder, name)
+        if os.path.islink(p):
             raise _refuse(p)
 
 

@@ -135,6 +135,18 @@ def test_train_refuses_links_in_the_run_folder(tmp_path: Path, cache: Path, name
     assert target.read_text() == "precious\n"
 
 
+@pytest.mark.parametrize("name", ["checkpoints", "tensorboard"])
+def test_train_refuses_linked_folders_in_the_run_folder(tmp_path: Path, cache: Path, name: str) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = tmp_path / "out"
+    run.mkdir()
+    (run / name).symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(UserError, match=f"{name}: it is a symbolic link"):
+        _train(cache, run, steps=1)
+    assert not any(elsewhere.iterdir())
+
+
 def test_resume_does_not_rewrite_a_planted_metrics_link(tmp_path: Path, cache: Path) -> None:
     run = tmp_path / "out"
     _train(cache, run, steps=2)

@@ -184,6 +184,8 @@ def cut_source(job: Job) -> list[tuple[int, dict[str, str] | str]]:
             except Exception as exc:  # a truncated or corrupt stream: clips not completed fail below
                 decode_error = f" (decoding stopped: {one_line(exc)})"
             return results + beyond + plan.leftovers(job.source, n_decoded, decode_error)
+    except MediaTooLarge as exc:  # its message names the file and the limit
+        return results + [(c.index, str(exc)) for c in todo]
     except Exception as exc:
         return results + [(c.index, f"cannot open {job.source}: {one_line(exc)}") for c in todo]
 

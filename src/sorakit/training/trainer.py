@@ -699,7 +699,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, state: ParallelState) -> Path |
             f"{run_dir} already holds checkpoints: pass --resume to continue, or choose a new --output"
         )
     # every rank looks (so all stop together): a planted link would send a write to its target
-    refuse_links(run_dir, RUN_FILES)
+    refuse_links(run_dir, RUN_FILES, folders=(ckpt.CHECKPOINTS, "tensorboard"))
     latest = ckpt.resume_checkpoint(run_dir, state) if resume else None  # the newest that verifies
     if resume and latest is None:
         log.warning("--resume: no intact checkpoint in %s, starting from step 0", run_dir)
