@@ -144,3 +144,39 @@ def test_shards_are_small_enough_to_resume_long_runs() -> None:
 
     assert shard_size(100_000, 2) == 32 and shard_size(100_000, 2, requested=500) == 500
     assert shard_size(8, 2) == 1
+
+
+def test_cut_killed_mid_clip_then_rerun(tmp_path: Path) -> None:
+    """The issue's sequence for real: SIGKILL `data cut` while a clip is being written (its hidden temporary
+    is on disk), re-run it, and find every clip, no temporary, and no failure in `data info DIR`."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    frames = np.random.default_rng(1).integers(0, 255, (96, 144, 192, 3), dtype=np.uint8)
+    src = write_video(tmp_path / "v12.mp4", frames, fps=8, crf=0)
+    csv = tmp_path / "c.csv"
+    csv.write_text(
+        "path,start_frame,end_frame\n" + "".join(f"{src},{s},{s + 16}\n" for s in range(0, 96, 16))
+    )
+    clips = tmp_path / "clips"
+    cmd = [sys.executable, "-m", "sorakit.cli.main", "data", "cut", str(csv), "--output-dir", str(clips)]
+    cmd += ["--workers", "1", "--crf", "0"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if clips.is_dir() and any(p.name.startswith(".v12_") for p in clips.iterdir()):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before a clip was caught mid-write"
+    assert any(p.name.startswith(".v12_") for p in clips.iterdir())
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    assert sorted(p.name for p in clips.iterdir() if p.suffix == ".mp4") == [
+        f"v12_{s:06d}-{s + 16:06d}.mp4" for s in range(0, 96, 16)
+    ]
+    assert not [p.name for p in clips.iterdir() if p.name.startswith(".v12_")]
+    assert main(["data", "info", str(clips), "-o", str(tmp_path / "i.csv"), "--workers", "1"]) == 0
+    assert not (tmp_path / "i.failures.csv").exists()
