@@ -89,6 +89,28 @@ def test_training_and_caption_skip_the_bomb(bomb: Path, tmp_path: Path) -> None:
     assert _refused(info.value, bomb)
 
 
+def test_training_on_videos_skips_the_bomb(bomb: Path, tmp_path: Path) -> None:
+    """`sorakit train` on a video CSV holding the bomb (8 GB in seconds before): the file is skipped and
+    listed with the reason, the run goes on."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+    from _train_helpers import HashTextEncoder, tiny_config, tiny_vae, write_clips, write_csv
+
+    from sorakit.training.trainer import Components, train
+
+    paths = write_clips(tmp_path / "v", 4, frames=4, size=16)
+    csv = write_csv(tmp_path / "d.csv", [{"path": str(p), "text": "a clip"} for p in [*paths, bomb]])
+    cfg = tiny_config(
+        f"data.csv={csv}", "train.max_steps=1", "train.ckpt_every=1", "data.max_bad_fraction=0.5"
+    )
+    result = train(
+        cfg, tmp_path / "run", components=Components(vae=tiny_vae(), text_encoder=HashTextEncoder(16, 8))
+    )
+    assert result.step == 1 and set(result.skipped) == {str(bomb)}
+    assert _refused((tmp_path / "run" / "skipped_files.txt").read_text(), bomb)
+
+
 def test_cut_and_info_list_the_bomb_as_a_failure(bomb: Path, small: Path, tmp_path: Path) -> None:
     from sorakit.cli.main import main
 
