@@ -1,6 +1,11 @@
 """The "shapes" world, defined once: the colours, shapes, motions, held-out combinations and caption
 templates that the data generator (``sorakit.tools.synth``) draws from and the evaluator
 (``sorakit.eval.shapes``) scores against. Neither owns it, so neither imports the other.
+
+Two sets of concepts: ``"default"`` is the world the built-in model was trained on (:data:`COLORS`,
+:data:`SHAPES`); ``"extended"`` adds concepts that model never saw -- the colour orange and the shape
+diamond (:data:`NEW_COLORS`, :data:`NEW_SHAPES`), in every combination with the old ones -- for LoRA
+fine-tuning (``make lora-demo``). Nothing changes for ``"default"``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,13 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "magenta": (255, 0, 255),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+# concepts the built-in model never saw (the "extended" world); a diamond is a square turned 45 degrees, its
+# corners touching the midpoints of the usual bounding box
+NEW_COLORS: dict[str, tuple[int, int, int]] = {"orange": (255, 128, 0)}
+NEW_SHAPES: tuple[str, ...] = ("diamond",)
+ALL_COLORS: dict[str, tuple[int, int, int]] = COLORS | NEW_COLORS
+ALL_SHAPES: tuple[str, ...] = SHAPES + NEW_SHAPES
+CONCEPTS: tuple[str, ...] = ("default", "extended")
 MOTIONS: tuple[str, ...] = ("left", "right", "up", "down")
 # unit displacement (dx, dy) per motion, image coordinates (y grows downwards)
 MOTION_VECTORS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -63,12 +75,28 @@ TRAIN_TEMPLATES: tuple[str, ...] = (
 )
 
 
-def combos(holdout: str = "default") -> list[tuple[str, str, str]]:
-    """The colour-shape-motion triples used for training under a hold-out mode ('default' or 'none')."""
+def check_concepts(concepts: str) -> None:
+    if concepts not in CONCEPTS:
+        raise UserError(f"--concepts must be 'default' or 'extended', got {concepts!r}")
+
+
+def is_new(triple: tuple[str, str, str]) -> bool:
+    """True when a colour-shape-motion triple names a concept of the extended world (orange, diamond)."""
+    return triple[0] in NEW_COLORS or triple[1] in NEW_SHAPES
+
+
+def combos(holdout: str = "default", concepts: str = "default") -> list[tuple[str, str, str]]:
+    """The colour-shape-motion triples used for training under a hold-out mode ('default' or 'none'), in
+    the default world or the extended one (old triples first, in the same order, then the new ones)."""
     if holdout not in ("default", "none"):
         raise UserError(f"--holdout must be 'default' or 'none', got {holdout!r}")
+    check_concepts(concepts)
     held = set(HELDOUT) if holdout == "default" else set()
-    return [(c, s, m) for c in COLORS for s in SHAPES for m in MOTIONS if (c, s, m) not in held]
+    old = [(c, s, m) for c in COLORS for s in SHAPES for m in MOTIONS if (c, s, m) not in held]
+    if concepts == "default":
+        return old
+    new = [(c, s, m) for c in ALL_COLORS for s in ALL_SHAPES for m in MOTIONS if is_new((c, s, m))]
+    return old + new
 
 
 def make_caption(color: str, shape: str, motion: str, rng: np.random.Generator) -> str:

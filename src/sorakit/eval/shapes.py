@@ -4,10 +4,11 @@ For each video the object is found by colour in every frame, and four things are
 colour, shape and direction named in the prompt:
 
 - **colour**: the majority colour of the bright pixels (each channel on/off relative to the pixel's
-  brightest channel, so blurred or dim pixels still vote for the right hue);
-- **shape**: per frame, the object's mask is compared with an ideal circle, square and upward triangle
-  fitted to its bounding box (intersection over union); the majority over frames wins. The fill ratio of
-  the box (circle ~0.785, square 1.0, triangle 0.5) is reported too;
+  brightest channel, so blurred or dim pixels still vote for the right hue; a red-dominant pixel whose
+  green is between :data:`ORANGE_GREEN` of its red, with little blue, votes orange);
+- **shape**: per frame, the object's mask is compared with an ideal circle, square, upward triangle and
+  diamond fitted to its bounding box (intersection over union); the majority over frames wins. The fill
+  ratio of the box (circle ~0.785, square 1.0, triangle and diamond 0.5) is reported too;
 - **direction**: the slope of a least-squares line through the object's centroids over time; the
   larger axis and its sign give left/right/up/down, and a path shorter than :data:`MIN_TRAVEL` of the
   canvas counts as "static";
@@ -27,11 +28,12 @@ import numpy as np
 
 from sorakit.errors import UserError
 from sorakit.shapes_world import (
-    COLORS,
+    ALL_COLORS,
+    ALL_SHAPES,
     HELDOUT,
-    SHAPES,
     TRAIN_TEMPLATES,
     combos,
+    is_new,
     make_caption,
 )
 
@@ -41,6 +43,10 @@ MAX_AREA_RATIO = 1.5  # temporal consistency: largest / smallest object area ove
 MIN_AREA = 0.01  # an object smaller than this fraction of the frame is "missing"
 MAX_AREA = 0.25  # an "object" larger than this fraction of the frame is not one (the largest is ~12%)
 SECOND_OBJECT = 0.15  # another component at least this fraction of the main one is a second object
+# orange (255, 128, 0): green between these fractions of red (red ~0, orange 0.5, yellow ~1), blue under the
+# last; the band sits around 0.5, so saturated red and yellow pixels vote as they always did
+ORANGE_GREEN = (0.3, 0.8)
+ORANGE_MAX_BLUE = 0.3
 
 # colour name of each on/off channel pattern (r, g, b)
 _CODE_TO_COLOR = {
@@ -53,7 +59,7 @@ _CODE_TO_COLOR = {
 }
 
 # words recognised in prompts (evaluation prompts may use synonyms never used in training)
-COLOR_WORDS: dict[str, str] = {name: name for name in COLORS} | {"purple": "magenta", "pink": "magenta"}
+COLOR_WORDS: dict[str, str] = {name: name for name in ALL_COLORS} | {"purple": "magenta", "pink": "magenta"}
 SHAPE_WORDS: dict[str, str] = {
     "circle": "circle",
     "circles": "circle",
@@ -69,6 +75,9 @@ SHAPE_WORDS: dict[str, str] = {
     "triangle": "triangle",
     "triangles": "triangle",
     "triangular": "triangle",
+    "diamond": "diamond",
+    "diamonds": "diamond",
+    "rhombus": "diamond",
 }
 DIRECTION_WORDS: dict[str, str] = {
     "left": "left",
@@ -174,6 +183,8 @@ def _template(shape: str, h: int, w: int, x0: float, y0: float, bw: float, bh: f
         return inside
     if shape == "circle":
         return (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25
+    if shape == "diamond":
+        return np.abs(u - 0.5) + np.abs(v - 0.5) <= 0.5
     return inside & (np.abs(u - 0.5) <= 0.5 * v)  # upward triangle
 
 
@@ -224,7 +235,7 @@ def analyze_frame(frame: np.ndarray, min_area: int) -> FrameObject | None:
     bw, bh = float(x1 - x0), float(y1 - y0)
     h, w = m.shape
     best, best_iou = "square", -1.0
-    for shape in SHAPES:
+    for shape in ALL_SHAPES:
         t = _template(shape, h, w, float(x0), float(y0), bw, bh)
         inter = float((t & m).sum())
         union = float((t | m).sum())
@@ -240,10 +251,21 @@ def _video_color(frames: np.ndarray) -> str | None:
     fg = peak > FG_THRESHOLD
     if not fg.any():
         return None
-    bits = (x[fg] > 0.5 * peak[fg][:, None]).astype(np.int64)  # [N, 3]
+    px, pk = x[fg], peak[fg]  # [N, 3], [N]
+    bits = (px > 0.5 * pk[:, None]).astype(np.int64)
     codes = bits[:, 0] * 4 + bits[:, 1] * 2 + bits[:, 2]
-    counts = np.bincount(codes, minlength=8)
+    green = px[:, 1] / pk
+    orange = (
+        (px[:, 0] >= pk)
+        & (green >= ORANGE_GREEN[0])
+        & (green < ORANGE_GREEN[1])
+        & (px[:, 2] < ORANGE_MAX_BLUE * pk)
+    )
+    codes = np.where(orange, 8, codes)  # code 8: orange
+    counts = np.bincount(codes, minlength=9)
     best = int(np.argmax(counts))
+    if best == 8:
+        return "orange"
     return _CODE_TO_COLOR.get(((best >> 2) & 1, (best >> 1) & 1, best & 1))
 
 
@@ -268,7 +290,7 @@ def analyze_video(frames: np.ndarray) -> VideoAnalysis:
         res.notes.append("no object")
         return res
     shapes = [o.shape for _, o in present]
-    res.shape = max(SHAPES, key=shapes.count)
+    res.shape = max(ALL_SHAPES, key=shapes.count)
     res.mean_fill = float(np.mean([o.fill for _, o in present]))
     areas = np.array([o.area for _, o in present], dtype=np.float64)
     res.area_ratio = float(areas.max() / areas.min())
@@ -394,7 +416,7 @@ def format_table(summary: dict[str, dict[str, float]]) -> str:
 # --------------------------------------------------------------------------------------------------
 # Prompt sets
 
-PROMPT_SETS = ("train", "novel", "heldout")
+PROMPT_SETS = ("train", "novel", "heldout", "new")
 
 
 def prompt_set(name: str, n: int, seed: int = 0) -> list[tuple[str, tuple[str, str, str]]]:
@@ -402,14 +424,19 @@ def prompt_set(name: str, n: int, seed: int = 0) -> list[tuple[str, tuple[str, s
 
     - ``train``: training phrasings, combinations seen in training;
     - ``novel``: phrasings from :data:`NOVEL_TEMPLATES` (never in training), seen combinations;
-    - ``heldout``: training phrasings of the held-out combinations :data:`HELDOUT`.
+    - ``heldout``: training phrasings of the held-out combinations :data:`HELDOUT`;
+    - ``new``: training phrasings of combinations with orange and/or diamond (the extended world's new
+      concepts, which the built-in model never saw: for LoRA fine-tuning).
 
     Combinations are cycled in a seeded random order so every colour, shape and motion is covered.
     """
     if name not in PROMPT_SETS:
         raise UserError(f"unknown prompt set {name!r} (valid: {', '.join(PROMPT_SETS)})")
     rng = np.random.default_rng([seed, PROMPT_SETS.index(name)])
-    triples = list(HELDOUT) if name == "heldout" else combos("default")
+    if name == "new":
+        triples = [t for t in combos("default", "extended") if is_new(t)]
+    else:
+        triples = list(HELDOUT) if name == "heldout" else combos("default")
     order = rng.permutation(len(triples))
     out = []
     for i in range(n):

@@ -23,6 +23,8 @@ import numpy as np
 
 from sorakit.errors import UserError
 from sorakit.shapes_world import (  # noqa: F401 - the world's names, also read as synth.X
+    ALL_COLORS,
+    ALL_SHAPES,
     COLORS,
     DIRECTION_PHRASES,
     HELDOUT,
@@ -30,9 +32,13 @@ from sorakit.shapes_world import (  # noqa: F401 - the world's names, also read 
     MOTIONS,
     MOVE_VERBS,
     MOVE_VERBS_3P,
+    NEW_COLORS,
+    NEW_SHAPES,
     SHAPES,
     TRAIN_TEMPLATES,
+    check_concepts,
     combos,
+    is_new,
     make_caption,
 )
 from sorakit.tools._io import write_csv
@@ -97,6 +103,8 @@ def shape_coverage(
         mask = (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25
     elif shape == "triangle":  # apex at the top centre, base along the bottom edge
         mask = inside & (np.abs(u - 0.5) <= 0.5 * v)
+    elif shape == "diamond":  # a square turned 45 degrees, its corners on the box's edge midpoints
+        mask = np.abs(u - 0.5) + np.abs(v - 0.5) <= 0.5
     else:
         raise ValueError(f"unknown shape {shape!r}")
     mask = np.broadcast_to(mask, (height * ss, width * ss)).astype(np.float32)
@@ -106,7 +114,7 @@ def shape_coverage(
 def render(spec: ShapeSpec, size: int = 64, frames: int = 16) -> np.ndarray:
     """Frames ``[T, H, W, 3]`` uint8 of one video."""
     dx, dy = MOTION_VECTORS[spec.motion]
-    rgb = np.asarray(COLORS[spec.color], dtype=np.float32)
+    rgb = np.asarray(ALL_COLORS[spec.color], dtype=np.float32)
     out = np.empty((frames, size, size, 3), dtype=np.uint8)
     for t in range(frames):
         x = spec.x0 + dx * spec.speed * t
@@ -124,12 +132,22 @@ def video_rng(seed: int, index: int) -> np.random.Generator:
 CSV_COLUMNS = ("path", "text", "num_frames", "fps", "height", "width", "color", "shape", "motion")
 
 
-def _make_one(job: tuple[int, int, str, int, int, float, str]) -> dict[str, str]:
-    index, seed, holdout, size, frames, fps, out_dir = job
+def _triples(rng: np.random.Generator, holdout: str, concepts: str, new_fraction: float | None) -> list:
+    """The triples video draws from: all of the world's, or (`new_fraction`) the new ones with that
+    probability and the old ones otherwise (one extra draw, so the default world's videos are unchanged)."""
+    triples = combos(holdout, concepts)
+    if new_fraction is None:
+        return triples
+    want_new = bool(rng.random() < new_fraction)
+    return [t for t in triples if is_new(t) == want_new]
+
+
+def _make_one(job: tuple[int, int, str, int, int, float, str, str, float | None]) -> dict[str, str]:
+    index, seed, holdout, size, frames, fps, out_dir, concepts, new_fraction = job
     from sorakit.data.video import write_video
 
     rng = video_rng(seed, index)
-    spec = sample_spec(rng, combos(holdout), size=size, frames=frames)
+    spec = sample_spec(rng, _triples(rng, holdout, concepts, new_fraction), size=size, frames=frames)
     path = Path(out_dir) / "videos" / f"{index:06d}.mp4"
     if not path.exists():  # resumable: an existing file was written atomically by the same (seed, index)
         write_video(path, render(spec, size, frames), fps=fps)
@@ -147,7 +165,8 @@ def _make_one(job: tuple[int, int, str, int, int, float, str]) -> dict[str, str]
     }
 
 
-def check_options(num_videos: int, size: int, frames: int, fps: float, holdout: str) -> None:
+def check_options(num_videos: int, size: int, frames: int, fps: float, holdout: str, concepts: str = "default",
+                  new_fraction: float | None = None) -> None:  # fmt: skip
     """Raise UserError for a setting synthesize cannot use (before any pool is started)."""
     if num_videos < 1:
         raise UserError(f"--num-videos must be >= 1, got {num_videos}")
@@ -157,7 +176,9 @@ def check_options(num_videos: int, size: int, frames: int, fps: float, holdout: 
         raise UserError(f"--frames must be >= 2, got {frames}")
     if fps <= 0:
         raise UserError(f"--fps must be > 0, got {fps}")
-    combos(holdout)  # validates the mode
+    combos(holdout, concepts)  # validates the modes
+    if new_fraction is not None and (concepts == "default" or not 0.0 <= new_fraction <= 1.0):
+        raise UserError(f"--new-fraction must be in [0, 1] and needs --concepts extended, got {new_fraction}")
 
 
 def synthesize(
@@ -173,19 +194,26 @@ def synthesize(
     retries: int = 0,
     shard_items: int | None = None,
     progress: bool = False,
+    concepts: str = "default",
+    new_fraction: float | None = None,
 ) -> Path:
     """Write `num_videos` videos under ``output/videos/`` and ``output/train.csv``; returns the CSV path.
 
     Videos are made in shards on `pool` (else a local pool of `workers`); finished shards are kept in
     ``output/train.parts/`` until the CSV is written, so an interrupted run resumes. The CSV's paths are
-    relative to its folder (``videos/000000.mp4``).
+    relative to its folder (``videos/000000.mp4``). ``concepts="extended"`` adds orange and diamond
+    (``sorakit.shapes_world``); ``new_fraction`` is then the share of videos showing one of them (default:
+    every triple equally likely).
     """
-    check_options(num_videos, size, frames, fps, holdout)
+    check_options(num_videos, size, frames, fps, holdout, concepts, new_fraction)
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     out = Path(output)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    jobs = [(i, seed, holdout, size, frames, float(fps), str(out)) for i in range(num_videos)]
+    jobs = [
+        (i, seed, holdout, size, frames, float(fps), str(out), concepts, new_fraction)
+        for i in range(num_videos)
+    ]
     parts = out / "train.parts"
     with pool_for(pool, workers) as ex:
         done = map_items(_make_one, jobs, ex, parts, shard_items, retries, desc="synth" if progress else None)

@@ -28,6 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="default",
         help="'default' leaves sorakit.tools.synth.HELDOUT out; 'none' uses every combination",
     )
+    p.add_argument("--concepts", choices=("default", "extended"), default="default",
+                   help="'extended' adds the colour orange and the shape diamond (new to the built-in model) in "
+                        "every combination with the old ones")  # fmt: skip
+    p.add_argument("--new-fraction", type=float, default=None,
+                   help="with --concepts extended: share of videos showing orange or a diamond (default: every "
+                        "colour-shape-motion combination equally likely)")  # fmt: skip
     p.add_argument("--workers", type=int, default=None, help="same as --executor local:N")
     add_executor_args(p)
     p.set_defaults(func=run)
@@ -40,12 +46,15 @@ def run(args: argparse.Namespace) -> int:
     from sorakit.tools.synth import check_options, synthesize
 
     spec = executor_from_args(args)
-    check_options(args.num_videos, args.size, args.frames, args.fps, args.holdout)
+    check_options(
+        args.num_videos, args.size, args.frames, args.fps, args.holdout, args.concepts, args.new_fraction
+    )
     t0 = time.perf_counter()
     with open_pool(spec) as pool:
         csv_path = synthesize(
             args.output, args.num_videos, seed=args.seed, size=args.size, frames=args.frames, fps=args.fps,
             holdout=args.holdout, pool=pool, retries=args.retries, shard_items=args.shard_items, progress=True,
+            concepts=args.concepts, new_fraction=args.new_fraction,
         )  # fmt: skip
     print(f"wrote {args.num_videos} videos and {csv_path} in {time.perf_counter() - t0:.1f}s")
     return 0
