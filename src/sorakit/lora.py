@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from sorakit.errors import UserError
 from sorakit.fileutil import save_safetensors, write_text_atomic
+from sorakit.safeload import load_safetensors
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -217,7 +217,7 @@ def check_base(spec: AdapterSpec, path: str | os.PathLike, fingerprint: str, nam
 
 def load_adapter_weights(model: nn.Module, weights: Path, adapter_name: str) -> None:
     """Copy a peft file's tensors into the injected adapter `adapter_name` of `model` (every tensor must fit)."""
-    tensors = load_file(str(weights), device="cpu")
+    tensors = load_safetensors(weights)  # a damaged file: one UserError naming it
     own = {k for k, _ in model.named_parameters() if is_adapter_key(k) and f".{adapter_name}." in k}
     mapped = {}
     for key, value in tensors.items():
