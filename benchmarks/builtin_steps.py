@@ -33,7 +33,7 @@ def main() -> None:
     prompts = build_prompts(PROMPT_SETS, args.num_prompts, seed=0)
     print(
         f"threads {args.threads}, {len(prompts)} prompts ({args.num_prompts} per set), guidance "
-        f"{pipe.config.scheduler.cfg_scale}"
+        f"{pipe.config.sampler.guidance_scale}"
     )
     print(
         "| sampler | steps | s/video (batch 1) | colour % | shape % | direction % | all three % | consistent % |"

@@ -18,7 +18,7 @@ import time
 import torch
 from torch import nn
 
-from sorakit.diffusion import build_sampler, cfg_model_fn
+from sorakit.diffusion import build_sampler, guidance_model_fn
 
 DEFAULT_STEPS = {"iddpm": 100, "ddim": 50, "dpm-solver": 20, "rflow": 30}
 
@@ -62,7 +62,9 @@ def main() -> None:
     c, t, h, w = args.latent
     model = StandIn(c, args.width).to(device).eval()
     y = torch.randn(args.batch, 1, 8, 32, device=device)
-    fn = cfg_model_fn(model, y, torch.zeros_like(y), scale=7.0, mask=torch.ones(args.batch, 8, device=device))
+    fn = guidance_model_fn(
+        model, y, torch.zeros_like(y), scale=7.0, mask=torch.ones(args.batch, 8, device=device)
+    )
     z = torch.randn(args.batch, c, t, h, w, device=device)
 
     # Cost of one bare guided model call, to separate the sampler's own overhead.

@@ -144,14 +144,15 @@ class TextEncoderConfig:
 
 
 @dataclass
-class SchedulerConfig:
-    """The diffusion process and sampler."""
+class SamplerConfig:
+    """The diffusion process and the sampler (Open-Sora's ``scheduler``; the learning-rate schedule is
+    ``train.warmup_steps`` / ``train.decay_steps``)."""
 
     # a str, not a Literal: sampler names and their aliases are defined once, in sorakit.diffusion.SAMPLERS
     type: str = _doc("sampler: 'iddpm', 'dpm-solver', 'ddim' or 'rflow'", "iddpm")
     num_sampling_steps: int = _doc("denoising steps at inference", 100, bounds=STEPS)
-    cfg_scale: float = _doc("classifier-free guidance scale (1 = no guidance)", 7.0, bounds=NON_NEGATIVE)
-    cfg_channels: int | None = _doc(
+    guidance_scale: float = _doc("classifier-free guidance scale (1 = no guidance)", 7.0, bounds=NON_NEGATIVE)
+    guidance_channels: int | None = _doc(
         "guide only the first N channels (3 = Open-Sora 1.0 parity); None = all", None, bounds=POSITIVE
     )
     num_timesteps: int = _doc("training diffusion steps", 1000, bounds=STEPS)
@@ -292,7 +293,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -307,6 +308,18 @@ class Config:
         if fmt == "json":
             return json.dumps(self.to_dict(), indent=2, allow_nan=False)
         return dump_toml(self.to_dict())
+
+
+# Names from before the renames of issue #13, still read from older presets, config files and model
+# folders: the section ``scheduler`` (now ``sampler``) and its ``cfg_*`` keys (now ``guidance_*``).
+RENAMED_SECTIONS = {"scheduler": "sampler"}
+RENAMED_KEYS = {("sampler", "cfg_scale"): "guidance_scale", ("sampler", "cfg_channels"): "guidance_channels"}
+
+
+def canonical_key(section: str, key: str | None = None) -> tuple[str, str | None]:
+    """``(section, key)`` under today's names: ``("scheduler", "cfg_scale")`` -> ``("sampler", "guidance_scale")``."""
+    section = RENAMED_SECTIONS.get(section, section)
+    return section, None if key is None else RENAMED_KEYS.get((section, key), key)
 
 
 SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}  # type: ignore[misc]
@@ -475,6 +488,7 @@ def validate_config(cfg: Config) -> Config:
 def apply_dict(cfg: Config, data: dict[str, Any], source: str = "config") -> Config:
     """Apply a nested dict ``{section: {key: value}}`` onto `cfg`, validating every key, type and bound."""
     for section, values in data.items():
+        section, _ = canonical_key(section)
         if section not in SECTIONS:
             raise ConfigError(f"{source}: unknown section '{section}'{_closest(section, list(SECTIONS))}")
         if not isinstance(values, dict):
@@ -482,6 +496,7 @@ def apply_dict(cfg: Config, data: dict[str, Any], source: str = "config") -> Con
         hints = _section_hints(section)
         obj = getattr(cfg, section)
         for key, value in values.items():
+            _, key = canonical_key(section, key)
             if key not in hints:
                 raise ConfigError(f"{source}: unknown key '{section}.{key}'{_closest(key, list(hints))}")
             setattr(obj, key, check_field(section, key, value))
@@ -499,7 +514,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             raise ConfigError(
                 f"override '{item}': key must be section.key{_closest(parts[0], list(SECTIONS))}"
             )
-        section, key, rest = parts[0], parts[1], parts[2:]
+        (section, key), rest = canonical_key(parts[0], parts[1]), parts[2:]
         if section not in SECTIONS:
             raise ConfigError(
                 f"override '{item}': unknown section '{section}'{_closest(section, list(SECTIONS))}"

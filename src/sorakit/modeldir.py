@@ -28,7 +28,7 @@ Layout::
         "text_encoder": {"type": "t5" | "clip" | "minilm" | "classes",
                          "path": "text_encoder" | "builtin:minilm" | "<hub id>" | "/abs/path",
                          "model_max_length": 120},
-        "scheduler": {"type": "iddpm", "num_sampling_steps": 100, "cfg_scale": 7.0, ...},  # defaults
+        "sampler": {"type": "iddpm", "num_sampling_steps": 100, "guidance_scale": 7.0, ...},  # defaults
         "inference": {"num_frames": 16, "image_size": [256, 256], "fps": 8, ...},          # defaults
         ...
       }
@@ -96,7 +96,7 @@ def save_model_dir(
         out_dir: the directory to create (must not exist, or be an existing sorakit model directory
             that is replaced).
         transformer: the diffusion transformer (a sorakit.models model).
-        config: the resolved config; its model/vae/text_encoder/scheduler/inference sections become
+        config: the resolved config; its model/vae/text_encoder/sampler/inference sections become
             the defaults of ``sorakit generate``.
         vae: an ``AutoencoderKL`` or :class:`~sorakit.encoders.VideoVAE` to store in ``vae/``; None keeps
             ``config.vae.path`` as a reference.

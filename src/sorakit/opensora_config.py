@@ -178,7 +178,7 @@ def opensora_py_to_dict(path: Path) -> dict[str, Any]:
     src = read_python_literals(path)
     out: dict[str, dict[str, Any]] = defaultdict(dict)
     try:
-        unknown = _model(src, out) + _vae(src, out) + _text_encoder(src, out) + _scheduler(src, out)
+        unknown = _model(src, out) + _vae(src, out) + _text_encoder(src, out) + _sampler(src, out)
         _run_settings(src, out)
     except ConfigError:
         raise
@@ -234,16 +234,17 @@ def _text_encoder(src: dict[str, Any], out: dict[str, dict[str, Any]]) -> list[s
     return [f"text_encoder.{k}" for k in text]
 
 
-def _scheduler(src: dict[str, Any], out: dict[str, dict[str, Any]]) -> list[str]:
+def _sampler(src: dict[str, Any], out: dict[str, dict[str, Any]]) -> list[str]:
+    """Open-Sora's ``scheduler`` dict (its name for the sampler) -> sorakit's ``sampler`` section."""
     sched = dict(src.get("scheduler") or {})
     if not sched:
         return []
     stype = sched.pop("type", "iddpm")
-    out["scheduler"]["type"] = _OS_SCHED.get(stype, stype)
+    out["sampler"]["type"] = _OS_SCHED.get(stype, stype)
     if "num_sampling_steps" in sched:
-        out["scheduler"]["num_sampling_steps"] = sched.pop("num_sampling_steps")
+        out["sampler"]["num_sampling_steps"] = sched.pop("num_sampling_steps")
     if "cfg_scale" in sched:
-        out["scheduler"]["cfg_scale"] = sched.pop("cfg_scale")
+        out["sampler"]["guidance_scale"] = sched.pop("cfg_scale")
     sched.pop("timestep_respacing", None)
     return [f"scheduler.{k}" for k in sched]
 

@@ -54,7 +54,7 @@ def test_exported_model_is_self_contained_and_generates(toy_run):
     _, cfg = read_model_dir(out)
     assert (
         cfg.text_encoder.type == "minilm"
-        and cfg.scheduler.shift == load_config(recipe.PRESET).scheduler.shift > 1
+        and cfg.sampler.shift == load_config(recipe.PRESET).sampler.shift > 1
     )
     assert cfg.data.random_flip is False
     torch.set_num_threads(1)

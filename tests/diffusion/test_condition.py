@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sorakit.diffusion import build_sampler, cfg_model_fn
+from sorakit.diffusion import build_sampler, guidance_model_fn
 from sorakit.diffusion.condition import Condition, enter, generated, start
 from sorakit.diffusion.rflow import velocity_as_eps
 
@@ -111,7 +111,7 @@ def test_guidance_doubles_the_mask_and_velocity_models_pass_it_on():
         seen.append(x_mask.clone())
         return 0.2 * x + y.reshape(-1, 1, 1, 1, 1)
 
-    guided = cfg_model_fn(model, torch.ones(B), torch.zeros(B), scale=4.0)
+    guided = guidance_model_fn(model, torch.ones(B), torch.zeros(B), scale=4.0)
     sampler = build_sampler("dpm-solver", 5)
     out = sampler.sample(velocity_as_eps(guided, sampler=sampler), z, condition=Condition(ref, ratio))
     assert torch.equal(out[:, :, 0], ref[:, :, 0])

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from sorakit.diffusion import IDDPM, space_timesteps
-from sorakit.diffusion.guidance import cfg_model_fn, guide
+from sorakit.diffusion.guidance import guidance_model_fn, guide
 
 SCHEDULE_KEYS = [
     "betas",
@@ -203,7 +203,7 @@ def test_cfg_call_parity(ref):
         seen.update(x=xx, t=tt, y=yy, mask=mask)
         return toy_model(xx, tt, yy, mask=mask)
 
-    fn = cfg_model_fn(model, y[:n], y[n:], 7.0, mask=mask, guided_channels=3)
+    fn = guidance_model_fn(model, y[:n], y[n:], 7.0, mask=mask, guided_channels=3)
     guided = fn(x[:n], t[:n])
     assert_rel(seen["x"], ref["cfg_model_input"], 0.0, "model input")
     assert_rel(seen["y"], y, 0.0, "captions")
@@ -221,7 +221,7 @@ def test_cfg_default_guides_all_prediction_channels(ref):
     n = 2
     x, y, mask, t = ref["cfg_x"][:n], ref["cfg_y"], ref["cfg_mask"], ref["cfg_timestep"][:n]
     raw = ref["cfg_model_output"]
-    guided = cfg_model_fn(toy_model, y[:n], y[n:], 7.0, mask=mask)(x, t)
+    guided = guidance_model_fn(toy_model, y[:n], y[n:], 7.0, mask=mask)(x, t)
     expected_eps = raw[n:, :4] + 7.0 * (raw[:n, :4] - raw[n:, :4])
     assert_rel(guided[:, :4], expected_eps, 1e-12, "eps guided on all 4 channels")
     assert_rel(guided[:, 4:], raw[:n, 4:], 1e-12, "variance from the conditional rows")
@@ -251,7 +251,7 @@ def test_sample_loop_n_rows(fixtures, tag, parity):
         calls.append((x, t))
         return toy_model(x, t, y, mask=mask)
 
-    fn = cfg_model_fn(model, r["y_cond"], y_null, 7.0, mask=r["mask"], guided_channels=3)
+    fn = guidance_model_fn(model, r["y_cond"], y_null, 7.0, mask=r["mask"], guided_channels=3)
     diffusion = IDDPM(num_sampling_steps=10, coefficient_dtype=torch.float32 if parity else None)
     steps = list(diffusion.sample_progressive(fn, r["z"], noise=list(r["step_noise"][:, :n])))
     tol = 1e-10 if (parity and dtype == torch.float64) else tol_for(dtype)

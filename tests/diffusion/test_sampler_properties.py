@@ -15,7 +15,7 @@ from sorakit.diffusion import (
     RectifiedFlow,
     build_objective,
     build_sampler,
-    cfg_model_fn,
+    guidance_model_fn,
     linear_betas,
     shift_ratio,
     space_timesteps,
@@ -468,11 +468,11 @@ def test_cfg_wrapper_batches_cond_and_null_rows_once():
     x = torch.randn(3, 2, 1, 2, 2, generator=gen(26))
     y, y_null = torch.full((3,), 2.0), torch.zeros(3)
     mask = torch.ones(3, 5, dtype=torch.long)
-    fn = cfg_model_fn(model, y, y_null, 4.0, mask=mask, scale_bias=1.0)
+    fn = guidance_model_fn(model, y, y_null, 4.0, mask=mask, scale_bias=1.0)
     out = fn(x, torch.zeros(3))
     assert calls == [(6, 6)]
     torch.testing.assert_close(out[:, :2], 1.0 + 4.0 * (2 * x))  # uncond 1 + 4 * (2x + 1 - 1)
     torch.testing.assert_close(out[:, 2:], x)
     calls.clear()
-    cfg_model_fn(model, y, y_null, 1.0, mask=mask)(x, torch.zeros(3))
+    guidance_model_fn(model, y, y_null, 1.0, mask=mask)(x, torch.zeros(3))
     assert calls == [(3, 3)]

@@ -104,7 +104,7 @@ def test_preset_values_and_inheritance():
     assert cfg.inference.num_frames == 64 and cfg.inference.fps == 12
     assert cfg.inference.image_size == [512, 512]
     # inherited from the 16x256x256 base
-    assert cfg.scheduler.num_sampling_steps == 100 and cfg.scheduler.cfg_scale == 7.0
+    assert cfg.sampler.num_sampling_steps == 100 and cfg.sampler.guidance_scale == 7.0
     assert cfg.text_encoder.model_max_length == 120
     sp = load_config("opensora/train/64x512x512-sp")
     assert sp.parallel.sp_size == 2 and sp.data.num_frames == 64 and sp.data.frame_interval == 2
@@ -115,7 +115,7 @@ def test_overrides_convert_types():
         "opensora/inference/16x256x256",
         [
             "scheduler.num_sampling_steps=20",
-            "scheduler.cfg_scale=4",
+            "scheduler.guidance_scale=4",
             "model.grad_checkpoint=true",
             "inference.image_size=128x64",
             "model.arch.depth=2",
@@ -123,8 +123,8 @@ def test_overrides_convert_types():
             "vae.micro_batch_size=8",
         ],
     )
-    assert cfg.scheduler.num_sampling_steps == 20 and isinstance(cfg.scheduler.num_sampling_steps, int)
-    assert cfg.scheduler.cfg_scale == 4.0 and isinstance(cfg.scheduler.cfg_scale, float)
+    assert cfg.sampler.num_sampling_steps == 20 and isinstance(cfg.sampler.num_sampling_steps, int)
+    assert cfg.sampler.guidance_scale == 4.0 and isinstance(cfg.sampler.guidance_scale, float)
     assert cfg.model.grad_checkpoint is True
     assert cfg.inference.image_size == [128, 64]
     assert cfg.model.arch == {"depth": 2}
@@ -160,9 +160,21 @@ def test_missing_preset_is_one_line_error():
 
 def test_toml_file_with_bad_key(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text("[scheduler]\nsteps = 10\n")
-    with pytest.raises(ConfigError, match=r"scheduler\.steps"):
+    path.write_text("[sampler]\nsteps = 10\n")
+    with pytest.raises(ConfigError, match=r"sampler\.steps"):
         load_config(str(path))
+
+
+def test_names_from_before_the_renames_still_load(tmp_path):
+    """Configs written before issue #13 said [scheduler] and cfg_*: they load under today's names."""
+    path = tmp_path / "old.toml"
+    path.write_text('base = "tiny"\n[scheduler]\ntype = "ddim"\ncfg_scale = 2.5\ncfg_channels = 3\n')
+    cfg = load_config(str(path), ["scheduler.num_sampling_steps=7", "sampler.cfg_scale=3"])
+    assert (cfg.sampler.type, cfg.sampler.num_sampling_steps) == ("ddim", 7)
+    assert (cfg.sampler.guidance_scale, cfg.sampler.guidance_channels) == (3.0, 3)
+    assert "[sampler]" in cfg.dump() and "scheduler" not in cfg.dump() and "cfg_" not in cfg.dump()
+    with pytest.raises(ConfigError, match=r"sampler\.cfg_scal\b.*guidance_scale"):
+        load_config("tiny", ["scheduler.cfg_scal=3"])
 
 
 def test_dump_round_trips(tmp_path):
@@ -181,7 +193,7 @@ def test_opensora_inference_py_config(tmp_path):
     assert cfg.model.from_pretrained == "PRETRAINED_MODEL"
     assert cfg.vae.type == "sd-vae" and cfg.vae.micro_batch_size == 128
     assert cfg.text_encoder.path == "./pretrained_models/t5_ckpts"
-    assert cfg.scheduler.num_sampling_steps == 100 and cfg.scheduler.cfg_scale == 7.0
+    assert cfg.sampler.num_sampling_steps == 100 and cfg.sampler.guidance_scale == 7.0
     assert cfg.inference.fps == 8 and cfg.inference.num_frames == 16
     assert cfg.inference.image_size == [256, 256] and cfg.inference.dtype == "fp16"
     assert cfg.inference.batch_size == 2 and cfg.inference.save_dir == "./outputs/samples/"
@@ -221,3 +233,22 @@ def test_opensora_py_config_refuses_code(tmp_path, monkeypatch, line, what):
 def test_string_fields_take_override_text_verbatim():
     cfg = load_config(None, ["text_encoder.path=5", "vae.path=none", "model.type=STDiT-XL/2"])
     assert cfg.text_encoder.path == "5" and cfg.vae.path is None and cfg.model.type == "STDiT-XL/2"
+
+
+def test_model_folder_written_before_the_renames_reads_the_same(tmp_path):
+    """A model folder exported with [scheduler] / cfg_scale reads as today's [sampler] / guidance_scale."""
+    import json
+    import shutil
+
+    from sorakit.modeldir import PIPELINE_FILE, builtin_model_dir, read_model_dir
+
+    old = tmp_path / "old-model"
+    shutil.copytree(builtin_model_dir(), old)
+    spec = json.loads((old / PIPELINE_FILE).read_text())
+    sampler = spec["config"].pop("sampler")
+    spec["config"]["scheduler"] = {k.replace("guidance_", "cfg_"): v for k, v in sampler.items()}
+    (old / PIPELINE_FILE).write_text(json.dumps(spec))
+    assert "cfg_scale" in (old / PIPELINE_FILE).read_text()
+    then, now = read_model_dir(old)[1], read_model_dir(builtin_model_dir())[1]
+    assert then.sampler == now.sampler and then.sampler.guidance_scale == 4.0
+    assert then.to_dict() | {"vae": None} == now.to_dict() | {"vae": None}  # vae.path: each its own folder

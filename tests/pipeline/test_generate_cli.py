@@ -252,7 +252,7 @@ def test_opensora_preset_with_local_components(tiny_model_dir: Path, tmp_path: P
     same video as the model directory holding those same components."""
     shrink = ["--set", "model.type=STDiT-tiny", "--set", "model.arch.hidden_size=32", "--set",
               "model.arch.num_heads=2", "--set", "model.arch.mlp_ratio=2.0", "--set", "model.space_scale=1.0",
-              "--set", "text_encoder.model_max_length=12", "--set", "scheduler.cfg_scale=4.0"]  # fmt: skip
+              "--set", "text_encoder.model_max_length=12", "--set", "scheduler.guidance_scale=4.0"]  # fmt: skip
     common = [
         "a red circle",
         "--resolution",

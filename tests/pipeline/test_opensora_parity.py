@@ -38,7 +38,7 @@ def e2e_config(sampler: str, parity_name: str | None = "opensora-1.0") -> Config
     cfg.vae.type, cfg.vae.path = "sd-vae", str(FIXTURE / "vae")
     cfg.text_encoder.type, cfg.text_encoder.path = "t5", str(FIXTURE / "t5")
     cfg.text_encoder.model_max_length = 20
-    cfg.scheduler.type, cfg.scheduler.num_sampling_steps, cfg.scheduler.cfg_scale = sampler, 10, 7.0
+    cfg.sampler.type, cfg.sampler.num_sampling_steps, cfg.sampler.guidance_scale = sampler, 10, 7.0
     cfg.inference.num_frames, cfg.inference.image_size = 4, [64, 64]
     cfg.inference.parity = parity_name
     return cfg

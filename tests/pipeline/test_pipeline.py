@@ -241,7 +241,7 @@ def test_rflow_time_shift_reaches_the_sampler(tiny_pipe: TextToVideoPipeline, mo
     with pytest.raises(UserError, match="rectified flow"):
         tiny_pipe("a cat", num_frames=2, num_inference_steps=2, sampler="rflow", progress=False)
     monkeypatch.setattr(tiny_pipe, "_denoiser", record)
-    monkeypatch.setattr(tiny_pipe.config.scheduler, "shift", 3.0)
+    monkeypatch.setattr(tiny_pipe.config.sampler, "shift", 3.0)
     monkeypatch.setattr(
         tiny_pipe.transformer, "prediction_type", "flow"
     )  # what the model says, not the config

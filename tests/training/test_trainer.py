@@ -204,15 +204,15 @@ def test_class_conditional_dit_trains_on_a_label_cache(tmp_path):
     assert sd["y_embedder.embedding_table.weight"].shape[0] == 6  # 5 classes + the null class of guidance
 
 
-def test_objective_follows_the_scheduler_settings():
+def test_objective_follows_the_sampler_settings():
     from sorakit.config import load_config
     from sorakit.diffusion.rflow import time_shift
 
     cfg = load_config("builtin/stdit")
-    assert cfg.train.objective == "rflow" and cfg.scheduler.shift > 1
-    shift = cfg.scheduler.shift
+    assert cfg.train.objective == "rflow" and cfg.sampler.shift > 1
+    shift = cfg.sampler.shift
     shifted = build_objective(cfg)
-    cfg.scheduler.shift = 1.0
+    cfg.sampler.shift = 1.0
     plain = build_objective(cfg)
     t = plain.sample_timesteps(1000, torch.Generator().manual_seed(0), "cpu")
     torch.testing.assert_close(

@@ -12,7 +12,7 @@ Training (the trainer)::
     t = objective.sample_timesteps(B, generator, device)
     loss = objective.training_losses(model_fn, x0, t, generator=g)["loss"]  # [B]
 
-Guidance is a model wrapper: `model_fn = cfg_model_fn(model, y, y_null, scale, mask=mask)`.
+Guidance is a model wrapper: `model_fn = guidance_model_fn(model, y, y_null, scale, mask=mask)`.
 
 Timesteps the samplers pass to `model_fn`: IDDPM / DDIM the original integer timesteps
 (0..999, int64); DPM-Solver continuous float timesteps on the same 0..999 scale; rectified flow
@@ -27,7 +27,7 @@ import torch
 
 from sorakit.diffusion.common import ModelFn
 from sorakit.diffusion.dpm_solver import DPMSolver
-from sorakit.diffusion.guidance import CFGModel, cfg_model_fn, guide
+from sorakit.diffusion.guidance import GuidedModel, guidance_model_fn, guide
 from sorakit.diffusion.iddpm import DDIM, IDDPM
 from sorakit.diffusion.rflow import RectifiedFlow, shift_ratio, time_shift
 from sorakit.diffusion.schedules import (
@@ -114,7 +114,7 @@ __all__ = [
     "IDDPM",
     "OBJECTIVES",
     "SAMPLERS",
-    "CFGModel",
+    "GuidedModel",
     "DPMSolver",
     "Objective",
     "RectifiedFlow",
@@ -122,7 +122,7 @@ __all__ = [
     "build_objective",
     "build_sampler",
     "sampler_name",
-    "cfg_model_fn",
+    "guidance_model_fn",
     "cosine_betas",
     "gaussian_coefficients",
     "guide",

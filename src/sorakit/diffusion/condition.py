@@ -11,7 +11,7 @@ t). At a step, frame f is *generated* when `ratio_f > 0 and ratio_f >= level`:
   is replaced by the reference noised to the current level with the frame's own initial noise (so the random
   stream is the one of plain sampling) and generated from there on.
 
-The sampler passes `x_mask = generated` to the model at every step; guidance (`CFGModel`) doubles it with
+The sampler passes `x_mask = generated` to the model at every step; guidance (`GuidedModel`) doubles it with
 the batch. At the end, held frames are exactly their reference latents.
 """
 

@@ -1,6 +1,6 @@
 """Classifier-free guidance as a wrapper around a model callable (k-diffusion style).
 
-`cfg_model_fn(model, y, y_null, scale)` returns a plain `model_fn(x, t)` that any sampler can call:
+`guidance_model_fn(model, y, y_null, scale)` returns a plain `model_fn(x, t)` that any sampler can call:
 it runs the conditional and the null-caption rows in ONE batch and returns the guided prediction
 for the n rows it was given. Samplers never see captions.
 
@@ -44,7 +44,7 @@ def _repeat_rows(v: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([v, v], dim=0) if v.shape[0] == n else v
 
 
-class CFGModel:
+class GuidedModel:
     """`model_fn(x [n, C, ...], t [n]) -> guided prediction [n, K, ...]` (see module docstring).
 
     The wrapped model is called once per step as
@@ -103,7 +103,7 @@ class CFGModel:
         return guide(cond, uncond, self.scale, self.guided_channels)
 
 
-def cfg_model_fn(
+def guidance_model_fn(
     model: Callable[..., torch.Tensor],
     y: torch.Tensor,
     y_null: torch.Tensor | None,
@@ -111,6 +111,6 @@ def cfg_model_fn(
     mask: torch.Tensor | None = None,
     guided_channels: int | None = None,
     **model_kwargs,
-) -> CFGModel:
-    """Build the guided `model_fn(x, t)` for a sampler. See `CFGModel`."""
-    return CFGModel(model, y, y_null, scale, mask=mask, guided_channels=guided_channels, **model_kwargs)
+) -> GuidedModel:
+    """Build the guided `model_fn(x, t)` for a sampler. See `GuidedModel`."""
+    return GuidedModel(model, y, y_null, scale, mask=mask, guided_channels=guided_channels, **model_kwargs)

@@ -28,7 +28,7 @@ from torch import nn
 
 from sorakit import parity
 from sorakit.config import Config, apply_overrides
-from sorakit.diffusion import build_sampler, cfg_model_fn, sampler_name
+from sorakit.diffusion import build_sampler, guidance_model_fn, sampler_name
 from sorakit.diffusion.common import randn
 from sorakit.diffusion.rflow import velocity_as_eps
 from sorakit.encoders.text import ClassLabelEncoder, build_text_encoder, peek_output_dim
@@ -105,7 +105,7 @@ class TextToVideoPipeline:
         transformer: STDiT / PixArt / DiT / Latte (sorakit.models), moved to ``device`` and ``dtype``.
         vae: :class:`VideoVAE`.
         text_encoder: a sorakit text encoder (``encode(list[str]) -> (emb, mask)``) or class labels.
-        config: defaults for every ``__call__`` argument (scheduler and inference sections).
+        config: defaults for every ``__call__`` argument (sampler and inference sections).
         device, dtype: where and in which precision the transformer and VAE run ('auto' picks).
         offload_text_encoder: keep the text encoder on the CPU between calls, moving it to the
             accelerator only while encoding (so T5-XXL does not sit in GPU memory while sampling).
@@ -433,7 +433,7 @@ class TextToVideoPipeline:
         self,
         prompts: list[str],
         shape: tuple[int, ...],
-        scheduler: Any,
+        solver: Any,
         generator: torch.Generator | None,
         scale: float,
         how: tuple[str, str, Any, Any],
@@ -451,27 +451,27 @@ class TextToVideoPipeline:
         z = self._starting_noise(shape, generator, profile)
 
         # 3. denoise: guided model function, then the sampler's steps (reference frames held by the sampler)
-        channels = cfg.scheduler.cfg_channels if profile is None else profile.guided_channels.get(sampler)
-        model_fn = cfg_model_fn(self._denoiser, y, y_null, scale, mask=mask, guided_channels=channels)
+        channels = cfg.sampler.guidance_channels if profile is None else profile.guided_channels.get(sampler)
+        model_fn = guidance_model_fn(self._denoiser, y, y_null, scale, mask=mask, guided_channels=channels)
         if prediction == "flow" and sampler != "rflow":
             model_fn = velocity_as_eps(
-                model_fn, cfg.scheduler.num_timesteps, sampler=scheduler
+                model_fn, cfg.sampler.num_timesteps, sampler=solver
             )  # DDPM samplers on a flow model
         noise_kw = parity.sampler_kwargs(sampler, z) if profile is not None else {}
-        model_fn = model_fn if report is None else _report_calls(model_fn, scheduler.num_steps, report)
-        return scheduler.sample(
+        model_fn = model_fn if report is None else _report_calls(model_fn, solver.num_steps, report)
+        return solver.sample(
             model_fn, z, generator=generator, progress=progress, condition=condition, **noise_kw
         )
 
-    def _scheduler(self, sampler: str, steps: int, prediction: str) -> Any:
+    def _build_sampler(self, sampler: str, steps: int, prediction: str) -> Any:
         """The sampler `sampler` with `steps` steps for a model predicting `prediction` (rflow: flow only)."""
         if sampler == "rflow" and prediction != "flow":
             raise UserError(
                 f"the rflow sampler needs a model trained with rectified flow; this one predicts"
                 f" {prediction!r}: choose iddpm, ddim or dpm-solver"
             )
-        extra = {"shift": self.config.scheduler.shift} if sampler == "rflow" else {}
-        return build_sampler(sampler, steps, num_timesteps=self.config.scheduler.num_timesteps, **extra)
+        extra = {"shift": self.config.sampler.shift} if sampler == "rflow" else {}
+        return build_sampler(sampler, steps, num_timesteps=self.config.sampler.num_timesteps, **extra)
 
     @torch.no_grad()
     def __call__(
@@ -498,7 +498,7 @@ class TextToVideoPipeline:
         Args:
             prompt: a prompt or a list of prompts (class indices as strings for class-conditional models).
             num_frames, height, width: video size (defaults: the model's ``inference`` settings).
-            num_inference_steps, guidance_scale, sampler: defaults from the ``scheduler`` settings.
+            num_inference_steps, guidance_scale, sampler: defaults from the ``sampler`` settings.
             generator: a torch.Generator for the starting noise and the sampler's noise; when None one is
                 made on the CPU from ``seed`` (default ``inference.seed``). Under ``inference.parity`` the
                 global RNG is used instead (see :mod:`sorakit.parity`).
@@ -518,9 +518,9 @@ class TextToVideoPipeline:
         num_frames = cfg.inference.num_frames if num_frames is None else int(num_frames)
         height = cfg.inference.image_size[0] if height is None else int(height)
         width = cfg.inference.image_size[1] if width is None else int(width)
-        steps = cfg.scheduler.num_sampling_steps if num_inference_steps is None else int(num_inference_steps)
-        scale = cfg.scheduler.cfg_scale if guidance_scale is None else float(guidance_scale)
-        sampler = sampler_name(sampler or cfg.scheduler.type)
+        steps = cfg.sampler.num_sampling_steps if num_inference_steps is None else int(num_inference_steps)
+        scale = cfg.sampler.guidance_scale if guidance_scale is None else float(guidance_scale)
+        sampler = sampler_name(sampler or cfg.sampler.type)
         profile = parity.get_profile(cfg.inference.parity)  # None: sorakit's own defaults
         latent_size = self.check_inputs(
             prompts, num_frames, height, width, steps, scale, sampler, output_type, profile is not None
@@ -528,7 +528,7 @@ class TextToVideoPipeline:
         generator = self._generator(profile, generator, seed)
 
         prediction = getattr(self.transformer, "prediction_type", "epsilon")
-        scheduler = self._scheduler(sampler, steps, prediction)
+        solver = self._build_sampler(sampler, steps, prediction)
         refs = self.prepare_references(
             reference, mask_strategy, num_frames, height, width, condition_frames, loop
         )
@@ -538,7 +538,7 @@ class TextToVideoPipeline:
         for seg in range(loop):  # one segment unless looping: each later one starts with the last one's end
             condition = refs.condition(seg, shape, self.device) if refs is not None else None
             report = None if callback is None else _segment_callback(callback, seg, steps, loop)
-            segments.append(self._denoise([t[seg] for t in texts], shape, scheduler, generator, scale,
+            segments.append(self._denoise([t[seg] for t in texts], shape, solver, generator, scale,
                                           (sampler, prediction, profile, report), condition, progress))  # fmt: skip
             if seg + 1 < loop:
                 refs.add_segment(segments[-1], seg + 1)

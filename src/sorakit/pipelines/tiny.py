@@ -105,9 +105,9 @@ def tiny_config(text_encoder: str = "t5", max_length: int = 12):  # noqa: ANN201
     else:
         cfg.text_encoder.type, cfg.text_encoder.path = "t5", "text_encoder"
     cfg.text_encoder.model_max_length = max_length
-    cfg.scheduler.type = "iddpm"
-    cfg.scheduler.num_sampling_steps = 5
-    cfg.scheduler.cfg_scale = 4.0
+    cfg.sampler.type = "iddpm"
+    cfg.sampler.num_sampling_steps = 5
+    cfg.sampler.guidance_scale = 4.0
     cfg.inference.num_frames = 4
     cfg.inference.image_size = [16, 16]
     cfg.inference.fps = 4

@@ -313,7 +313,7 @@ def validate(
     name = {k: k for k in ("num_frames", "steps", "guidance", "fps", "batch_size", "threads", "seed")} | dict(
         names or {}
     )
-    inf, sch = cfg.inference, cfg.scheduler
+    inf, sch = cfg.inference, cfg.sampler
     # each input is checked with the bounds of the config field it stands for (sorakit.config.check_field)
     num_frames = check_field("inference", "num_frames", _pick(num_frames, inf.num_frames), name["num_frames"])
     height, width = check_field(
@@ -321,13 +321,13 @@ def validate(
         name.get("resolution", "resolution"),
     )  # fmt: skip
     steps = check_field(
-        "scheduler", "num_sampling_steps", _pick(steps, sch.num_sampling_steps), name["steps"]
+        "sampler", "num_sampling_steps", _pick(steps, sch.num_sampling_steps), name["steps"]
     )
     sampler = sampler_name(sampler or sch.type)
     build_sampler(
         sampler, steps, num_timesteps=sch.num_timesteps
     )  # the sampler's own checks (e.g. DPM order)
-    guidance = check_field("scheduler", "cfg_scale", _pick(guidance, sch.cfg_scale), name["guidance"])
+    guidance = check_field("sampler", "guidance_scale", _pick(guidance, sch.guidance_scale), name["guidance"])
     fps = check_field("inference", "fps", _pick(fps, inf.fps), name["fps"], hint=float)
     batch_size = check_field("inference", "batch_size", _pick(batch_size, inf.batch_size), name["batch_size"])
     seed = check_field("inference", "seed", _pick(seed, inf.seed), name["seed"])

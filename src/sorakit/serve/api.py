@@ -94,9 +94,9 @@ def read_model_info(model: str | None) -> ModelInfo:
         height=int(cfg.inference.image_size[0]),
         num_frames=int(cfg.inference.num_frames),
         fps=int(cfg.inference.fps),
-        steps=int(cfg.scheduler.num_sampling_steps),
-        guidance=float(cfg.scheduler.cfg_scale),
-        sampler=cfg.scheduler.type,
+        steps=int(cfg.sampler.num_sampling_steps),
+        guidance=float(cfg.sampler.guidance_scale),
+        sampler=cfg.sampler.type,
         objective=cfg.train.objective,
         samplers=tuple(samplers),
     )

@@ -5,7 +5,7 @@
     model.safetensors      full model state dict (float32)
     ema.safetensors        EMA weights + buffers: what `sorakit export` writes out
     optimizer.pt           optimizer state (torch.save of tensors / numbers only; weights_only=True loads it)
-    scheduler.pt           LR scheduler state (same)
+    scheduler.pt           learning-rate schedule state (same; the file keeps its first name)
     rng/rank-NNNNN.pt      every rank's RNG states (torch, CUDA, numpy, python, the trainer's generators)
     config.toml            the resolved config
     state.json             step, data position (epoch, batch), skipped-file report
@@ -374,7 +374,7 @@ def save_checkpoint(
     model_state: dict[str, torch.Tensor] | None,
     ema_state: dict[str, torch.Tensor] | None,
     optimizer_state: dict[str, Any] | None,
-    scheduler_state: dict[str, Any] | None,
+    lr_schedule_state: dict[str, Any] | None,
     rng_state: dict[str, torch.Tensor],
     train_state: dict[str, Any],
     config_text: str,
@@ -404,7 +404,7 @@ def save_checkpoint(
             "model.safetensors": lambda: _safetensors_bytes(model_state),
             "ema.safetensors": lambda: _safetensors_bytes(ema_state),
             "optimizer.pt": lambda: _torch_bytes(optimizer_state),
-            "scheduler.pt": lambda: _torch_bytes(scheduler_state),
+            "scheduler.pt": lambda: _torch_bytes(lr_schedule_state),
             "config.toml": lambda: config_text.encode(),
             STATE: lambda: json.dumps({**info, **train_state}, indent=2, allow_nan=False).encode(),
         }

@@ -42,7 +42,7 @@ def lr_factor(step: int, warmup_steps: int = 0, decay_steps: int = 0, max_steps:
     return f
 
 
-def build_scheduler(
+def build_lr_schedule(
     optimizer: torch.optim.Optimizer,
     warmup_steps: int = 0,
     decay_steps: int = 0,

@@ -12,7 +12,7 @@ ends with exactly the weights of an uninterrupted run (bit for bit on CPU). What
   from one trainer generator, drawn for the *global* batch and sliced per data-parallel rank -- so
   2 ranks x batch 2 train exactly like 1 rank x batch 4 -- and its state is checkpointed with every
   other RNG state;
-- model, EMA, optimizer and scheduler state are saved losslessly (float32 safetensors / torch.save).
+- model, EMA, optimizer and lr-schedule state are saved losslessly (float32 safetensors / torch.save).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from sorakit.training import checkpoint as ckpt
 from sorakit.training import lora
 from sorakit.training.ema import EMA
 from sorakit.training.mfu import known_peak_tflops, tokens_per_sample, training_flops_per_sample
-from sorakit.training.optim import build_optimizer, build_scheduler, freeze
+from sorakit.training.optim import build_lr_schedule, build_optimizer, freeze
 
 log = get_logger(__name__)
 
@@ -87,8 +87,8 @@ class TrainResult:
 def build_objective(cfg: Config) -> Any:
     """The training objective: IDDPM (Open-Sora 1.0) or rectified flow (from ``sorakit.diffusion``)."""
     name = cfg.train.objective
-    extra = {"shift": cfg.scheduler.shift} if name == "rflow" else {}
-    return objective_by_name(name, num_timesteps=cfg.scheduler.num_timesteps, **extra)
+    extra = {"shift": cfg.sampler.shift} if name == "rflow" else {}
+    return objective_by_name(name, num_timesteps=cfg.sampler.num_timesteps, **extra)
 
 
 @dataclass
@@ -408,7 +408,7 @@ def build_train_state(cfg: Config, model: nn.Module, state: ParallelState, lates
     optimizer = build_optimizer(
         model, tcfg.lr, tcfg.weight_decay
     )  # after parallelize: FSDP2 swaps parameters
-    lr_schedule = build_scheduler(optimizer, tcfg.warmup_steps, tcfg.decay_steps, tcfg.max_steps)
+    lr_schedule = build_lr_schedule(optimizer, tcfg.warmup_steps, tcfg.decay_steps, tcfg.max_steps)
     ts = TrainState(
         model=model, train_model=train_model, params=[p for p in model.parameters() if p.requires_grad],
         optimizer=optimizer, lr_schedule=lr_schedule, ema=EMA(model, tcfg.ema_decay, trainable_only=lora.enabled(cfg)),
@@ -532,7 +532,7 @@ def save(cfg: Config, run_dir: Path, ts: TrainState, state: ParallelState) -> Pa
     main = state.is_main
     path = ckpt.save_checkpoint(
         run_dir, ts.step, state, model_state=msd if main else None, ema_state=esd if main else None,
-        optimizer_state=osd if main else None, scheduler_state=ts.lr_schedule.state_dict(),
+        optimizer_state=osd if main else None, lr_schedule_state=ts.lr_schedule.state_dict(),
         rng_state=ckpt.capture_rng(ts.generators),
         train_state={"epoch": ts.epoch, "batch_in_epoch": ts.batch_in_epoch, "skipped": ts.skip.state_dict(),
                      "model": model_spec(ts.model), **lora.train_state(ts.model)},
