@@ -168,7 +168,7 @@ COVERAGE: dict[str, Run | Fetch | Serve] = {
         Run("executor", (), _csv_rows("shapes_info.csv", 4)),
     # configuration
     "sorakit config": Run("config"),
-    "sorakit config opensora/inference/64x512x512 scheduler.num_sampling_steps=50": Run("config"),
+    "sorakit config opensora/inference/64x512x512 sampler.num_sampling_steps=50": Run("config"),
     "sorakit config path/to/opensora_config.py --format json": Run("config"),
 }  # fmt: skip
 

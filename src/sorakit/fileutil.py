@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO
 
+from safetensors.torch import save_file
+
 from sorakit.errors import UserError
 
 
@@ -43,8 +45,6 @@ def save_safetensors(
 
     safetensors creates its files owner-only (0600), unlike every other sorakit output; callers write to
     a temporary name and rename, so the mode is fixed here, before the file becomes visible."""
-    from safetensors.torch import save_file
-
     save_file(dict(tensors), str(path), metadata=metadata)
     if not os.path.islink(path):
         os.chmod(path, new_file_mode())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import re
 import socket
@@ -95,8 +96,6 @@ def _unavailable() -> str | None:
 @contextlib.contextmanager
 def _quiet_hub():
     """huggingface_hub's retry warnings off for the duration: a failure ends in sorakit's own one line."""
-    import logging
-
     logger = logging.getLogger("huggingface_hub")
     old = logger.level
     logger.setLevel(logging.ERROR)

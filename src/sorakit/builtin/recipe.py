@@ -25,7 +25,9 @@ section.key=value`` (e.g. ``--set train.max_steps=2000 --set train.decay_steps=5
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,11 +35,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from sorakit.config import Config, load_config
+from sorakit.data.cache import is_cache_dir, shard_name, write_meta, write_shard
+from sorakit.data.video import read_video
+from sorakit.encoders.text import MiniLMEncoder
+from sorakit.encoders.vae import VideoVAE, load_autoencoder
 from sorakit.errors import UserError
+from sorakit.eval.shapes import PROMPT_SETS, build_prompts, format_table, generate_and_score, summarize
 from sorakit.fileutil import write_text_atomic
 from sorakit.logging import get_logger
+from sorakit.pipelines import TextToVideoPipeline
+from sorakit.tools.synth import synthesize
+from sorakit.training.vae import VAETrainConfig, train_vae
 
 logger = get_logger("sorakit.builtin.recipe")
 
@@ -58,8 +69,6 @@ def _record_time(work: Path, stage: str, seconds: float) -> None:
 
 
 def load_video_vae(path: str | Path):
-    from sorakit.encoders.vae import VideoVAE, load_autoencoder
-
     return VideoVAE(load_autoencoder(path), micro_batch_size=64)
 
 
@@ -68,8 +77,6 @@ def load_video_vae(path: str | Path):
 
 
 def stage_data(work: Path, num_videos: int, seed: int, workers: int) -> Path:
-    from sorakit.tools.synth import synthesize
-
     csv_path = work / "data" / "train.csv"
     if csv_path.is_file() and sum(1 for _ in open(csv_path)) - 1 >= num_videos:
         return csv_path
@@ -77,8 +84,6 @@ def stage_data(work: Path, num_videos: int, seed: int, workers: int) -> Path:
 
 
 def stage_vae(work: Path, csv_path: Path, steps: int, seed: int) -> Path:
-    from sorakit.training.vae import VAETrainConfig, train_vae
-
     out = work / "vae"
     if (out / "config.json").is_file() and (out / "diffusion_pytorch_model.safetensors").is_file():
         return out
@@ -91,11 +96,6 @@ def stage_encode(
     work: Path, csv_path: Path, vae_dir: Path, cfg: Config, num_videos: int, shard_size: int = 500
 ) -> Path:
     """Latents + caption embeddings of the first `num_videos` rows of the CSV, as a latent cache."""
-    import csv
-
-    from sorakit.data.cache import is_cache_dir, shard_name, write_meta, write_shard
-    from sorakit.data.video import read_video
-    from sorakit.encoders.text import MiniLMEncoder
 
     out = work / "cache"
     if is_cache_dir(out):
@@ -134,7 +134,6 @@ def stage_encode(
             },
         )
         logger.info("encode: shard %d (%d/%d videos)", k, start + len(part), len(rows))
-    from safetensors import safe_open
 
     with safe_open(str(out / shard_name(0)), "pt") as fh:
         latent_shape = list(fh.get_slice("latents").get_shape()[1:])
@@ -160,8 +159,6 @@ def stage_encode(
 
 def _sorakit(*args: str) -> None:
     """Run a sorakit command in a child process (what a user would type); its failure stops the recipe."""
-    import subprocess
-
     cmd = [sys.executable, "-m", "sorakit.cli.main", *args]
     logger.info("recipe: %s", " ".join(["sorakit", *args]))
     rc = subprocess.call(cmd)
@@ -186,8 +183,6 @@ def stage_export(run: Path, out: Path) -> Path:
 
 
 def stage_eval(work: Path, model_dir: Path, n: int, seed: int = 0) -> dict[str, Any]:
-    from sorakit.eval.shapes import PROMPT_SETS, build_prompts, format_table, generate_and_score, summarize
-    from sorakit.pipelines import TextToVideoPipeline
 
     pipe = TextToVideoPipeline.from_pretrained(model_dir, device="cpu")
     t = time.perf_counter()

@@ -8,10 +8,9 @@ Where the model comes from (one of):
   (nothing)            the built-in model
 
 Every input is checked (sorakit.pipelines.validate) before any weights load: a bad value is one line, exit 2.
-Under torchrun the batches are split across the processes (data parallel): N GPUs make N batches at
-once, and every video is the same as in a one-process run (each batch has its own seed).
-With --sequence-parallel (STDiT models) the N processes instead make every batch together, each holding
-1/N of the frames (latent frames must divide by N); rank 0 writes the videos.
+Under torchrun the batches are split across the processes (data parallel), and every video is the same as in
+a one-process run (each batch has its own seed). With --sequence-parallel (STDiT models) the N processes make
+every batch together, each holding 1/N of the frames (latent frames divide by N); rank 0 writes the videos.
 """
 
 from __future__ import annotations
@@ -24,12 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sorakit import __version__, parity
+from sorakit import __version__
 from sorakit.errors import UserError
 from sorakit.fileutil import check_writable_file, check_writable_folder, write_text_atomic
 
-# torch and the pipeline are imported inside the functions that need them, so that `sorakit --help` is fast.
-
+# torch, the pipeline and sorakit.parity are imported in the functions that need them: a fast --help
 VIDEO_SUFFIXES = (".mp4", ".gif")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -170,6 +168,7 @@ def _output_paths(
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """Validate the arguments and decide every output, seed and setting; raises UserError."""
+    from sorakit import parity
     from sorakit.pipelines import TextToVideoPipeline
     from sorakit.pipelines.validate import ModelSource, parse_resolution
 
@@ -268,6 +267,7 @@ def write_output(path: Path, frames: Any, fps: float, crf: int | None = None) ->
 
 def run(args: argparse.Namespace) -> int:
     plan = make_plan(args)
+    from sorakit import parity
     from sorakit.logging import get_logger
     from sorakit.parallel import apply_sequence_parallel, inference_processes
     from sorakit.pipelines import TextToVideoPipeline

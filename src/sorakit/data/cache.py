@@ -20,6 +20,8 @@ shard's size and sha256 (the cache's manifest): :func:`verify_shards` checks the
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -27,11 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
+from sorakit.data.dataset import sample_rng
 from sorakit.errors import ConfigError, UserError
 from sorakit.fileutil import atomic_path, save_safetensors, write_text_atomic
 from sorakit.logging import get_logger
 from sorakit.manifest import check_entry, file_entry
+from sorakit.tools.executor import pool_for, run_shards
 
 log = get_logger(__name__)
 
@@ -58,8 +64,6 @@ def write_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str
 def write_meta(cache_dir: Path, meta: dict[str, Any]) -> None:
     """Write ``meta.json`` (atomically) listing the shards present with their sample counts, sizes and
     sha256."""
-    from safetensors import safe_open
-
     shards = []
     total = 0
     for f in sorted(cache_dir.glob("shard-*.safetensors")):
@@ -101,8 +105,6 @@ def verify_shards(cache_dir: str | os.PathLike, deep: bool = True) -> list[tuple
     Shards are checked against the size and sha256 recorded in ``meta.json`` (``deep=False``: size only);
     caches written before checksums existed get a lighter check (the shard opens and holds the number of
     samples meta.json says)."""
-    from safetensors import safe_open
-
     root = Path(cache_dir)
     bad = []
     for s in read_meta(root)["shards"]:
@@ -193,8 +195,6 @@ class LatentCacheDataset(torch.utils.data.Dataset):
         return y, mask
 
     def _load_all(self) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
-
         parts: dict[str, list[torch.Tensor]] = {}
         for s in self.shards:
             data = load_file(str(s))
@@ -205,16 +205,12 @@ class LatentCacheDataset(torch.utils.data.Dataset):
         return {k: torch.cat(v) for k, v in parts.items()}
 
     def _locate(self, index: int) -> tuple[int, int]:
-        import bisect
-
         if not 0 <= index < len(self):
             raise IndexError(index)
         k = bisect.bisect_right(self.offsets, index) - 1
         return k, index - self.offsets[k]
 
     def _handle(self, k: int) -> Any:
-        from safetensors import safe_open
-
         if self._pid != os.getpid():  # handles do not survive a fork into a worker
             self._handles, self._pid = {}, os.getpid()
         if k not in self._handles:
@@ -337,8 +333,6 @@ def encode_to_cache(
     On workers of another process, `builder()` gives ``(dataset, vae, text_encoder)`` (loaded once per
     worker); without one, the objects themselves are sent. Returns the meta dict written to ``meta.json``.
     """
-    from sorakit.tools.executor import pool_for, run_shards
-
     out = Path(out_dir)
     record = cache_settings(meta, shard_size, text_dtype, label)
     check_cache_settings(out, record)
@@ -377,8 +371,6 @@ def encode_to_cache(
 def encode_shard_built(builder: Any, path: Path, rows: list[int], settings: EncodeSettings) -> dict[str, Any]:
     """:func:`encode_shard` on a worker that builds (once) its own dataset, VAE and text encoder, on the
     worker's own device when the builder names one (``resolved_device``)."""
-    import dataclasses
-
     if hasattr(builder, "resolved_device"):
         settings = dataclasses.replace(settings, device=str(builder.resolved_device()))
     return encode_shard(*builder(), path, rows, settings)
@@ -407,8 +399,6 @@ def encode_shard(
 
 def _encode_batch(dataset, vae, text_encoder, chunk, settings, parts, failures, shapes) -> None:
     """Load and encode one batch of rows, appending tensors to `parts` and failed rows to `failures`."""
-    from sorakit.data.dataset import sample_rng
-
     videos, texts, labels, ok = [], [], [], []
     for i in chunk:
         try:
@@ -446,8 +436,6 @@ def _existing_shapes(out: Path) -> dict[str, Any]:
     previous = json.loads((out / META).read_text()) if (out / META).is_file() else {}
     shapes = {k: previous[k] for k in ("latent_shape", "text_dim", "model_max_length") if k in previous}
     if "latent_shape" not in shapes and any(out.glob("shard-*.safetensors")):
-        from safetensors import safe_open
-
         with safe_open(str(next(out.glob("shard-*.safetensors"))), "pt") as fh:
             shapes["latent_shape"] = list(fh.get_slice("latents").get_shape()[1:])
     return shapes

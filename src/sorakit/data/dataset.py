@@ -23,6 +23,7 @@ import torch
 
 from sorakit.data.csvfile import confine, read_csv_file, shown
 from sorakit.data.transforms import clip_indices, frames_to_tensor
+from sorakit.data.video import is_image, read_video
 from sorakit.errors import UserError
 from sorakit.logging import get_logger
 
@@ -155,8 +156,6 @@ class VideoTextDataset(torch.utils.data.Dataset):
 
     def load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
         """Decode one row into ``[3, T, H, W]`` (raises on a missing or bad file)."""
-        from sorakit.data.video import is_image, read_video
-
         row = self.rows[index]
         if not row.path.is_file():
             raise FileNotFoundError("missing file")

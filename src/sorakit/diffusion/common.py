@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import torch
+from tqdm.auto import tqdm
 
 ModelFn = Callable[..., torch.Tensor]
 """`model_fn(x [B, C, ...], t [B], **kwargs) -> prediction [B, C or 2C, ...]`."""
@@ -74,7 +75,6 @@ def progress_iter(
     """`tqdm(it)` when enabled, else `it` unchanged."""
     if not enabled:
         return iter(it)
-    from tqdm.auto import tqdm
 
     return iter(tqdm(it, total=total, desc=desc, leave=False))
 

@@ -32,6 +32,7 @@ from sorakit.diffusion.common import (
     randn_like,
     split_prediction,
 )
+from sorakit.diffusion.schedules import linear_betas
 from sorakit.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
@@ -331,8 +332,6 @@ def velocity_as_eps(model_fn: ModelFn, num_timesteps: int = 1000, betas=None, sa
     to ``ab`` by interpolating ``log ab`` linearly between the discrete steps, or by the sampler's own
     ``alpha_bar_at(t)`` when it has one (DPM-Solver, whose clipped schedule shifts its model times).
     """
-    from sorakit.diffusion.schedules import linear_betas
-
     betas = linear_betas(num_timesteps) if betas is None else betas
     log_ab = torch.log(torch.cumprod(1 - torch.as_tensor(betas, dtype=torch.float64), 0))
     last = len(log_ab) - 1

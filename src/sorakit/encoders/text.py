@@ -19,6 +19,7 @@ Encoders are frozen (``eval()``, ``requires_grad_(False)``) and run under ``torc
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from sorakit.encoders.caption_clean import clean_for_t5
 from sorakit.errors import UserError
+from sorakit.hub import resolve_dir
 from sorakit.logging import get_logger
 
 if TYPE_CHECKING:
@@ -185,7 +188,6 @@ class T5Encoder(TextEncoder):
         """Open-Sora 1.0's caption cleaning, applied twice as upstream does (when ``clean_caption``)."""
         if not self.clean_caption:
             return list(prompts)
-        from sorakit.encoders.caption_clean import clean_for_t5
 
         return [clean_for_t5(p) for p in prompts]
 
@@ -318,7 +320,6 @@ def resolve_text_encoder_path(type_: str, path: str | None) -> Path | None:
         return minilm_path()
     if not path:
         raise UserError(f"text encoder '{type_}' needs a path: pass --text-encoder DIR")
-    from sorakit.hub import resolve_dir
 
     return resolve_dir(path, what=f"{type_} text encoder", flag="--text-encoder")
 
@@ -384,8 +385,6 @@ def _check_dir(path: Path | None, type_: str) -> None:
 def peek_output_dim(cfg: TextEncoderConfig) -> int | None:
     """The embedding width of the encoder ``cfg`` describes, from its config.json alone (no weights);
     None when it cannot be told without downloading."""
-    import json
-
     type_ = cfg.type.lower()
     if type_ == "classes":
         return None

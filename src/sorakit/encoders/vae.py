@@ -19,6 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from sorakit.errors import UserError
+from sorakit.hub import resolve_dir
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -161,8 +162,6 @@ def build_vae(
     elif root is not None and not Path(cfg.path).is_absolute() and (root / cfg.path).is_dir():
         path = root / cfg.path
     else:
-        from sorakit.hub import resolve_dir
-
         path = resolve_dir(cfg.path, what="VAE", flag="--vae")
     autoencoder = load_autoencoder(path, dtype=dtype)
     return VideoVAE(autoencoder, cfg.micro_batch_size, cfg.scaling_factor).to(device)

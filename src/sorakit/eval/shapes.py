@@ -25,7 +25,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
+from sorakit.data.video import write_video
 from sorakit.errors import UserError
 from sorakit.shapes_world import (
     ALL_COLORS,
@@ -482,10 +485,6 @@ def generate_and_score(
     is written there as ``NNNN.mp4``. `call_kwargs` go to the pipeline (``num_inference_steps``,
     ``guidance_scale``, ``sampler``, ...). `progress` shows a bar over the videos.
     """
-    import torch
-    from tqdm import tqdm
-
-    from sorakit.data.video import write_video
 
     scores = []
     bar = tqdm(total=len(prompts), desc="eval", unit="video", disable=True if not progress else None)

@@ -10,6 +10,11 @@ from collections.abc import Sequence
 
 import torch.nn as nn
 
+from sorakit.models.dit import DiT
+from sorakit.models.latte import Latte
+from sorakit.models.pixart import PixArt
+from sorakit.models.stdit import STDiT
+
 
 def _attn(n_tokens: int, seq_len: int, d: int) -> int:
     """qkv + proj projections of n_tokens, plus scores and weighted sum over sequences of seq_len."""
@@ -33,10 +38,6 @@ def flops_per_sample(
     `input_size`: latent `(T, H, W)` (default: the model's `input_size`); `text_len`: caption tokens
     (default: `model_max_length`; ignored by DiT/Latte, whose caption is one pooled token).
     """
-    from sorakit.models.dit import DiT
-    from sorakit.models.latte import Latte
-    from sorakit.models.pixart import PixArt
-    from sorakit.models.stdit import STDiT
 
     size = tuple(input_size) if input_size is not None else tuple(model.input_size)
     nt, nh, nw = (s // p for s, p in zip(size, model.patch_size))

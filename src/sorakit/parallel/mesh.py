@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
 
 from sorakit.errors import ConfigError
 from sorakit.runtime import resolve_device
@@ -81,7 +82,6 @@ def init_distributed(
         world_size=world, rank=rank, local_rank=local_rank, dp_size=dp, dp_rank=rank // sp_size,
         sp_size=sp_size, sp_rank=rank % sp_size, device=dev, initialized_here=here,
     )  # fmt: skip
-    from torch.distributed.device_mesh import init_device_mesh
 
     state.mesh = init_device_mesh(dev.type, (dp, sp_size), mesh_dim_names=("dp", "sp"))
     if sp_size > 1:

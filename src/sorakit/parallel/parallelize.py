@@ -15,9 +15,12 @@ Strategies (``parallel.strategy``):
 from __future__ import annotations
 
 import torch.nn as nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sorakit.errors import ConfigError
 from sorakit.parallel.mesh import ParallelState
+from sorakit.parallel.sequence import apply_sequence_parallel
 
 STRATEGIES = ("none", "ddp", "fsdp", "fsdp-full")
 
@@ -39,20 +42,15 @@ def parallelize(
     if grad_checkpoint:
         apply_activation_checkpointing(model)
     if state.sp_size > 1:
-        from sorakit.parallel.sequence import apply_sequence_parallel
-
         apply_sequence_parallel(model, state.sp_group)
     model.to(state.device)
     if not state.distributed:
         return model
     if strategy in ("none", "ddp"):
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         ids = [state.device.index] if state.device.type == "cuda" else None
         # buffers (position embeddings, the null caption) are identical everywhere: no broadcast per step
         return DDP(model, device_ids=ids, broadcast_buffers=False)
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard  # loads sympy (~1 s): FSDP runs only
 
     mesh = init_device_mesh(state.device.type, (state.world_size,))
     reshard = strategy == "fsdp-full"

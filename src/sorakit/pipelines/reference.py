@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from sorakit.data.transforms import frames_to_tensor
+from sorakit.data.video import read_video
+from sorakit.diffusion.condition import Condition
 from sorakit.errors import UserError
 from sorakit.logging import get_logger
 from sorakit.masks import (
@@ -83,8 +86,6 @@ def _as_uint8_frames(item: Any, name: str) -> np.ndarray:
 
 
 def _read_file(path: Path) -> np.ndarray:
-    from sorakit.data.video import read_video
-
     if not path.is_file():
         raise UserError(f"--reference: no such file: {path}")
     try:
@@ -96,8 +97,6 @@ def _read_file(path: Path) -> np.ndarray:
 def load_reference(item: Any, height: int, width: int) -> Reference:
     """A path, PIL image or uint8 array -> `Reference` at `height x width` (resize to cover, center crop).
     A `Reference` already at that size is returned as it is."""
-    from sorakit.data.transforms import frames_to_tensor
-
     if isinstance(item, Reference):
         if tuple(item.frames.shape[2:]) == (height, width):
             return item
@@ -198,8 +197,6 @@ class ConditionBuilder:
 
     def condition(self, segment: int, shape: tuple[int, ...], device: torch.device) -> Any:
         """The `Condition` of `segment` for latents of `shape` `[B, C, T, h, w]` (None: nothing to condition)."""
-        from sorakit.diffusion.condition import Condition
-
         b, t = shape[0], shape[2]
         placed = resolve(self.entries, [lat.shape[2] for lat in self.latents], t, segment)
         if not placed:

@@ -9,9 +9,15 @@ in the format of :mod:`sorakit.pipelines` that ``sorakit generate --model DIR`` 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import torch
+
+from sorakit.config import Config
+from sorakit.encoders.text import _quiet_transformers
+from sorakit.modeldir import save_model_dir
+from sorakit.models import build_model
 
 _CORPUS = [
     "a red circle moving to the right",
@@ -52,8 +58,6 @@ def make_tiny_t5(out_dir: str | os.PathLike, d_model: int = 32, vocab_size: int 
     from tokenizers import SentencePieceUnigramTokenizer
     from transformers import T5Config, T5EncoderModel, T5TokenizerFast
 
-    from sorakit.encoders.text import _quiet_transformers
-
     _quiet_transformers()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,8 +96,6 @@ def make_tiny_vae(out_dir: str | os.PathLike, seed: int = 0, **overrides) -> Pat
 
 def tiny_config(text_encoder: str = "t5", max_length: int = 12):  # noqa: ANN201 - Config imported lazily
     """The Config of the tiny pipeline: STDiT-tiny on 4 latent channels, 4 frames at 16x16 by default."""
-    from sorakit.config import Config
-
     cfg = Config()
     cfg.model.type = "STDiT-tiny"
     cfg.model.arch = {"hidden_size": TINY_STDIT["hidden_size"], "num_heads": TINY_STDIT["num_heads"],
@@ -119,8 +121,6 @@ def tiny_config(text_encoder: str = "t5", max_length: int = 12):  # noqa: ANN201
 def make_tiny_transformer(caption_channels: int, max_length: int, seed: int = 0, std: float = 0.05):
     """STDiT-tiny with every weight drawn from N(0, std), so that (unlike the upstream init, which zeroes
     the output layers) the prediction depends on the noise, the timestep and the caption."""
-    from sorakit.models import build_model
-
     torch.manual_seed(seed)
     model = build_model(
         "STDiT-tiny", input_size=TINY_STDIT["input_size"], hidden_size=TINY_STDIT["hidden_size"],
@@ -138,10 +138,6 @@ def make_tiny_model_dir(out_dir: str | os.PathLike, seed: int = 0, text_encoder:
 
     ``text_encoder="minilm"`` uses the pip-packaged MiniLM (384-d, 16 tokens) by reference instead.
     """
-    import tempfile
-
-    from sorakit.modeldir import save_model_dir
-
     if text_encoder == "minilm":
         cfg = tiny_config("minilm", max_length=16)
         transformer = make_tiny_transformer(384, 16, seed)

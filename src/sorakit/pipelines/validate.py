@@ -39,6 +39,7 @@ from sorakit.hub import download_hint, names_local_path
 from sorakit.lora import parse_lora_arg
 from sorakit.modeldir import builtin_model_dir, read_model_dir
 from sorakit.models import MODELS, read_model_config
+from sorakit.pipelines.reference import file_sha256, load_references, plan_references
 from sorakit.runtime import dtype_name, resolve_device, resolve_dtype
 
 
@@ -209,8 +210,6 @@ class Settings:
 
 def replay_references(meta: Mapping[str, Any]) -> dict[str, Any]:
     """A sidecar's reference arguments for `validate` (each file must still have its recorded sha256)."""
-    from sorakit.pipelines.reference import file_sha256
-
     paths = []
     for rec in meta.get("references") or []:
         path = Path(rec["path"])
@@ -240,8 +239,6 @@ def check_references(
     if not str(cfg.model.type).lower().startswith("stdit"):
         raise UserError(f"reference frames (--reference, --mask-strategy, --loop) need an STDiT model, not "
                         f"{cfg.model.type}")  # fmt: skip
-    from sorakit.pipelines.reference import load_references, plan_references  # torch: only when needed
-
     refs = load_references(list(reference or []), height, width)
     return plan_references(refs, mask_strategy, num_frames, condition_frames, loop)
 
@@ -320,9 +317,7 @@ def validate(
         "inference", "image_size", [_pick(height, inf.image_size[0]), _pick(width, inf.image_size[1])],
         name.get("resolution", "resolution"),
     )  # fmt: skip
-    steps = check_field(
-        "sampler", "num_sampling_steps", _pick(steps, sch.num_sampling_steps), name["steps"]
-    )
+    steps = check_field("sampler", "num_sampling_steps", _pick(steps, sch.num_sampling_steps), name["steps"])
     sampler = sampler_name(sampler or sch.type)
     build_sampler(
         sampler, steps, num_timesteps=sch.num_timesteps

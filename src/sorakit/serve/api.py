@@ -16,9 +16,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from sorakit.diffusion import SAMPLERS  # sampler names are defined once, in sorakit.diffusion
 from sorakit.errors import UserError
 from sorakit.masks import check_strategy, parse_mask_strategy
 from sorakit.masks import default_strategy as default_strategy_for
+from sorakit.modeldir import builtin_model_dir, read_model_dir
 from sorakit.serve.errors import ApiError
 from sorakit.serve.media import ReferenceFile
 from sorakit.serve.store import Job
@@ -80,9 +82,6 @@ class ModelInfo:
 def read_model_info(model: str | None) -> ModelInfo:
     """The served model's name and accepted sizes and durations (UserError when ``model`` is not a
     sorakit model directory). The built-in model is called ``sorakit-builtin``."""
-    from sorakit.diffusion import SAMPLERS  # sampler names are defined once, in sorakit.diffusion
-    from sorakit.modeldir import builtin_model_dir, read_model_dir
-
     root = builtin_model_dir() if model is None else Path(model)
     _, cfg = read_model_dir(root)
     name = "sorakit-builtin" if model is None else (root.resolve().name or "model")

@@ -13,6 +13,7 @@ with generating workers is where a poll's latency went.
 from __future__ import annotations
 
 import hmac
+import json
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -87,8 +88,6 @@ class BodyLimit:
 
 
 async def _send_error(send: Any, error: ApiError) -> None:
-    import json
-
     body = json.dumps(error.body(), allow_nan=False).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})

@@ -26,7 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from sorakit.data.video import write_image, write_video
+from sorakit.errors import UserError
+from sorakit.pipelines import TextToVideoPipeline
 from sorakit.serve.store import DB_FILE, Job, JobStore
 
 IDLE_POLL_S = 0.2
@@ -59,8 +63,6 @@ def spritesheet(frames: np.ndarray) -> np.ndarray:
 
 def write_outputs(folder: Path, frames: np.ndarray, fps: float) -> None:
     """The three downloadable variants of one video ``[T, H, W, 3]``, each written atomically."""
-    from sorakit.data.video import write_image, write_video
-
     folder.mkdir(parents=True, exist_ok=True)
     write_image(folder / THUMBNAIL_FILE, frames[len(frames) // 2])
     write_image(folder / SPRITESHEET_FILE, spritesheet(frames))
@@ -70,8 +72,6 @@ def write_outputs(folder: Path, frames: np.ndarray, fps: float) -> None:
 
 def run_job(pipe: Any, store: JobStore, job: Job, data_dir: Path, parent_pid: int) -> None:
     """Generate one claimed job and record the outcome (completed, failed, or nothing if it was lost)."""
-    from sorakit.errors import UserError
-
     assert job.token is not None
     token = job.token
     last = [-1]
@@ -143,9 +143,6 @@ def worker_main(
     process's CPU priority by that much."""
     # Ctrl-C reaches the whole process group: let the server stop the workers in order instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import torch
-
-    from sorakit.pipelines import TextToVideoPipeline
 
     if threads > 0:
         torch.set_num_threads(threads)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -319,8 +320,6 @@ def report(
     output: str | os.PathLike, n_rows: int, failures: Sequence[Row], fpath: Path | None, what: str = "rows"
 ) -> None:
     """One summary line on stderr, plus the first few failure reasons."""
-    import sys
-
     msg = f"wrote {n_rows} {what} to {output}"
     if failures:
         msg += f"; {len(failures)} failed (listed in {fpath})"

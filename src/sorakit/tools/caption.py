@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from sorakit.data.video import probe_video, read_video
 from sorakit.errors import UserError
 from sorakit.tools._io import (
     CSVAppender,
@@ -82,8 +84,6 @@ def load_frames(row: Row, path: Path, points: Sequence[float] = FRAME_POINTS) ->
 
     A clip row (`start_frame`/`end_frame`) samples inside its range; an image gives one frame.
     """
-    from sorakit.data.video import probe_video, read_video
-
     if not path.is_file():
         raise CaptionError(f"no such file: {path}")
     try:
@@ -134,7 +134,6 @@ class LocalVLM:
         dtype: str = "auto",
         max_new_tokens: int = 256,
     ):
-        import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         model_dir = Path(model_dir).expanduser()
@@ -172,8 +171,6 @@ class LocalVLM:
         return "USER: " + "".join(f"{image_token}\n" for _ in range(n_images)) + self.prompt + " ASSISTANT:"
 
     def caption(self, batch: Sequence[Sequence[np.ndarray]]) -> list[str | CaptionError]:
-        import torch
-
         prompts = [self.build_prompt(len(frames)) for frames in batch]
         images = [np.ascontiguousarray(f) for frames in batch for f in frames]
         inputs = self.processor(images=images, text=prompts, return_tensors="pt", padding=True)

@@ -6,6 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
+from sorakit.config import load_config
+from sorakit.data.dataset import VideoTextDataset
+from sorakit.encoders import build_text_encoder, build_vae
+
 _BUILT: dict[EncodeInputs, tuple[Any, Any, Any]] = {}
 
 
@@ -21,21 +27,15 @@ class EncodeInputs:
     device: str  # "auto": each worker takes its own GPU when it has one
 
     def resolved_device(self) -> Any:
-        import torch
-
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
     def config_obj(self) -> Any:
-        from sorakit.config import load_config
-
         return load_config(self.config, list(self.overrides))
 
     def dataset(self, cfg: Any = None) -> Any:
         """The CSV as a VideoTextDataset (reads the CSV only)."""
-        from sorakit.data.dataset import VideoTextDataset
-
         cfg = cfg or self.config_obj()
         return VideoTextDataset(
             self.csv, cfg.data.num_frames, cfg.data.frame_interval, cfg.data.image_size,
@@ -45,8 +45,6 @@ class EncodeInputs:
 
     def build(self) -> tuple[Any, Any, Any]:
         """(VideoTextDataset, VAE, text encoder), built in this process."""
-        from sorakit.encoders import build_text_encoder, build_vae
-
         cfg = self.config_obj()
         device = self.resolved_device()
         vae, text = build_vae(cfg.vae, device=device), build_text_encoder(cfg.text_encoder, device=device)

@@ -23,17 +23,23 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
+import logging
+import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from sorakit.errors import UserError
 from sorakit.fileutil import write_text_atomic
+from sorakit.tools._io import one_line
 
 # (ok, value): value is the item's result when ok, else the one-line reason it failed
 ItemResult = tuple[bool, Any]
@@ -89,8 +95,6 @@ def parse_executor(spec: str) -> ExecutorSpec:
 
 
 def _require(module: str, name: str, how: str) -> None:
-    import importlib.util
-
     if importlib.util.find_spec(module) is None:
         raise UserError(f"--executor {name} needs the {module!r} package: {how}")
 
@@ -159,9 +163,6 @@ def open_pool(spec: ExecutorSpec | str) -> Iterator[Pool]:
     if spec.kind == "local" and (spec.workers or cores) == 1:
         yield Pool(InlineExecutor(), 1, spec)
     elif spec.kind == "local":
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
         n = spec.workers or cores
         ctx = mp.get_context("spawn")
         threads = max(1, cores // n)
@@ -187,8 +188,6 @@ def _share_cores(threads: int) -> None:
 
 @contextlib.contextmanager
 def _dask_pool(spec: ExecutorSpec, cores: int) -> Iterator[Pool]:
-    import logging
-
     from distributed import Client, LocalCluster
 
     with contextlib.ExitStack() as stack:
@@ -261,8 +260,6 @@ def run_items(fn: Callable[[Any], Any], items: Sequence[Any], retries: int = 0) 
 
     An item that still fails gives ``(False, reason)``; the shard itself never raises for an item.
     """
-    from sorakit.tools._io import one_line
-
     out: list[ItemResult] = []
     for item in items:
         for attempt in range(retries + 1):
@@ -307,8 +304,6 @@ def run_shards(
     runs here, in this process, as each finishes. A task that raises (its worker was lost, the
     cluster gave up on it) is submitted again up to `retries` times, then its error propagates.
     The bar shows shards done / total and items (``sizes[k]`` per shard) per second."""
-    from tqdm import tqdm
-
     sizes = sizes or [1] * len(shards)
     bar = tqdm(total=len(shards), desc=desc, unit="shard", disable=True if not desc else None, leave=False)
     t0, items_done = time.perf_counter(), 0

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sorakit.data.video import write_video
 from sorakit.errors import UserError
 from sorakit.shapes_world import (  # noqa: F401 - the world's names, also read as synth.X
     ALL_COLORS,
@@ -144,7 +145,6 @@ def _triples(rng: np.random.Generator, holdout: str, concepts: str, new_fraction
 
 def _make_one(job: tuple[int, int, str, int, int, float, str, str, float | None]) -> dict[str, str]:
     index, seed, holdout, size, frames, fps, out_dir, concepts, new_fraction = job
-    from sorakit.data.video import write_video
 
     rng = video_rng(seed, index)
     spec = sample_spec(rng, _triples(rng, holdout, concepts, new_fraction), size=size, frames=frames)

@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save
 
 from sorakit.errors import UserError
 from sorakit.fileutil import open_new
@@ -101,8 +103,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _loads_cleanly(path: Path) -> str:
     """For checkpoints without a manifest: why some file does not load ("" when all do)."""
-    from safetensors.torch import load_file
-
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         rel = f.relative_to(path).as_posix()
         try:
@@ -152,8 +152,6 @@ def resume_checkpoint(run_dir: str | os.PathLike, state: ParallelState | None = 
                 break
             log.warning("skipping checkpoint %s: damaged: %s (left in place)", path, verdict.reason)
     if state is not None and state.distributed:
-        import torch.distributed as dist
-
         box = [str(chosen) if chosen is not None else None]
         dist.broadcast_object_list(box, src=0)
         chosen = Path(box[0]) if box[0] else None
@@ -250,8 +248,6 @@ def restore_rng(state: dict[str, torch.Tensor], generators: dict[str, torch.Gene
 
 
 def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
-    from safetensors.torch import save
-
     # clone: safetensors refuses tensors that share storage
     return save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
 

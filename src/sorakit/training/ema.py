@@ -56,7 +56,7 @@ class EMA:
         for name, t in self.shadow.items():
             src = state[name]
             if hasattr(t, "device_mesh"):
-                from torch.distributed.tensor import distribute_tensor
+                from torch.distributed.tensor import distribute_tensor  # loads sympy (~1 s): FSDP runs only
 
                 src = distribute_tensor(src.to(t.device_mesh.device_type), t.device_mesh, t.placements)
                 t.copy_(src)

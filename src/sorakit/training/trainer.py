@@ -18,6 +18,7 @@ ends with exactly the weights of an uninterrupted run (bit for bit on CPU). What
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import logging
 import math
@@ -48,6 +49,7 @@ from sorakit.encoders import build_text_encoder, build_vae
 from sorakit.errors import ConfigError, UserError
 from sorakit.fileutil import SafeFileHandler, atomic_write, open_append, refuse_links, write_text_atomic
 from sorakit.logging import get_logger
+from sorakit.masks import MaskGenerator, normalise_ratios
 from sorakit.models import build_from_config, load_checkpoint, model_spec
 from sorakit.parallel.mesh import ParallelState, all_reduce_mean, all_reduce_sum, init_distributed, shutdown
 from sorakit.parallel.parallelize import parallelize
@@ -666,8 +668,6 @@ def _validate(cfg: Config, state: ParallelState) -> None:
         raise ConfigError("train.mixed_precision='fp16' needs a GPU and strategy ddp/none; use bf16")
     lora.validate(cfg)
     if t.mask_ratios:
-        from sorakit.masks import normalise_ratios
-
         normalise_ratios(t.mask_ratios)
 
 
@@ -675,9 +675,6 @@ def _mask_generator(cfg: Config, model: nn.Module) -> Any:
     """``train.mask_ratios`` -> a MaskGenerator (None when empty); the model must take ``x_mask`` (STDiT)."""
     if not cfg.train.mask_ratios:
         return None
-    import inspect
-
-    from sorakit.masks import MaskGenerator
 
     if "x_mask" not in inspect.signature(model.forward).parameters:
         raise ConfigError(

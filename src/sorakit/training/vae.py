@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sorakit.data.video import read_video, write_image
 from sorakit.errors import UserError
 from sorakit.fileutil import follow_umask, open_new, save_safetensors, write_text_atomic
 from sorakit.logging import get_logger
@@ -87,8 +88,6 @@ def build_autoencoder(cfg: VAETrainConfig, sample_size: int = 64):
 
 def load_frames(csv_path: str | os.PathLike, max_videos: int) -> np.ndarray:
     """All frames of the first `max_videos` videos of a CSV (path column): uint8 ``[N, H, W, 3]``."""
-    from sorakit.data.video import read_video
-
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise UserError(f"no such CSV: {csv_path}")
@@ -206,8 +205,6 @@ def preview_grid(frames: np.ndarray, recon: np.ndarray, cols: int = 8) -> np.nda
 def train_vae(csv_path: str | os.PathLike, output: str | os.PathLike, cfg: VAETrainConfig) -> Path:
     """Train an autoencoder on the frames of the videos of `csv_path`; save it to `output` (diffusers
     format, with ``scaling_factor`` set) and ``output/recon.png`` (originals over reconstructions)."""
-    from sorakit.data.video import write_image
-
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     frames = load_frames(csv_path, cfg.max_videos)
