@@ -43,7 +43,7 @@ TRAIN = "opensora/train/16x256x256"
             "train.max_steps must fit in 64 bits, got an integer of 13288 bits",
         ),
         ("train.lr=" + "[" * 500 + "]" * 500, "train.lr: expected a number"),
-        ("scheduler.num_sampling_steps=0", "scheduler.num_sampling_steps must be positive"),
+        ("sampler.num_sampling_steps=0", "sampler.num_sampling_steps must be positive"),
     ],
 )
 def test_bad_override_is_one_line(refused, override: str, needle: str) -> None:
