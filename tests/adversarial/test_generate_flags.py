@@ -29,6 +29,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "sorakit"
         (["--resolution", "1" * 5000 + "x64"], "--resolution must look like HxW"),
         (["--resolution", "100000x64"], "--resolution[0] must be <= 65536"),
         (["--batch-size", str(2**64)], "--batch-size must fit in 64 bits"),
+        (["--loop", "1000000000000"], "--loop must be <= 1000"),
     ],
 )
 def test_bad_generate_flag_is_one_line(refused, tmp_path: Path, flags: list[str], needle: str) -> None:

@@ -49,9 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     refs.add_argument("--loop", metavar="N", type=int, default=1, help="N segments in one video, each starting with the previous one's last K frames (per-segment prompts: '|0|text|2|text from segment 2')")  # fmt: skip
     out = p.add_argument_group("output")
     out.add_argument("--output", "-o", metavar="FILE", help="output file (.mp4, .gif, or .png for 1 frame)")
-    out.add_argument(
-        "--output-dir", metavar="DIR", help="folder for NNNN-<slug>.mp4 (default: inference.save_dir)"
-    )
+    out.add_argument("--output-dir", metavar="DIR", help="folder for NNNN-<slug>.mp4 (default: inference.save_dir)")  # fmt: skip
     out.add_argument("--gif", action="store_true", help="write GIFs instead of MP4s in --output-dir mode")
     model = p.add_argument_group("model")
     model.add_argument("--model", metavar="DIR", help="sorakit model directory (default: the built-in model)")
@@ -82,6 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run_.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core; use fewer when "
                       "other programs keep the cores busy, or each step waits on descheduled threads)")  # fmt: skip
     run_.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run_.add_argument("--force", action="store_true", help="start even when the memory estimate exceeds what is free (or SORAKIT_FORCE_MEMORY=1)")  # fmt: skip
     run_.add_argument("--sequence-parallel", action="store_true",
                       help="under torchrun: split each video's frames over the processes (STDiT models only)")  # fmt: skip
     p.set_defaults(func=run)
@@ -188,7 +187,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         guidance=args.guidance, fps=args.fps, batch_size=args.batch_size, seed=args.seed, device=args.device,
         dtype=args.dtype, threads=args.threads, names=FLAG_NAMES, world_size=int(os.environ.get("WORLD_SIZE", "1")),
         sequence_parallel=args.sequence_parallel, reference=args.reference, mask_strategy=args.mask_strategy,
-        condition_frames=args.condition_frames, loop=args.loop,
+        condition_frames=args.condition_frames, loop=args.loop, force_memory=args.force,
     )  # fmt: skip
     paths = _output_paths(args, items, settings.num_frames, cfg.inference.save_dir)
     # batches, each with its own seed (seed + position of its first prompt): the same videos come out

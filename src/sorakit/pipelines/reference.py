@@ -43,6 +43,9 @@ from sorakit.masks import (
 log = get_logger(__name__)
 
 
+MAX_LOOPS = 1000  # --loop segments at most
+
+
 @dataclass
 class Reference:
     """One reference at the output size: `frames` float32 `[3, T, H, W]` in [-1, 1]."""
@@ -160,6 +163,8 @@ def plan_references(
     """
     if loops < 1:
         raise UserError(f"--loop must be >= 1, got {loops}")
+    if loops > MAX_LOOPS:  # each segment is a full sampling run: 10**12 of them is a typo, not a request
+        raise UserError(f"--loop must be <= {MAX_LOOPS}, got {loops}")
     if not references and mask_strategy is None and loops == 1:
         return None
     if not 1 <= condition_frames <= num_frames or (loops > 1 and condition_frames >= num_frames):

@@ -328,8 +328,8 @@ class TextToVideoPipeline:
             raise UserError(f"resolution must be positive, got {height}x{width}")
         if num_inference_steps < 1:
             raise UserError(f"number of steps must be positive, got {num_inference_steps}")
-        if guidance_scale < 0:
-            raise UserError(f"guidance scale must be >= 0, got {guidance_scale}")
+        if not 0 <= guidance_scale < float("inf"):  # NaN fails this too
+            raise UserError(f"guidance scale must be a finite number >= 0, got {guidance_scale}")
         sampler_name(sampler)  # a UserError naming the valid samplers
         if output_type not in OUTPUT_TYPES:
             raise UserError(f"unknown output_type '{output_type}' (valid: {', '.join(OUTPUT_TYPES)})")

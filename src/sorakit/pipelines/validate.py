@@ -39,6 +39,7 @@ from sorakit.hub import download_hint, names_local_path
 from sorakit.lora import parse_lora_arg
 from sorakit.modeldir import builtin_model_dir, read_model_dir
 from sorakit.models import MODELS, read_model_config
+from sorakit.pipelines.memory import check_memory
 from sorakit.pipelines.reference import file_sha256, load_references, plan_references
 from sorakit.runtime import dtype_name, resolve_device, resolve_dtype
 
@@ -301,12 +302,14 @@ def validate(
     mask_strategy: str | None = None,
     condition_frames: int = 4,
     loop: int = 1,
+    force_memory: bool = False,
 ) -> Settings:
     """Check a request against the model `source` names (config files only) and fill in its defaults.
 
     `world_size`: the processes that will run the request (torchrun); they share out the batches, or with
     `sequence_parallel` split every video's frames. `reference` .. `loop`: reference frames (STDiT; see
-    `TextToVideoPipeline.__call__`), read and checked here. Raises `UserError` (one line) for the first problem."""
+    `TextToVideoPipeline.__call__`), read and checked here. `force_memory`: skip the memory estimate's
+    refusal (`sorakit.pipelines.memory`). Raises `UserError` (one line) for the first problem."""
     name = {k: k for k in ("num_frames", "steps", "guidance", "fps", "batch_size", "threads", "seed")} | dict(
         names or {}
     )
@@ -338,11 +341,15 @@ def validate(
     if prompts is not None:
         check_prompts(cfg, prompts, class_labels)
     refs = check_references(cfg, reference, mask_strategy, num_frames, height, width, condition_frames, loop)
-    return Settings(
+    settings = Settings(
         num_frames=num_frames, height=height, width=width, steps=steps, sampler=sampler, guidance=float(guidance),
         fps=float(fps), batch_size=batch_size, seed=seed, device=str(dev),
         dtype=dtype_name(dt), references=refs,
     )  # fmt: skip
+    check_memory(
+        cfg, source.model_dir, settings, *source.geometry(cfg), force=force_memory
+    )  # before any load
+    return settings
 
 
 def _check_geometry(
