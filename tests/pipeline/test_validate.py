@@ -17,7 +17,7 @@ def no_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*a, **k):
         raise AssertionError("validation read weights")
 
-    monkeypatch.setattr(pretrained, "load_file", refuse)
+    monkeypatch.setattr(pretrained, "load_safetensors", refuse)
 
 
 def test_defaults_come_from_the_model_folder(tiny_model_dir: Path, no_weights: None) -> None:
