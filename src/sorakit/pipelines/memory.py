@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sorakit.config import Config
 from sorakit.encoders.vae import BUILTIN_VAE, BUILTIN_VAE_DIR
 from sorakit.errors import UserError
@@ -95,8 +97,6 @@ def estimate(
 def available_bytes(device: str) -> tuple[int, str] | None:
     """(bytes free, what they are) on `device`; None where it cannot be told (MPS)."""
     if device.startswith("cuda"):
-        import torch  # only for a CUDA request, which loads torch anyway
-
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         return int(free), f"free on {device}"
     if device != "cpu":
