@@ -171,3 +171,14 @@ def test_python_config_non_utf8_and_huge_file(refused, tmp_path: Path) -> None:
     assert "not UTF-8" in refused("config", str(tmp_path / "a.py"))
     (tmp_path / "b.py").write_text("# " + "x" * (1 << 20) + "\n")
     assert "too large for a config file" in refused("config", str(tmp_path / "b.py"))
+
+
+def test_train_checks_a_config_built_in_python(tmp_path: Path) -> None:
+    """The Python API gets the same checks: `train` refuses before it starts anything."""
+    from sorakit.training.trainer import train
+
+    cfg = load_config("tiny")
+    cfg.model.arch["depth"] = -3
+    with pytest.raises(ConfigError, match="model.arch.depth must be positive"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

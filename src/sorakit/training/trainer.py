@@ -41,7 +41,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.utils.tensorboard import SummaryWriter
 
 from sorakit import jsonutil
-from sorakit.config import Config, apply_dict
+from sorakit.config import Config, apply_dict, validate_config
 from sorakit.data.cache import LatentCacheDataset, is_cache_dir
 from sorakit.data.dataset import ResumableBatchSampler, SkipReport, VideoTextDataset, collate
 from sorakit.diffusion import build_objective as objective_by_name
@@ -593,6 +593,7 @@ def train(
     components: Components | None = None,
 ) -> TrainResult:
     """Train according to `cfg`, writing logs and checkpoints under `run_dir`."""
+    validate_config(cfg)  # a Config built in Python gets the checks a file or override gets
     state = init_distributed(cfg.parallel.sp_size, cfg.parallel.backend)
     try:
         return _train(cfg, Path(run_dir), resume, components or Components(), state)
