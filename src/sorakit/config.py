@@ -155,6 +155,12 @@ class SamplerConfig:
     guidance_channels: int | None = _doc(
         "guide only the first N channels (3 = Open-Sora 1.0 parity); None = all", None, bounds=POSITIVE
     )
+    guidance_interval: list[float] | None = _doc(
+        "[lo, hi]: apply guidance only at model timesteps lo <= t <= hi (0..num_timesteps, 1000 = noise); "
+        "other steps skip the unconditional rows; None = every step",
+        None,
+        bounds=Bounds(ge=0, length=2),
+    )
     num_timesteps: int = _doc("training diffusion steps", 1000, bounds=STEPS)
     shift: float = _doc(
         "rectified flow only: time shift s (t -> s t / (1 + (s - 1) t)) of training times and sampling steps;"
@@ -281,6 +287,11 @@ class InferenceConfig:
     dtype: str = _doc("'auto', 'fp32', 'bf16' or 'fp16' (fp16 on GPU only)", "auto")
     device: str = _doc("'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", "auto")
     save_dir: str = _doc("where videos are written", "samples")
+    offload: bool = _doc(
+        "keep only the module in use on the accelerator (text encoder, transformer, VAE), the rest on the CPU",
+        False,
+    )
+    compile: bool = _doc("torch.compile the transformer for sampling (first call compiles: slow)", False)
     parity: str | None = _doc(
         "reproduce an original's samples exactly: 'opensora-1.0' (docs/differences.md)", None
     )

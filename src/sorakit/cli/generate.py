@@ -54,9 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     model = p.add_argument_group("model")
     model.add_argument("--model", metavar="DIR", help="sorakit model directory (default: the built-in model)")
     model.add_argument("--preset", metavar="NAME", help="inference preset, e.g. opensora/16x256x256")
-    model.add_argument(
-        "--ckpt", metavar="PATH", help="diffusion model checkpoint: file, upstream name or hub id"
-    )
+    model.add_argument("--ckpt", metavar="PATH", help="diffusion model checkpoint: file, upstream name or hub id")  # fmt: skip
     model.add_argument("--text-encoder", metavar="DIR", help="text encoder directory or hub id")
     model.add_argument("--vae", metavar="DIR", help="VAE directory or hub id")
     model.add_argument("--lora", metavar="DIR[:SCALE]", action="append", default=[], help="LoRA adapter folder (sorakit export of a LoRA run; peft format), merged in with SCALE (default 1); repeatable")  # fmt: skip
@@ -69,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     samp.add_argument("--steps", type=int, help="sampling steps")
     samp.add_argument("--sampler", help="iddpm, dpm-solver, ddim or rflow")
     samp.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    samp.add_argument("--guidance-interval", metavar="LO,HI", help="guide only at model timesteps LO..HI (0-1000, 1000 = noise); other steps skip the unconditional half")  # fmt: skip
     samp.add_argument("--fps", type=float, help="frames per second of the written video")
     samp.add_argument("--batch-size", type=int, help="videos sampled at once (per process)")
     samp.add_argument("--parity", metavar="NAME",
@@ -81,6 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                       "other programs keep the cores busy, or each step waits on descheduled threads)")  # fmt: skip
     run_.add_argument("--no-progress", action="store_true", help="no progress bar")
     run_.add_argument("--force", action="store_true", help="start even when the memory estimate exceeds what is free (or SORAKIT_FORCE_MEMORY=1)")  # fmt: skip
+    run_.add_argument("--vae-batch", metavar="N", type=int, help="frames decoded at once (less memory; default all)")  # fmt: skip
+    run_.add_argument("--offload", action="store_true", help="keep only the module in use on the accelerator")
+    run_.add_argument("--compile", action="store_true", help="torch.compile the transformer (slow first call)")  # fmt: skip
     run_.add_argument("--sequence-parallel", action="store_true",
                       help="under torchrun: split each video's frames over the processes (STDiT models only)")  # fmt: skip
     p.set_defaults(func=run)
@@ -112,8 +114,7 @@ class Plan:
 
 def slugify(text: str, max_len: int = 48) -> str:
     """'A cat, playing!' -> 'a-cat-playing' (ASCII letters/digits, at most `max_len` characters)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    slug = slug[:max_len].rstrip("-")
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:max_len].rstrip("-")
     return slug or "video"
 
 
@@ -169,13 +170,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
     """Validate the arguments and decide every output, seed and setting; raises UserError."""
     from sorakit import parity
     from sorakit.pipelines import TextToVideoPipeline
-    from sorakit.pipelines.validate import ModelSource, parse_resolution
+    from sorakit.pipelines.validate import ModelSource, flag_overrides, parse_resolution
 
     if args.replay:
         return _replay_plan(args)
     parity.get_profile(args.parity)  # a bad name fails before anything is read
     items = _read_prompts(args)
-    overrides = list(args.overrides) + ([f"inference.parity={args.parity}"] if args.parity else [])
+    overrides = flag_overrides(args.overrides, args.parity, args.guidance_interval, args.vae_batch, args.offload, args.compile)  # fmt: skip
     source = ModelSource.choose(args.model, args.preset, args.ckpt, args.text_encoder, args.vae, overrides, args.lora)  # fmt: skip
     cfg = source.config()
     if args.prompt_file and (profile := parity.get_profile(cfg.inference.parity)) is not None:

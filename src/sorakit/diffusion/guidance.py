@@ -13,6 +13,12 @@ Which channels are guided:
   channels, and the variance channels, raw. Use it only to reproduce Open-Sora 1.0's published
   samples bit for bit; it is not better. (Open-Sora 1.0's DPM-Solver path guided all eps
   channels, so DPM-Solver parity uses the default.)
+
+Guidance interval (`interval=(lo, hi)`, Kynkäänniemi et al. 2024, "Applying guidance in a limited
+interval"): guidance is applied only at model timesteps `lo <= t <= hi` (the 0..num_timesteps scale every
+sampler passes, 1000 = pure noise). Outside it the null-caption rows are not computed at all: the model
+is called with the n conditional rows only, so those steps cost half. An interval covering every step
+gives exactly the output of no interval.
 """
 
 from __future__ import annotations
@@ -58,6 +64,9 @@ class GuidedModel:
         scale: guidance scale; 1.0 (or no y_null) skips the null rows and costs one n-row call.
         mask: caption mask [n, L] (or already [2n, L]) or None.
         guided_channels: None = all prediction channels; 3 = Open-Sora 1.0 parity.
+        interval: (lo, hi) model timesteps where guidance applies (inclusive); None = every step.
+            Rows whose t lies outside get the conditional prediction; a step where no row is inside calls
+            the model with the n conditional rows only.
         model_kwargs: extra per-call keyword arguments, passed unchanged.
     """
 
@@ -69,6 +78,7 @@ class GuidedModel:
         scale: float,
         mask: torch.Tensor | None = None,
         guided_channels: int | None = None,
+        interval: tuple[float, float] | None = None,
         **model_kwargs,
     ) -> None:
         self.model = model
@@ -77,13 +87,15 @@ class GuidedModel:
         self.scale = float(scale)
         self.mask = mask
         self.guided_channels = guided_channels
+        self.interval = None if interval is None else (float(interval[0]), float(interval[1]))
         self.model_kwargs = model_kwargs
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **step_kwargs: torch.Tensor) -> torch.Tensor:
         """`step_kwargs`: per-step model inputs a sampler adds (`x_mask [n, T]` of reference frames), given
         for the n rows; the null-caption rows get the same."""
         n = x.shape[0]
-        if self.y_null is None or self.scale == 1.0:
+        inside = self._inside(t, n)
+        if self.y_null is None or self.scale == 1.0 or not bool(inside.any()):
             return self.model(x, t, self.y, mask=self.mask, **self.model_kwargs, **step_kwargs)
         mask = None if self.mask is None else _repeat_rows(self.mask, n)
         doubled = {k: _repeat_rows(v, n) for k, v in step_kwargs.items()}
@@ -97,10 +109,23 @@ class GuidedModel:
         )
         cond, uncond = out[:n], out[n:]
         channels = x.shape[1]
+        k = self.guided_channels
         if out.shape[1] == 2 * channels:  # learned sigma: guide eps, keep the conditional variance values
-            k = channels if self.guided_channels is None else min(self.guided_channels, channels)
-            return guide(cond, uncond, self.scale, k)
-        return guide(cond, uncond, self.scale, self.guided_channels)
+            k = channels if k is None else min(k, channels)
+        guided = guide(cond, uncond, self.scale, k)
+        if bool(inside.all()):
+            return guided
+        # rows outside the interval (a sampler with per-row times): their conditional prediction
+        return torch.where(inside.view(n, *[1] * (guided.dim() - 1)), guided, cond)
+
+    def _inside(self, t: torch.Tensor, n: int) -> torch.Tensor:
+        """bool [n]: which rows' timestep `t` (a scalar or [n]) lies in the guidance interval."""
+        t = torch.as_tensor(t).reshape(-1)
+        t = t.expand(n) if t.numel() == 1 else t
+        if self.interval is None:
+            return torch.ones(n, dtype=torch.bool, device=t.device)
+        lo, hi = self.interval
+        return (t >= lo) & (t <= hi)
 
 
 def guidance_model_fn(
@@ -110,7 +135,10 @@ def guidance_model_fn(
     scale: float,
     mask: torch.Tensor | None = None,
     guided_channels: int | None = None,
+    interval: tuple[float, float] | None = None,
     **model_kwargs,
 ) -> GuidedModel:
     """Build the guided `model_fn(x, t)` for a sampler. See `GuidedModel`."""
-    return GuidedModel(model, y, y_null, scale, mask=mask, guided_channels=guided_channels, **model_kwargs)
+    return GuidedModel(
+        model, y, y_null, scale, mask=mask, guided_channels=guided_channels, interval=interval, **model_kwargs
+    )

@@ -71,8 +71,8 @@ class VideoVAE(nn.Module):
             )
         return num_frames, height // f, width // f
 
-    def _chunks(self, n: int) -> list[slice]:
-        step = self.micro_batch_size or n
+    def _chunks(self, n: int, micro_batch_size: int | None = None) -> list[slice]:
+        step = micro_batch_size or self.micro_batch_size or n
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
     @torch.no_grad()
@@ -93,12 +93,15 @@ class VideoVAE(nn.Module):
         return rearrange(z, "(b t) c h w -> b c t h w", b=b)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, micro_batch_size: int | None = None) -> torch.Tensor:
         """Scaled latents ``[B, c, T, h, w]`` -> pixels ``[B, C, T, h*f, w*f]``, roughly in ``[-1, 1]``
-        (not clamped)."""
+        (not clamped). `micro_batch_size`: frames per decoder call for this call (default: the VAE's)."""
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise UserError(f"the VAE batch must be positive, got {micro_batch_size}")
         b = z.shape[0]
         frames = rearrange(z, "b c t h w -> (b t) c h w").to(self.device, self.dtype) / self.scaling_factor
-        out = [self.autoencoder.decode(frames[part]).sample for part in self._chunks(frames.shape[0])]
+        chunks = self._chunks(frames.shape[0], micro_batch_size)
+        out = [self.autoencoder.decode(frames[part]).sample for part in chunks]
         return rearrange(torch.cat(out), "(b t) c h w -> b c t h w", b=b)
 
 

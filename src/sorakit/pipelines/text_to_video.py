@@ -17,9 +17,10 @@ fp32 (``text_encoder.dtype``; never fp16, where it overflows).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from sorakit.masks import split_loop_prompt
 from sorakit.modeldir import builtin_model_dir, read_model_dir, save_model_dir
 from sorakit.models import build_from_config, from_pretrained, load_checkpoint, prediction_type_of_objective
 from sorakit.pipelines.reference import ConditionBuilder, join_segments, load_references, plan_references
-from sorakit.pipelines.validate import ModelSource, validate
+from sorakit.pipelines.validate import ModelSource, check_guidance_interval, validate
 from sorakit.runtime import resolve_device, resolve_dtype
 
 log = get_logger(__name__)
@@ -109,6 +110,12 @@ class TextToVideoPipeline:
         device, dtype: where and in which precision the transformer and VAE run ('auto' picks).
         offload_text_encoder: keep the text encoder on the CPU between calls, moving it to the
             accelerator only while encoding (so T5-XXL does not sit in GPU memory while sampling).
+        offload: keep every module on the CPU and move each to the accelerator only while it works: the
+            text encoder while encoding, the transformer while sampling, the VAE while decoding (or
+            encoding references); peak accelerator memory is then the largest module's, not their sum.
+            None = ``inference.offload``. On the CPU the moves are to the CPU (outputs unchanged).
+        compile: ``torch.compile`` the transformer for sampling (compiled at the first call, after LoRA
+            and parallelism are applied); None = ``inference.compile``.
     """
 
     def __init__(
@@ -120,6 +127,8 @@ class TextToVideoPipeline:
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "auto",
         offload_text_encoder: bool = True,
+        offload: bool | None = None,
+        compile: bool | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -131,10 +140,14 @@ class TextToVideoPipeline:
         lossy = self.dtype == torch.bfloat16 and next(transformer.parameters()).dtype != torch.bfloat16
         self._base_fingerprint = base_fingerprint(transformer) if lossy else None
         self._loras: list[str] = []
-        self.transformer = transformer.to(self.device, self.dtype).eval().requires_grad_(False)
-        self.vae = vae.to(self.device, self.dtype)
+        self.offload = self.config.inference.offload if offload is None else bool(offload)
+        self.compile = self.config.inference.compile if compile is None else bool(compile)
+        self._compiled: Any = None  # torch.compile(self.transformer), made at the first sampling call
+        home = "cpu" if self.offload else self.device  # where the transformer and VAE wait between uses
+        self.transformer = transformer.to(home, self.dtype).eval().requires_grad_(False)
+        self.vae = vae.to(home, self.dtype)
         self.text_encoder = text_encoder
-        self.offload_text_encoder = offload_text_encoder and self.device.type != "cpu"
+        self.offload_text_encoder = self.offload or (offload_text_encoder and self.device.type != "cpu")
         self.text_encoder.to("cpu" if self.offload_text_encoder else self.device)
         self._check_components()
 
@@ -355,15 +368,8 @@ class TextToVideoPipeline:
         """(caption ``[B, 1, L, C]`` or labels ``[B]``, mask ``[B, L]`` or None, null caption/labels),
         on the pipeline's device. The text encoder goes back to the CPU afterwards when offloading."""
         encoder = self.text_encoder
-        if self.offload_text_encoder:
-            encoder.to(self.device)
-        try:
+        with self.on_device(encoder, self.offload_text_encoder):
             y, mask = encoder.encode(prompts)
-        finally:
-            if self.offload_text_encoder:
-                encoder.to("cpu")
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
         n = len(prompts)
         if self.is_class_conditional:
             y_null = encoder.null(n)
@@ -374,12 +380,32 @@ class TextToVideoPipeline:
             y, y_null = y.to(self.dtype), y_null.to(self.dtype)
         return y, (None if mask is None else mask.to(self.device)), y_null
 
+    @contextlib.contextmanager
+    def on_device(self, module: nn.Module, offload: bool | None = None) -> Iterator[nn.Module]:
+        """`module` on the pipeline's device for the block, then back on the CPU when offloading (`offload`:
+        default ``self.offload``); without offloading it stays where it is."""
+        offload = self.offload if offload is None else offload
+        if offload:
+            module.to(self.device)
+        try:
+            yield module
+        finally:
+            if offload:
+                module.to("cpu")
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()  # give the freed blocks back before the next module arrives
+
     def _denoiser(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, **kw: Any
     ):
-        """The transformer in the pipeline's dtype, returning float32 for the sampler's arithmetic (`kw`: the
-        samplers' `x_mask` of reference frames)."""
-        return self.transformer(x.to(self.dtype), t, y, mask=mask, **kw).float()
+        """The transformer (compiled with ``compile``) in the pipeline's dtype, returning float32 for the
+        sampler's arithmetic (`kw`: the samplers' `x_mask` of reference frames)."""
+        model = self.transformer
+        if self.compile:
+            if self._compiled is None:
+                self._compiled = torch.compile(self.transformer)
+            model = self._compiled
+        return model(x.to(self.dtype), t, y, mask=mask, **kw).float()
 
     @torch.no_grad()
     def prepare_references(
@@ -400,8 +426,9 @@ class TextToVideoPipeline:
             return None
         if "x_mask" not in inspect.signature(self.transformer.forward).parameters:
             raise UserError(f"reference frames need an STDiT model, not {type(self.transformer).__name__}")
-        latents = [self.vae.encode(r.frames[None].to(self.device, self.dtype), sample=False)[0].float()
-                   for r in refs]  # fmt: skip
+        with self.on_device(self.vae):
+            latents = [self.vae.encode(r.frames[None].to(self.device, self.dtype), sample=False)[0].float()
+                       for r in refs]  # fmt: skip
         return ConditionBuilder(plan, latents)
 
     def _generator(
@@ -436,14 +463,15 @@ class TextToVideoPipeline:
         solver: Any,
         generator: torch.Generator | None,
         scale: float,
-        how: tuple[str, str, Any, Any],
+        how: tuple[str, str, Any, Any, Any],
         condition: Any,
         progress: bool,
     ) -> torch.Tensor:
         """Latents `shape` `[B, C, T, h, w]` for `prompts`: captions, starting noise, the sampler's steps.
-        `how` = (sampler name, the model's prediction type, parity profile or None, step callback or None)."""
+        `how` = (sampler name, the model's prediction type, parity profile or None, step callback or None,
+        guidance interval or None)."""
         cfg = self.config
-        sampler, prediction, profile, report = how
+        sampler, prediction, profile, report, interval = how
         # 1. prompts -> caption embeddings (and the null caption for guidance)
         y, mask, y_null = self.encode_prompt(prompts)
 
@@ -452,16 +480,19 @@ class TextToVideoPipeline:
 
         # 3. denoise: guided model function, then the sampler's steps (reference frames held by the sampler)
         channels = cfg.sampler.guidance_channels if profile is None else profile.guided_channels.get(sampler)
-        model_fn = guidance_model_fn(self._denoiser, y, y_null, scale, mask=mask, guided_channels=channels)
+        model_fn = guidance_model_fn(
+            self._denoiser, y, y_null, scale, mask=mask, guided_channels=channels, interval=interval
+        )
         if prediction == "flow" and sampler != "rflow":
             model_fn = velocity_as_eps(
                 model_fn, cfg.sampler.num_timesteps, sampler=solver
             )  # DDPM samplers on a flow model
         noise_kw = parity.sampler_kwargs(sampler, z) if profile is not None else {}
         model_fn = model_fn if report is None else _report_calls(model_fn, solver.num_steps, report)
-        return solver.sample(
-            model_fn, z, generator=generator, progress=progress, condition=condition, **noise_kw
-        )
+        with self.on_device(self.transformer):
+            return solver.sample(
+                model_fn, z, generator=generator, progress=progress, condition=condition, **noise_kw
+            )
 
     def _build_sampler(self, sampler: str, steps: int, prediction: str) -> Any:
         """The sampler `sampler` with `steps` steps for a model predicting `prediction` (rflow: flow only)."""
@@ -492,6 +523,8 @@ class TextToVideoPipeline:
         mask_strategy: str | None = None,
         condition_frames: int = 4,
         loop: int = 1,
+        guidance_interval: tuple[float, float] | None = None,
+        vae_batch: int | None = None,
     ) -> Any:
         """Generate one video per prompt.
 
@@ -512,6 +545,9 @@ class TextToVideoPipeline:
             condition_frames, loop: K of the default strategy; `loop` segments of `num_frames`, each after the
                 first starting with the previous one's last K frames: loop * num_frames - (loop - 1) * K frames
                 in all. Prompts may be per segment (`|0|first text|2|from segment 2 on`).
+            guidance_interval: ``(lo, hi)`` model timesteps (0..num_timesteps) where guidance applies; the other
+                steps run the conditional rows only. Default ``sampler.guidance_interval`` (None: every step).
+            vae_batch: frames decoded at once (less memory, same frames); default ``vae.micro_batch_size``.
         """
         cfg = self.config
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -520,6 +556,7 @@ class TextToVideoPipeline:
         width = cfg.inference.image_size[1] if width is None else int(width)
         steps = cfg.sampler.num_sampling_steps if num_inference_steps is None else int(num_inference_steps)
         scale = cfg.sampler.guidance_scale if guidance_scale is None else float(guidance_scale)
+        interval = self._check_speed_options(guidance_interval, vae_batch)
         sampler = sampler_name(sampler or cfg.sampler.type)
         profile = parity.get_profile(cfg.inference.parity)  # None: sorakit's own defaults
         latent_size = self.check_inputs(
@@ -539,17 +576,34 @@ class TextToVideoPipeline:
             condition = refs.condition(seg, shape, self.device) if refs is not None else None
             report = None if callback is None else _segment_callback(callback, seg, steps, loop)
             segments.append(self._denoise([t[seg] for t in texts], shape, solver, generator, scale,
-                                          (sampler, prediction, profile, report), condition, progress))  # fmt: skip
+                                          (sampler, prediction, profile, report, interval), condition, progress))  # fmt: skip
             if seg + 1 < loop:
                 refs.add_segment(segments[-1], seg + 1)
         latents = join_segments(segments, condition_frames)
         if output_type == "latent":
             return latents
 
-        # 4. latents -> pixels, frame by frame, then uint8 [B, T, H, W, 3]
-        video = self.vae.decode(latents.to(self.dtype))
-        frames = (to_uint8 if profile is None else parity.to_uint8)(video).cpu()
+        frames = self.decode_latents(latents, vae_batch, profile)
         return frames if output_type == "pt" else frames.numpy()
+
+    def _check_speed_options(
+        self, guidance_interval: tuple[float, float] | None, vae_batch: int | None
+    ) -> tuple[float, float] | None:
+        """The guidance interval of a call (default ``sampler.guidance_interval``), both checked."""
+        if vae_batch is not None and int(vae_batch) < 1:
+            raise UserError(f"the VAE batch must be positive, got {vae_batch}")
+        interval = self.config.sampler.guidance_interval if guidance_interval is None else guidance_interval
+        return check_guidance_interval(interval)
+
+    @torch.no_grad()
+    def decode_latents(
+        self, latents: torch.Tensor, vae_batch: int | None = None, profile: parity.ParityProfile | None = None
+    ) -> torch.Tensor:
+        """Latents ``[B, C, T, h, w]`` -> uint8 ``[B, T, H, W, 3]`` on the CPU, decoded `vae_batch` frames at a
+        time (default ``vae.micro_batch_size``; with offloading the VAE visits the accelerator for it)."""
+        with self.on_device(self.vae):
+            video = self.vae.decode(latents.to(self.dtype), micro_batch_size=vae_batch)
+        return (to_uint8 if profile is None else parity.to_uint8)(video).cpu()
 
 
 def _segment_callback(

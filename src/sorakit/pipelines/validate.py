@@ -14,6 +14,7 @@ Messages name the inputs as the caller calls them (`names`, e.g. the CLI's "--st
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -55,6 +56,41 @@ def parse_resolution(text: str, name: str = "resolution") -> tuple[int, int]:
         raise UserError(f"{name} must be positive, got {h}x{w}")
     check_value(name, [h, w], IMAGE_SIZE)
     return h, w
+
+
+def check_guidance_interval(value: Any, name: str = "guidance interval") -> tuple[float, float] | None:
+    """A guidance interval ``[lo, hi]`` (list, tuple or the text "LO,HI") -> ``(lo, hi)`` model timesteps,
+    finite with ``0 <= lo <= hi``; None stays None. Anything else is one UserError naming `name`."""
+    if value is None:
+        return None
+    usage = f"{name} must be LO,HI: model timesteps with 0 <= LO <= HI (e.g. 0,700)"
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        lo, hi = (float(v) for v in parts)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{usage}, got {str(value)[:40]!r}") from exc
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi < lo:
+        raise UserError(f"{usage}, got {lo:g},{hi:g}")
+    return lo, hi
+
+
+def flag_overrides(
+    overrides: list[str],
+    parity_name: str | None = None,
+    guidance_interval: str | None = None,
+    vae_batch: int | None = None,
+    offload: bool = False,
+    compile: bool = False,
+) -> list[str]:
+    """`sorakit generate`'s setting flags as config overrides after the user's own (`--set`), so that
+    the sidecar's model source records them and `--replay` repeats them; each value is checked here."""
+    out = list(overrides) + ([f"inference.parity={parity_name}"] if parity_name else [])
+    interval = check_guidance_interval(guidance_interval, "--guidance-interval")
+    if interval is not None:
+        out.append(f"sampler.guidance_interval=[{interval[0]!r}, {interval[1]!r}]")
+    if vae_batch is not None:
+        out.append(f"vae.micro_batch_size={check_field('vae', 'micro_batch_size', vae_batch, '--vae-batch')}")
+    return out + ["inference.offload=true"] * bool(offload) + ["inference.compile=true"] * bool(compile)
 
 
 def read_prompt_file(path: str, keep_empty: bool = False) -> list[tuple[int, str]]:
@@ -326,6 +362,7 @@ def validate(
         sampler, steps, num_timesteps=sch.num_timesteps
     )  # the sampler's own checks (e.g. DPM order)
     guidance = check_field("sampler", "guidance_scale", _pick(guidance, sch.guidance_scale), name["guidance"])
+    check_guidance_interval(sch.guidance_interval, "sampler.guidance_interval")
     fps = check_field("inference", "fps", _pick(fps, inf.fps), name["fps"], hint=float)
     batch_size = check_field("inference", "batch_size", _pick(batch_size, inf.batch_size), name["batch_size"])
     seed = check_field("inference", "seed", _pick(seed, inf.seed), name["seed"])
