@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JOBS ?= auto
 
-.PHONY: venv test lint demo bench train-builtin clean
+.PHONY: venv test lint demo bench train-builtin lora-demo clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,10 @@ bench: venv
 
 train-builtin: venv
 	$(PY) -m sorakit.builtin.recipe --workdir runs/builtin
+
+# LoRA: teach the built-in model orange and diamond (docs/training.md#lora-fine-tuning); resumable, offline
+lora-demo: venv
+	$(PY) -m sorakit.builtin.lora_recipe --workdir runs/lora-demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

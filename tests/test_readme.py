@@ -104,6 +104,20 @@ def _checkpoint(run: str) -> Callable[[Path], None]:
     return lambda work: None if any((work / run / "checkpoints").glob("step-*")) else pytest.fail(f"no {run}")
 
 
+def _adapter(path: str) -> Callable[[Path], None]:
+    def check(work: Path) -> None:
+        names = {p.name for p in (work / path).iterdir()}
+        assert names == {"adapter_config.json", "adapter_model.safetensors"}, names
+
+    return check
+
+
+def _is_model(path: str) -> Callable[[Path], None]:
+    return lambda work: (
+        None if (work / path / "sorakit_pipeline.json").is_file() else pytest.fail(f"no {path}")
+    )
+
+
 # -- the table -------------------------------------------------------------------------------------------
 
 GEN = ("--steps", "3", "--no-progress")
@@ -166,6 +180,15 @@ COVERAGE: dict[str, Run | Fetch | Serve] = {
         Run("executor", ("--num-videos", "4"), _csv_rows("shapes/train.csv", 4)),
     "sorakit data info shapes/videos --output shapes_info.csv --executor dask:local:2 --retries 1":
         Run("executor", (), _csv_rows("shapes_info.csv", 4)),
+    # LoRA on the built-in model (the shapes world's new concepts)
+    "sorakit data synth --output new --num-videos 400 --concepts extended --new-fraction 0.5":
+        Run("lora", ("--num-videos", "4", "--executor", "local:1"), _csv_rows("new/train.csv", 4)),
+    "sorakit train builtin/stdit lora.rank=8 --init builtin --vae builtin:vae --data new/train.csv --output runs/lora":
+        Run("lora", ("--max-steps", "2", "--batch-size", "2", "train.tensorboard=false"), _checkpoint("runs/lora")),
+    "sorakit export runs/lora adapter": Run("lora", (), _adapter("adapter")),
+    'sorakit generate "an orange diamond moving to the left" --lora adapter --output orange.mp4':
+        Run("lora", GEN, _is_video("orange.mp4", 16)),
+    "sorakit export runs/lora merged --merge-lora": Run("lora", (), _is_model("merged")),
     # configuration
     "sorakit config": Run("config"),
     "sorakit config opensora/inference/64x512x512 sampler.num_sampling_steps=50": Run("config"),

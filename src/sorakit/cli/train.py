@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--output", "-o", required=True, help="run directory (logs, TensorBoard, checkpoints)"
     )
     parser.add_argument(
-        "--init", help="initial weights: PixArt-alpha checkpoint or a previous stage's export"
+        "--init", help="initial weights: PixArt-alpha checkpoint, a previous stage's export, or 'builtin'"
     )
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     parser.add_argument(
@@ -122,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
         cfg.data.data_root = args.data_root
     if args.init:
         cfg.train.init_from = args.init
+        if args.init == "builtin":  # the built-in model, e.g. the base of a LoRA (lora.rank=8)
+            from sorakit.modeldir import builtin_model_dir
+
+            cfg.train.init_from = str(builtin_model_dir())
     from sorakit.training.export import absolute_component_paths
 
     absolute_component_paths(cfg)  # the run's config.toml (and its exports) work from any folder

@@ -1,0 +1,35 @@
+"""`make lora-demo` at toy scale: every stage runs offline (data with the new concepts, cache, LoRA training
+on the built-in model, PEFT export, evaluation), and a second run resumes: it redoes nothing."""
+
+from __future__ import annotations
+
+import json
+
+from sorakit.builtin.lora_recipe import main
+from sorakit.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_adapter
+from sorakit.modeldir import BUILTIN_MODEL_DIR
+
+
+def test_lora_recipe_end_to_end_and_resume(tmp_path, capfd):
+    work = tmp_path / "lora-demo"
+    argv = ["--workdir", str(work), "--num-videos", "8", "--eval-prompts", "1", "--eval-steps", "2",
+            "--timing-repeats", "1", "--set", "train.max_steps=2", "--set", "train.batch_size=2",
+            "--set", "train.warmup_steps=0", "--set", "train.decay_steps=0"]  # fmt: skip
+    assert main(argv) == 0
+    out = capfd.readouterr().out
+    assert "| new |" in out and "| train |" in out and "without the adapter" in out
+    adapter = work / "adapter"
+    assert {p.name for p in adapter.iterdir()} == {ADAPTER_CONFIG, ADAPTER_WEIGHTS}
+    spec, _ = read_adapter(adapter)
+    assert spec.rank == 8 and spec.base_name == "the built-in model"
+    result = json.loads((work / "eval.json").read_text())
+    assert result["adapter_bytes"] < 1_000_000 and set(result["timing"]) == {"batch", "without_s", "merged_s"}
+    assert set(result["summary"]) >= {"new", "train", "new, without the adapter"}
+    rows = (work / "data" / "train.csv").read_text()
+    assert "orange" in rows or "diamond" in rows
+    state = json.loads(next((work / "lora" / "checkpoints").glob("step-*/state.json")).read_text())
+    assert state["lora"]["base_path"] == str(BUILTIN_MODEL_DIR.resolve())
+    mtimes = {p: p.stat().st_mtime_ns for p in [work / "eval.json", adapter / ADAPTER_WEIGHTS]}
+    assert main(argv) == 0  # resumed: every stage finds its output
+    assert "nothing to do" in capfd.readouterr().err
+    assert (work / "eval.json").stat().st_mtime_ns == mtimes[work / "eval.json"]
