@@ -33,10 +33,13 @@ import torch
 from sorakit.builtin.recipe import _record_time, _sorakit, stage_encode
 from sorakit.config import load_config
 from sorakit.errors import UserError
+from sorakit.eval.shapes import build_prompts, format_table, generate_and_score, summarize
 from sorakit.fileutil import write_text_atomic
 from sorakit.jsonutil import dumps
 from sorakit.logging import get_logger
 from sorakit.modeldir import BUILTIN_MODEL_DIR
+from sorakit.pipelines import TextToVideoPipeline
+from sorakit.tools.synth import synthesize
 
 logger = get_logger("sorakit.builtin.lora_recipe")
 
@@ -51,8 +54,6 @@ TRAIN_SETTINGS = [
 
 
 def stage_data(work: Path, num_videos: int, new_fraction: float, seed: int, workers: int) -> Path:
-    from sorakit.tools.synth import synthesize
-
     csv_path = work / "data" / "train.csv"
     if csv_path.is_file() and sum(1 for _ in open(csv_path)) - 1 >= num_videos:
         return csv_path
@@ -78,9 +79,6 @@ def _batch_seconds(pipe: Any, prompts: list[str], **kw: Any) -> float:
 def stage_eval(work: Path, adapter: Path, n: int, seed: int = 0, steps: int | None = None,
                repeats: int = 3) -> dict[str, Any]:  # fmt: skip
     """Scores with the merged adapter (new and old concepts) and without it (new concepts), and timings."""
-    from sorakit.eval.shapes import build_prompts, format_table, generate_and_score, summarize
-    from sorakit.pipelines import TextToVideoPipeline
-
     base = TextToVideoPipeline.from_pretrained(None, device="cpu")
     tuned = TextToVideoPipeline.from_pretrained(None, device="cpu")
     tuned.load_lora(adapter)
