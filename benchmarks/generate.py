@@ -4,6 +4,11 @@
     python benchmarks/generate.py --setups small --samplers dpm-solver   # minutes on a CPU
     python benchmarks/generate.py --setups opensora-16x256x256     # GPU: Open-Sora 1.0's sizes
     python benchmarks/generate.py --setups opensora-16x256x256 --samplers iddpm --dtype fp16 --batch 2
+    python benchmarks/generate.py --memory --setups small --samplers dpm-solver --steps 10   # --vae-batch/--offload
+
+`--memory` runs each low-memory variant (all frames decoded at once, `--vae-batch 1`, `--offload`, both) in
+a fresh process, so that each peak is its own: peak RSS on the CPU (a process high-water mark), peak
+allocated CUDA memory on a GPU. The encode/sample/decode stage times come from the same runs.
 
 Every component is built from a config with random weights (timing does not depend on the values):
 a T5 encoder, an AutoencoderKL and a diffusion transformer, run through TextToVideoPipeline exactly as
@@ -21,7 +26,9 @@ mark over the whole run, so later rows include earlier ones).
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -182,6 +189,57 @@ def peak_memory_gib(device: torch.device) -> tuple[float, str]:
     return kib / 2**20 if sys.platform != "darwin" else kib / 2**30, "RSS"
 
 
+VARIANTS = {  # name -> (vae_batch, offload)
+    "all frames at once": (None, False),
+    "--vae-batch 1": (1, False),
+    "--offload": (None, True),
+    "--offload --vae-batch 1": (1, True),
+}
+
+
+def one_variant(args: argparse.Namespace, tok_dir: Path) -> None:
+    """One generation with `args.variant`'s settings in this process; prints its stats as a JSON line."""
+    vae_batch, offload = VARIANTS[args.variant]
+    name, sampler = args.setups[0], args.samplers[0]
+    pipe = build_pipeline(name, args.device, args.dtype, tok_dir)
+    pipe.offload = pipe.offload_text_encoder = offload
+    for module in (pipe.transformer, pipe.vae, pipe.text_encoder) if offload else ():
+        module.to("cpu")  # built without offloading (components are allocated on the device): send them home
+    if pipe.device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(pipe.device)
+    pipe.vae.micro_batch_size = vae_batch
+    batch = args.batch or SETUPS[name]["batch"]
+    prompts = [f"a red circle {i}" for i in range(batch)]
+    stages = timed_call(pipe, prompts, sampler, args.steps or DEFAULT_STEPS[sampler], args.guidance, 0)
+    mem, kind = peak_memory_gib(pipe.device)
+    print(
+        json.dumps({"stages": stages, "mem": mem, "kind": kind, "batch": batch, "device": str(pipe.device)})
+    )
+
+
+def memory_table(args: argparse.Namespace) -> None:
+    """Each variant of VARIANTS in its own process (peaks are per-process high-water marks)."""
+    name, sampler = args.setups[0], args.samplers[0]
+    s = SETUPS[name]
+    steps = args.steps or DEFAULT_STEPS[sampler]
+    print(f"setup {name}: {s['model']}, {args.batch or s['batch']} x {s['frames']} frames at "
+          f"{s['size'][0]}x{s['size'][1]}, {sampler} {steps} steps; torch {torch.__version__}")  # fmt: skip
+    print("| variant | encode s | sample s | decode s | peak GiB |")
+    print("|---|---|---|---|---|")
+    base = [sys.executable, __file__, "--setups", name, "--samplers", sampler, "--steps", str(steps),
+            "--guidance", str(args.guidance), "--device", args.device, "--dtype", args.dtype]  # fmt: skip
+    base += ["--batch", str(args.batch)] if args.batch else []
+    for variant in VARIANTS:
+        out = subprocess.run(
+            [*base, f"--variant={variant}"], capture_output=True, text=True, check=True
+        ).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        st = r["stages"]
+        print(f"| {variant} | {st['encode']:.3f} | {st['sample']:.2f} | {st['decode']:.3f} | "
+              f"{r['mem']:.3f} ({r['kind']}, {r['device']}) |", flush=True)  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--setups", nargs="+", default=["tiny"], choices=list(SETUPS))
@@ -192,7 +250,18 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--repeats", type=int, default=1, help="timed runs after one warm-up; the best is shown")
+    p.add_argument(
+        "--memory", action="store_true", help="peak memory of --vae-batch 1 / --offload vs neither"
+    )
+    p.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)  # one --memory run
     args = p.parse_args()
+    if args.memory:
+        memory_table(args)
+        return
+    if args.variant:
+        with tempfile.TemporaryDirectory() as tmp:
+            one_variant(args, make_tiny_t5(Path(tmp) / "tok", vocab_size=64))
+        return
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -144,6 +144,10 @@ COVERAGE: dict[str, Run | Fetch | Serve] = {
     '"0;0,1,0,-1,1" --output ab.mp4': Run("references", GEN, _is_video("ab.mp4", 16)),
     'sorakit generate "a blue circle moving to the right" --reference clip.mp4 --mask-strategy "0,0,0,0,16,0.5" '
     "--output edit.mp4": Run("references", GEN, _is_video("edit.mp4", 16)),
+    'sorakit generate "a red circle moving to the right" --guidance-interval 0,700 --output interval.mp4':
+        Run("generate", GEN, _is_video("interval.mp4", 16)),
+    'sorakit generate "a red circle moving to the right" --vae-batch 1 --offload --output light.mp4':
+        Run("generate", GEN, _is_video("light.mp4", 16)),
     "sorakit serve --port 8000 --workers 1 --data-dir serve-data": Serve("serve"),
     "sorakit generate --preset dit/1x256x256-class --ckpt DiT-XL-2-256x256.pt --class-label 207 --output dog.png":
         Fetch("generate"),
