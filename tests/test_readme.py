@@ -72,6 +72,23 @@ def _is_video(path: str, frames: int | None = None) -> Callable[[Path], None]:
     return check
 
 
+def _video_shape(path: str, frames: int, height: int, width: int) -> Callable[[Path], None]:
+    def check(work: Path) -> None:
+        from sorakit.data.video import probe_video
+
+        info = probe_video(work / path)
+        assert (info["num_frames"], info["height"], info["width"]) == (frames, height, width), info
+
+    return check
+
+
+def _bucket_shapes(work: Path) -> None:
+    """The tiny-buckets run trained on several shapes, each step's logged as batch_shape."""
+    rows = [json.loads(line) for line in (work / "runs" / "tb" / "metrics.jsonl").read_text().splitlines()]
+    shapes = {tuple(r["batch_shape"]) for r in rows}
+    assert len(shapes) >= 3 and {s[3:] for s in shapes} == {(64, 64), (64, 96), (96, 64)}, shapes
+
+
 def _replay_is_byte_identical(work: Path) -> None:
     # "regenerate exactly": the replayed MP4 is the same file, byte for byte (issue #14 item 6)
     assert (work / "again.mp4").read_bytes() == (work / "out" / "0000-a-red-circle.mp4").read_bytes()
@@ -128,6 +145,12 @@ COVERAGE: dict[str, Run | Fetch | Serve] = {
         Run("generate", GEN, _prompt_file_outputs),
     "sorakit generate --replay out/0000-a-red-circle.json --output again.mp4":
         Run("generate", ("--no-progress",), _replay_is_byte_identical),
+    # any shape: the built-in model (64x64, 16 frames) at another size and length; 9:16 at 64x64's pixel count,
+    # 2 s at its 8 fps
+    'sorakit generate "a red circle moving to the right" --resolution 64x96 --num-frames 32 --output wide.mp4':
+        Run("shapes", GEN, _video_shape("wide.mp4", 32, 64, 96)),
+    'sorakit generate "a blue square moving up" --aspect-ratio 9:16 --resolution-name 4096 --seconds 2 '
+    "--output tall.mp4": Run("shapes", GEN, _video_shape("tall.mp4", 16, 88, 48)),
     "sorakit generate --preset opensora/16x256x256 --ckpt OpenSora-v1-HQ-16x256x256.pth --text-encoder "
     "./t5-v1_1-xxl --vae ./sd-vae-ft-ema --prompt-file prompts.txt --output-dir out": Fetch("generate"),
     "sorakit generate --preset opensora/16x256x256 --ckpt OpenSora-v1-HQ-16x256x256.pth --text-encoder "
@@ -163,6 +186,8 @@ COVERAGE: dict[str, Run | Fetch | Serve] = {
     "sorakit train tiny --data train.csv --output runs/tiny --max-steps 50":
         Run("train", ("--max-steps", "2", "--batch-size", "2", "train.tensorboard=false"), _checkpoint("runs/tiny")),
     "sorakit checkpoints runs/tiny": Run("train", (), _checkpoint("runs/tiny")),
+    "sorakit train tiny-buckets --data mixed.csv --output runs/tb --max-steps 20":
+        Run("buckets", ("--max-steps", "6"), _bucket_shapes),
     "torchrun --nproc_per_node 8 -m sorakit.cli.main train opensora/train/64x512x512-sp --data d.csv --output runs/sp":
         Fetch("train"),
     # data tools, in the order a dataset is made
@@ -178,6 +203,7 @@ COVERAGE: dict[str, Run | Fetch | Serve] = {
         Run("data", (), _csv_rows("train.csv", 2)),
     "sorakit data csv split train.csv -o train_split.csv --val-output val.csv --val-fraction 0.05":
         Run("data", (), _csv_rows("train_split.csv", 1)),
+    "sorakit data csv buckets info.csv --config tiny-buckets": Run("data"),
     "sorakit data convert ucf101 UCF-101/ --output ucf101.csv": Run("data", (), _csv_rows("ucf101.csv", 2)),
     # data tools on an executor (several processes; a local Dask cluster)
     "sorakit data synth --output shapes --num-videos 40 --size 32 --frames 4 --executor local:2":
@@ -312,6 +338,8 @@ def _prepare(group: str, work: Path, shapes: Path) -> dict[str, str]:
         frames = read_video(clip)
         for name, k in (("first.png", 0), ("a.png", 0), ("b.png", -1)):
             write_image(work / name, frames[k])
+    if group == "buckets":  # clips of three sizes and two lengths, with the size columns `data info` writes
+        _write_mixed_clips(work)
     if group == "config":
         (work / "path" / "to").mkdir(parents=True)
         (work / "path" / "to" / "opensora_config.py").write_text(
@@ -322,6 +350,28 @@ def _prepare(group: str, work: Path, shapes: Path) -> dict[str, str]:
             'num_sampling_steps=100, cfg_scale=7.0)\ndtype = "fp16"\nbatch_size = 1\nseed = 42\n'
         )
     return subs
+
+
+def _write_mixed_clips(work: Path) -> None:
+    """work/mixed.csv: six small MP4s, 64x64, 64x96 and 96x64 (H x W) at 5 and 9 frames (a moving square)."""
+    import csv
+
+    import numpy as np
+
+    from sorakit.data.video import write_video
+
+    (work / "mixed").mkdir()
+    with open(work / "mixed.csv", "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["path", "text", "num_frames", "height", "width"])
+        for i, (t, h, w) in enumerate(
+            [(9, 64, 64), (5, 64, 64), (9, 64, 96), (5, 64, 96), (9, 96, 64), (5, 96, 64)]
+        ):
+            video = np.zeros((t, h, w, 3), np.uint8)
+            for k in range(t):
+                video[k, 20:36, 4 + 4 * k : 20 + 4 * k, i % 3] = 220
+            write_video(work / "mixed" / f"{i}.mp4", video, fps=8)
+            out.writerow([f"mixed/{i}.mp4", f"a square moving right, clip {i}", t, h, w])
 
 
 def _argv(command: str, extra: tuple[str, ...], subs: dict[str, str], in_one_process: bool) -> list[str]:

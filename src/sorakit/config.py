@@ -168,6 +168,19 @@ class SamplerConfig:
         1.0,
         bounds=Bounds(gt=0),
     )
+    timestep_transform: bool = _doc(
+        "rectified flow only: Open-Sora 1.2's resolution-aware shift (ratio sqrt(H*W / base H*W) *"
+        " sqrt(frames / base frames) * transform_scale for each batch's or video's shape) instead of `shift`",
+        False,
+    )
+    transform_scale: float = _doc(
+        "extra factor on the resolution-aware shift ratio", 1.0, bounds=Bounds(gt=0)
+    )
+    transform_base: list[int] = _doc(
+        "[height, width, frames] at which the resolution-aware shift ratio is 1",
+        factory=lambda: [512, 512, 1],
+        bounds=Bounds(ge=1, le=100_000, length=3),
+    )
 
 
 @dataclass
@@ -192,6 +205,20 @@ class DataConfig:
     damaged_shards: str = _doc(
         "a latent-cache shard that fails its size / sha256 check: 'refuse' (stop, naming it) or 'skip'",
         "refuse",
+    )
+    buckets: dict[str, Any] = _doc(
+        "resolution ('240p', a pixel count or 'HxW') -> {num_frames: [keep_prob, batch_size]}; empty = one"
+        " shape (num_frames x image_size)",
+        factory=dict,
+    )
+    aspect_ratios: list[str] = _doc(
+        "W:H ratios of named / pixel-count bucket resolutions",
+        factory=lambda: ["9:16", "3:4", "1:1", "4:3", "16:9"],
+    )
+    bucket_multiple: int = _doc(
+        "bucket heights and widths are multiples of this (VAE factor x patch)",
+        16,
+        bounds=Bounds(ge=1, le=4096),
     )
 
 

@@ -97,3 +97,53 @@ def test_sequence_parallel_matches_single_process(tmp_path):
             for name, g in grads.items():
                 torch.testing.assert_close(g, ref_grads[name], atol=1e-5, rtol=1e-5, msg=name)
         assert "do not split over 2 ranks" in res["error"]
+
+
+# --- a grid the model was not built for (buckets): 6 x 10 x 14 latents on a model built for 4 x 8 x 8 --------
+
+
+def _unbuilt_grid_inputs():
+    from sorakit.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(
+        "STDiT-tiny", input_size=(4, 8, 8), in_channels=4, caption_channels=16, model_max_length=6,
+        hidden_size=32, depth=2, num_heads=4, class_dropout_prob=0.0, base_size=4,
+    )  # fmt: skip
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 4, 6, 10, 14, generator=g)  # 6 latent frames: 3 per rank; 5 x 7 tokens per frame
+    inputs = (
+        x,
+        torch.tensor([5, 600]),
+        torch.randn(2, 1, 6, 16, generator=g),
+        torch.ones(2, 6, dtype=torch.long),
+    )
+    return model, inputs, torch.randn(2, 8, 6, 10, 14, generator=g)
+
+
+def _sp_unbuilt_worker(rank: int, world: int):
+    import torch.distributed as dist
+
+    from sorakit.parallel.sequence import apply_sequence_parallel
+
+    model, inputs, w = _unbuilt_grid_inputs()
+    apply_sequence_parallel(model)
+    out, grads, xgrad = _forward_backward(model, inputs, w)
+    for g in [*grads.values(), xgrad]:
+        dist.all_reduce(g)
+        g /= world
+    return out, grads, xgrad
+
+
+def test_sequence_parallel_at_an_unbuilt_grid(tmp_path):
+    model, inputs, w = _unbuilt_grid_inputs()
+    ref_out, ref_grads, ref_xgrad = _forward_backward(model, inputs, w)
+    assert ref_out.shape == (2, 8, 6, 10, 14) and ref_grads["blocks.0.attn_temp.qkv.weight"].abs().sum() > 0
+    for out, grads, xgrad in run_distributed(_sp_unbuilt_worker, 2, tmp_path):
+        torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(xgrad, ref_xgrad, atol=1e-5, rtol=1e-5)
+        for name, g in grads.items():
+            torch.testing.assert_close(g, ref_grads[name], atol=1e-5, rtol=1e-5, msg=name)

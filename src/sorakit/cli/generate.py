@@ -63,7 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     samp = p.add_argument_group("sampling (defaults from the model or preset)")
     samp.add_argument("--seed", type=int, help="random seed (batch k starting at prompt i uses seed + i)")
     samp.add_argument("--num-frames", type=int, help="frames per video")
+    samp.add_argument("--seconds", type=float, help="video length instead of --num-frames (x fps, rounded to what the model allows)")  # fmt: skip
     samp.add_argument("--resolution", metavar="HxW", help="height x width in pixels, e.g. 256x256")
+    samp.add_argument("--resolution-name", metavar="NAME", help="144p, 240p, 360p, 480p, 720p, 1080p or a pixel count, instead of --resolution")  # fmt: skip
+    samp.add_argument("--aspect-ratio", metavar="W:H", help="16:9 (widescreen), 9:16 (portrait), 1:1, ... (with --resolution-name)")  # fmt: skip
     samp.add_argument("--steps", type=int, help="sampling steps")
     samp.add_argument("--sampler", help="iddpm, dpm-solver, ddim or rflow")
     samp.add_argument("--guidance", type=float, help="classifier-free guidance scale")
@@ -90,8 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # The plan: every output, seed and setting decided before any weights are loaded. FLAG_NAMES: how the
 # pipeline's validation names its inputs in this command's messages.
-FLAG_NAMES = {"num_frames": "--num-frames", "steps": "--steps", "guidance": "--guidance", "fps": "--fps",
-              "batch_size": "--batch-size", "threads": "--threads", "seed": "--seed", "resolution": "--resolution"}  # fmt: skip
+FLAG_NAMES = {k: "--" + k.replace("_", "-") for k in ("num_frames", "steps", "guidance", "fps", "batch_size",
+              "threads", "seed", "seconds", "resolution", "resolution_name", "aspect_ratio")}  # fmt: skip
 
 
 @dataclass(eq=False)  # batches are told apart by identity (equal prompts and seeds can repeat)
@@ -188,7 +191,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         guidance=args.guidance, fps=args.fps, batch_size=args.batch_size, seed=args.seed, device=args.device,
         dtype=args.dtype, threads=args.threads, names=FLAG_NAMES, world_size=int(os.environ.get("WORLD_SIZE", "1")),
         sequence_parallel=args.sequence_parallel, reference=args.reference, mask_strategy=args.mask_strategy,
-        condition_frames=args.condition_frames, loop=args.loop, force_memory=args.force,
+        condition_frames=args.condition_frames, loop=args.loop, force_memory=args.force, seconds=args.seconds, resolution_name=args.resolution_name, aspect_ratio=args.aspect_ratio,
     )  # fmt: skip
     paths = _output_paths(args, items, settings.num_frames, cfg.inference.save_dir)
     # batches, each with its own seed (seed + position of its first prompt): the same videos come out

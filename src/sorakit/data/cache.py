@@ -10,6 +10,10 @@ Layout of a cache directory (written by ``sorakit data encode``)::
                                    label   [n] int64                                -- class models
                                    row     [n] int64  (the CSV row each sample came from)
 
+With ``data.buckets`` (``sorakit data encode --config`` a bucketed preset) every clip is stored at its bucket's
+shape, one bucket per shard: ``DIR/bucket-<T>x<H>x<W>-00000.safetensors``, and meta.json counts the samples of
+each bucket under ``"buckets"`` (read by :class:`sorakit.data.bucket_cache.BucketLatentCache`).
+
 ``L_shard`` is the longest caption of the shard (embeddings are padded back to ``model_max_length``
 with zeros and mask 0 when read; masked positions never reach the model's output). Shards cover fixed
 CSV row ranges and are written to a temporary name then renamed, so an interrupted encode is resumed
@@ -51,8 +55,13 @@ def is_cache_dir(path: str | os.PathLike) -> bool:
     return p.is_dir() and (p / META).is_file()
 
 
-def shard_name(k: int) -> str:
-    return f"shard-{k:05d}.safetensors"
+def shard_name(k: int, bucket: Any = None) -> str:
+    """Shard `k`'s file name: ``shard-00000.safetensors``, or with a bucket ``bucket-8x64x96-00000.safetensors``."""
+    return f"shard-{k:05d}.safetensors" if bucket is None else f"bucket-{bucket.name}-{k:05d}.safetensors"
+
+
+def _shard_files(cache_dir: Path) -> list[Path]:
+    return sorted([*cache_dir.glob("shard-*.safetensors"), *cache_dir.glob("bucket-*.safetensors")])
 
 
 def write_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -66,14 +75,20 @@ def write_meta(cache_dir: Path, meta: dict[str, Any]) -> None:
     sha256."""
     shards = []
     total = 0
-    for f in sorted(cache_dir.glob("shard-*.safetensors")):
+    buckets: dict[str, int] = {}
+    for f in _shard_files(cache_dir):
         with safe_open(str(f), "pt") as fh:
             n = fh.get_slice("latents").get_shape()[0]
         if n:
             # size + sha256: the cache's manifest, checked by verify_shards when training opens the cache
             shards.append({"file": f.name, "count": int(n), **file_entry(f)})
             total += int(n)
+            if f.name.startswith("bucket-"):
+                name = f.name[len("bucket-") :].rsplit("-", 1)[0]
+                buckets[name] = buckets.get(name, 0) + int(n)
     meta = {"format": FORMAT, "version": VERSION, **meta, "num_samples": total, "shards": shards}
+    if buckets:
+        meta["buckets"] = buckets
     write_text_atomic(cache_dir / META, json.dumps(meta, indent=2, allow_nan=False))
 
 
@@ -263,6 +278,7 @@ class EncodeSettings:
     device: str = "cpu"
     seed: int = 0
     label: bool = False
+    bucket: Any = None  # a sorakit.data.buckets.Bucket: clips decoded at its frames x height x width
 
 
 SETTINGS = "settings.json"
@@ -324,6 +340,7 @@ def encode_to_cache(
     pool: Any = None,
     builder: Any = None,
     retries: int = 0,
+    groups: dict[Any, list[int]] | None = None,
 ) -> dict[str, Any]:
     """Encode every row of a :class:`~sorakit.data.dataset.VideoTextDataset` into cache shards.
 
@@ -331,7 +348,8 @@ def encode_to_cache(
     undecodable are skipped and returned in ``failures``; shards that already exist are kept (resume).
     Each shard is one task on `pool` (a :class:`sorakit.tools.executor.Pool`; default: this process).
     On workers of another process, `builder()` gives ``(dataset, vae, text_encoder)`` (loaded once per
-    worker); without one, the objects themselves are sent. Returns the meta dict written to ``meta.json``.
+    worker); without one, the objects themselves are sent. `groups` (``{Bucket: rows}``, data.buckets):
+    each bucket's rows at its shape, in shards of their own. Returns the meta dict written to ``meta.json``.
     """
     out = Path(out_dir)
     record = cache_settings(meta, shard_size, text_dtype, label)
@@ -340,15 +358,15 @@ def encode_to_cache(
     write_text_atomic(
         out / SETTINGS, json.dumps(record, indent=2, sort_keys=True, allow_nan=False)
     )  # before any shard
-    n = len(dataset)
     settings = EncodeSettings(batch_size, text_dtype, str(device), seed, label)
-    rows = [list(range(k * shard_size, min(n, (k + 1) * shard_size))) for k in range((n + shard_size - 1) // shard_size)]  # fmt: skip
-    todo = [k for k in range(len(rows)) if not (out / shard_name(k)).is_file()]
+    jobs = _shard_jobs(len(dataset), shard_size, settings, groups)  # (file name, rows, settings) per shard
+    rows = [job[1] for job in jobs]
+    todo = [k for k in range(len(jobs)) if not (out / jobs[k][0]).is_file()]
     done: dict[int, dict[str, Any]] = {}
     with pool_for(pool, 1) as ex:
         remote = builder is not None and not ex.inline
         head = (builder,) if remote else (dataset, vae, text_encoder)
-        tasks = [(*head, out / shard_name(k), rows[k], settings) for k in todo]
+        tasks = [(*head, out / jobs[k][0], jobs[k][1], jobs[k][2]) for k in todo]
         run_shards(
             ex, encode_shard_built if remote else encode_shard, tasks,
             lambda j, res: done.__setitem__(todo[j], res), [len(rows[k]) for k in todo], retries,
@@ -366,6 +384,24 @@ def encode_to_cache(
         full.pop("text_dim", None)
     write_meta(out, full)
     return read_meta(out) | {"failures": failures}
+
+
+def _shard_jobs(
+    n: int, shard_size: int, settings: EncodeSettings, groups: dict[Any, list[int]] | None
+) -> list[tuple[str, list[int], EncodeSettings]]:
+    """(file name, CSV rows, settings) of every shard: fixed row ranges, or each bucket's rows in order."""
+    import dataclasses
+
+    if groups is None:
+        return [(shard_name(k), list(range(k * shard_size, min(n, (k + 1) * shard_size))), settings)
+                for k in range((n + shard_size - 1) // shard_size)]  # fmt: skip
+    jobs = []
+    for bucket in sorted(groups):
+        at_shape = dataclasses.replace(settings, bucket=bucket)
+        rows = groups[bucket]
+        for k in range((len(rows) + shard_size - 1) // shard_size):
+            jobs.append((shard_name(k, bucket), rows[k * shard_size : (k + 1) * shard_size], at_shape))
+    return jobs
 
 
 def encode_shard_built(builder: Any, path: Path, rows: list[int], settings: EncodeSettings) -> dict[str, Any]:
@@ -402,7 +438,9 @@ def _encode_batch(dataset, vae, text_encoder, chunk, settings, parts, failures, 
     videos, texts, labels, ok = [], [], [], []
     for i in chunk:
         try:
-            videos.append(dataset.load(i, sample_rng(settings.seed, 0, i)))
+            rng = sample_rng(settings.seed, 0, i)
+            bucket = () if settings.bucket is None else (settings.bucket,)
+            videos.append(dataset.load(i, rng, *bucket))
         except Exception as exc:  # noqa: BLE001 - report and go on
             failures.append({"row": str(i), "path": str(dataset.rows[i].path), "error": str(exc)[:200]})
             continue
@@ -435,7 +473,7 @@ def _existing_shapes(out: Path) -> dict[str, Any]:
     """Every shard was there already (resumed): read the shapes back from meta.json or a shard."""
     previous = json.loads((out / META).read_text()) if (out / META).is_file() else {}
     shapes = {k: previous[k] for k in ("latent_shape", "text_dim", "model_max_length") if k in previous}
-    if "latent_shape" not in shapes and any(out.glob("shard-*.safetensors")):
-        with safe_open(str(next(out.glob("shard-*.safetensors"))), "pt") as fh:
+    if "latent_shape" not in shapes and _shard_files(out):
+        with safe_open(str(_shard_files(out)[0]), "pt") as fh:
             shapes["latent_shape"] = list(fh.get_slice("latents").get_shape()[1:])
     return shapes

@@ -42,6 +42,8 @@ class Row:
     num_frames: int | None = None
     start_frame: int = 0
     end_frame: int | None = None
+    height: int | None = None
+    width: int | None = None
 
 
 def read_table(
@@ -98,6 +100,8 @@ def _parse_row(csv_path: Path, lineno: int, rec: dict[str, str], root: Path, lab
         num_frames=ints["num_frames"],
         start_frame=ints["start_frame"] or 0,
         end_frame=ints["end_frame"],
+        height=ints["height"],
+        width=ints["width"],
     )
 
 
@@ -154,35 +158,39 @@ class VideoTextDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
-        """Decode one row into ``[3, T, H, W]`` (raises on a missing or bad file)."""
+    def load(self, index: int, rng: np.random.Generator, bucket: Any = None) -> torch.Tensor:
+        """Decode one row into ``[3, T, H, W]`` (raises on a missing or bad file); T, H, W are the
+        dataset's or, given a :class:`~sorakit.data.buckets.Bucket`, the bucket's."""
+        num_frames = bucket.num_frames if bucket is not None else self.num_frames
+        size = (bucket.height, bucket.width) if bucket is not None else self.image_size
         row = self.rows[index]
         if not row.path.is_file():
             raise FileNotFoundError("missing file")
         if is_image(row.path):
-            frames = read_video(row.path, end_frame=1, size_hint=self.image_size)
-            frames = np.repeat(frames, self.num_frames, axis=0) if self.num_frames > 1 else frames
+            frames = read_video(row.path, end_frame=1, size_hint=size)
+            frames = np.repeat(frames, num_frames, axis=0) if num_frames > 1 else frames
         elif row.num_frames is not None or row.end_frame is not None:
             start = row.start_frame
             end = row.end_frame if row.end_frame is not None else start + int(row.num_frames)  # type: ignore[arg-type]
-            idx = clip_indices(end - start, self.num_frames, self.frame_interval, rng)
-            frames = read_video(row.path, indices=[start + i for i in idx], size_hint=self.image_size)
+            idx = clip_indices(end - start, num_frames, self.frame_interval, rng)
+            frames = read_video(row.path, indices=[start + i for i in idx], size_hint=size)
         else:
             # frame count unknown: decode the clip once and pick from it
-            allframes = read_video(row.path, start_frame=row.start_frame, size_hint=self.image_size)
-            frames = allframes[clip_indices(len(allframes), self.num_frames, self.frame_interval, rng)]
+            allframes = read_video(row.path, start_frame=row.start_frame, size_hint=size)
+            frames = allframes[clip_indices(len(allframes), num_frames, self.frame_interval, rng)]
         flip = self.flip and bool(rng.random() < 0.5)
-        return frames_to_tensor(frames, self.image_size, flip=flip)
+        return frames_to_tensor(frames, size, flip=flip)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
+        # keys: index, (index, epoch) or (index, epoch, bucket) from the bucket sampler
+        index, epoch, bucket = (key, 0, None) if isinstance(key, (int, np.integer)) else (*key, None)[:3]
         index = int(index)
         skipped: list[tuple[str, str]] = []
         current = index
         for attempt in range(self.max_retries + 1):
             rng = sample_rng(self.seed, epoch, current, attempt)
             try:
-                video = self.load(current, rng)
+                video = self.load(current, rng, bucket)
             except Exception as exc:  # noqa: BLE001 - any decode failure means "skip this file"
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 skipped.append((str(self.rows[current].path), reason[:200]))

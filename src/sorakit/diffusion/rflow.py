@@ -17,6 +17,7 @@ applies to the sampling timesteps.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -111,6 +112,22 @@ def sampling_timesteps(
     if shift is not None and shift != 1.0:
         ts = [float(time_shift(torch.tensor(t, dtype=torch.float64), shift, num_timesteps)) for t in ts]
     return ts
+
+
+def rflow_options(
+    sampler_cfg: Any, height: int | None = None, width: int | None = None, num_frames: int | None = None
+) -> dict[str, Any]:
+    """`RectifiedFlow` keyword arguments from a config's ``[sampler]`` section: the fixed `shift`, or
+    with ``timestep_transform`` the resolution-aware shift with (height, width, num_frames) in pixels and
+    frames as the default geometry (a batch or a call can give its own)."""
+    opts: dict[str, Any] = {"shift": sampler_cfg.shift}
+    if sampler_cfg.timestep_transform:
+        bh, bw, bf = (int(v) for v in sampler_cfg.transform_base)
+        opts.update(
+            use_timestep_transform=True, transform_scale=float(sampler_cfg.transform_scale),
+            base_resolution=bh * bw, base_num_frames=bf, height=height, width=width, num_frames=num_frames or 1,
+        )  # fmt: skip
+    return opts
 
 
 # ---------------------------------------------------------------------------------------------

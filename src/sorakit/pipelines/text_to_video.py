@@ -31,7 +31,7 @@ from sorakit import parity
 from sorakit.config import Config, apply_overrides
 from sorakit.diffusion import build_sampler, guidance_model_fn, sampler_name
 from sorakit.diffusion.common import randn
-from sorakit.diffusion.rflow import velocity_as_eps
+from sorakit.diffusion.rflow import rflow_options, velocity_as_eps
 from sorakit.encoders.text import ClassLabelEncoder, build_text_encoder, peek_output_dim
 from sorakit.encoders.vae import VideoVAE, build_vae
 from sorakit.errors import UserError
@@ -494,14 +494,15 @@ class TextToVideoPipeline:
                 model_fn, z, generator=generator, progress=progress, condition=condition, **noise_kw
             )
 
-    def _build_sampler(self, sampler: str, steps: int, prediction: str) -> Any:
-        """The sampler `sampler` with `steps` steps for a model predicting `prediction` (rflow: flow only)."""
+    def _build_sampler(self, sampler: str, steps: int, prediction: str, shape: tuple[int, int, int]) -> Any:
+        """The sampler `sampler` with `steps` steps for a model predicting `prediction` (rflow: flow only);
+        `shape` (frames, height, width in pixels) sets rflow's resolution-aware shift when the config has it."""
         if sampler == "rflow" and prediction != "flow":
             raise UserError(
                 f"the rflow sampler needs a model trained with rectified flow; this one predicts"
                 f" {prediction!r}: choose iddpm, ddim or dpm-solver"
             )
-        extra = {"shift": self.config.sampler.shift} if sampler == "rflow" else {}
+        extra = rflow_options(self.config.sampler, shape[1], shape[2], shape[0]) if sampler == "rflow" else {}
         return build_sampler(sampler, steps, num_timesteps=self.config.sampler.num_timesteps, **extra)
 
     @torch.no_grad()
@@ -565,7 +566,7 @@ class TextToVideoPipeline:
         generator = self._generator(profile, generator, seed)
 
         prediction = getattr(self.transformer, "prediction_type", "epsilon")
-        solver = self._build_sampler(sampler, steps, prediction)
+        solver = self._build_sampler(sampler, steps, prediction, (num_frames, height, width))
         refs = self.prepare_references(
             reference, mask_strategy, num_frames, height, width, condition_frames, loop
         )

@@ -25,6 +25,7 @@ from typing import Any
 from sorakit import parity
 from sorakit.config import (
     IMAGE_SIZE,
+    Bounds,
     Config,
     apply_overrides,
     check_field,
@@ -32,10 +33,11 @@ from sorakit.config import (
     load_config,
     preset_name,
 )
+from sorakit.data.buckets import parse_ratio, resolution_pixels, shape_for
 from sorakit.diffusion import build_sampler, sampler_name
 from sorakit.encoders.text import CLASS_DATASETS
 from sorakit.encoders.vae import peek_downsample_factor
-from sorakit.errors import UserError
+from sorakit.errors import ConfigError, UserError
 from sorakit.hub import download_hint, names_local_path
 from sorakit.lora import parse_lora_arg
 from sorakit.modeldir import builtin_model_dir, read_model_dir
@@ -308,6 +310,59 @@ def _pick(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
+# How `validate` names its inputs in messages unless the caller says otherwise (the CLI: "--num-frames", ...)
+NAMES = {k: k for k in ("num_frames", "steps", "guidance", "fps", "batch_size", "threads", "seed", "seconds",
+                        "resolution", "resolution_name", "aspect_ratio")}  # fmt: skip
+
+
+def resolve_shape(
+    cfg: Config,
+    source: ModelSource,
+    num_frames: int | None,
+    height: int | None,
+    width: int | None,
+    seconds: float | None = None,
+    resolution_name: str | None = None,
+    aspect_ratio: str | None = None,
+    fps: float | None = None,
+    name: Mapping[str, str] = NAMES,
+) -> tuple[int, int, int]:
+    """(frames, height, width) of a request over the model's defaults: `num_frames` or `seconds` (x `fps`,
+    rounded to the model's frame multiple), and `height` x `width` or `resolution_name` (``240p``, a pixel
+    count) with `aspect_ratio` (``W:H``), rounded to the model's pixel multiples. Raises `UserError`."""
+    factor, patch = source.geometry(cfg)
+    if num_frames is not None and seconds is not None:
+        raise UserError(f"give {name['num_frames']} or {name['seconds']}, not both")
+    if seconds is not None:
+        check_value(name["seconds"], float(seconds), Bounds(gt=0, le=100_000))
+        fps = cfg.inference.fps if fps is None else fps
+        num_frames = max(patch[0], round(seconds * fps / patch[0]) * patch[0])
+    num_frames = check_field(
+        "inference", "num_frames", _pick(num_frames, cfg.inference.num_frames), name["num_frames"]
+    )
+    named = resolution_name is not None or aspect_ratio is not None
+    if named and (height is not None or width is not None):
+        raise UserError(
+            f"give {name['resolution']}, or {name['resolution_name']} / {name['aspect_ratio']}, not both"
+        )
+    dh, dw = cfg.inference.image_size
+    if not named:
+        size = check_field(
+            "inference", "image_size", [_pick(height, dh), _pick(width, dw)], name["resolution"]
+        )
+        return num_frames, size[0], size[1]
+    try:
+        pixels = resolution_pixels(resolution_name) if resolution_name else dh * dw
+        ratio = parse_ratio(aspect_ratio) if aspect_ratio else dh / dw
+    except ConfigError as exc:
+        raise UserError(str(exc).replace("data.buckets: ", f"{name['resolution_name']}: ")) from None
+    if isinstance(pixels, tuple):
+        raise UserError(
+            f"{name['resolution_name']} {resolution_name}: for an exact size use {name['resolution']}"
+        )
+    return (num_frames, *shape_for(pixels, ratio, math.lcm(factor * patch[1], factor * patch[2])))
+
+
 def _positive(value: Any, name: str, strict: bool = True) -> None:
     if value is not None and (value <= 0 if strict else value < 0):
         raise UserError(f"{name} must be {'positive' if strict else '>= 0'}, got {value}")
@@ -339,23 +394,25 @@ def validate(
     condition_frames: int = 4,
     loop: int = 1,
     force_memory: bool = False,
+    seconds: float | None = None,
+    resolution_name: str | None = None,
+    aspect_ratio: str | None = None,
 ) -> Settings:
     """Check a request against the model `source` names (config files only) and fill in its defaults.
 
     `world_size`: the processes that will run the request (torchrun); they share out the batches, or with
     `sequence_parallel` split every video's frames. `reference` .. `loop`: reference frames (STDiT; see
-    `TextToVideoPipeline.__call__`), read and checked here. `force_memory`: skip the memory estimate's
-    refusal (`sorakit.pipelines.memory`). Raises `UserError` (one line) for the first problem."""
-    name = {k: k for k in ("num_frames", "steps", "guidance", "fps", "batch_size", "threads", "seed")} | dict(
-        names or {}
-    )
+    `TextToVideoPipeline.__call__`), read and checked here. `seconds` (instead of `num_frames`) and
+    `resolution_name` / `aspect_ratio` (instead of `height` / `width`) pick a shape the model allows
+    (:func:`resolve_shape`). `force_memory`: skip the memory estimate's refusal (`sorakit.pipelines.memory`).
+    Raises `UserError` (one line) for the first problem."""
+    name = dict(NAMES) | dict(names or {})
     inf, sch = cfg.inference, cfg.sampler
     # each input is checked with the bounds of the config field it stands for (sorakit.config.check_field)
-    num_frames = check_field("inference", "num_frames", _pick(num_frames, inf.num_frames), name["num_frames"])
-    height, width = check_field(
-        "inference", "image_size", [_pick(height, inf.image_size[0]), _pick(width, inf.image_size[1])],
-        name.get("resolution", "resolution"),
-    )  # fmt: skip
+    fps = check_field("inference", "fps", _pick(fps, inf.fps), name["fps"], hint=float)
+    num_frames, height, width = resolve_shape(
+        cfg, source, num_frames, height, width, seconds, resolution_name, aspect_ratio, fps, name
+    )
     steps = check_field("sampler", "num_sampling_steps", _pick(steps, sch.num_sampling_steps), name["steps"])
     sampler = sampler_name(sampler or sch.type)
     build_sampler(
@@ -363,14 +420,13 @@ def validate(
     )  # the sampler's own checks (e.g. DPM order)
     guidance = check_field("sampler", "guidance_scale", _pick(guidance, sch.guidance_scale), name["guidance"])
     check_guidance_interval(sch.guidance_interval, "sampler.guidance_interval")
-    fps = check_field("inference", "fps", _pick(fps, inf.fps), name["fps"], hint=float)
     batch_size = check_field("inference", "batch_size", _pick(batch_size, inf.batch_size), name["batch_size"])
     seed = check_field("inference", "seed", _pick(seed, inf.seed), name["seed"])
     _positive(threads, name["threads"])
     dev = resolve_device(device or inf.device)
     profile = parity.get_profile(inf.parity)
     dt = resolve_dtype(dtype or (profile and parity.runtime_dtype(profile, dev)) or inf.dtype, dev)
-    _check_geometry(source, cfg, num_frames, height, width, world_size if sequence_parallel else None)
+    _check_geometry(source, cfg, num_frames, height, width, world_size if sequence_parallel else None, name)
     if profile is not None and world_size > 1 and not sequence_parallel:
         raise UserError(
             f"--parity {profile.name} runs every batch in one RNG stream: use one process or --sequence-parallel"
@@ -390,15 +446,25 @@ def validate(
 
 
 def _check_geometry(
-    source: ModelSource, cfg: Config, num_frames: int, height: int, width: int, sp_world: int | None
+    source: ModelSource,
+    cfg: Config,
+    num_frames: int,
+    height: int,
+    width: int,
+    sp_world: int | None,
+    name: Mapping[str, str] = NAMES,
 ) -> None:
-    """The video splits into the model's patches (and, with sequence parallelism, over the processes)."""
+    """The video splits into the model's patches (and, with sequence parallelism, over the processes);
+    if not, the message names the nearest shape that does."""
     factor, patch = source.geometry(cfg)
-    if height % (factor * patch[1]) or width % (factor * patch[2]) or num_frames % patch[0]:
+    multiples = (patch[0], factor * patch[1], factor * patch[2])
+    if height % multiples[1] or width % multiples[2] or num_frames % multiples[0]:
+        t, h, w = (max(m, round(v / m) * m) for v, m in zip((num_frames, height, width), multiples))
         raise UserError(
             f"{num_frames}x{height}x{width} does not fit the model: height and width must be multiples of "
-            f"{factor * patch[1]}x{factor * patch[2]} (VAE /{factor}, patch {patch[1]}x{patch[2]})"
+            f"{multiples[1]}x{multiples[2]} (VAE /{factor}, patch {patch[1]}x{patch[2]})"
             + (f" and frames a multiple of {patch[0]}" if patch[0] > 1 else "")
+            + f"; nearest allowed: {name['num_frames']} {t} {name['resolution']} {h}x{w}"
         )
     if sp_world is None:
         return

@@ -11,7 +11,8 @@ ends with exactly the weights of an uninterrupted run (bit for bit on CPU). What
 - timesteps, noise, caption-dropout decisions and reference-frame masks (``train.mask_ratios``) come
   from one trainer generator, drawn for the *global* batch and sliced per data-parallel rank -- so
   2 ranks x batch 2 train exactly like 1 rank x batch 4 -- and its state is checkpointed with every
-  other RNG state;
+  other RNG state; with buckets (``data.buckets``) every micro-batch has its own shape and draws from
+  generators of ``(seed, epoch, micro-batch index)`` instead (``sorakit.training.bucketed``);
 - model, EMA, optimizer and lr-schedule state are saved losslessly (float32 safetensors / torch.save).
 """
 
@@ -42,9 +43,12 @@ from torch.utils.tensorboard import SummaryWriter
 
 from sorakit import jsonutil
 from sorakit.config import Config, apply_dict, validate_config
-from sorakit.data.cache import LatentCacheDataset, is_cache_dir
+from sorakit.data.bucket_cache import open_cache
+from sorakit.data.buckets import BucketBatchSampler
+from sorakit.data.cache import is_cache_dir
 from sorakit.data.dataset import ResumableBatchSampler, SkipReport, VideoTextDataset, collate
 from sorakit.diffusion import build_objective as objective_by_name
+from sorakit.diffusion.rflow import rflow_options
 from sorakit.encoders import build_text_encoder, build_vae
 from sorakit.errors import ConfigError, UserError
 from sorakit.fileutil import SafeFileHandler, atomic_write, open_append, refuse_links, write_text_atomic
@@ -56,6 +60,13 @@ from sorakit.parallel.parallelize import parallelize
 from sorakit.runtime import autocast_dtype
 from sorakit.training import checkpoint as ckpt
 from sorakit.training import lora
+from sorakit.training.bucketed import (
+    batch_geometry,
+    bucket_sampler,
+    cache_sampler,
+    draw_micro_batch,
+    micro_batch_random,
+)
 from sorakit.training.ema import EMA
 from sorakit.training.mfu import known_peak_tflops, tokens_per_sample, training_flops_per_sample
 from sorakit.training.optim import build_lr_schedule, build_optimizer, freeze
@@ -89,7 +100,8 @@ class TrainResult:
 def build_objective(cfg: Config) -> Any:
     """The training objective: IDDPM (Open-Sora 1.0) or rectified flow (from ``sorakit.diffusion``)."""
     name = cfg.train.objective
-    extra = {"shift": cfg.sampler.shift} if name == "rflow" else {}
+    h, w = cfg.data.image_size
+    extra = rflow_options(cfg.sampler, h, w, cfg.data.num_frames) if name == "rflow" else {}
     return objective_by_name(name, num_timesteps=cfg.sampler.num_timesteps, **extra)
 
 
@@ -98,13 +110,15 @@ class DataSource:
     """What the loop iterates: a dataset, its sampler, and how latents / conditions are obtained."""
 
     dataset: Any
-    sampler: ResumableBatchSampler
+    sampler: ResumableBatchSampler | BucketBatchSampler
     cached: bool
-    latent_size: tuple[int, int, int]
+    latent_size: tuple[int, int, int]  # the configured shape (the model is built for it)
     latent_channels: int
     caption_channels: int | None
     text_len: int | None
     label: bool
+    downsample: int = 8  # pixels per latent pixel (the VAE's factor)
+    bucketed: bool = False  # data.buckets: micro-batches of several shapes (sorakit.training.bucketed)
 
 
 def build_data(cfg: Config, state: ParallelState, components: Components) -> DataSource:
@@ -120,13 +134,15 @@ def build_data(cfg: Config, state: ParallelState, components: Components) -> Dat
         batch_size=cfg.train.batch_size, rank=state.dp_rank, num_replicas=state.dp_size, seed=cfg.train.seed
     )
     if cfg.data.cache_dir or is_cache_dir(source):
-        ds = LatentCacheDataset(source, damaged=cfg.data.damaged_shards)
+        ds = open_cache(source, damaged=cfg.data.damaged_shards)
         c, t, h, w = ds.latent_shape
         _adopt_cache_encoders(cfg, ds.meta)
+        buckets = cache_sampler(cfg, ds, state.dp_rank, state.dp_size)
         return DataSource(
-            dataset=ds, sampler=ResumableBatchSampler(len(ds), **sampler_args), cached=True,
+            dataset=ds, sampler=buckets or ResumableBatchSampler(len(ds), **sampler_args), cached=True,
             latent_size=(t, h, w), latent_channels=c, caption_channels=ds.meta.get("text_dim") or None,
-            text_len=ds.meta.get("model_max_length") or None, label=not ds.has_text,
+            text_len=ds.meta.get("model_max_length") or None, label=not ds.has_text, bucketed=buckets is not None,
+            downsample=int(ds.meta.get("downsample") or ds.meta.get("image_size", [8 * h])[0] // h),
         )  # fmt: skip
     if Path(source).is_dir():
         raise UserError(f"{source} is a directory but not a latent cache (no meta.json)")
@@ -135,10 +151,12 @@ def build_data(cfg: Config, state: ParallelState, components: Components) -> Dat
         source, cfg.data.num_frames, cfg.data.frame_interval, cfg.data.image_size, data_root=cfg.data.data_root,
         seed=cfg.train.seed, flip=cfg.data.random_flip, label_column=label,
     )  # fmt: skip
+    buckets = bucket_sampler(cfg, ds.rows, state.dp_rank, state.dp_size)
     build_encoders(cfg, state, components)
     f = int(getattr(components.vae, "downsample_factor", 8))
     return DataSource(
-        dataset=ds, sampler=ResumableBatchSampler(len(ds), **sampler_args), cached=False,
+        dataset=ds, sampler=buckets or ResumableBatchSampler(len(ds), **sampler_args), cached=False,
+        bucketed=buckets is not None, downsample=f,
         latent_size=(cfg.data.num_frames, cfg.data.image_size[0] // f, cfg.data.image_size[1] // f),
         latent_channels=int(getattr(components.vae, "latent_channels", 4)),
         caption_channels=None if label else getattr(components.text_encoder, "output_dim", None),
@@ -264,7 +282,7 @@ def _batches(
         data.sampler.set_epoch(epoch, start_batch)
         if data.cached and getattr(data.dataset, "in_memory", False):
             it: Iterator[dict[str, Any]] = (
-                data.dataset.get_batch([i for i, _ in keys]) for keys in data.sampler
+                data.dataset.get_batch([k[0] for k in keys]) for keys in data.sampler
             )
         else:
             loader = torch.utils.data.DataLoader(
@@ -299,7 +317,7 @@ class MetricsLogger:
         if tensorboard:
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
         parts = [f"step {step}"]
@@ -312,7 +330,8 @@ class MetricsLogger:
         self.file.flush()
         if self.writer is not None:
             for k, v in metrics.items():
-                self.writer.add_scalar(f"train/{k}", v, step)
+                if isinstance(v, (int, float)):  # not batch_shape
+                    self.writer.add_scalar(f"train/{k}", v, step)
 
     def close(self) -> None:
         if self.file is not None:
@@ -400,6 +419,9 @@ class Window:
     loss: float = 0.0
     steps: int = 0
     start: float = field(default_factory=time.perf_counter)
+    # the last step's input shape: {"batch_shape": [B, 3, T, H, W]} (videos, before the VAE) or
+    # {"latent_shape": [B, C, T, h, w]} (a latent cache)
+    shape: dict[str, list[int]] = field(default_factory=dict)
 
 
 def build_train_state(cfg: Config, model: nn.Module, state: ParallelState, latest: Path | None,
@@ -435,15 +457,24 @@ def train_step(
     cfg: Config, ts: TrainState, batch: dict[str, Any], data: DataSource, components: Components, objective: Any,
     state: ParallelState,
 ) -> tuple[float, torch.Tensor, float]:  # fmt: skip
-    """One optimiser step on one global batch -> (the global batch's mean loss, grad norm, the lr it used)."""
+    """One optimiser step on one global batch -> (the global batch's mean loss, grad norm, the lr it used).
+    `ts.epoch` / `ts.batch_in_epoch` are the batch's position (a bucketed micro-batch's draws depend on it)."""
     tcfg, dev = cfg.train, state.device
     if not data.cached:
-        _count_skipped(batch, ts.skip, tcfg.batch_size, state)
-    x0, y, mask = _conditions(batch, data, components, dev, ts.generators["vae"])
-    part = slice(state.dp_rank * tcfg.batch_size, (state.dp_rank + 1) * tcfg.batch_size)
-    shape = (data.latent_channels, *data.latent_size)
-    t, noise, drop, x_mask = _draw_global(objective, ts.generators["train"], tcfg.batch_size * state.dp_size,
-                                          shape, tcfg.caption_dropout, part, ts.masker)  # fmt: skip
+        _count_skipped(batch, ts.skip, len(batch["index"]), state)
+    if data.bucketed:  # this micro-batch's own shape and random streams
+        rand = micro_batch_random(
+            tcfg.seed, ts.epoch, ts.batch_in_epoch - 1, state.dp_rank, state.dp_size, dev
+        )
+        x0, y, mask = _conditions(batch, data, components, dev, rand.device)
+        t, noise, drop, x_mask = draw_micro_batch(objective, rand.cpu, tuple(x0.shape), tcfg.caption_dropout,
+                                                  batch_geometry(batch, data.downsample)[1], ts.masker)  # fmt: skip
+    else:
+        x0, y, mask = _conditions(batch, data, components, dev, ts.generators["vae"])
+        part = slice(state.dp_rank * tcfg.batch_size, (state.dp_rank + 1) * tcfg.batch_size)
+        shape = (data.latent_channels, *data.latent_size)
+        t, noise, drop, x_mask = _draw_global(objective, ts.generators["train"], tcfg.batch_size * state.dp_size,
+                                              shape, tcfg.caption_dropout, part, ts.masker)  # fmt: skip
     drop = drop.to(dev) if drop is not None else None
     masked = {} if x_mask is None else {"x_mask": x_mask.to(dev)}  # condition frames: clean, out of the loss
     model_fn = _model_fn(ts.train_model, y, mask, drop, dev.type, autocast_dtype(tcfg.mixed_precision))
@@ -461,6 +492,7 @@ def train_step(
 
 
 def _count_skipped(batch: dict[str, Any], skip: SkipReport, batch_size: int, state: ParallelState) -> None:
+    # batch_size: this rank's samples this step (a bucket's own batch size with buckets)
     """Unreadable videos of this step (all ranks): too many of them stop the run."""
     fails = len(batch["skipped"])
     attempts, fails = all_reduce_sum([fails + batch_size, fails], state)
@@ -516,6 +548,7 @@ def log_window(metrics: MetricsLogger, ts: TrainState, window: Window, grad_norm
     sps = tp.global_batch * window.steps / max(elapsed, 1e-9)
     m = {"loss": window.loss / window.steps, "lr": lr, "grad_norm": float(gn), "samples_per_s": sps,
          "tokens_per_s": sps * tp.tokens, "epoch": ts.epoch}  # fmt: skip
+    m.update(window.shape)
     if tp.flops and tp.peak:
         m["mfu"] = sps * tp.flops / (tp.peak * 1e12 * state.world_size)
     if state.device.type == "cuda":
@@ -632,6 +665,9 @@ def _train(
             loss, grad_norm, lr = train_step(cfg, ts, batch, data, components, objective, state)
             result.losses.append(loss)
             window.loss, window.steps = window.loss + loss, window.steps + 1
+            window.shape = {
+                "latent_shape" if data.cached else "batch_shape": batch_geometry(batch, data.downsample)[0]
+            }
             last = ts.step == cfg.train.max_steps
             if ts.step % cfg.train.log_every == 0 or last:
                 window = log_window(metrics, ts, window, grad_norm, lr, tp, state)

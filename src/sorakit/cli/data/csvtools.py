@@ -61,11 +61,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     sp.set_defaults(func=run_split)
 
+    _register_buckets(cs)
+
     st = cs.add_parser("stats", help="print a summary of a CSV")
     st.add_argument("input")
     st.set_defaults(func=run_stats)
 
     p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def _register_buckets(cs: argparse._SubParsersAction) -> None:
+    bk = cs.add_parser(
+        "buckets",
+        help="how many clips land in each bucket of a config's data.buckets, and how many are dropped and why",
+        description="Assign every row (its num_frames, height, width columns: `sorakit data info` writes them) "
+        "to a bucket of --config's data.buckets as training does for one epoch, and print clips and micro-batches "
+        "per bucket and the dropped rows by reason.",
+    )
+    bk.add_argument("input", help="training CSV with num_frames, height, width columns")
+    bk.add_argument(
+        "overrides", nargs="*", help="key.sub=value config overrides (e.g. data.frame_interval=2)"
+    )
+    bk.add_argument("--config", default="tiny-buckets", help="preset or config file with data.buckets")
+    bk.add_argument("--epoch", type=int, default=0, help="the epoch whose keep-probability draws to show")
+    bk.add_argument("--seed", type=int, default=None, help="default: the config's train.seed")
+    bk.set_defaults(func=run_buckets)
 
 
 def _register_filter(cs: argparse._SubParsersAction) -> None:
@@ -217,4 +237,20 @@ def run_stats(args: argparse.Namespace) -> int:
 
     fields, rows = read_csv(args.input)
     print(stats(rows, fields))
+    return 0
+
+
+def run_buckets(args: argparse.Namespace) -> int:
+    from sorakit.config import load_config
+    from sorakit.data.buckets import bucket_report, build_table, clip_sizes_from_records
+    from sorakit.errors import UserError
+    from sorakit.tools._io import read_csv
+
+    cfg = load_config(args.config, list(args.overrides))
+    table = build_table(cfg.data)
+    if table is None:
+        raise UserError(f"config {args.config} has no data.buckets table")
+    _, records = read_csv(args.input)  # only path and the size columns are needed (no captions yet)
+    seed = cfg.train.seed if args.seed is None else args.seed
+    print(bucket_report(table, clip_sizes_from_records(records), seed, args.epoch))
     return 0

@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="precompute VAE latents + text embeddings (a latent cache for fast training)",
         description=(
             "Encode every row of CSV (path,text[,num_frames,...]) with the VAE and text encoder of --config into "
-            "safetensors shards in DIR. One clip per row (num_frames every frame_interval from data settings). "
+            "safetensors shards in DIR. One clip per row (num_frames every frame_interval from data settings; with "
+            "data.buckets, each clip at its bucket's shape). "
             "Unreadable rows are skipped and listed. Re-running resumes: finished shards are kept."
         ),
     )
@@ -88,16 +89,26 @@ def run(args: argparse.Namespace) -> int:
         "csv": str(Path(args.csv).resolve()),
         "seed": args.seed,
     }
+    from sorakit.data.bucket_cache import bucket_groups
+    from sorakit.data.buckets import build_table
+
+    table = build_table(cfg.data)  # data.buckets: each clip at its bucket's shape
+    if table is not None:
+        from sorakit.encoders.vae import peek_downsample_factor
+
+        meta.update(buckets_config=cfg.data.buckets, downsample=peek_downsample_factor(cfg.vae.path))
     # a resume with other settings is refused before any model loads
     check_cache_settings(out, cache_settings(meta, args.shard_size, getattr(torch, args.text_dtype), label))
     # in this process the models load now (errors before any work); workers load their own copies
     dataset, vae, text = inputs() if in_process else (inputs.dataset(cfg), None, None)
+    groups, unfit = bucket_groups(dataset.rows, table) if table is not None else (None, [])
     with open_pool(spec) as pool:
         result = encode_to_cache(
             dataset, out, vae, text, meta, shard_size=args.shard_size, batch_size=args.batch_size,
             text_dtype=getattr(torch, args.text_dtype), device=inputs.resolved_device(), seed=args.seed,
-            label=label, pool=pool, builder=inputs, retries=args.retries,
+            label=label, pool=pool, builder=inputs, retries=args.retries, groups=groups,
         )  # fmt: skip
+    result["failures"] = unfit + result.get("failures", [])
     failures = result.get("failures", [])
     for f in failures:
         log.warning("skipped row %s (%s): %s", f["row"], f["path"], f["error"])
