@@ -37,10 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("prompt", nargs="?", help="the text prompt (or use --prompt-file / --class-label)")
     what = p.add_argument_group("what to generate")
-    what.add_argument("--prompt-file", metavar="FILE",
-                      help="one prompt per line; empty lines are skipped (kept under --parity opensora-1.0)")  # fmt: skip
-    what.add_argument("--class-label", metavar="N", type=int, action="append",
-                      help="class index for class-conditional presets (repeatable)")  # fmt: skip
+    what.add_argument("--prompt-file", metavar="FILE", help="one prompt per line; empty lines are skipped (kept under --parity opensora-1.0)")  # fmt: skip
+    what.add_argument("--class-label", metavar="N", type=int, action="append", help="class index for class-conditional presets (repeatable)")  # fmt: skip
     what.add_argument("--replay", metavar="JSON", help="regenerate the video a sidecar JSON describes")
     refs = p.add_argument_group("reference frames (STDiT; docs/masks.md)")
     refs.add_argument("--reference", metavar="PATH", action="append", default=[], help="reference image or video, repeatable (default use: an image is frame 0, a video's last K frames the first K)")  # fmt: skip
@@ -58,8 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--text-encoder", metavar="DIR", help="text encoder directory or hub id")
     model.add_argument("--vae", metavar="DIR", help="VAE directory or hub id")
     model.add_argument("--lora", metavar="DIR[:SCALE]", action="append", default=[], help="LoRA adapter folder (sorakit export of a LoRA run; peft format), merged in with SCALE (default 1); repeatable")  # fmt: skip
-    model.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
-                       help="config override, e.g. vae.micro_batch_size=8 (repeatable)")  # fmt: skip
+    model.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides", help="config override, e.g. vae.micro_batch_size=8 (repeatable)")  # fmt: skip
     samp = p.add_argument_group("sampling (defaults from the model or preset)")
     samp.add_argument("--seed", type=int, help="random seed (batch k starting at prompt i uses seed + i)")
     samp.add_argument("--num-frames", type=int, help="frames per video")
