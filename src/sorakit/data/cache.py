@@ -390,8 +390,6 @@ def _shard_jobs(
     n: int, shard_size: int, settings: EncodeSettings, groups: dict[Any, list[int]] | None
 ) -> list[tuple[str, list[int], EncodeSettings]]:
     """(file name, CSV rows, settings) of every shard: fixed row ranges, or each bucket's rows in order."""
-    import dataclasses
-
     if groups is None:
         return [(shard_name(k), list(range(k * shard_size, min(n, (k + 1) * shard_size))), settings)
                 for k in range((n + shard_size - 1) // shard_size)]  # fmt: skip
