@@ -602,8 +602,9 @@ class TextToVideoPipeline:
     ) -> torch.Tensor:
         """Latents ``[B, C, T, h, w]`` -> uint8 ``[B, T, H, W, 3]`` on the CPU, decoded `vae_batch` frames at a
         time (default ``vae.micro_batch_size``; with offloading the VAE visits the accelerator for it)."""
+        per_call = {} if vae_batch is None else {"micro_batch_size": vae_batch}  # else decode(z) as before
         with self.on_device(self.vae):
-            video = self.vae.decode(latents.to(self.dtype), micro_batch_size=vae_batch)
+            video = self.vae.decode(latents.to(self.dtype), **per_call)
         return (to_uint8 if profile is None else parity.to_uint8)(video).cpu()
 
 
