@@ -3,6 +3,7 @@ free port and prints its URL)."""
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -12,6 +13,12 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from sorakit.data.video import read_video, write_video
+from sorakit.tools.synth import ShapeSpec, render
 
 STEPS = 4  # sampler steps per test video: the built-in model then takes well under a second per video
 START_TIMEOUT_S = 600.0  # model loading on a CPU shared with other tests can be slow
@@ -115,3 +122,48 @@ def wait_for(predicate, timeout: float = 120.0, interval: float = 0.1, what: str
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out waiting for {what}")
+
+
+# reference inputs: the shapes-world clip and image the reference tests upload, and how they compare
+PROMPT = "a red circle moving to the right"
+CLOSE = 4.0  # mean absolute difference (grey levels) of a held frame; unconditioned frames are ~20 away
+
+
+def clip() -> np.ndarray:
+    """A 16-frame shapes-world clip `[16, 64, 64, 3]`: a red circle moving right."""
+    return render(ShapeSpec("red", "circle", "right", 18.0, 2.0, 4.0, 20.0, PROMPT), 64, 16)
+
+
+def image() -> np.ndarray:
+    """A blue square (not what the prompt asks for, so only the reference can put it on frame 0)."""
+    return render(ShapeSpec("blue", "square", "down", 20.0, 2.0, 30.0, 6.0, "a blue square"), 64, 1)[0]
+
+
+def png_bytes(frame: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def mp4_bytes(frames: np.ndarray, folder: Path) -> tuple[bytes, np.ndarray]:
+    """The clip as MP4 bytes, and its frames as the server will decode them (H.264 is lossy)."""
+    path = folder / "clip.mp4"
+    write_video(path, frames, fps=8)
+    return path.read_bytes(), read_video(path)
+
+
+def diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
+
+
+def frames_of(served, video_id: str) -> np.ndarray:  # noqa: ANN001
+    """The 16 frames of a completed video, losslessly, from its spritesheet."""
+    data = served.client().videos.download_content(video_id, variant="spritesheet").content
+    sheet = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return sheet.reshape(4, 64, 4, 64, 3).transpose(0, 2, 1, 3, 4).reshape(16, 64, 64, 3)
+
+
+def completed(served, video):  # noqa: ANN001, ANN201
+    video = served.client().videos.poll(video.id, poll_interval_ms=100)
+    assert video.status == "completed", video.error
+    return video

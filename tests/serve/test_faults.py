@@ -8,8 +8,20 @@ import signal
 from collections import Counter
 
 import pytest
-from serve_helpers import STEPS, Server, process_gone, wait_for
-from test_references import CLOSE, PROMPT, clip, diff, frames_of, image, mp4_bytes, png_bytes
+from serve_helpers import (
+    CLOSE,
+    PROMPT,
+    STEPS,
+    Server,
+    clip,
+    diff,
+    frames_of,
+    image,
+    mp4_bytes,
+    png_bytes,
+    process_gone,
+    wait_for,
+)
 
 from sorakit.serve.store import DB_FILE, JobStore
 

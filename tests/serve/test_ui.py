@@ -96,7 +96,7 @@ def test_a_reference_image_from_the_page(served, browser, tmp_path: Path) -> Non
     """The page's optional reference image goes up as `input_reference`: image-to-video."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-    from test_references import image, png_bytes
+    from serve_helpers import image, png_bytes
 
     first = tmp_path / "first.png"
     first.write_bytes(png_bytes(image()))

@@ -7,7 +7,6 @@ to its VAE's reconstruction error, about 1 grey level, while an unconditioned vi
 from __future__ import annotations
 
 import base64
-import io
 import json
 import urllib.request
 from pathlib import Path
@@ -15,56 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from openai.types import Video
-from PIL import Image
-from serve_helpers import STEPS
-
-from sorakit.data.video import read_video, write_video
-from sorakit.tools.synth import ShapeSpec, render
+from serve_helpers import CLOSE, PROMPT, STEPS, clip, completed, diff, frames_of, image, mp4_bytes, png_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
-
-PROMPT = "a red circle moving to the right"
-CLOSE = 4.0  # mean absolute difference (grey levels) of a held frame; unconditioned frames are ~20 away
-
-
-def clip() -> np.ndarray:
-    """A 16-frame shapes-world clip `[16, 64, 64, 3]`: a red circle moving right."""
-    return render(ShapeSpec("red", "circle", "right", 18.0, 2.0, 4.0, 20.0, PROMPT), 64, 16)
-
-
-def image() -> np.ndarray:
-    """A blue square (not what the prompt asks for, so only the reference can put it on frame 0)."""
-    return render(ShapeSpec("blue", "square", "down", 20.0, 2.0, 30.0, 6.0, "a blue square"), 64, 1)[0]
-
-
-def png_bytes(frame: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def mp4_bytes(frames: np.ndarray, folder: Path) -> tuple[bytes, np.ndarray]:
-    """The clip as MP4 bytes, and its frames as the server will decode them (H.264 is lossy)."""
-    path = folder / "clip.mp4"
-    write_video(path, frames, fps=8)
-    return path.read_bytes(), read_video(path)
-
-
-def diff(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
-
-
-def frames_of(served, video_id: str) -> np.ndarray:  # noqa: ANN001
-    """The 16 frames of a completed video, losslessly, from its spritesheet."""
-    data = served.client().videos.download_content(video_id, variant="spritesheet").content
-    sheet = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    return sheet.reshape(4, 64, 4, 64, 3).transpose(0, 2, 1, 3, 4).reshape(16, 64, 64, 3)
-
-
-def completed(served, video):  # noqa: ANN001, ANN201
-    video = served.client().videos.poll(video.id, poll_interval_ms=100)
-    assert video.status == "completed", video.error
-    return video
 
 
 def test_image_to_video_from_an_uploaded_image(served) -> None:
