@@ -147,3 +147,14 @@ def test_imports_at_module_level_outside_the_cli() -> None:
                     if not lazy and (path, name) not in LAZY_ALLOWED:
                         hidden.append(f"{path}:{node.lineno} imports {name} inside {fn.name}()")
     assert not hidden, "move to module level:\n" + "\n".join(hidden)
+
+
+def test_test_files_have_unique_names() -> None:
+    """pytest imports test modules by their base name (no packages under tests/): two test_x.py in two
+    folders stop the whole suite from collecting ('import file mismatch')."""
+    tests = Path(__file__).resolve().parents[1]
+    seen: dict[str, list[str]] = {}
+    for path in tests.rglob("*.py"):
+        if path.name != "conftest.py" and "fixtures" not in path.parts:
+            seen.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    assert not {name: where for name, where in seen.items() if len(where) > 1}
