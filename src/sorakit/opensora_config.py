@@ -178,7 +178,7 @@ def opensora_py_to_dict(path: Path) -> dict[str, Any]:
     src = read_python_literals(path)
     out: dict[str, dict[str, Any]] = defaultdict(dict)
     try:
-        unknown = _model(src, out) + _vae(src, out) + _text_encoder(src, out) + _sampler(src, out)
+        unknown = _model(src, out) + _components(src, out)
         _run_settings(src, out)
     except ConfigError:
         raise
@@ -205,48 +205,45 @@ def _model(src: dict[str, Any], out: dict[str, dict[str, Any]]) -> list[str]:
     return []  # every other model key is a constructor argument (checked when the model is built)
 
 
-def _vae(src: dict[str, Any], out: dict[str, dict[str, Any]]) -> list[str]:
-    vae = dict(src.get("vae") or {})
-    if not vae:
+# upstream section -> (sorakit section, default type, type names, {upstream key: sorakit key}, keys dropped)
+_OS_SECTIONS: dict[str, tuple[str, str, dict[str, str], dict[str, str], tuple[str, ...]]] = {
+    "vae": ("vae", "VideoAutoencoderKL", _OS_VAE,
+            {"from_pretrained": "path", "micro_batch_size": "micro_batch_size"}, ()),
+    "text_encoder": ("text_encoder", "t5", _OS_TEXT,
+                     {"from_pretrained": "path", "model_max_length": "model_max_length"}, ("shardformer",)),
+    # Open-Sora calls the sampler its ``scheduler``
+    "scheduler": ("sampler", "iddpm", _OS_SCHED,
+                  {"num_sampling_steps": "num_sampling_steps", "cfg_scale": "guidance_scale"},
+                  ("timestep_respacing",)),
+}  # fmt: skip
+
+
+def _section(name: str, values: dict[str, Any], out: dict[str, dict[str, Any]]) -> list[str]:
+    """One upstream component dict (``vae``, ``text_encoder``, ``scheduler``) -> its sorakit section, by
+    the table above; returns the keys it does not know."""
+    if not values:
         return []
-    vtype = vae.pop("type", "VideoAutoencoderKL")
-    out["vae"]["type"] = _OS_VAE.get(vtype, vtype)
-    if "from_pretrained" in vae:
-        out["vae"]["path"] = vae.pop("from_pretrained")
-    if "micro_batch_size" in vae:
-        out["vae"]["micro_batch_size"] = vae.pop("micro_batch_size")
-    return [f"vae.{k}" for k in vae]
+    section, default, types, renames, dropped = _OS_SECTIONS[name]
+    kind = values.pop("type", default)
+    out[section]["type"] = types.get(kind, kind)
+    for theirs, ours in renames.items():
+        if theirs in values:
+            out[section][ours] = values.pop(theirs)
+    for key in dropped:
+        values.pop(key, None)
+    return [f"{name}.{k}" for k in values]
 
 
-def _text_encoder(src: dict[str, Any], out: dict[str, dict[str, Any]]) -> list[str]:
+def _components(src: dict[str, Any], out: dict[str, dict[str, Any]]) -> list[str]:
+    """The vae, text encoder and sampler dicts; a class-label encoder's ``num_classes`` is a model argument."""
     text = dict(src.get("text_encoder") or {})
-    if not text:
-        return []
-    ttype = text.pop("type", "t5")
-    out["text_encoder"]["type"] = _OS_TEXT.get(ttype, ttype)
-    if "from_pretrained" in text:
-        out["text_encoder"]["path"] = text.pop("from_pretrained")
-    if "model_max_length" in text:
-        out["text_encoder"]["model_max_length"] = text.pop("model_max_length")
-    text.pop("shardformer", None)
-    if ttype == "classes" and "num_classes" in text:
+    if text.get("type") == "classes" and "num_classes" in text:
         out["model"].setdefault("arch", {})["num_classes"] = text.pop("num_classes")
-    return [f"text_encoder.{k}" for k in text]
-
-
-def _sampler(src: dict[str, Any], out: dict[str, dict[str, Any]]) -> list[str]:
-    """Open-Sora's ``scheduler`` dict (its name for the sampler) -> sorakit's ``sampler`` section."""
-    sched = dict(src.get("scheduler") or {})
-    if not sched:
-        return []
-    stype = sched.pop("type", "iddpm")
-    out["sampler"]["type"] = _OS_SCHED.get(stype, stype)
-    if "num_sampling_steps" in sched:
-        out["sampler"]["num_sampling_steps"] = sched.pop("num_sampling_steps")
-    if "cfg_scale" in sched:
-        out["sampler"]["guidance_scale"] = sched.pop("cfg_scale")
-    sched.pop("timestep_respacing", None)
-    return [f"scheduler.{k}" for k in sched]
+    return (
+        _section("vae", dict(src.get("vae") or {}), out)
+        + _section("text_encoder", text, out)
+        + _section("scheduler", dict(src.get("scheduler") or {}), out)
+    )
 
 
 def _run_settings(src: dict[str, Any], out: dict[str, dict[str, Any]]) -> None:
