@@ -30,9 +30,8 @@ from typing import Any
 
 import torch
 
-from sorakit.builtin.recipe import _record_time, _sorakit, stage_encode
+from sorakit.builtin.recipe import _record_time, _sorakit, run_recipe, stage_encode
 from sorakit.config import load_config
-from sorakit.errors import UserError
 from sorakit.eval.shapes import build_prompts, format_table, generate_and_score, summarize
 from sorakit.fileutil import write_text_atomic
 from sorakit.jsonutil import dumps
@@ -159,23 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--workers", type=int, default=1, help="processes for data synthesis")
     args = p.parse_args(argv)
-    try:
-        stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-        bad = [s for s in stages if s not in STAGES]
-        if bad:
-            raise UserError(f"unknown stage(s) {bad} (valid: {', '.join(STAGES)})")
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        _run_stages(args, stages)
-    except UserError as exc:
-        print(f"sorakit: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "sorakit: interrupted; run the same command again to resume (every stage resumes)",
-            file=sys.stderr,
-        )
-        return 130
+    if (code := run_recipe(args, STAGES, lambda stages: _run_stages(args, stages))) != 0:
+        return code
     logger.info("lora recipe: done; table in %s, stage times in %s", Path(args.workdir) / "eval.md",
                 Path(args.workdir) / "times.json")  # fmt: skip
     return 0

@@ -30,6 +30,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,58 @@ def stage_eval(work: Path, model_dir: Path, n: int, seed: int = 0) -> dict[str, 
 # --------------------------------------------------------------------------------------------------
 
 
+def run_recipe(args: argparse.Namespace, valid: tuple[str, ...], run: Callable[[list[str]], None]) -> int:
+    """The recipes' shared `main` frame: check ``--stages`` against `valid`, apply ``--threads``, call
+    ``run(stages)``; a UserError is one line (exit 2), Ctrl-C a hint to resume (exit 130)."""
+    try:
+        stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+        bad = [s for s in stages if s not in valid]
+        if bad:
+            raise UserError(f"unknown stage(s) {bad} (valid: {', '.join(valid)})")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        run(stages)
+    except UserError as exc:
+        print(f"sorakit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "sorakit: interrupted; run the same command again to resume (every stage resumes)",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+def _run_stages(args: argparse.Namespace, stages: list[str]) -> None:
+    """The recipe's stages in order, each timed into ``times.json``."""
+    cfg = load_config(PRESET, args.set)
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(work / "config.toml", cfg.dump())
+    csv_path = work / "data" / "train.csv"
+    vae_dir = work / "vae"
+    cache = work / "cache"
+    run = work / "stdit"
+    out = Path(args.export)
+    for stage in stages:
+        t = time.perf_counter()
+        logger.info("recipe: stage %s", stage)
+        if stage == "data":
+            csv_path = stage_data(work, args.num_videos, cfg.train.seed, args.workers)
+        elif stage == "vae":
+            vae_dir = stage_vae(work, csv_path, args.vae_steps, cfg.train.seed)
+        elif stage == "encode":
+            cache = stage_encode(work, csv_path, vae_dir, cfg, args.num_videos)
+        elif stage == "train":
+            run = stage_train(work, cache, args.set)
+        elif stage == "export":
+            stage_export(run, out)
+        elif stage == "eval":
+            stage_eval(work, out, args.eval_prompts)
+        _record_time(work, stage, time.perf_counter() - t)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sorakit.builtin.recipe", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="runs/builtin", help="where data, caches and checkpoints go")
@@ -215,47 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--workers", type=int, default=1, help="processes for data synthesis")
     args = p.parse_args(argv)
-    try:
-        stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-        bad = [s for s in stages if s not in STAGES]
-        if bad:
-            raise UserError(f"unknown stage(s) {bad} (valid: {', '.join(STAGES)})")
-        cfg = load_config(PRESET, args.set)
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        work = Path(args.workdir)
-        work.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(work / "config.toml", cfg.dump())
-        csv_path = work / "data" / "train.csv"
-        vae_dir = work / "vae"
-        cache = work / "cache"
-        run = work / "stdit"
-        out = Path(args.export)
-        for stage in stages:
-            t = time.perf_counter()
-            logger.info("recipe: stage %s", stage)
-            if stage == "data":
-                csv_path = stage_data(work, args.num_videos, cfg.train.seed, args.workers)
-            elif stage == "vae":
-                vae_dir = stage_vae(work, csv_path, args.vae_steps, cfg.train.seed)
-            elif stage == "encode":
-                cache = stage_encode(work, csv_path, vae_dir, cfg, args.num_videos)
-            elif stage == "train":
-                run = stage_train(work, cache, args.set)
-            elif stage == "export":
-                stage_export(run, out)
-            elif stage == "eval":
-                stage_eval(work, out, args.eval_prompts)
-            _record_time(work, stage, time.perf_counter() - t)
-    except UserError as exc:
-        print(f"sorakit: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "sorakit: interrupted; run the same command again to resume (every stage resumes)",
-            file=sys.stderr,
-        )
-        return 130
+    if (code := run_recipe(args, STAGES, lambda stages: _run_stages(args, stages))) != 0:
+        return code
     logger.info("recipe: done; stage times in %s", Path(args.workdir) / "times.json")
     return 0
 
