@@ -193,6 +193,8 @@ COVERAGE: dict[str, Run | Fetch | Serve] = {
     # data tools, in the order a dataset is made
     "sorakit data synth --output shapes --num-videos 1000 --seed 0":
         Run("data", ("--num-videos", "4", "--frames", "16"), _csv_rows("shapes/train.csv", 4)),
+    "sorakit data synth --output multi --num-videos 1000 --size 64x64,64x96,96x64 --frames 8,16,32":
+        Run("data", ("--num-videos", "3", "--executor", "local:1"), _csv_rows("multi/train.csv", 3)),
     "sorakit data scenes raw_videos/ --output clips.csv --min-seconds 1 --max-seconds 5":
         Run("data", (), _csv_rows("clips.csv", 2)),
     "sorakit data cut clips.csv --output-dir clips/ --short-side 512": Run("data", (), _csv_rows("clips/clips.csv", 2)),

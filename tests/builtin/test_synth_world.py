@@ -131,3 +131,106 @@ def test_moved_dataset_trains_and_all_missing_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "none of its 3 files exists" in err and "--data-root" in err
+
+
+def _centroids(frames: np.ndarray) -> np.ndarray:
+    """Intensity-weighted centroids ``[T, 2]`` (x, y) of uint8 ``[T, H, W, 3]`` frames."""
+    mass = frames.max(axis=-1).astype(np.float64)
+    ys, xs = np.mgrid[0 : frames.shape[1], 0 : frames.shape[2]]
+    total = mass.sum(axis=(1, 2))
+    return np.stack([(mass * xs).sum(axis=(1, 2)) / total, (mass * ys).sum(axis=(1, 2)) / total], axis=1)
+
+
+@pytest.mark.parametrize(
+    "size, frames", [((64, 96), 16), ((96, 64), 16), ((64, 64), 32), ((64, 64), 8), ((96, 64), 32)]
+)
+def test_non_square_and_long_clips_keep_constant_speed_inside(size, frames):
+    """Every size and length: the object stays whole in every frame, and moves the prompted way by the same
+    step every frame (constant speed: extension has a ground truth); a continuation rendered from frame
+    `frames` goes on along the same path."""
+    h, w = size
+    for i in range(10):
+        spec = synth.sample_spec(synth.video_rng(11, i), synth.combos(), size=size, frames=frames)
+        assert 14 <= spec.side <= 22 and spec.speed <= 2.5
+        video = synth.render(spec, size, frames)
+        assert video.shape == (frames, h, w, 3)
+        areas = (video.max(axis=-1).astype(np.float64) / 255).sum(axis=(1, 2))
+        assert areas.max() / areas.min() < 1.05, "object was clipped by the frame"
+        c = _centroids(video)  # [T, 2]
+        t = np.arange(frames)
+        dx, dy = synth.MOTION_VECTORS[spec.motion]
+        for axis, d in ((0, dx), (1, dy)):
+            slope, icpt = np.polyfit(t, c[:, axis], 1)
+            # the step of the drawn speed, every frame (pixel rounding aside)
+            assert slope == pytest.approx(d * spec.speed, abs=0.03)
+            assert np.abs(c[:, axis] - (slope * t + icpt)).max() < 0.3
+        longer = synth.render(spec, size, frames + 4)  # the same path, 4 frames further
+        assert np.array_equal(longer[:frames], video)
+        assert np.array_equal(synth.render(spec, size, 4, start=frames), longer[frames:])
+
+
+def test_default_clips_unchanged_by_the_size_options():
+    """A square 16-frame run draws exactly what it drew before sizes and lengths existed: the size/length
+    choice has its own stream and is skipped when there is one choice."""
+    triples = synth.combos()
+    assert synth.video_shape(0, 5, [(64, 64)], [16]) == ((64, 64), 16)
+    a = synth.sample_spec(synth.video_rng(0, 5), triples, size=64, frames=16)
+    b = synth.sample_spec(synth.video_rng(0, 5), triples, size=(64, 64), frames=16)
+    assert a == b
+    # video 0 of seed 0, as drawn before the size options (values printed by the previous version)
+    spec = synth.sample_spec(synth.video_rng(0, 0), triples)
+    assert (spec.color, spec.shape, spec.motion) == ("magenta", "circle", "right")
+    assert (spec.side, spec.speed, spec.x0, spec.y0) == pytest.approx(
+        (16.15829371, 1.54097352, 0.40868055, 38.90823592)
+    )
+    assert spec.caption == "magenta colored circle travelling towards the right"
+    assert np.array_equal(synth.render(spec), synth.render(spec, (64, 64), 16))
+
+
+def test_mixed_sizes_and_lengths_cli_rows_carry_each_clip_shape(tmp_path):
+    out = tmp_path / "mixed"
+    argv = [
+        "data",
+        "synth",
+        "-o",
+        str(out),
+        "-n",
+        "12",
+        "--seed",
+        "2",
+        "--size",
+        "64x64,64x96,96x64",
+        "--frames",
+        "8,16,32",
+    ]
+    assert main(argv) == 0
+    rows = list(csv.DictReader(open(out / "train.csv")))
+    shapes = set()
+    for r in rows:
+        frames = read_video(out / r["path"])
+        want = (int(r["num_frames"]), int(r["height"]), int(r["width"]))
+        assert frames.shape == (*want, 3)
+        shapes.add(want)
+        assert parse_prompt(r["text"]) == (r["color"], r["shape"], r["motion"])
+    assert {s[0] for s in shapes} == {8, 16, 32} and {s[1:] for s in shapes} == {(64, 64), (64, 96), (96, 64)}
+    # a video of a mixed run is the video of that size and length alone
+    i = 3
+    size, frames = synth.video_shape(2, i, [(64, 64), (64, 96), (96, 64)], [8, 16, 32])
+    alone = synth.sample_spec(synth.video_rng(2, i), synth.combos(), size=size, frames=frames)
+    assert alone.caption == rows[i]["text"]
+    # the extended world keeps working with sizes
+    ext = tmp_path / "ext"
+    assert main(["data", "synth", "-o", str(ext), "-n", "6", "--concepts", "extended", "--new-fraction", "1",
+                 "--size", "64x96", "--frames", "8-10"]) == 0  # fmt: skip
+    rows = list(csv.DictReader(open(ext / "train.csv")))
+    assert all(r["color"] == "orange" or r["shape"] == "diamond" for r in rows)
+    assert all((r["height"], r["width"]) == ("64", "96") and 8 <= int(r["num_frames"]) <= 10 for r in rows)
+
+
+def test_bad_sizes_and_lengths_are_one_line(tmp_path, capsys):
+    assert main(["data", "synth", "-o", str(tmp_path), "-n", "2", "--size", "64x9x"]) == 2
+    assert "--size" in capsys.readouterr().err
+    assert main(["data", "synth", "-o", str(tmp_path), "-n", "2", "--size", "64x15"]) == 2
+    assert main(["data", "synth", "-o", str(tmp_path), "-n", "2", "--frames", "32-8"]) == 2
+    assert "--frames" in capsys.readouterr().err
+    assert main(["data", "synth", "-o", str(tmp_path), "-n", "2", "--frames", "8,1"]) == 2

@@ -3,8 +3,12 @@
 The world itself (colours, shapes, motions, hold-out, caption templates) is defined in
 ``sorakit.shapes_world``. Every video shows one solid object on a black background: a colour from :data:`COLORS`, a shape from
 :data:`SHAPES` (the triangle points up) and a straight motion from :data:`MOTIONS`. On a 64 px canvas the
-object's bounding box is 14-22 px and it moves 1.5-2.5 px per frame (both scale with the canvas), and it
-stays fully inside the frame in every frame. Captions come from :data:`TRAIN_TEMPLATES` and always name the
+object's bounding box is 14-22 px and it moves 1.5-2.5 px per frame (both scale with the canvas's shorter
+side), at a constant speed over the whole clip (so a clip's continuation is known: the ground truth of
+extension), and it stays fully inside the frame in every frame (a long clip whose path would not fit moves
+slower). Frames may be non-square (``size=(H, W)``), and one run may mix sizes and lengths (``sizes``,
+``lengths``: each video draws one from its own seeded stream, so a video of a given size and length is the same
+as in a run of that size and length alone). Captions come from :data:`TRAIN_TEMPLATES` and always name the
 colour, the shape and the direction. The colour-shape-motion combinations of :data:`HELDOUT` are left out
 of training (``holdout="default"``) so that an evaluation can test composition.
 
@@ -60,26 +64,39 @@ class ShapeSpec:
     caption: str
 
 
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    """``64`` -> (64, 64); ``(64, 96)`` -> (64, 96) (height, width)."""
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    h, w = size
+    return int(h), int(w)
+
+
 def sample_spec(
     rng: np.random.Generator,
     triples: Sequence[tuple[str, str, str]],
-    size: int = 64,
+    size: int | tuple[int, int] = 64,
     frames: int = 16,
 ) -> ShapeSpec:
-    """Draw one video: a triple, object size and speed, and a start position that keeps the object inside."""
+    """Draw one video: a triple, object size and speed, and a start position that keeps the object inside.
+
+    `size` is the side of a square frame or (H, W); object size and speed scale with the shorter side. The
+    speed is constant over the clip; a path longer than the frame allows is slowed down to fit it."""
     color, shape, motion = triples[rng.integers(len(triples))]
-    scale = size / 64.0
+    height, width = _hw(size)
+    scale = min(height, width) / 64.0
     side = float(rng.uniform(14.0, 22.0)) * scale
     speed = float(rng.uniform(1.5, 2.5)) * scale
     travel = speed * (frames - 1)
     dx, dy = MOTION_VECTORS[motion]
     # along the motion axis the whole path must fit; across it any position inside the frame
-    free = size - side
+    free_x, free_y = width - side, height - side
+    free = free_x if dx else free_y
     if travel > free:  # tiny canvases / long videos: slow down so the object never leaves
         speed = free / max(frames - 1, 1)
         travel = speed * (frames - 1)
-    lo_x, hi_x = (travel if dx < 0 else 0.0), (free - travel if dx > 0 else free)
-    lo_y, hi_y = (travel if dy < 0 else 0.0), (free - travel if dy > 0 else free)
+    lo_x, hi_x = (travel if dx < 0 else 0.0), (free_x - travel if dx > 0 else free_x)
+    lo_y, hi_y = (travel if dy < 0 else 0.0), (free_y - travel if dy > 0 else free_y)
     x0 = float(rng.uniform(lo_x, hi_x))
     y0 = float(rng.uniform(lo_y, hi_y))
     return ShapeSpec(color, shape, motion, side, speed, x0, y0, make_caption(color, shape, motion, rng))
@@ -112,16 +129,19 @@ def shape_coverage(
     return mask.reshape(height, ss, width, ss).mean(axis=(1, 3))
 
 
-def render(spec: ShapeSpec, size: int = 64, frames: int = 16) -> np.ndarray:
-    """Frames ``[T, H, W, 3]`` uint8 of one video."""
+def render(spec: ShapeSpec, size: int | tuple[int, int] = 64, frames: int = 16, start: int = 0) -> np.ndarray:
+    """Frames ``[T, H, W, 3]`` uint8 of one video (`size`: a square's side or (H, W)); `start` > 0 renders
+    frames ``start .. start + frames - 1`` of the same constant-speed path (a continuation)."""
+    height, width = _hw(size)
     dx, dy = MOTION_VECTORS[spec.motion]
     rgb = np.asarray(ALL_COLORS[spec.color], dtype=np.float32)
-    out = np.empty((frames, size, size, 3), dtype=np.uint8)
-    for t in range(frames):
+    out = np.empty((frames, height, width, 3), dtype=np.uint8)
+    for i in range(frames):
+        t = start + i
         x = spec.x0 + dx * spec.speed * t
         y = spec.y0 + dy * spec.speed * t
-        cov = shape_coverage(spec.shape, size, size, x, y, spec.side)
-        out[t] = np.clip(np.rint(cov[..., None] * rgb), 0, 255).astype(np.uint8)
+        cov = shape_coverage(spec.shape, height, width, x, y, spec.side)
+        out[i] = np.clip(np.rint(cov[..., None] * rgb), 0, 255).astype(np.uint8)
     return out
 
 
@@ -143,9 +163,24 @@ def _triples(rng: np.random.Generator, holdout: str, concepts: str, new_fraction
     return [t for t in triples if is_new(t) == want_new]
 
 
-def _make_one(job: tuple[int, int, str, int, int, float, str, str, float | None]) -> dict[str, str]:
-    index, seed, holdout, size, frames, fps, out_dir, concepts, new_fraction = job
+_SHAPE_TAG = 0x73697A65  # the stream that picks a video's size and length (apart from its spec's stream)
 
+
+def video_shape(
+    seed: int, index: int, sizes: Sequence[tuple[int, int]], lengths: Sequence[int]
+) -> tuple[tuple[int, int], int]:
+    """((H, W), frames) of video `index`: the only choice, or one drawn from its own seeded stream."""
+    if len(sizes) == 1 and len(lengths) == 1:
+        return tuple(sizes[0]), int(lengths[0])  # type: ignore[return-value]
+    rng = np.random.default_rng([int(seed), int(index), _SHAPE_TAG])
+    size = sizes[int(rng.integers(len(sizes)))]
+    return (int(size[0]), int(size[1])), int(lengths[int(rng.integers(len(lengths)))])
+
+
+def _make_one(job: tuple) -> dict[str, str]:
+    index, seed, holdout, sizes, lengths, fps, out_dir, concepts, new_fraction = job
+
+    size, frames = video_shape(seed, index, sizes, lengths)
     rng = video_rng(seed, index)
     spec = sample_spec(rng, _triples(rng, holdout, concepts, new_fraction), size=size, frames=frames)
     path = Path(out_dir) / "videos" / f"{index:06d}.mp4"
@@ -157,23 +192,74 @@ def _make_one(job: tuple[int, int, str, int, int, float, str, str, float | None]
         "text": spec.caption,
         "num_frames": str(frames),
         "fps": f"{fps:g}",
-        "height": str(size),
-        "width": str(size),
+        "height": str(size[0]),
+        "width": str(size[1]),
         "color": spec.color,
         "shape": spec.shape,
         "motion": spec.motion,
     }
 
 
-def check_options(num_videos: int, size: int, frames: int, fps: float, holdout: str, concepts: str = "default",
-                  new_fraction: float | None = None) -> None:  # fmt: skip
+SizeArg = int | tuple[int, int] | Sequence[int | tuple[int, int]]
+
+
+def size_list(size: SizeArg) -> list[tuple[int, int]]:
+    """``64`` / ``(64, 96)`` / ``[64, (64, 96), (96, 64)]`` -> [(H, W), ...]."""
+    if isinstance(size, (int, np.integer)):
+        return [(int(size), int(size))]
+    items = list(size)
+    if len(items) == 2 and all(isinstance(v, (int, np.integer)) for v in items):
+        return [(int(items[0]), int(items[1]))]  # one (H, W) pair
+    return [_hw(v) for v in items]
+
+
+def length_list(frames: int | Sequence[int]) -> list[int]:
+    return [int(frames)] if isinstance(frames, (int, np.integer)) else [int(f) for f in frames]
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``"64"`` / ``"64x96"`` / ``"64x64,64x96,96x64"`` (H x W) -> [(H, W), ...]; UserError otherwise."""
+    out = []
+    for part in (p.strip().lower() for p in str(text).split(",")):
+        try:
+            h, w = (int(v) for v in part.split("x")) if "x" in part else (int(part), int(part))
+        except ValueError:
+            raise UserError(
+                f"--size: expected N or HxW (comma-separated for several), got {part!r}"
+            ) from None
+        out.append((h, w))
+    return out
+
+
+def parse_lengths(text: str) -> list[int]:
+    """``"16"`` / ``"8,16,32"`` / ``"8-32"`` (every length from 8 to 32) -> [frames, ...]; UserError otherwise."""
+    out: list[int] = []
+    try:
+        for part in (p.strip() for p in str(text).split(",")):
+            if "-" in part.lstrip("-"):
+                lo, hi = (int(v) for v in part.split("-"))
+                if hi < lo:
+                    raise ValueError
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise UserError(f"--frames: expected N, N,M,... or A-B, got {text!r}") from None
+    return out
+
+
+def check_options(num_videos: int, size: SizeArg, frames: int | Sequence[int], fps: float, holdout: str,
+                  concepts: str = "default", new_fraction: float | None = None) -> None:  # fmt: skip
     """Raise UserError for a setting synthesize cannot use (before any pool is started)."""
     if num_videos < 1:
         raise UserError(f"--num-videos must be >= 1, got {num_videos}")
-    if size < 16 or size % 2:
-        raise UserError(f"--size must be an even number >= 16, got {size}")
-    if frames < 2:
-        raise UserError(f"--frames must be >= 2, got {frames}")
+    for h, w in size_list(size):
+        if min(h, w) < 16 or h % 2 or w % 2:
+            shown = h if h == w else f"{h}x{w}"
+            raise UserError(f"--size must be even numbers >= 16, got {shown}")
+    for f in length_list(frames):
+        if f < 2:
+            raise UserError(f"--frames must be >= 2, got {f}")
     if fps <= 0:
         raise UserError(f"--fps must be > 0, got {fps}")
     combos(holdout, concepts)  # validates the modes
@@ -185,8 +271,8 @@ def synthesize(
     output: str | os.PathLike,
     num_videos: int,
     seed: int = 0,
-    size: int = 64,
-    frames: int = 16,
+    size: SizeArg = 64,
+    frames: int | Sequence[int] = 16,
     fps: float = 8,
     holdout: str = "default",
     workers: int = 1,
@@ -203,15 +289,17 @@ def synthesize(
     ``output/train.parts/`` until the CSV is written, so an interrupted run resumes. The CSV's paths are
     relative to its folder (``videos/000000.mp4``). ``concepts="extended"`` adds orange and diamond
     (``sorakit.shapes_world``); ``new_fraction`` is then the share of videos showing one of them (default:
-    every triple equally likely).
+    every triple equally likely). `size` (a side, (H, W) or a list of them) and `frames` (an int or a list):
+    with several, each video draws its size and length (:func:`video_shape`); the CSV row says which.
     """
     check_options(num_videos, size, frames, fps, holdout, concepts, new_fraction)
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     out = Path(output)
     (out / "videos").mkdir(parents=True, exist_ok=True)
+    sizes, lengths = tuple(size_list(size)), tuple(length_list(frames))
     jobs = [
-        (i, seed, holdout, size, frames, float(fps), str(out), concepts, new_fraction)
+        (i, seed, holdout, sizes, lengths, float(fps), str(out), concepts, new_fraction)
         for i in range(num_videos)
     ]
     parts = out / "train.parts"

@@ -19,8 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("-n", "--num-videos", type=int, required=True, help="number of videos")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--size", type=int, default=64, help="frame height = width in pixels (default 64)")
-    p.add_argument("--frames", type=int, default=16, help="frames per video (default 16)")
+    p.add_argument("--size", default="64",
+                   help="frame size: N (square) or HxW; several, comma-separated (64x64,64x96,96x64): each video "
+                        "draws one (default 64)")  # fmt: skip
+    p.add_argument("--frames", default="16",
+                   help="frames per video: N, several (8,16,32) or a range (8-32): each video draws one "
+                        "(default 16)")  # fmt: skip
     p.add_argument("--fps", type=float, default=8, help="frames per second (default 8)")
     p.add_argument(
         "--holdout",
@@ -43,16 +47,15 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from sorakit.tools.executor import executor_from_args, open_pool
-    from sorakit.tools.synth import check_options, synthesize
+    from sorakit.tools.synth import check_options, parse_lengths, parse_sizes, synthesize
 
     spec = executor_from_args(args)
-    check_options(
-        args.num_videos, args.size, args.frames, args.fps, args.holdout, args.concepts, args.new_fraction
-    )
+    sizes, lengths = parse_sizes(args.size), parse_lengths(args.frames)
+    check_options(args.num_videos, sizes, lengths, args.fps, args.holdout, args.concepts, args.new_fraction)
     t0 = time.perf_counter()
     with open_pool(spec) as pool:
         csv_path = synthesize(
-            args.output, args.num_videos, seed=args.seed, size=args.size, frames=args.frames, fps=args.fps,
+            args.output, args.num_videos, seed=args.seed, size=sizes, frames=lengths, fps=args.fps,
             holdout=args.holdout, pool=pool, retries=args.retries, shard_items=args.shard_items, progress=True,
             concepts=args.concepts, new_fraction=args.new_fraction,
         )  # fmt: skip
