@@ -138,6 +138,7 @@ def _is_model(path: str) -> Callable[[Path], None]:
 # -- the table -------------------------------------------------------------------------------------------
 
 GEN = ("--steps", "3", "--no-progress")
+EVAL = ("-n", "1", "--sets", "train", "--steps", "2", "--no-progress", "--threads", "1")
 COVERAGE: dict[str, Run | Fetch | Serve] = {
     # generating
     'sorakit generate "a red circle moving to the right" --output red.mp4': Run("generate", GEN, _is_video("red.mp4", 16)),
@@ -178,6 +179,11 @@ COVERAGE: dict[str, Run | Fetch | Serve] = {
         Run("torchrun-generate", GEN, _four_videos),
     'torchrun --nproc_per_node 2 -m sorakit.cli.main generate "..." --output long.mp4 --num-frames 64 '
     "--sequence-parallel": Run("torchrun-sp", ("--steps", "2", "--no-progress"), _is_video("long.mp4", 64)),
+    # scoring the built-in model's tasks (docs/benchmarks.md)
+    "sorakit eval shapes -n 24 --task i2v": Run("eval", EVAL),
+    "sorakit eval shapes -n 24 --task extend": Run("eval", EVAL),
+    "sorakit eval shapes -n 24 --sizes 64x96,96x64 --frames 16,32": Run("eval", EVAL),
+    "sorakit eval shapes -n 24 --loop 3": Run("eval", EVAL),
     # training
     "sorakit data encode train.csv --output cache --config opensora/train/16x256x256": Fetch("train"),
     "sorakit train opensora/train/16x256x256 --data train.csv --output runs/s1 --init PixArt-XL-2-512x512.pth":

@@ -6,9 +6,15 @@ Two sets of concepts: ``"default"`` is the world the built-in model was trained 
 :data:`SHAPES`); ``"extended"`` adds concepts that model never saw -- the colour orange and the shape
 diamond (:data:`NEW_COLORS`, :data:`NEW_SHAPES`), in every combination with the old ones -- for LoRA
 fine-tuning (``make lora-demo``). Nothing changes for ``"default"``.
+
+Videos of the world are drawn (:func:`sample_spec`) and rendered (:func:`render`) here too: the data generator
+writes them, and the evaluator renders the reference frames and clips of image-to-video and extension.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -111,3 +117,98 @@ def make_caption(color: str, shape: str, motion: str, rng: np.random.Generator) 
         v=MOVE_VERBS_3P[rng.integers(len(MOVE_VERBS_3P))],
         d=DIRECTION_PHRASES[motion][rng.integers(len(DIRECTION_PHRASES[motion]))],
     )
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    """One video of the shapes world (pixel units of the full canvas)."""
+
+    color: str
+    shape: str
+    motion: str
+    side: float  # bounding-box side, px
+    speed: float  # px per frame
+    x0: float  # top-left corner of the bounding box in frame 0
+    y0: float
+    caption: str
+
+
+def frame_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    """``64`` -> (64, 64); ``(64, 96)`` -> (64, 96) (height, width)."""
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    h, w = size
+    return int(h), int(w)
+
+
+def sample_spec(
+    rng: np.random.Generator,
+    triples: Sequence[tuple[str, str, str]],
+    size: int | tuple[int, int] = 64,
+    frames: int = 16,
+) -> ShapeSpec:
+    """Draw one video: a triple, object size and speed, and a start position that keeps the object inside.
+
+    `size` is the side of a square frame or (H, W); object size and speed scale with the shorter side. The
+    speed is constant over the clip; a path longer than the frame allows is slowed down to fit it."""
+    color, shape, motion = triples[rng.integers(len(triples))]
+    height, width = frame_hw(size)
+    scale = min(height, width) / 64.0
+    side = float(rng.uniform(14.0, 22.0)) * scale
+    speed = float(rng.uniform(1.5, 2.5)) * scale
+    travel = speed * (frames - 1)
+    dx, dy = MOTION_VECTORS[motion]
+    # along the motion axis the whole path must fit; across it any position inside the frame
+    free_x, free_y = width - side, height - side
+    free = free_x if dx else free_y
+    if travel > free:  # tiny canvases / long videos: slow down so the object never leaves
+        speed = free / max(frames - 1, 1)
+        travel = speed * (frames - 1)
+    lo_x, hi_x = (travel if dx < 0 else 0.0), (free_x - travel if dx > 0 else free_x)
+    lo_y, hi_y = (travel if dy < 0 else 0.0), (free_y - travel if dy > 0 else free_y)
+    x0 = float(rng.uniform(lo_x, hi_x))
+    y0 = float(rng.uniform(lo_y, hi_y))
+    return ShapeSpec(color, shape, motion, side, speed, x0, y0, make_caption(color, shape, motion, rng))
+
+
+def shape_coverage(
+    shape: str, height: int, width: int, x: float, y: float, side: float, ss: int = 4
+) -> np.ndarray:
+    """Fraction of each pixel covered by the shape whose bounding box has top-left (x, y) and side `side`.
+
+    Returns float32 ``[H, W]`` in [0, 1], computed by ``ss`` x ``ss`` supersampling.
+    """
+    offs = (np.arange(ss, dtype=np.float32) + 0.5) / ss
+    ys = (np.arange(height, dtype=np.float32)[:, None] + offs[None, :]).reshape(-1)  # [H*ss]
+    xs = (np.arange(width, dtype=np.float32)[:, None] + offs[None, :]).reshape(-1)  # [W*ss]
+    u = (xs[None, :] - x) / side  # [1, W*ss] position inside the box, 0..1
+    v = (ys[:, None] - y) / side  # [H*ss, 1]
+    inside = (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)
+    if shape == "square":
+        mask = inside
+    elif shape == "circle":
+        mask = (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25
+    elif shape == "triangle":  # apex at the top centre, base along the bottom edge
+        mask = inside & (np.abs(u - 0.5) <= 0.5 * v)
+    elif shape == "diamond":  # a square turned 45 degrees, its corners on the box's edge midpoints
+        mask = np.abs(u - 0.5) + np.abs(v - 0.5) <= 0.5
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    mask = np.broadcast_to(mask, (height * ss, width * ss)).astype(np.float32)
+    return mask.reshape(height, ss, width, ss).mean(axis=(1, 3))
+
+
+def render(spec: ShapeSpec, size: int | tuple[int, int] = 64, frames: int = 16, start: int = 0) -> np.ndarray:
+    """Frames ``[T, H, W, 3]`` uint8 of one video (`size`: a square's side or (H, W)); `start` > 0 renders
+    frames ``start .. start + frames - 1`` of the same constant-speed path (a continuation)."""
+    height, width = frame_hw(size)
+    dx, dy = MOTION_VECTORS[spec.motion]
+    rgb = np.asarray(ALL_COLORS[spec.color], dtype=np.float32)
+    out = np.empty((frames, height, width, 3), dtype=np.uint8)
+    for i in range(frames):
+        t = start + i
+        x = spec.x0 + dx * spec.speed * t
+        y = spec.y0 + dy * spec.speed * t
+        cov = shape_coverage(spec.shape, height, width, x, y, spec.side)
+        out[i] = np.clip(np.rint(cov[..., None] * rgb), 0, 255).astype(np.uint8)
+    return out
