@@ -3,7 +3,6 @@ and sequence parallelism inside the trainer give the losses and weights of a sin
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,37 +12,10 @@ from safetensors.torch import load_file
 
 pytestmark = pytest.mark.distributed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from _train_helpers import make_cache, tiny_config  # noqa: E402
+from _tiny_runs import STEPS, random_model, run, run_config  # noqa: E402  (puts tests/training on the path)
+from _train_helpers import make_cache  # noqa: E402
 
-STEPS = 3
-
-
-def _cfg(cache: Path, batch: int, *extra: str):
-    return tiny_config(
-        f"data.csv={cache}", f"train.batch_size={batch}", f"train.max_steps={STEPS}", f"train.ckpt_every={STEPS}",
-        "train.caption_dropout=0.3", "train.grad_clip=0.5", *extra,
-    )  # fmt: skip
-
-
-def _model(cfg):
-    """The tiny STDiT with every weight randomised (upstream zero-inits several outputs)."""
-    import sorakit.training.trainer as tr
-
-    data = tr.DataSource(None, None, True, (4, 8, 8), 4, 16, 8, False)  # type: ignore[arg-type]
-    model = tr.build_model(cfg, data)
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
-
-
-def _run(cfg, run_dir: Path):
-    from sorakit.training.trainer import Components, train
-
-    res = train(cfg, run_dir, components=Components(model=_model(cfg)))
-    return res.losses, (res.checkpoint / "model.safetensors") if res.checkpoint else None
+from sorakit.training.trainer import Components, train  # noqa: E402
 
 
 def _worker(rank: int, world: int, cache: str, out: str):
@@ -55,23 +27,21 @@ def _worker(rank: int, world: int, cache: str, out: str):
         "sp": (4, ["parallel.strategy=ddp", "parallel.sp_size=2"]),
     }
     for name, (batch, extra) in cases.items():
-        losses, path = _run(_cfg(Path(cache), batch, *extra), Path(out) / name)
+        losses, path = run(run_config(Path(cache), batch, *extra), Path(out) / name)
         results[name] = (losses, str(path) if rank == 0 else None)
     # FSDP stopped after step 1 (sharded optimizer state gathered into the checkpoint) and resumed
-    from sorakit.training.trainer import Components, train
-
-    cfg = _cfg(Path(cache), 2, "parallel.strategy=fsdp")
+    cfg = run_config(Path(cache), 2, "parallel.strategy=fsdp")
     cfg.train.max_steps = 1
-    first = train(cfg, Path(out) / "fsdp-resume", components=Components(model=_model(cfg)))
+    first = train(cfg, Path(out) / "fsdp-resume", components=Components(model=random_model(cfg)))
     cfg.train.max_steps = STEPS
-    rest = train(cfg, Path(out) / "fsdp-resume", resume=True, components=Components(model=_model(cfg)))
+    rest = train(cfg, Path(out) / "fsdp-resume", resume=True, components=Components(model=random_model(cfg)))
     results["fsdp-resume"] = (first.losses + rest.losses, str(rest.checkpoint / "model.safetensors"))
     return results
 
 
 def test_ddp_fsdp_sp_equal_single_process(tmp_path):
     cache = make_cache(tmp_path / "cache", n=12)
-    ref_losses, ref_path = _run(_cfg(cache, 4), tmp_path / "single")
+    ref_losses, ref_path = run(run_config(cache, 4), tmp_path / "single")
     ref = load_file(str(ref_path))
     results = run_distributed(_worker, 2, tmp_path, str(cache), str(tmp_path / "dist"))
     for name, (losses, path) in results[0].items():

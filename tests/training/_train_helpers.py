@@ -103,3 +103,26 @@ def tiny_config(*overrides: str):
     from sorakit.config import load_config
 
     return load_config("tiny", [*TINY_OVERRIDES, *overrides])
+
+
+def kill_after_checkpoint(
+    cmd: list[str], run: Path, env: dict[str, str], at: int = 3, timeout: float = 180
+) -> int:
+    """Start the training command `cmd`, SIGKILL it as soon as `run` has a checkpoint of step >= `at`, and
+    return the last checkpoint's step (what a resume starts from)."""
+    import signal
+    import subprocess
+    import time
+
+    from sorakit.training.checkpoint import list_checkpoints
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        done = list_checkpoints(run)
+        if done and done[-1][0] >= at:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return list_checkpoints(run)[-1][0]

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import TINY_OVERRIDES, make_cache, tiny_config
+from _train_helpers import TINY_OVERRIDES, kill_after_checkpoint, make_cache, tiny_config
 from safetensors.torch import load_file
 
 from sorakit.errors import ConfigError, UserError
@@ -138,18 +136,7 @@ def test_kill9_then_resume_equals_uninterrupted_lora(tmp_path, base_dir):
     cache = make_cache(tmp_path / "cache", n=10)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _cmd(cache, base_dir, run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        done = list_checkpoints(run)
-        if done and done[-1][0] >= 3:
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = list_checkpoints(run)[-1][0]
+    killed_at = kill_after_checkpoint(_cmd(cache, base_dir, run), run, env)
     assert 3 <= killed_at < STEPS, f"the run was not interrupted (last checkpoint {killed_at})"
     out = subprocess.run(
         _cmd(cache, base_dir, run, "--resume"), env=env, capture_output=True, text=True, timeout=300
