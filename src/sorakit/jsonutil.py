@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
+
+from sorakit.errors import UserError
 
 
 def finite(value: Any) -> Any:
@@ -26,3 +29,22 @@ def finite(value: Any) -> Any:
 def dumps(value: Any, **kwargs: Any) -> str:
     """``json.dumps`` with non-finite floats written as null (valid JSON, RFC 8259)."""
     return json.dumps(finite(value), allow_nan=False, **kwargs)
+
+
+def read_versioned(path: Path, fmt: str, max_version: int, what: str, version_key: str = "version") -> dict:
+    """The JSON object in `path`, checked to be sorakit's format `fmt` at a version this sorakit reads:
+    invalid JSON, another format or a newer version is a UserError naming the file (`what` names the format,
+    e.g. "latent cache")."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise UserError(f"{path}: not a sorakit {what} (format={found!r})")
+    if int(data.get(version_key, 0)) > max_version:
+        raise UserError(
+            f"{path}: {what} version {data[version_key]} is newer than this sorakit reads ({max_version}): "
+            "upgrade sorakit"
+        )
+    return data

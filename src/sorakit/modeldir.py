@@ -57,6 +57,7 @@ from sorakit import __version__
 from sorakit.config import Config, apply_dict
 from sorakit.errors import UserError
 from sorakit.fileutil import follow_umask, new_dir_mode, write_text_atomic
+from sorakit.jsonutil import read_versioned
 from sorakit.manifest import verify_folder, write_manifest
 from sorakit.models import save_pretrained
 
@@ -180,16 +181,7 @@ def read_model_dir(path: str | os.PathLike, deep: bool = False) -> tuple[Path, C
     verdict = verify_folder(root, deep)  # without a manifest (older exports): accepted unverified
     if not verdict.ok:
         raise UserError(f"model directory {root} is damaged: {verdict.reason}")
-    try:
-        spec = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{file}: invalid JSON: {exc}") from exc
-    if spec.get("format") != FORMAT_NAME:
-        raise UserError(f"{file}: not a sorakit pipeline file (format={spec.get('format')!r})")
-    if int(spec.get("format_version", 0)) > FORMAT_VERSION:
-        raise UserError(
-            f"{file}: format version {spec['format_version']} is newer than this sorakit: upgrade it"
-        )
+    spec = read_versioned(file, FORMAT_NAME, FORMAT_VERSION, "pipeline file", version_key="format_version")
     cfg = Config()
     apply_dict(cfg, spec.get("config", {}), source=str(file))
     for section in (cfg.vae, cfg.text_encoder):

@@ -39,6 +39,7 @@ from safetensors.torch import load_file
 from sorakit.data.dataset import sample_rng
 from sorakit.errors import ConfigError, UserError
 from sorakit.fileutil import atomic_path, save_safetensors, write_text_atomic
+from sorakit.jsonutil import read_versioned
 from sorakit.logging import get_logger
 from sorakit.manifest import check_entry, file_entry
 from sorakit.tools.executor import pool_for, run_shards
@@ -99,16 +100,7 @@ def read_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
         raise UserError(
             f"{cache_dir} is not a latent cache (no {META}; write one with `sorakit data encode`)"
         )
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON: {exc}") from None
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{path}: not a sorakit latent cache (format={meta.get('format')!r})")
-    if int(meta.get("version", 0)) > VERSION:
-        raise UserError(
-            f"{path}: cache version {meta.get('version')} is newer than this sorakit reads ({VERSION})"
-        )
+    meta = read_versioned(path, FORMAT, VERSION, "latent cache")
     if not meta.get("num_samples"):
         raise UserError(f"{cache_dir}: the cache holds no samples")
     return meta
