@@ -262,6 +262,10 @@ class TrainConfig:
         None,
         bounds=Bounds(gt=0),
     )
+    compile: bool = _doc(
+        "torch.compile the transformer (in place, before DDP / per block before FSDP2; the first steps compile)",
+        False,
+    )
     mask_ratios: dict[str, float] = _doc(
         "reference-frame training (STDiT): pattern -> probability, identity takes the rest (docs/masks.md)",
         factory=dict,

@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--ckpt-every", type=int, help="checkpoint every N steps (train.ckpt_every)")
     parser.add_argument("--batch-size", type=int, help="samples per process per step (train.batch_size)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the transformer (train.compile; the first steps compile: slow)")  # fmt: skip
     parser.add_argument("--threads", type=int,
                         help="CPU threads for torch per process (default: torch's choice, one per core; use fewer "
                              "when other programs keep the cores busy, or each step waits on descheduled threads)")  # fmt: skip
@@ -110,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
+    if args.compile:
+        overrides.append("train.compile=true")
     cfg = load_config(args.config, overrides)
     _fit_cooldown(cfg, args)
     from sorakit.cli._components import apply_component_args

@@ -56,7 +56,7 @@ from sorakit.logging import get_logger
 from sorakit.masks import MaskGenerator, normalise_ratios
 from sorakit.models import build_from_config, load_checkpoint, model_spec
 from sorakit.parallel.mesh import ParallelState, all_reduce_mean, all_reduce_sum, init_distributed, shutdown
-from sorakit.parallel.parallelize import parallelize
+from sorakit.parallel.parallelize import compile_backend, parallelize
 from sorakit.runtime import autocast_dtype
 from sorakit.training import checkpoint as ckpt
 from sorakit.training import lora
@@ -428,7 +428,7 @@ def build_train_state(cfg: Config, model: nn.Module, state: ParallelState, lates
                       run_dir: Path) -> TrainState:  # fmt: skip
     """Parallelise, optimiser, lr schedule, EMA and random streams, then resume from `latest` if given."""
     tcfg = cfg.train
-    train_model = parallelize(model, state, cfg.parallel.strategy, cfg.model.grad_checkpoint)
+    train_model = parallelize(model, state, cfg.parallel.strategy, cfg.model.grad_checkpoint, tcfg.compile)
     optimizer = build_optimizer(
         model, tcfg.lr, tcfg.weight_decay
     )  # after parallelize: FSDP2 swaps parameters
@@ -704,6 +704,8 @@ def _validate(cfg: Config, state: ParallelState) -> None:
     ):
         raise ConfigError("train.mixed_precision='fp16' needs a GPU and strategy ddp/none; use bf16")
     lora.validate(cfg)
+    if t.compile:
+        compile_backend(state.device)  # an unknown backend or no C++ compiler: one line, before any work
     if t.mask_ratios:
         normalise_ratios(t.mask_ratios)
 
