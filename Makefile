@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JOBS ?= auto
 
-.PHONY: venv test lint demo bench train-builtin lora-demo clean
+.PHONY: venv test lint demo bench gpu-check train-builtin lora-demo clean
 
 venv: $(STAMP)
 
@@ -31,7 +31,12 @@ demo: venv
 	$(VENV)/bin/sorakit generate "a red circle moving to the right" --output outputs/demo.mp4
 
 bench: venv
-	@set -e; for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f; done
+	@set -e; for f in $(filter-out benchmarks/gpu_check.py,$(wildcard benchmarks/*.py)); do echo "== $$f"; $(PY) $$f; done
+
+# One CUDA GPU: the CUDA-only tests and the Open-Sora-size benchmarks, < 8 min, report in outputs/gpu-check.md.
+# Without a GPU it says so and exits 2 (`$(PY) benchmarks/gpu_check.py --dry-run`: the same on the CPU, tiny).
+gpu-check: venv
+	$(PY) benchmarks/gpu_check.py --output outputs/gpu-check.md
 
 train-builtin: venv
 	$(PY) -m sorakit.builtin.recipe --workdir runs/builtin
