@@ -170,6 +170,8 @@ COVERAGE: dict[str, Run | Fetch | Serve] = {
     "--output edit.mp4": Run("references", GEN, _is_video("edit.mp4", 16)),
     'sorakit generate "a red circle moving to the right" --guidance-interval 0,700 --output interval.mp4':
         Run("generate", GEN, _is_video("interval.mp4", 16)),
+    'sorakit generate "a red circle moving to the right" --cache teacache --output cached.mp4':
+        Run("generate", GEN, _is_video("cached.mp4", 16)),
     'sorakit generate "a red circle moving to the right" --vae-batch 1 --offload --output light.mp4':
         Run("generate", GEN, _is_video("light.mp4", 16)),
     "sorakit serve --port 8000 --workers 1 --data-dir serve-data": Serve("serve"),

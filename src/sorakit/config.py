@@ -161,6 +161,11 @@ class SamplerConfig:
         None,
         bounds=Bounds(ge=0, length=2),
     )
+    cache: str | None = _doc(
+        "step caching (STDiT): 'teacache' or 'teacache:THRESHOLD' reuses the block stack's last residual on"
+        " steps whose input changed little (sorakit.diffusion.step_cache); None = compute every step",
+        None,
+    )
     num_timesteps: int = _doc("training diffusion steps", 1000, bounds=STEPS)
     shift: float = _doc(
         "rectified flow only: time shift s (t -> s t / (1 + (s - 1) t)) of training times and sampling steps;"

@@ -82,14 +82,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     run_.add_argument("--force", action="store_true", help="start even when the memory estimate exceeds what is free (or SORAKIT_FORCE_MEMORY=1)")  # fmt: skip
     run_.add_argument("--vae-batch", metavar="N", type=int, help="frames decoded at once (less memory; default all)")  # fmt: skip
     run_.add_argument("--offload", action="store_true", help="keep only the module in use on the accelerator")
+    run_.add_argument("--cache", metavar="teacache[:T]", help="step caching (STDiT): skip the transformer's blocks on steps whose input changed less than T (accumulated relative L1, default 0.2; 0 = exact); none = off")  # fmt: skip
     run_.add_argument("--compile", action="store_true", help="torch.compile the transformer (slow first call)")  # fmt: skip
     run_.add_argument("--sequence-parallel", action="store_true",
                       help="under torchrun: split each video's frames over the processes (STDiT models only)")  # fmt: skip
     p.set_defaults(func=run)
 
 
-# The plan: every output, seed and setting decided before any weights are loaded. FLAG_NAMES: how the
-# pipeline's validation names its inputs in this command's messages.
+# The plan: every output, seed and setting fixed before weights load. FLAG_NAMES: the inputs as errors name them
 FLAG_NAMES = {k: "--" + k.replace("_", "-") for k in ("num_frames", "steps", "guidance", "fps", "batch_size",
               "threads", "seed", "seconds", "resolution", "resolution_name", "aspect_ratio")}  # fmt: skip
 
@@ -176,7 +176,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         return _replay_plan(args)
     parity.get_profile(args.parity)  # a bad name fails before anything is read
     items = _read_prompts(args)
-    overrides = flag_overrides(args.overrides, args.parity, args.guidance_interval, args.vae_batch, args.offload, args.compile)  # fmt: skip
+    overrides = flag_overrides(args.overrides, args.parity, args.guidance_interval, args.vae_batch, args.offload, args.compile, args.cache)  # fmt: skip
     source = ModelSource.choose(args.model, args.preset, args.ckpt, args.text_encoder, args.vae, overrides, args.lora)  # fmt: skip
     cfg = source.config()
     if args.prompt_file and (profile := parity.get_profile(cfg.inference.parity)) is not None:

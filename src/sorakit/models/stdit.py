@@ -19,6 +19,7 @@ computation is exactly Open-Sora 1.0's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -89,6 +90,31 @@ class STDiTBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.attn_temp = Attention(hidden_size, num_heads, qkv_bias=True)
 
+    def modulation(
+        self, t0: torch.Tensor, x_mask: torch.Tensor | None = None, t0_zero: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """The six adaLN tensors (shift/scale/gate of attention, then of the MLP) for t0 `[B, 6D]`: each
+        `[B, 1, D]`, or `[B, T', 1, D]` per frame with x_mask `[B, T']` (condition frames use t0_zero)."""
+        B = t0.shape[0]
+        mods = (self.scale_shift_table[None] + t0.reshape(B, 6, -1)).chunk(6, dim=1)
+        if x_mask is not None:
+            zero = (self.scale_shift_table[None] + t0_zero.reshape(B, 6, -1)).chunk(6, dim=1)
+            mods = tuple(per_frame(m, z, x_mask) for m, z in zip(mods, zero))
+        return mods
+
+    def modulated_input(
+        self,
+        x: torch.Tensor,
+        t0: torch.Tensor,
+        num_frames: int,
+        x_mask: torch.Tensor | None = None,
+        t0_zero: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """What the spatial attention of this block sees, `[B, N, D]`: LayerNorm(x) shifted and scaled by the
+        timestep's modulation (step caching measures how much it changes between steps)."""
+        shift_msa, scale_msa = self.modulation(t0, x_mask, t0_zero)[:2]
+        return _modulate(layer_norm(x), shift_msa, scale_msa, num_frames)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -103,12 +129,8 @@ class STDiTBlock(nn.Module):
         """x `[B, N, D]`, y `[B, L, D]` caption tokens, t0 `[B, 6D]`, y_mask `[B, L]` bool or None,
         tpe `[1, T', D]` or None, num_frames = T', x_mask `[B, T']` bool (True = generate) or None,
         t0_zero `[B, 6D]` (the t_block output at timestep 0; needed with x_mask). Returns `[B, N, D]`."""
-        B, N, D = x.shape
-        mods = (self.scale_shift_table[None] + t0.reshape(B, 6, -1)).chunk(6, dim=1)
-        if x_mask is not None:
-            zero = (self.scale_shift_table[None] + t0_zero.reshape(B, 6, -1)).chunk(6, dim=1)
-            mods = tuple(per_frame(m, z, x_mask) for m, z in zip(mods, zero))
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
+        B = x.shape[0]
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(t0, x_mask, t0_zero)
         nt = num_frames
 
         # spatial: attention inside each frame
@@ -267,11 +289,13 @@ class STDiT(DiffusionTransformer):
         mask: torch.Tensor | None = None,
         force_drop_ids: torch.Tensor | None = None,
         x_mask: torch.Tensor | None = None,
+        step_cache: Callable[..., torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """x `[B, C, T, H, W]`, timestep `[B]`, y `[B, 1, L, Cy]`, mask `[n, L]` 0/1 (n divides B) or None,
         force_drop_ids `[B]` (1 = replace the caption by the null caption), x_mask `[B, T]` bool over latent
         frames (True = generate, False = condition frame: modulated as timestep 0) or None (all generated,
-        Open-Sora 1.0). Returns `[B, C_out, T, H, W]`."""
+        Open-Sora 1.0). `step_cache(x, signal, run_blocks)` (a `sorakit.diffusion.step_cache.StepCache`), when
+        given, decides whether the block stack runs at this sampling step. Returns `[B, C_out, T, H, W]`."""
         B = x.shape[0]
         grid = self.patch_grid(x)
         nt, nh, nw = grid
@@ -292,9 +316,17 @@ class STDiT(DiffusionTransformer):
             t_zero = self.t_embedder(torch.zeros_like(timestep), dtype=x.dtype)  # [B, D]
             t0_zero = self.t_block(t_zero)
 
-        for i, block in enumerate(self.blocks):
-            extra = () if frame_mask is None else (frame_mask, t0_zero)
-            x = self._run_block(block, x, y, t0, y_mask, tpe if i == 0 else None, nt, *extra)
+        extra = () if frame_mask is None else (frame_mask, t0_zero)
+
+        def run_blocks(h: torch.Tensor) -> torch.Tensor:
+            for i, block in enumerate(self.blocks):
+                h = self._run_block(block, h, y, t0, y_mask, tpe if i == 0 else None, nt, *extra)
+            return h
+
+        if step_cache is None:
+            x = run_blocks(x)
+        else:  # the cache runs the blocks, or reuses their last residual (sorakit.diffusion.step_cache)
+            x = step_cache(x, self.blocks[0].modulated_input(x, t0, nt, *extra), run_blocks)
 
         x = self.final_layer(x, t, frame_mask, t_zero)  # [B, N, prod(patch) * C_out]
         return self.unpatchify(x, grid)

@@ -32,6 +32,7 @@ from sorakit.config import Config, apply_overrides
 from sorakit.diffusion import build_sampler, guidance_model_fn, sampler_name
 from sorakit.diffusion.common import randn
 from sorakit.diffusion.rflow import rflow_options, velocity_as_eps
+from sorakit.diffusion.step_cache import CacheSpec, StepCache
 from sorakit.encoders.text import ClassLabelEncoder, build_text_encoder, peek_output_dim
 from sorakit.encoders.vae import VideoVAE, build_vae
 from sorakit.errors import UserError
@@ -42,7 +43,7 @@ from sorakit.masks import split_loop_prompt
 from sorakit.modeldir import builtin_model_dir, read_model_dir, save_model_dir
 from sorakit.models import build_from_config, from_pretrained, load_checkpoint, prediction_type_of_objective
 from sorakit.pipelines.reference import ConditionBuilder, join_segments, load_references, plan_references
-from sorakit.pipelines.validate import ModelSource, check_guidance_interval, validate
+from sorakit.pipelines.validate import ModelSource, check_cache, check_guidance_interval, validate
 from sorakit.runtime import resolve_device, resolve_dtype
 
 log = get_logger(__name__)
@@ -143,6 +144,7 @@ class TextToVideoPipeline:
         self.offload = self.config.inference.offload if offload is None else bool(offload)
         self.compile = self.config.inference.compile if compile is None else bool(compile)
         self._compiled: Any = None  # torch.compile(self.transformer), made at the first sampling call
+        self.last_step_caches: list[StepCache] = []  # the step caches of the last call, one per sampling run
         home = "cpu" if self.offload else self.device  # where the transformer and VAE wait between uses
         self.transformer = transformer.to(home, self.dtype).eval().requires_grad_(False)
         self.vae = vae.to(home, self.dtype)
@@ -463,15 +465,15 @@ class TextToVideoPipeline:
         solver: Any,
         generator: torch.Generator | None,
         scale: float,
-        how: tuple[str, str, Any, Any, Any],
+        how: tuple[str, str, Any, Any, Any, CacheSpec | None],
         condition: Any,
         progress: bool,
     ) -> torch.Tensor:
         """Latents `shape` `[B, C, T, h, w]` for `prompts`: captions, starting noise, the sampler's steps.
         `how` = (sampler name, the model's prediction type, parity profile or None, step callback or None,
-        guidance interval or None)."""
+        guidance interval or None, step cache setting or None)."""
         cfg = self.config
-        sampler, prediction, profile, report, interval = how
+        sampler, prediction, profile, report, interval, cache = how
         # 1. prompts -> caption embeddings (and the null caption for guidance)
         y, mask, y_null = self.encode_prompt(prompts)
 
@@ -480,8 +482,20 @@ class TextToVideoPipeline:
 
         # 3. denoise: guided model function, then the sampler's steps (reference frames held by the sampler)
         channels = cfg.sampler.guidance_channels if profile is None else profile.guided_channels.get(sampler)
+        # step caching: a fresh cache for every sampling run, one model call per sampler step
+        step_cache = (
+            {} if cache is None else {"step_cache": StepCache(cache.threshold, total_calls=solver.num_steps)}
+        )
+        self.last_step_caches += list(step_cache.values())
         model_fn = guidance_model_fn(
-            self._denoiser, y, y_null, scale, mask=mask, guided_channels=channels, interval=interval
+            self._denoiser,
+            y,
+            y_null,
+            scale,
+            mask=mask,
+            guided_channels=channels,
+            interval=interval,
+            **step_cache,
         )
         if prediction == "flow" and sampler != "rflow":
             model_fn = velocity_as_eps(
@@ -490,9 +504,12 @@ class TextToVideoPipeline:
         noise_kw = parity.sampler_kwargs(sampler, z) if profile is not None else {}
         model_fn = model_fn if report is None else _report_calls(model_fn, solver.num_steps, report)
         with self.on_device(self.transformer):
-            return solver.sample(
+            latents = solver.sample(
                 model_fn, z, generator=generator, progress=progress, condition=condition, **noise_kw
             )
+        for c in step_cache.values():
+            log.info("step cache %s: the blocks ran at %d of %d steps", cache, c.computed, c.calls)
+        return latents
 
     def _build_sampler(self, sampler: str, steps: int, prediction: str, shape: tuple[int, int, int]) -> Any:
         """The sampler `sampler` with `steps` steps for a model predicting `prediction` (rflow: flow only);
@@ -526,6 +543,7 @@ class TextToVideoPipeline:
         loop: int = 1,
         guidance_interval: tuple[float, float] | None = None,
         vae_batch: int | None = None,
+        cache: str | CacheSpec | None = None,
     ) -> Any:
         """Generate one video per prompt.
 
@@ -549,6 +567,8 @@ class TextToVideoPipeline:
             guidance_interval: ``(lo, hi)`` model timesteps (0..num_timesteps) where guidance applies; the other
                 steps run the conditional rows only. Default ``sampler.guidance_interval`` (None: every step).
             vae_batch: frames decoded at once (less memory, same frames); default ``vae.micro_batch_size``.
+            cache: step caching ``"teacache[:THRESHOLD]"`` or ``"none"`` (STDiT; :mod:`sorakit.diffusion.step_cache`);
+                default ``sampler.cache``. ``last_step_caches`` then holds each sampling run's cache.
         """
         cfg = self.config
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -557,7 +577,7 @@ class TextToVideoPipeline:
         width = cfg.inference.image_size[1] if width is None else int(width)
         steps = cfg.sampler.num_sampling_steps if num_inference_steps is None else int(num_inference_steps)
         scale = cfg.sampler.guidance_scale if guidance_scale is None else float(guidance_scale)
-        interval = self._check_speed_options(guidance_interval, vae_batch)
+        interval, cache = self._check_speed_options(guidance_interval, vae_batch, cache)
         sampler = sampler_name(sampler or cfg.sampler.type)
         profile = parity.get_profile(cfg.inference.parity)  # None: sorakit's own defaults
         latent_size = self.check_inputs(
@@ -567,34 +587,42 @@ class TextToVideoPipeline:
 
         prediction = getattr(self.transformer, "prediction_type", "epsilon")
         solver = self._build_sampler(sampler, steps, prediction, (num_frames, height, width))
-        refs = self.prepare_references(
-            reference, mask_strategy, num_frames, height, width, condition_frames, loop
-        )
+        refs = self.prepare_references(reference, mask_strategy, num_frames, height, width, condition_frames, loop)  # fmt: skip
         shape = (len(prompts), self.vae.latent_channels, *latent_size)
         texts = [split_loop_prompt(p, loop) for p in prompts]  # [prompt][segment]
-        segments = []
+        segments, self.last_step_caches = [], []
         for seg in range(loop):  # one segment unless looping: each later one starts with the last one's end
             condition = refs.condition(seg, shape, self.device) if refs is not None else None
             report = None if callback is None else _segment_callback(callback, seg, steps, loop)
             segments.append(self._denoise([t[seg] for t in texts], shape, solver, generator, scale,
-                                          (sampler, prediction, profile, report, interval), condition, progress))  # fmt: skip
+                                          (sampler, prediction, profile, report, interval, cache), condition, progress))  # fmt: skip
             if seg + 1 < loop:
                 refs.add_segment(segments[-1], seg + 1)
         latents = join_segments(segments, condition_frames)
         if output_type == "latent":
             return latents
-
         frames = self.decode_latents(latents, vae_batch, profile)
         return frames if output_type == "pt" else frames.numpy()
 
     def _check_speed_options(
-        self, guidance_interval: tuple[float, float] | None, vae_batch: int | None
-    ) -> tuple[float, float] | None:
-        """The guidance interval of a call (default ``sampler.guidance_interval``), both checked."""
+        self,
+        guidance_interval: tuple[float, float] | None,
+        vae_batch: int | None,
+        cache: str | CacheSpec | None,
+    ) -> tuple[tuple[float, float] | None, CacheSpec | None]:
+        """The guidance interval (default ``sampler.guidance_interval``) and step cache setting (default
+        ``sampler.cache``; only STDiT models have one) of a call, all checked."""
         if vae_batch is not None and int(vae_batch) < 1:
             raise UserError(f"the VAE batch must be positive, got {vae_batch}")
         interval = self.config.sampler.guidance_interval if guidance_interval is None else guidance_interval
-        return check_guidance_interval(interval)
+        spec = (
+            cache
+            if isinstance(cache, CacheSpec)
+            else check_cache(self.config.sampler.cache if cache is None else cache)
+        )
+        if spec is not None and "step_cache" not in inspect.signature(self.transformer.forward).parameters:
+            raise UserError(f"step caching needs an STDiT model, not {type(self.transformer).__name__}")
+        return check_guidance_interval(interval), spec
 
     @torch.no_grad()
     def decode_latents(

@@ -14,6 +14,7 @@ Messages name the inputs as the caller calls them (`names`, e.g. the CLI's "--st
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import re
@@ -35,6 +36,7 @@ from sorakit.config import (
 )
 from sorakit.data.buckets import parse_ratio, resolution_pixels, shape_for
 from sorakit.diffusion import build_sampler, sampler_name
+from sorakit.diffusion.step_cache import CacheSpec, parse_cache
 from sorakit.encoders.text import CLASS_DATASETS
 from sorakit.encoders.vae import peek_downsample_factor
 from sorakit.errors import ConfigError, UserError
@@ -76,6 +78,27 @@ def check_guidance_interval(value: Any, name: str = "guidance interval") -> tupl
     return lo, hi
 
 
+def check_cache(value: Any, name: str = "the step cache") -> CacheSpec | None:
+    """A step cache setting (``teacache[:THRESHOLD]``, ``none``) -> CacheSpec or None; anything else is one
+    UserError naming `name`."""
+    try:
+        return parse_cache(value)
+    except ValueError as exc:
+        raise UserError(f"{name} {exc}") from exc
+
+
+def _check_cache_model(cfg: Config) -> None:
+    """``sampler.cache`` checked, and refused for a model without a block stack to cache (not STDiT)."""
+    cache = check_cache(cfg.sampler.cache, "sampler.cache")
+    model_cls = MODELS[cfg.model.type][0] if cfg.model.type in MODELS else None
+    if (
+        cache is not None
+        and model_cls is not None
+        and "step_cache" not in inspect.signature(model_cls.forward).parameters
+    ):
+        raise UserError(f"step caching (--cache) needs an STDiT model, not {cfg.model.type}")
+
+
 def flag_overrides(
     overrides: list[str],
     parity_name: str | None = None,
@@ -83,6 +106,7 @@ def flag_overrides(
     vae_batch: int | None = None,
     offload: bool = False,
     compile: bool = False,
+    cache: str | None = None,
 ) -> list[str]:
     """`sorakit generate`'s setting flags as config overrides after the user's own (`--set`), so that
     the sidecar's model source records them and `--replay` repeats them; each value is checked here."""
@@ -92,6 +116,9 @@ def flag_overrides(
         out.append(f"sampler.guidance_interval=[{interval[0]!r}, {interval[1]!r}]")
     if vae_batch is not None:
         out.append(f"vae.micro_batch_size={check_field('vae', 'micro_batch_size', vae_batch, '--vae-batch')}")
+    if cache is not None:
+        spec = check_cache(cache, "--cache")
+        out.append(f"sampler.cache={spec or 'none'}")  # none: off, over the model's default
     return out + ["inference.offload=true"] * bool(offload) + ["inference.compile=true"] * bool(compile)
 
 
@@ -420,6 +447,7 @@ def validate(
     )  # the sampler's own checks (e.g. DPM order)
     guidance = check_field("sampler", "guidance_scale", _pick(guidance, sch.guidance_scale), name["guidance"])
     check_guidance_interval(sch.guidance_interval, "sampler.guidance_interval")
+    _check_cache_model(cfg)
     batch_size = check_field("inference", "batch_size", _pick(batch_size, inf.batch_size), name["batch_size"])
     seed = check_field("inference", "seed", _pick(seed, inf.seed), name["seed"])
     _positive(threads, name["threads"])
