@@ -36,7 +36,7 @@ bench: venv
 # One CUDA GPU: the CUDA-only tests and the Open-Sora-size benchmarks, < 8 min, report in outputs/gpu-check.md.
 # Without a GPU it says so and exits 2 (`$(PY) benchmarks/gpu_check.py --dry-run`: the same on the CPU, tiny).
 gpu-check: venv
-	$(PY) benchmarks/gpu_check.py --output outputs/gpu-check.md
+	@$(PY) benchmarks/gpu_check.py --output outputs/gpu-check.md
 
 train-builtin: venv
 	$(PY) -m sorakit.builtin.recipe --workdir runs/builtin
