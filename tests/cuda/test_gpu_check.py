@@ -4,6 +4,7 @@ and writes the one report; without a GPU the plain command says so in one line a
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,6 +14,10 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
+# loaded by path: benchmarks/ on sys.path would shadow names such as `data` or `models` for other tests
+_spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+gpu_check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_check)
 
 
 def _run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -46,3 +51,20 @@ def test_dry_run_runs_every_stage_and_writes_the_report(tmp_path):
     assert "| tiny | iddpm | 2 | 2 |" in text and "| tiny | dpm-solver | 2 | 2 |" in text  # generate.py rows
     assert "| Open-Sora 1.0, H800 (published) | 7.0 |" in text  # train.py --only-xl
     assert "| fp32 |" in text and "compiled / eager" in text  # train.py --compile
+
+
+def test_a_stage_past_its_limit_is_reported_and_the_budget_caps_the_run(tmp_path):
+    status, _, secs = gpu_check.run_stage([sys.executable, "-c", "import time; time.sleep(60)"], 1.0, {})
+    assert status == "timed out after 1 s" and secs < 30
+    status, out, _ = gpu_check.run_stage(
+        [sys.executable, "-c", "import sys; print('x'); sys.exit(3)"], 60.0, {}
+    )
+    assert status == "failed (rc 3)" and out.startswith("x")
+    report = tmp_path / "r.md"
+    assert (
+        gpu_check.main(["--dry-run", "--budget-s", "5", "--output", str(report)]) == 1
+    )  # nothing fits in 5 s
+    text = report.read_text()
+    for stage in ("tests", "generate", "train", "compile"):
+        assert f"| {stage} | not run: the 5 s budget is spent |" in text
+    assert "| all | FAILED |" in text
