@@ -38,8 +38,10 @@ bench: venv
 gpu-check: venv
 	@$(PY) benchmarks/gpu_check.py --output outputs/gpu-check.md
 
+# the built-in model v3 (buckets + reference masks, from v2's weights; ~2 h on 2 cores, resumable); the shipped
+# v2's recipe: python -m sorakit.builtin.recipe --version 2 --workdir runs/builtin
 train-builtin: venv
-	$(PY) -m sorakit.builtin.recipe --workdir runs/builtin
+	$(PY) -m sorakit.builtin.recipe --version 3 --workdir runs/builtin-v3
 
 # LoRA: teach the built-in model orange and diamond (docs/training.md#lora-fine-tuning); resumable, offline
 lora-demo: venv

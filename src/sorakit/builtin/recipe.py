@@ -20,6 +20,25 @@ Stages (each skipped when its output exists, so an interrupted run resumes where
 Stage wall times go to ``WORKDIR/times.json``. The preset's values can be overridden with ``--set
 section.key=value`` (e.g. ``--set train.max_steps=2000 --set train.decay_steps=500``); they are passed on to
 ``sorakit train``.
+
+``--version 3`` (``make train-builtin``; ``--version 2``, the default of this module, reproduces the shipped v2
+recipe above) builds v3: one model for text-to-video, image-to-video, extension and loops at several sizes.
+Its stages have the same names:
+
+1. ``data``   -- ``sorakit data synth`` of 64x64 (half), 64x96 and 96x64 frames, 8, 16 (half) or 32 frames,
+   the object at a constant speed (:data:`V3_SIZES`, :data:`V3_LENGTHS`), 6000 videos;
+2. ``vae``    -- no training: the shipped model directory (v2: its autoencoder and transformer) is copied to
+   ``WORKDIR/base``, so v3 keeps v2's latent space and starts from v2's weights;
+3. ``encode`` -- ``sorakit data encode`` with the preset's bucket table: each clip's latents at its bucket;
+4. ``train``  -- ``sorakit train builtin/stdit-v3 --init WORKDIR/base --resume``: buckets (one shape per
+   micro-batch, ~2048 tokens each) and ``train.mask_ratios`` (image-to-video and extension masks among them);
+5. ``export`` -- as v2;
+6. ``eval``   -- ``sorakit eval shapes`` for each task of the issue: text-to-video with shape fidelity,
+   ``--task i2v``, ``--task extend``, 64x96 / 96x64, 32 frames and ``--loop 3`` (``WORKDIR/eval.md``).
+
+v3's time plan (2-core CPU, measured step times: docs/benchmarks.md "Built-in model v3"): data ~3 min, base
+copy 0 s, encode ~10 min, 12000 training steps ~75-95 min, export + evaluation ~15 min: about 2 h of the 3 h
+budget.
 """
 
 from __future__ import annotations
@@ -27,6 +46,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -44,9 +64,12 @@ from sorakit.data.video import read_video
 from sorakit.encoders.text import MiniLMEncoder
 from sorakit.encoders.vae import VideoVAE, load_autoencoder
 from sorakit.errors import UserError
+from sorakit.eval.shape_tasks import TaskSpec, generate_task
 from sorakit.eval.shapes import PROMPT_SETS, build_prompts, format_table, generate_and_score, summarize
 from sorakit.fileutil import write_text_atomic
+from sorakit.jsonutil import dumps
 from sorakit.logging import get_logger
+from sorakit.modeldir import builtin_model_dir, is_model_dir
 from sorakit.pipelines import TextToVideoPipeline
 from sorakit.tools.synth import synthesize
 from sorakit.training.vae import VAETrainConfig, train_vae
@@ -54,8 +77,12 @@ from sorakit.training.vae import VAETrainConfig, train_vae
 logger = get_logger("sorakit.builtin.recipe")
 
 PRESET = "builtin/stdit"
+PRESET_V3 = "builtin/stdit-v3"
 DEFAULT_EXPORT = Path(__file__).resolve().parent / "model"
 STAGES = ("data", "vae", "encode", "train", "export", "eval")
+# v3's data: sizes (H, W) and lengths drawn uniformly from these lists, so 64x64 and 16 frames are half of it
+V3_SIZES = ((64, 64), (64, 64), (64, 96), (96, 64))
+V3_LENGTHS = (8, 16, 16, 32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -254,21 +281,140 @@ def _run_stages(args: argparse.Namespace, stages: list[str]) -> None:
         _record_time(work, stage, time.perf_counter() - t)
 
 
+# --------------------------------------------------------------------------------------------------
+# v3: buckets and reference-frame masks, fine-tuned from v2
+
+
+def stage_base_v3(work: Path, source: Path | None = None) -> Path:
+    """Copy the shipped model directory (v2) to ``WORK/base`` once: v3's autoencoder and initial weights, kept
+    apart from the package directory that the export stage overwrites."""
+    base = work / "base"
+    if is_model_dir(base):
+        return base
+    tmp = work / "base.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source or builtin_model_dir(), tmp)
+    tmp.rename(base)
+    return base
+
+
+def stage_encode_v3(work: Path, csv_path: Path, base: Path) -> Path:
+    """`sorakit data encode` with v3's bucket table: every clip's latents at its bucket's shape (resumable)."""
+    cache = work / "cache"
+    if is_cache_dir(cache):
+        return cache
+    _sorakit("data", "encode", str(csv_path), "--output", str(cache), "--config", PRESET_V3,
+             f"vae.path={base / 'vae'}", "--batch-size", "16", "--shard-size", "1000")  # fmt: skip
+    return cache
+
+
+def stage_train_v3(work: Path, cache: Path, base: Path, overrides: list[str]) -> Path:
+    """`sorakit train builtin/stdit-v3 --init WORK/base --resume`: v2's weights on a fresh run, the newest
+    checkpoint after an interruption."""
+    run = work / "stdit"
+    _sorakit("train", PRESET_V3, *overrides, f"vae.path={base / 'vae'}", "--data", str(cache),
+             "--output", str(run), "--init", str(base), "--resume")  # fmt: skip
+    return run
+
+
+def v3_eval_tasks() -> dict[str, TaskSpec]:
+    """The evaluations of the issue's target table, by name."""
+    return {
+        "t2v 16x64x64": TaskSpec("t2v"),
+        "i2v": TaskSpec("i2v"),
+        "extend": TaskSpec("extend"),
+        "t2v 16x64x96": TaskSpec("t2v", 16, 64, 96),
+        "t2v 16x96x64": TaskSpec("t2v", 16, 96, 64),
+        "t2v 32x64x64": TaskSpec("t2v", 32),
+        "loop 3": TaskSpec("t2v", loop=3),
+    }
+
+
+def stage_eval_v3(
+    work: Path, model_dir: Path, n: int, seed: int = 0, steps: int | None = None
+) -> dict[str, Any]:
+    """Every task of :func:`v3_eval_tasks` on `n` prompts per set (train / novel / heldout), sampling with
+    `steps` (default: the model's): ``eval.json`` ({task: summary}) and ``eval.md`` (a table per task)."""
+    pipe = TextToVideoPipeline.from_pretrained(model_dir, device="cpu")
+    t = time.perf_counter()
+    pipe("a red circle moving to the right", progress=False)
+    result: dict[str, Any] = {
+        "one_video_s": round(time.perf_counter() - t, 2),
+        "threads": torch.get_num_threads(),
+    }
+    prompts = build_prompts(("train", "novel", "heldout"), n, seed)
+    parts = []
+    for name, task in v3_eval_tasks().items():
+        summary = summarize(
+            generate_task(pipe, prompts, task, batch_size=8, seed=seed, num_inference_steps=steps)
+        )
+        result[name] = summary
+        parts.append(f"### {name}\n\n{format_table(summary)}\n")
+        logger.info("eval %s:\n%s", name, format_table(summary))
+    write_text_atomic(work / "eval.json", dumps(result, indent=2))
+    write_text_atomic(work / "eval.md", "\n".join(parts))
+    return result
+
+
+def _run_stages_v3(args: argparse.Namespace, stages: list[str]) -> None:
+    """v3's stages in order, each timed into ``times.json`` (the module doc)."""
+    cfg = load_config(PRESET_V3, args.set)
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(work / "config.toml", cfg.dump())
+    csv_path, base, cache, run = work / "data" / "train.csv", work / "base", work / "cache", work / "stdit"
+    out = Path(args.export)
+    for stage in stages:
+        t = time.perf_counter()
+        logger.info("recipe v3: stage %s", stage)
+        if stage == "data":
+            if not (csv_path.is_file() and sum(1 for _ in open(csv_path)) - 1 >= args.num_videos):
+                synthesize(work / "data", args.num_videos, seed=cfg.train.seed, workers=args.workers,
+                           size=list(V3_SIZES), frames=list(V3_LENGTHS))  # fmt: skip
+        elif stage == "vae":
+            base = stage_base_v3(work, Path(args.base) if args.base else None)
+        elif stage == "encode":
+            cache = stage_encode_v3(work, csv_path, base)
+        elif stage == "train":
+            run = stage_train_v3(work, cache, base, args.set)
+        elif stage == "export":
+            stage_export(run, out)
+        elif stage == "eval":
+            stage_eval_v3(work, out, args.eval_prompts, steps=args.eval_steps)
+        _record_time(work, stage, time.perf_counter() - t)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sorakit.builtin.recipe", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="runs/builtin", help="where data, caches and checkpoints go")
     p.add_argument(
         "--export", default=str(DEFAULT_EXPORT), help="model directory to write (default: the package's)"
     )
-    p.add_argument("--num-videos", type=int, default=4000, help="synthetic training videos (default 4000)")
+    p.add_argument("--version", type=int, choices=(2, 3), default=2,
+                   help="2: the shipped model's recipe (default); 3: buckets + reference masks from v2's weights")  # fmt: skip
+    p.add_argument(
+        "--num-videos", type=int, default=None, help="synthetic training videos (default 4000; v3 6000)"
+    )
+    p.add_argument(
+        "--base", default=None, help="v3: the model directory to start from (default: the shipped one)"
+    )
     p.add_argument("--vae-steps", type=int, default=1200, help="autoencoder training steps (default 1200)")
     p.add_argument("--eval-prompts", type=int, default=24, help="prompts per set in the final evaluation")
+    p.add_argument(
+        "--eval-steps",
+        type=int,
+        default=None,
+        help="v3: sampling steps of the evaluation (default: the model's)",
+    )
     p.add_argument("--stages", default=",".join(STAGES), help=f"stages to run (default {','.join(STAGES)})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the preset")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--workers", type=int, default=1, help="processes for data synthesis")
     args = p.parse_args(argv)
-    if (code := run_recipe(args, STAGES, lambda stages: _run_stages(args, stages))) != 0:
+    if args.num_videos is None:
+        args.num_videos = 6000 if args.version == 3 else 4000
+    run = _run_stages_v3 if args.version == 3 else _run_stages
+    if (code := run_recipe(args, STAGES, lambda stages: run(args, stages))) != 0:
         return code
     logger.info("recipe: done; stage times in %s", Path(args.workdir) / "times.json")
     return 0

@@ -1,0 +1,95 @@
+"""The v3 recipe (`make train-builtin`: `--version 3`) end to end at toy size: multi-size synth -> the shipped
+model copied as the base -> bucketed `data encode` -> `sorakit train builtin/stdit-v3 --init base` with
+reference-frame masks -> export -> every task's evaluation; then a rerun that resumes training. The shipped
+model directory is read, never written."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sorakit.builtin import recipe
+from sorakit.config import load_config
+from sorakit.modeldir import builtin_model_dir
+
+
+def _tree_hash(path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def v3_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("recipe-v3")
+    shipped = _tree_hash(builtin_model_dir())
+    argv = [
+        "--version", "3", "--workdir", str(work), "--export", str(work / "model"), "--num-videos", "10",
+        "--eval-prompts", "1", "--eval-steps", "1", "--threads", "1",
+        "--set", "train.max_steps=2", "--set", "train.decay_steps=1", "--set", "train.log_every=1",
+        "--set", "train.tensorboard=false",
+    ]  # fmt: skip
+    assert recipe.main(argv) == 0
+    assert _tree_hash(builtin_model_dir()) == shipped  # the shipped weights are untouched
+    return work, argv
+
+
+def test_v3_preset_has_buckets_and_masks():
+    cfg = load_config(recipe.PRESET_V3)
+    v2 = load_config(recipe.PRESET)
+    assert set(cfg.data.buckets) == {"64x64", "64x96", "96x64"}
+    assert {int(n) for table in cfg.data.buckets.values() for n in table} == {8, 16, 32}
+    assert {"image_head", "quarter_head"} <= set(cfg.train.mask_ratios)  # image-to-video and extension
+    assert cfg.model.arch == v2.model.arch  # v2's network: its weights are v3's start
+
+
+def test_v3_stages_run_end_to_end(v3_run):
+    work, _ = v3_run
+    assert sorted(json.loads((work / "times.json").read_text())) == sorted(recipe.STAGES)
+    rows = list(csv.DictReader(open(work / "data" / "train.csv")))
+    assert len(rows) == 10 and len({(r["num_frames"], r["height"], r["width"]) for r in rows}) >= 3
+    meta = json.loads((work / "cache" / "meta.json").read_text())
+    assert "buckets" in meta and sum(meta["buckets"].values()) == 10
+    log = (work / "stdit" / "train.log").read_text()
+    assert "initialised weights from" in log and str(work / "base") in log
+    assert "reference-frame masks" in log and "image_head 0.2" in log
+    result = json.loads((work / "eval.json").read_text())
+    assert set(recipe.v3_eval_tasks()) <= set(result)
+    assert "frame0" in result["i2v"]["overall"] and "seam" in result["extend"]["overall"]
+    assert "loop_direction" in result["loop 3"]["overall"]
+
+
+def test_v3_export_does_every_task(v3_run):
+    from sorakit.pipelines import TextToVideoPipeline
+
+    work, _ = v3_run
+    torch.set_num_threads(1)
+    pipe = TextToVideoPipeline.from_pretrained(work / "model", device="cpu")
+    first = np.zeros((64, 96, 3), np.uint8)
+    first[20:36, 10:26] = (255, 0, 0)
+    kw = dict(num_inference_steps=1, seed=0, progress=False)
+    assert pipe("a red square moving right", height=64, width=96, reference=first, **kw).shape == (
+        1,
+        16,
+        64,
+        96,
+        3,
+    )
+    assert pipe("a red square moving right", num_frames=8, **kw).shape == (1, 8, 64, 64, 3)
+    assert pipe("a red square moving right", loop=3, **kw).shape == (1, 40, 64, 64, 3)
+
+
+def test_v3_rerun_resumes_training(v3_run):
+    work, argv = v3_run
+    argv = [a if a != "train.max_steps=2" else "train.max_steps=3" for a in argv]
+    assert recipe.main([*argv, "--stages", "data,vae,encode,train"]) == 0
+    assert (work / "stdit" / "checkpoints" / "step-00000003").is_dir()
+    log = (work / "stdit" / "train.log").read_text()
+    assert "resumed from" in log and "step-00000002" in log
