@@ -569,11 +569,11 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         hints = _section_hints(section)
         if key not in hints:
             raise ConfigError(f"override '{item}': unknown key '{section}.{key}'{_closest(key, list(hints))}")
-        value = (
-            raw.strip()
-            if _wants_string(hints[key]) and raw.strip().lower() not in ("none", "null")
-            else _parse_scalar(raw)
-        )
+        text = raw.strip()
+        # a choice among names is a name even when it reads like a literal (parallel.strategy=none)
+        literal = typing.get_origin(hints[key]) is Literal and text in typing.get_args(hints[key])
+        wants_text = _wants_string(hints[key]) and text.lower() not in ("none", "null")
+        value = text if literal or wants_text else _parse_scalar(raw)
         if rest:
             if typing.get_origin(hints[key]) is not dict:
                 raise ConfigError(f"override '{item}': '{section}.{key}' has no sub-keys")

@@ -235,6 +235,13 @@ def test_string_fields_take_override_text_verbatim():
     assert cfg.text_encoder.path == "5" and cfg.vae.path is None and cfg.model.type == "STDiT-XL/2"
 
 
+def test_a_choice_named_none_is_the_name_not_null():
+    """`parallel.strategy=none` picks the choice "none" (it was read as the null value and rejected)."""
+    assert load_config(None, ["parallel.strategy=none"]).parallel.strategy == "none"
+    with pytest.raises(ConfigError, match="parallel.strategy"):
+        load_config(None, ["parallel.strategy=zero9"])
+
+
 def test_model_folder_written_before_the_renames_reads_the_same(tmp_path):
     """A model folder exported with [scheduler] / cfg_scale reads as today's [sampler] / guidance_scale."""
     import json
