@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    settings = ["none"] + [f"teacache:{float(t):g}" for t in args.thresholds.split(",")]
+    settings = ["none"] + [f"teacache:{float(t):g}" for t in args.thresholds.split(",") if t.strip()]
     prompts = ev.build_prompts(["train", "novel", "heldout"], args.num_prompts, args.seed)
     pipe = TextToVideoPipeline.from_pretrained(None, device="cpu", dtype="fp32")
     load0, t0 = os.getloadavg(), time.perf_counter()
