@@ -38,7 +38,8 @@ bench: venv
 gpu-check: venv
 	@$(PY) benchmarks/gpu_check.py --output outputs/gpu-check.md
 
-# the built-in model v3 (buckets + reference masks, from v2's weights; ~2 h on 2 cores, resumable); the shipped
+# the built-in model v3 (buckets + reference masks, from v2's weights; ~1.4 h on 2 cores, resumable;
+# OMP_NUM_THREADS=1 when other jobs share the CPU); the shipped
 # v2's recipe: python -m sorakit.builtin.recipe --version 2 --workdir runs/builtin
 train-builtin: venv
 	$(PY) -m sorakit.builtin.recipe --version 3 --workdir runs/builtin-v3

@@ -36,9 +36,10 @@ Its stages have the same names:
 6. ``eval``   -- ``sorakit eval shapes`` for each task of the issue: text-to-video with shape fidelity,
    ``--task i2v``, ``--task extend``, 64x96 / 96x64, 32 frames and ``--loop 3`` (``WORKDIR/eval.md``).
 
-v3's time plan (2-core CPU, measured step times: docs/benchmarks.md "Built-in model v3"): data ~3 min, base
-copy 0 s, encode ~10 min, 12000 training steps ~75-95 min, export + evaluation ~15 min: about 2 h of the 3 h
-budget.
+v3's time plan (2-core CPU; step times measured per bucket by ``benchmarks/builtin_v3_steps.py``: a v3 step
+over the data mix costs 1.09 v2 steps, and v2's took 0.26 s): data ~3 min, base copy 0 s, encode ~10 min,
+12000 training steps ~57 min, export + every task's evaluation ~15 min: about 1.4 h of the 3 h budget
+(docs/benchmarks.md, "Built-in model v3"). On a CPU shared with other jobs, run it with ``OMP_NUM_THREADS=1``.
 """
 
 from __future__ import annotations
