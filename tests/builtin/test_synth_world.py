@@ -187,7 +187,7 @@ def test_default_clips_unchanged_by_the_size_options():
     assert np.array_equal(synth.render(spec), synth.render(spec, (64, 64), 16))
 
 
-def test_mixed_sizes_and_lengths_cli_rows_carry_each_clip_shape(tmp_path):
+def test_mixed_sizes_and_lengths_cli_rows_carry_each_clip_shape(tmp_path, capsys):
     out = tmp_path / "mixed"
     argv = [
         "data",
@@ -213,6 +213,10 @@ def test_mixed_sizes_and_lengths_cli_rows_carry_each_clip_shape(tmp_path):
         shapes.add(want)
         assert parse_prompt(r["text"]) == (r["color"], r["shape"], r["motion"])
     assert {s[0] for s in shapes} == {8, 16, 32} and {s[1:] for s in shapes} == {(64, 64), (64, 96), (96, 64)}
+    # the rows' sizes and lengths are what the bucket tools read: every clip lands in v3's table
+    capsys.readouterr()
+    assert main(["data", "csv", "buckets", str(out / "train.csv"), "--config", "builtin/stdit-v3"]) == 0
+    assert "kept 12 of 12 clips" in capsys.readouterr().out
     # a video of a mixed run is the video of that size and length alone
     i = 3
     size, frames = synth.video_shape(2, i, [(64, 64), (64, 96), (96, 64)], [8, 16, 32])
