@@ -153,12 +153,11 @@ class StepCache:
             or self.previous_signal.shape != signal.shape
         )
 
-    def __call__(
-        self, x: torch.Tensor, signal: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]
-    ) -> torch.Tensor:
-        """The block stack's output for input `x` ``[B, N, D]``: ``run(x)``, or ``x + residual`` when skipped.
-
-        `signal`: the first block's modulated input ``[B, N, D]`` (what the change is measured on)."""
+    # Under torch.compile the decision (a host-side float comparison) runs eagerly: one clean graph break
+    # instead of dynamo tracing into .item() and warning at every step; the blocks still compile.
+    @torch.compiler.disable
+    def _skip(self, x: torch.Tensor, signal: torch.Tensor) -> bool:
+        """Whether this call reuses the residual; updates the accumulator, the signal and the call count."""
         if self._forced(x, signal):
             skip, self.accumulated = False, 0.0
         else:
@@ -166,7 +165,15 @@ class StepCache:
             skip, self.accumulated = decide(self.accumulated, change, self.threshold)
         self.previous_signal = signal
         self.calls += 1
-        if skip:
+        return skip
+
+    def __call__(
+        self, x: torch.Tensor, signal: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """The block stack's output for input `x` ``[B, N, D]``: ``run(x)``, or ``x + residual`` when skipped.
+
+        `signal`: the first block's modulated input ``[B, N, D]`` (what the change is measured on)."""
+        if self._skip(x, signal):
             return x + self.residual.to(x.dtype)
         out = run(x)
         self.computed += 1
