@@ -8,12 +8,17 @@ cache; bad values are one line before any weights load."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from sorakit.cli.main import main
+from sorakit.data.video import read_video
 from sorakit.errors import UserError
 from sorakit.pipelines import TextToVideoPipeline
 
@@ -184,3 +189,20 @@ def test_cache_under_compile_matches_eager(builtin_pipe: TextToVideoPipeline, mo
     compiled = _sample(pipe, "rflow", **kw)
     assert pipe._compiled is not None and 2 < pipe.last_step_caches[0].computed == eager_computed < 6
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.distributed
+def test_cache_under_sequence_parallel_matches_single_process(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """2 processes (gloo) splitting the frames take the same skip decisions (the signal is computed on the
+    whole sequence before the split) and write what one process writes with the same cache."""
+    common = ["a red circle", "--model", str(tiny_model_dir), "--steps", "4", "--num-frames", "4", "--seed", "3",
+              "--no-progress", "--device", "cpu", "--dtype", "fp32", "--cache", "teacache:1e9"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "sorakit.cli.main", "generate", *common, "--output", str(tmp_path / "sp.mp4"), "--sequence-parallel"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the blocks ran at 2 of 4 steps" in proc.stderr, proc.stderr[-3000:]
+    assert main(["generate", *common, "--output", str(tmp_path / "one.mp4")]) == 0
+    a, b = read_video(tmp_path / "sp.mp4"), read_video(tmp_path / "one.mp4")
+    assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 2
