@@ -144,6 +144,13 @@ def test_generate_cache_flag_is_applied_and_recorded(tmp_path: Path, monkeypatch
     assert made[0].last_step_caches[0].calls == 4
     overrides = json.loads(out.with_suffix(".json").read_text())["model"]["overrides"]
     assert "sampler.cache=teacache:0.5" in overrides
+    again = tmp_path / "again.mp4"  # --replay repeats the cache: the same file
+    assert (
+        main(["generate", "--replay", str(out.with_suffix(".json")), "--output", str(again), "--no-progress"])
+        == 0
+    )
+    assert made[1].config.sampler.cache == "teacache:0.5" and made[1].last_step_caches[0].calls == 4
+    assert again.read_bytes() == out.read_bytes()
 
 
 @pytest.mark.parametrize(
