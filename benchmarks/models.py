@@ -8,19 +8,35 @@ backward (counted with saved-tensor hooks), a deterministic proxy.
 
 Default: a small config on CPU (< 1 min). `--full` runs the STDiT-XL/2 / DiT-XL/2 sizes (GPU, bf16).
 
+`--upstream DIR` instead compares sorakit's STDiT with Open-Sora 1.0's own (hpcaitech/Open-Sora at v1.0.0, read
+from a checkout or a git directory, imported with the stand-ins of `benchmarks/upstream_stub.py`): same config,
+same weights (checked: outputs and gradients match before timing), forward+backward of both interleaved in one
+run (ABBA rounds, medians), in float32 and bfloat16 autocast; it prints ratios sorakit / upstream. Memory there
+is the peak of bytes held by the CPU allocator during the step (torch.profiler's allocation events; on GPU the
+peak CUDA memory) and, as a second figure, the bytes saved for the backward.
+
     python benchmarks/models.py                      # CPU, small
     python benchmarks/models.py --full               # GPU: XL sizes, 32x32 latents (256px), 1..64 frames
+    python benchmarks/models.py --upstream ~/Open-Sora  # vs upstream v1.0: hidden 384, depth 4, 8 and 32 frames
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from sorakit.models import build_model, flops_per_sample
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from upstream_stub import HOW_TO_GET, UPSTREAM_REF, UpstreamMissing, load_upstream_stdit  # noqa: E402
 
 
 def saved_activation_bytes(fn) -> int:
@@ -34,6 +50,29 @@ def saved_activation_bytes(fn) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
     return total
+
+
+def peak_allocated_bytes(fn, device: torch.device) -> int:
+    """Peak bytes allocated during `fn()` above what was allocated before it. CUDA: the allocator's peak; CPU:
+    replayed from torch.profiler's allocation/free events (deterministic, unlike RSS)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated(device) - base
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+        key=lambda e: e.start_ns(),
+    )
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak
 
 
 def sync(device: torch.device) -> None:
@@ -127,6 +166,115 @@ def flops_table(args) -> None:
         )
 
 
+def upstream_pair(upstream_cls, frames: int, args, device: torch.device):
+    """sorakit's and upstream's STDiT with the same config and the same (random, non-zero) weights, and inputs."""
+    h, w = args.latent
+    kw = dict(
+        input_size=(frames, h, w),
+        depth=args.depth,
+        hidden_size=args.hidden,
+        num_heads=args.heads,
+        caption_channels=args.caption_channels,
+        model_max_length=args.text_len,
+        class_dropout_prob=0.0,
+    )  # caption dropout is data randomness (and .cuda() upstream): off in both
+    torch.manual_seed(0)
+    ours = build_model("STDiT-XL/2", **kw).to(device)
+    with torch.no_grad():  # the upstream init zeroes output layers; random weights make every path do work
+        for p in ours.parameters():
+            p.copy_(torch.randn_like(p) * 0.02)
+    theirs = upstream_cls(**kw).to(device)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    B, L = args.batch, args.text_len
+    x = torch.randn(B, 4, frames, h, w, device=device)
+    t = torch.randint(0, 1000, (B,), device=device)
+    y = torch.randn(B, 1, L, args.caption_channels, device=device)
+    mask = torch.zeros(B, L, dtype=torch.long, device=device)
+    for b in range(B):  # realistic padding: L/2, L/4, ... valid caption tokens
+        mask[b, : max(1, L * (B - b) // (2 * B))] = 1
+    return ours, theirs, (x, t, y, mask)  # fmt: skip
+
+
+def train_step(model, inputs, dtype: torch.dtype, device: torch.device):
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def step():
+        with autocast:
+            out = model(*inputs)
+        out.float().square().mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    return step
+
+
+def max_rel_diff(ours, theirs, inputs, dtype: torch.dtype, device: torch.device) -> tuple[float, float]:
+    """Max |difference| / max |upstream| of the output and of every parameter gradient, one training step."""
+    res = []
+    for model in (ours, theirs):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            out = model(*inputs)
+        out.float().square().mean().backward()
+        res.append((out.detach().float(), {n: p.grad.float() for n, p in model.named_parameters()}))
+        model.zero_grad(set_to_none=True)
+    (o1, g1), (o2, g2) = res
+    out_rel = ((o1 - o2).abs().max() / o2.abs().max()).item()
+    grad_rel = max(((g1[n] - g2[n]).abs().max() / g2[n].abs().max().clamp_min(1e-30)).item() for n in g2)
+    return out_rel, grad_rel
+
+
+def compare_upstream(args, device: torch.device, machine: str) -> None:
+    """The table sorakit vs Open-Sora 1.0's STDiT (ratios; < 1 = sorakit faster / lighter)."""
+    try:
+        upstream_cls = load_upstream_stdit(args.upstream, args.upstream_ref)
+    except UpstreamMissing as e:
+        print(f"# upstream comparison skipped: {e}\n# to get it: {HOW_TO_GET}")
+        return
+    load = "/".join(f"{v:.1f}" for v in os.getloadavg())
+    print(
+        f"# sorakit STDiT / Open-Sora {args.upstream_ref} STDiT: depth {args.depth}, hidden {args.hidden}, heads "
+        f"{args.heads}, latent {args.latent[0]}x{args.latent[1]} (patch 1x2x2), batch {args.batch}, text "
+        f"{args.text_len} tokens (caption channels {args.caption_channels}, half/quarter valid); forward+backward, "
+        f"{args.rounds} interleaved rounds (medians); {machine}; torch {torch.__version__}; load {load}"
+    )
+    mem_label = "peak CUDA mem" if device.type == "cuda" else "peak alloc"
+    print(
+        f"| precision | frames | sorakit ms | upstream ms | time ratio | round ratios (min-max) | {mem_label} MB "
+        f"(ours / up) | {mem_label} ratio | saved act ratio | max rel diff out / grad |"
+    )
+    print("|---|---:|---:|---:|---:|---|---:|---:|---:|---|")  # fmt: skip
+    for dtype_name in args.dtypes:
+        dtype = getattr(torch, dtype_name)
+        for frames in args.frames:
+            ours, theirs, inputs = upstream_pair(upstream_cls, frames, args, device)
+            out_rel, grad_rel = max_rel_diff(ours, theirs, inputs, dtype, device)
+            tol = 1e-3 if dtype == torch.float32 else 0.1
+            if out_rel > tol:  # a comparison between two different computations means nothing
+                print(f"| {dtype_name} | {frames} | outputs differ: {out_rel:.2e} > {tol} | | | | | | | |")
+                continue
+            steps = [train_step(m, inputs, dtype, device) for m in (ours, theirs)]
+            for step in steps:
+                step()  # warm-up
+            times = ([], [])
+            for r in range(args.rounds):  # ABBA: neither side always runs first
+                for i in (0, 1) if r % 2 == 0 else (1, 0):
+                    sync(device)
+                    t0 = time.perf_counter()
+                    steps[i]()
+                    sync(device)
+                    times[i].append(time.perf_counter() - t0)
+            ratios = [a / b for a, b in zip(*times)]
+            mem = [peak_allocated_bytes(step, device) for step in steps]
+            act = [saved_activation_bytes(step) for step in steps]
+            med = [statistics.median(t) * 1e3 for t in times]
+            print(f"| {dtype_name} | {frames} | {med[0]:.0f} | {med[1]:.0f} | **{med[0] / med[1]:.2f}** | "
+                  f"{min(ratios):.2f}-{max(ratios):.2f} | {mem[0] / 2**20:.0f} / {mem[1] / 2**20:.0f} | "
+                  f"**{mem[0] / mem[1]:.2f}** | {act[0] / act[1]:.2f} | {out_rel:.1e} / {grad_rel:.1e} |",
+                  flush=True)  # fmt: skip
+            del ours, theirs, steps
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -138,26 +286,36 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=None)
     p.add_argument("--hidden", type=int, default=None)
     p.add_argument("--heads", type=int, default=None)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, default=None, help="default 1 (2 with --upstream)")
     p.add_argument("--text-len", type=int, default=None)
     p.add_argument("--caption-channels", type=int, default=None)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing on")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument(
+        "--upstream",
+        metavar="DIR",
+        default=None,
+        help="compare with Open-Sora 1.0's STDiT read from DIR (a checkout or git directory)",
+    )
+    p.add_argument("--upstream-ref", default=UPSTREAM_REF, help="git tag/commit read from a git DIR")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the upstream comparison")
     p.add_argument("--flops-only", action="store_true",
                    help="only the analytic FLOPs table (no timing; models built on the meta device)")  # fmt: skip
     args = p.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.full:
+    if args.upstream:
+        defaults = dict(frames=[8, 32], latent=[16, 16], depth=4, hidden=384, heads=6, text_len=120,
+                        caption_channels=4096, batch=2, dtype=None)  # fmt: skip
+    elif args.full:
         defaults = dict(frames=[1, 4, 16, 32, 64], latent=[32, 32], depth=28, hidden=1152, heads=16, text_len=120,
-                        caption_channels=4096, dtype="bfloat16")  # fmt: skip
+                        caption_channels=4096, batch=1, dtype="bfloat16")  # fmt: skip
     else:
         defaults = dict(frames=[1, 4, 16, 32], latent=[16, 16], depth=2, hidden=128, heads=4, text_len=16,
-                        caption_channels=64, dtype="float32")  # fmt: skip
+                        caption_channels=64, batch=1, dtype="float32")  # fmt: skip
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    dtype = getattr(torch, args.dtype)
     if args.flops_only:
         flops_table(args)
         return
@@ -166,6 +324,11 @@ def main() -> None:
         machine = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     else:
         machine = torch.cuda.get_device_name(device)
+    if args.upstream:
+        args.dtypes = [args.dtype] if args.dtype else ["float32", "bfloat16"]
+        compare_upstream(args, device, machine)
+        return
+    dtype = getattr(torch, args.dtype)
     print(f"# models: depth {args.depth}, hidden {args.hidden}, heads {args.heads}, latent {args.latent[0]}x"
           f"{args.latent[1]} (patch 1x2x2), batch {args.batch}, text {args.text_len} tokens, {args.dtype}"
           f"{', grad ckpt' if args.grad_ckpt else ''}; {machine}; torch {torch.__version__}")  # fmt: skip
@@ -188,6 +351,7 @@ def main() -> None:
                 continue
             print(f"| {label} | {r['frames']} | {r['tokens']} | {r['fwd_ms']:.1f} | {r['train_ms']:.1f} | "
                   f"{r['tok_s']:.0f} | {r['mem_mb']:.0f} | {r['gflops']:.1f} | {r['tflops_s']:.3f} |")  # fmt: skip
+    print(f"# side by side with Open-Sora 1.0's own STDiT: --upstream DIR ({HOW_TO_GET})")
 
 
 if __name__ == "__main__":
