@@ -1,5 +1,5 @@
 """LoRA under 2 gloo processes: DDP and FSDP2 train the adapter exactly as one process does on the same
-global batch (losses and adapter weights to 1e-5), and the checkpoint holds the adapter alone."""
+global batch (losses to 1e-5, adapter weights to 3e-5), and the checkpoint holds the adapter alone."""
 
 from __future__ import annotations
 
@@ -60,4 +60,7 @@ def test_lora_ddp_and_fsdp_equal_single_process(tmp_path):
         got = load_file(path)
         assert got.keys() == ref.keys(), name
         for k in ref:
-            torch.testing.assert_close(got[k], ref[k], atol=1e-5, rtol=1e-5, msg=f"{name}: {k}")
+            # 3e-5: AdamW at lr 1e-2 turns a rounding-level gradient difference (the global batch summed as 4
+            # vs 2 + 2 samples) into ~1e-5 on the worst weight (blocks.0.attn_temp lora_B: 9.6e-6 before the
+            # explicit CPU training attention, 1.2e-5 with it), against 0.03 weights
+            torch.testing.assert_close(got[k], ref[k], atol=3e-5, rtol=1e-5, msg=f"{name}: {k}")

@@ -36,23 +36,25 @@ from sorakit.models.layers import (
     PatchEmbed3D,
     T2IFinalLayer,
     TimestepEmbedder,
-    caption_key_mask,
     get_1d_sincos_pos_embed,
     get_2d_sincos_pos_embed,
-    layer_norm,
+    modulated_layer_norm,
     per_frame,
-    t2i_modulate,
+    trimmed_caption_mask,
 )
 
 FREEZE_MODES = ("not_temporal", "text")
 
 
-def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """t2i_modulate of tokens `x [B, T'*S, D]` by `[B, 1, D]` (one per sample) or `[B, T', 1, D]` (per frame)."""
+def _norm_modulate(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, num_frames: int
+) -> torch.Tensor:
+    """t2i_modulate(layer_norm(x)) of tokens `x [B, T'*S, D]` by `[B, 1, D]` (one per sample) or `[B, T', 1, D]`
+    (per frame)."""
     if shift.dim() == 3:
-        return t2i_modulate(x, shift, scale)
+        return modulated_layer_norm(x, shift, scale)
     x = rearrange(x, "B (T S) D -> B T S D", T=num_frames)
-    return rearrange(t2i_modulate(x, shift, scale), "B T S D -> B (T S) D")
+    return rearrange(modulated_layer_norm(x, shift, scale), "B T S D -> B (T S) D")
 
 
 def _gate(gate: torch.Tensor, x: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -113,7 +115,7 @@ class STDiTBlock(nn.Module):
         """What the spatial attention of this block sees, `[B, N, D]`: LayerNorm(x) shifted and scaled by the
         timestep's modulation (step caching measures how much it changes between steps)."""
         shift_msa, scale_msa = self.modulation(t0, x_mask, t0_zero)[:2]
-        return _modulate(layer_norm(x), shift_msa, scale_msa, num_frames)
+        return _norm_modulate(x, shift_msa, scale_msa, num_frames)
 
     def forward(
         self,
@@ -134,7 +136,7 @@ class STDiTBlock(nn.Module):
         nt = num_frames
 
         # spatial: attention inside each frame
-        x_s = _modulate(layer_norm(x), shift_msa, scale_msa, nt)
+        x_s = _norm_modulate(x, shift_msa, scale_msa, nt)
         x_s = rearrange(x_s, "B (T S) D -> (B T) S D", T=num_frames)
         x_s = self.attn(x_s)
         x_s = rearrange(x_s, "(B T) S D -> B (T S) D", T=num_frames)
@@ -152,7 +154,7 @@ class STDiTBlock(nn.Module):
         x = x + self.cross_attn(x, y, y_mask)
 
         # MLP
-        x_m = _modulate(layer_norm(x), shift_mlp, scale_mlp, nt)
+        x_m = _norm_modulate(x, shift_mlp, scale_mlp, nt)
         x = x + self.drop_path(_gate(gate_mlp, self.mlp(x_m), nt))
         return x
 
@@ -307,8 +309,8 @@ class STDiT(DiffusionTransformer):
 
         t = self.t_embedder(timestep, dtype=x.dtype)  # [B, D]
         t0 = self.t_block(t)  # [B, 6D]
-        y = self.y_embedder(y, self.training, force_drop_ids).squeeze(1)  # [B, L, D]
-        y_mask = caption_key_mask(mask, B)
+        y_mask, y_len = trimmed_caption_mask(mask, B)  # padding after the last used token is cut off
+        y = self.y_embedder(y, self.training, force_drop_ids, length=y_len).squeeze(1)  # [B, L', D]
         tpe = self._temporal_pos_embed(self.pos_embed_temporal, nt, self.time_scale, x)
         frame_mask = t_zero = t0_zero = None
         if x_mask is not None:

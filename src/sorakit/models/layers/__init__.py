@@ -1,6 +1,12 @@
 """Pieces shared unchanged by STDiT, PixArt, DiT and Latte."""
 
-from sorakit.models.layers.attention import Attention, MultiHeadCrossAttention, caption_key_mask
+from sorakit.models.layers.attention import (
+    Attention,
+    MultiHeadCrossAttention,
+    caption_key_mask,
+    explicit_attention,
+    trimmed_caption_mask,
+)
 from sorakit.models.layers.blocks import (
     DropPath,
     FinalLayer,
@@ -8,6 +14,7 @@ from sorakit.models.layers.blocks import (
     T2IFinalLayer,
     layer_norm,
     modulate_fp32_norm,
+    modulated_layer_norm,
     per_frame,
     t2i_modulate,
 )
@@ -33,10 +40,13 @@ __all__ = [
     "T2IFinalLayer",
     "TimestepEmbedder",
     "caption_key_mask",
+    "explicit_attention",
+    "trimmed_caption_mask",
     "get_1d_sincos_pos_embed",
     "get_2d_sincos_pos_embed",
     "layer_norm",
     "modulate_fp32_norm",
+    "modulated_layer_norm",
     "per_frame",
     "t2i_modulate",
     "timestep_features",

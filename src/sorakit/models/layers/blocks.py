@@ -10,6 +10,31 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class _GeluLinear(torch.autograd.Function):
+    """`linear(gelu_tanh(h), weight, bias)` as one autograd node that keeps only `h` for the backward and
+    recomputes the GELU there (one elementwise pass): autograd on the separate ops keeps both `h` and `gelu(h)`,
+    the two largest activations of a transformer block (4x its width each)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias):
+        out = F.linear(F.gelu(h, approximate="tanh"), weight, bias)  # under autocast: weight cast as usual
+        ctx.save_for_backward(h, weight)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, weight = ctx.saved_tensors
+        a = F.gelu(h, approximate="tanh")
+        g2 = grad.reshape(-1, grad.shape[-1])
+        # in the compute dtype (autocast's), then cast to the parameters', as autograd does through the cast
+        g_w = (g2.t() @ a.reshape(-1, a.shape[-1]).to(g2.dtype)).to(weight.dtype)
+        g_b = g2.sum(0).to(weight.dtype) if ctx.has_bias else None
+        g_a = grad @ weight.to(grad.dtype)
+        g_h = torch.ops.aten.gelu_backward(g_a.to(h.dtype), h, approximate="tanh")
+        return g_h, g_w, g_b
+
+
 class Mlp(nn.Module):
     """Linear -> tanh-approximate GELU -> Linear (timm `Mlp` with the same parameter names)."""
 
@@ -21,7 +46,22 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        h = self.fc1(x)
+        if self._fused_backward(h):  # training: the GELU output is recomputed in the backward, not kept
+            return _GeluLinear.apply(h, self.fc2.weight, self.fc2.bias)
+        return self.fc2(self.act(h))
+
+    def _fused_backward(self, h: torch.Tensor) -> bool:
+        """A gradient is needed and fc2 / act are the plain modules (not wrapped, e.g. by LoRA, nor hooked)."""
+        fc2, act = self.fc2, self.act
+        return (
+            torch.is_grad_enabled()
+            and (h.requires_grad or fc2.weight.requires_grad)
+            and type(fc2) is nn.Linear
+            and not (fc2._forward_hooks or fc2._forward_pre_hooks)
+            and type(act) is nn.GELU
+            and act.approximate == "tanh"
+        )
 
 
 class DropPath(nn.Module):
@@ -42,6 +82,43 @@ class DropPath(nn.Module):
 def t2i_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN-single modulation (PixArt/STDiT): `x * (1 + scale) + shift`, shift/scale broadcast `[B, 1, D]`."""
     return x * (1 + scale) + shift
+
+
+class _ModulatedLayerNorm(torch.autograd.Function):
+    """LayerNorm (no affine) then `* (1 + scale) + shift`, as one autograd node that keeps only the normalised
+    tokens and 1/std for the backward: autograd on the separate ops would also keep the LayerNorm's input."""
+
+    @staticmethod
+    def forward(ctx, x, shift, scale, eps):
+        xn, _, rstd = torch.native_layer_norm(x, (x.shape[-1],), None, None, eps)
+        ctx.save_for_backward(xn, rstd, scale)
+        ctx.shapes = (shift.shape, scale.shape)
+        return torch.mul(xn, 1 + scale).add_(shift)  # the rounding of `t2i_modulate(layer_norm(x), ...)`
+
+    @staticmethod
+    def backward(ctx, grad):
+        xn, rstd, scale = ctx.saved_tensors
+        shift_shape, scale_shape = ctx.shapes
+        g_shift = grad.sum_to_size(shift_shape) if ctx.needs_input_grad[1] else None
+        g_scale = (grad * xn).sum_to_size(scale_shape) if ctx.needs_input_grad[2] else None
+        g_x = None
+        if ctx.needs_input_grad[0]:
+            # The LayerNorm backward in terms of its output xn: normalising xn itself (mean 0, std 1) has the
+            # same Jacobian up to the factor 1/std of the input.
+            zero, one = torch.zeros_like(rstd), torch.ones_like(rstd)
+            g_xn = (grad * (1 + scale)).to(xn.dtype)  # as autograd casts a gradient to its input's dtype
+            g_x = torch.ops.aten.native_layer_norm_backward(
+                g_xn, xn, (xn.shape[-1],), zero, one, None, None, [True, False, False]
+            )[0].mul_(rstd)
+        return g_x, g_shift, g_scale, None
+
+
+def modulated_layer_norm(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
+    """`t2i_modulate(layer_norm(x), shift, scale)` (LayerNorm over the last dim, no affine parameters) with less
+    memory kept for the backward. x `[..., D]`; shift/scale broadcast against it (`[B, 1, D]`, `[B, T', 1, D]`)."""
+    return _ModulatedLayerNorm.apply(x, shift, scale, eps)
 
 
 def per_frame(mod: torch.Tensor, mod_zero: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:

@@ -91,10 +91,17 @@ class CaptionEmbedder(nn.Module):
         return torch.where(drop_ids[:, None, None, None], self.y_embedding.to(caption.dtype), caption)
 
     def forward(
-        self, caption: torch.Tensor, train: bool, force_drop_ids: torch.Tensor | None = None
+        self,
+        caption: torch.Tensor,
+        train: bool,
+        force_drop_ids: torch.Tensor | None = None,
+        length: int | None = None,
     ) -> torch.Tensor:
+        """`length`: project only the first `length` caption tokens (those after it are padding nobody uses)."""
         if (train and self.uncond_prob > 0) or force_drop_ids is not None:
             caption = self.token_drop(caption, force_drop_ids)
+        if length is not None:
+            caption = caption[:, :, :length]
         return self.y_proj(caption)
 
 
