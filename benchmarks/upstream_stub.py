@@ -1,7 +1,7 @@
 """Import Open-Sora v1.0's own STDiT (hpcaitech/Open-Sora, tag v1.0.0) on a CPU-only machine, for side-by-side
 benchmarks against sorakit's. The upstream source is not part of this repository: `load_upstream_stdit(DIR)`
-reads it from a checkout (DIR/opensora/...) or from a git directory (DIR is a clone or a bare mirror; the files
-are read at `ref` with `git show`, nothing is written).
+reads it from a git directory (a clone or a bare mirror: the files are read at `ref` with `git show`, whatever is
+checked out; nothing is written) or from a plain copy of the v1.0 source tree (DIR/opensora/...).
 
 Only two upstream files are executed, unchanged: `opensora/models/layers/blocks.py` and
 `opensora/models/stdit/stdit.py` (plus `opensora/acceleration/checkpoint.py`, pure torch). Everything else they
@@ -39,8 +39,8 @@ _FILES = {
     "opensora.models.stdit.stdit": "opensora/models/stdit/stdit.py",
 }
 HOW_TO_GET = (
-    "git clone https://github.com/hpcaitech/Open-Sora /tmp/Open-Sora && git -C /tmp/Open-Sora checkout v1.0.0, "
-    "then pass --upstream /tmp/Open-Sora (a bare clone or mirror works too: files are read at v1.0.0)"
+    "git clone https://github.com/hpcaitech/Open-Sora /tmp/Open-Sora, then pass --upstream /tmp/Open-Sora "
+    "(files are read from git at v1.0.0; a bare clone works too)"
 )
 
 
@@ -201,12 +201,15 @@ def _patched_modules(mods: dict[str, types.ModuleType]):
 def upstream_sources(path: str | Path, ref: str = UPSTREAM_REF) -> dict[str, str]:
     """Module name -> source text of the upstream files, from a checkout or (at `ref`) a git directory."""
     root = Path(path)
-    if all((root / rel).is_file() for rel in _FILES.values()):
+    git_dir = _git_dir(root)
+    if git_dir is None:  # a plain copy of the source tree: taken as it is
+        if not all((root / rel).is_file() for rel in _FILES.values()):
+            raise UpstreamMissing(f"{root} is neither an Open-Sora v1.0 source tree nor a git repository")
         return {name: (root / rel).read_text() for name, rel in _FILES.items()}
     out = {}
-    for name, rel in _FILES.items():
+    for name, rel in _FILES.items():  # from git at `ref`, whatever the work tree has checked out
         res = subprocess.run(
-            ["git", "--git-dir", str(_git_dir(root)), "show", f"{ref}:{rel}"], capture_output=True, text=True
+            ["git", "--git-dir", str(git_dir), "show", f"{ref}:{rel}"], capture_output=True, text=True
         )
         if res.returncode != 0:
             raise UpstreamMissing(f"{rel} not found in {root} at {ref}: {res.stderr.strip()}")
@@ -214,12 +217,12 @@ def upstream_sources(path: str | Path, ref: str = UPSTREAM_REF) -> dict[str, str
     return out
 
 
-def _git_dir(root: Path) -> Path:
+def _git_dir(root: Path) -> Path | None:
     if (root / ".git").exists():
         return root / ".git"
     if (root / "HEAD").is_file() and (root / "objects").is_dir():
         return root  # bare repository
-    raise UpstreamMissing(f"{root} is neither an Open-Sora checkout nor a git repository")
+    return None
 
 
 def load_upstream_stdit(path: str | Path, ref: str = UPSTREAM_REF) -> type[nn.Module]:
