@@ -52,6 +52,17 @@ def test_a_data_dir_in_use_and_a_taken_port(capsys, tmp_path: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
+def test_the_socket_accepts_connections_before_the_server_serves() -> None:
+    """The URL is printed before uvicorn starts serving: a client connecting then must be queued, not refused
+    (the socket listened only once uvicorn started, and /health right after the URL line was refused)."""
+    sock = _bind("127.0.0.1", 0)
+    try:
+        with socket.create_connection(sock.getsockname(), timeout=5):
+            pass  # accepted into the backlog; nobody has called accept() yet
+    finally:
+        sock.close()
+
+
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory: pytest.TempPathFactory):
     from sorakit.pipelines import TextToVideoPipeline

@@ -81,6 +81,9 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets on Linux
     try:
         sock.bind((host, port))
+        # listening now, not when uvicorn starts serving (after the lifespan has printed the URL): a client
+        # that connects in between waits in the backlog instead of being refused
+        sock.listen(2048)
     except OSError as exc:
         sock.close()
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
