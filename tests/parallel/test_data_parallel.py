@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 pytestmark = pytest.mark.distributed
 
-from _tiny_runs import STEPS, random_model, run, run_config  # noqa: E402  (puts tests/training on the path)
+from _tiny_runs import STEPS, random_stdit, run, run_config  # noqa: E402  (puts tests/training on the path)
 from _train_helpers import make_cache  # noqa: E402
 
 from sorakit.training.trainer import Components, train  # noqa: E402
@@ -32,9 +32,9 @@ def _worker(rank: int, world: int, cache: str, out: str):
     # FSDP stopped after step 1 (sharded optimizer state gathered into the checkpoint) and resumed
     cfg = run_config(Path(cache), 2, "parallel.strategy=fsdp")
     cfg.train.max_steps = 1
-    first = train(cfg, Path(out) / "fsdp-resume", components=Components(model=random_model(cfg)))
+    first = train(cfg, Path(out) / "fsdp-resume", components=Components(model=random_stdit(cfg)))
     cfg.train.max_steps = STEPS
-    rest = train(cfg, Path(out) / "fsdp-resume", resume=True, components=Components(model=random_model(cfg)))
+    rest = train(cfg, Path(out) / "fsdp-resume", resume=True, components=Components(model=random_stdit(cfg)))
     results["fsdp-resume"] = (first.losses + rest.losses, str(rest.checkpoint / "model.safetensors"))
     return results
 

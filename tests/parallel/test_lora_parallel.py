@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.distributed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from _train_helpers import make_cache, tiny_config  # noqa: E402
+from _train_helpers import make_cache, random_stdit, tiny_config  # noqa: E402
 
 STEPS = 3
 
@@ -41,15 +41,9 @@ def _worker(rank: int, world: int, cache: str, base: str, out: str):
 def test_lora_ddp_and_fsdp_equal_single_process(tmp_path):
     from sorakit.lora import is_adapter_key
     from sorakit.models import save_pretrained
-    from sorakit.training.trainer import DataSource, build_model
 
     cache = make_cache(tmp_path / "cache", n=12)
-    model = build_model(tiny_config(), DataSource(None, None, True, (4, 8, 8), 4, 16, 8, False))  # type: ignore[arg-type]
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    base = save_pretrained(model, tmp_path / "base")
+    base = save_pretrained(random_stdit(tiny_config()), tmp_path / "base")
     ref_losses, ref_path = _run(_cfg(cache, base, 4), tmp_path / "single")
     ref = load_file(ref_path)
     assert ref and all(is_adapter_key(k) for k in ref)

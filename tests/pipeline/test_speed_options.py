@@ -142,15 +142,10 @@ def test_offload_default_comes_from_the_config(tiny_pipe: TextToVideoPipeline) -
 # -- the CLI: flags reach the pipeline, are recorded for --replay, and bad values are one line -------------
 
 
-def test_generate_flags_are_recorded_and_applied(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    made: list[TextToVideoPipeline] = []
-    real_init = TextToVideoPipeline.__init__
-
-    def spy(self, *a, **k):
-        real_init(self, *a, **k)
-        made.append(self)
-
-    monkeypatch.setattr(TextToVideoPipeline, "__init__", spy)
+def test_generate_flags_are_recorded_and_applied(
+    tiny_model_dir: Path, tmp_path: Path, made_pipelines
+) -> None:
+    made = made_pipelines
     out = tmp_path / "a.mp4"
     args = ["generate", "a cat", "--model", str(tiny_model_dir), "--output", str(out), "--num-frames", "3",
             "--steps", "2", "--no-progress", "--guidance-interval", "100,700", "--vae-batch", "2", "--offload"]  # fmt: skip

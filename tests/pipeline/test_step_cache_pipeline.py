@@ -127,15 +127,8 @@ def test_pipeline_refuses_bad_cache_values(builtin_pipe: TextToVideoPipeline) ->
 # -- the CLI ------------------------------------------------------------------------------------------------
 
 
-def test_generate_cache_flag_is_applied_and_recorded(tmp_path: Path, monkeypatch) -> None:
-    made: list[TextToVideoPipeline] = []
-    real_init = TextToVideoPipeline.__init__
-
-    def spy(self, *a, **k):
-        real_init(self, *a, **k)
-        made.append(self)
-
-    monkeypatch.setattr(TextToVideoPipeline, "__init__", spy)
+def test_generate_cache_flag_is_applied_and_recorded(tmp_path: Path, made_pipelines) -> None:
+    made = made_pipelines
     out = tmp_path / "a.mp4"
     args = ["generate", "a red circle moving to the right", "--output", str(out), "--steps", "4",
             "--no-progress", "--cache", "teacache:0.5"]  # fmt: skip

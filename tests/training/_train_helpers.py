@@ -126,3 +126,17 @@ def kill_after_checkpoint(
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return list_checkpoints(run)[-1][0]
+
+
+def random_stdit(cfg):  # noqa: ANN001, ANN201 - a sorakit STDiT
+    """The tiny STDiT of `make_cache`'s latents with every weight random (seed 7, std 0.05): upstream
+    zero-inits several outputs, which would hide what a test compares."""
+    from sorakit.training.trainer import DataSource, build_model
+
+    data = DataSource(None, None, True, (4, 8, 8), 4, 16, 8, False)  # type: ignore[arg-type]
+    model = build_model(cfg, data)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model

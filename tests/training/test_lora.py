@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import TINY_OVERRIDES, kill_after_checkpoint, make_cache, tiny_config
+from _train_helpers import TINY_OVERRIDES, kill_after_checkpoint, make_cache, random_stdit, tiny_config
 from safetensors.torch import load_file
 
 from sorakit.errors import ConfigError, UserError
@@ -20,26 +20,15 @@ from sorakit.lora import base_fingerprint, is_adapter_key
 from sorakit.models import save_pretrained
 from sorakit.training import lora
 from sorakit.training.checkpoint import list_checkpoints
-from sorakit.training.trainer import DataSource, build_model, train
+from sorakit.training.trainer import train
 
 STEPS = 12
 LORA = ["lora.rank=4", "lora.alpha=8", "train.lr=1e-2"]
 
 
-def random_base(cfg) -> torch.nn.Module:
-    """The tiny STDiT of the tests' cache with every weight random (upstream zero-inits several outputs)."""
-    data = DataSource(None, None, True, (4, 8, 8), 4, 16, 8, False)  # type: ignore[arg-type]
-    model = build_model(cfg, data)
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
-
-
 @pytest.fixture
 def base_dir(tmp_path: Path) -> Path:
-    return save_pretrained(random_base(tiny_config()), tmp_path / "base")
+    return save_pretrained(random_stdit(tiny_config()), tmp_path / "base")
 
 
 def _inputs(seed: int = 0):
@@ -51,7 +40,7 @@ def _inputs(seed: int = 0):
 
 def test_zero_initialised_adapter_leaves_outputs_bit_identical():
     cfg = tiny_config(*LORA, "lora.adaln=true")
-    model = random_base(cfg).eval()
+    model = random_stdit(cfg).eval()
     x, t, y, mask = _inputs()
     before = model(x, t, y, mask)
     fingerprint = base_fingerprint(model)
@@ -94,7 +83,7 @@ def test_only_adapter_tensors_train_and_are_saved(tmp_path, base_dir):
     base = load_file(str(base_dir / "model.safetensors"))
     assert state["lora"]["rank"] == 4 and state["lora"]["alpha"] == 8.0
     assert state["lora"]["base_path"] == str(base_dir.resolve())
-    fresh = random_base(cfg)
+    fresh = random_stdit(cfg)
     assert state["lora"]["base_fingerprint"] == base_fingerprint(fresh)
     # the checkpoint is small: an adapter, not the model
     assert (ck / "model.safetensors").stat().st_size * 5 < (base_dir / "model.safetensors").stat().st_size
@@ -117,7 +106,7 @@ def test_resume_with_another_base_is_refused(tmp_path, base_dir):
     cfg = tiny_config(*LORA, f"data.csv={cache}", f"train.init_from={base_dir}", "train.max_steps=2",
                       "train.ckpt_every=2")  # fmt: skip
     train(cfg, tmp_path / "run")
-    other = random_base(cfg)
+    other = random_stdit(cfg)
     with torch.no_grad():
         other.blocks[0].attn.qkv.weight.add_(1.0)
     cfg.train.init_from = str(save_pretrained(other, tmp_path / "other"))
