@@ -460,7 +460,9 @@ def test_readme_commands(group: str, tmp_path: Path, env: dict[str, str], shapes
                 assert proc.returncode == 2, said
                 assert len(lines) == 1 and lines[0].startswith("sorakit: error:"), said
                 assert "download" in lines[0], said
-                assert cpu < 5.0, f"{said}\n{cpu:.1f} s of CPU: it did work or retried before failing"
+                # imports alone (torch, transformers, diffusers) take 3-5.3 s of CPU on a busy 2-core machine;
+                # building the model or decoding a checkpoint before failing would take far more
+                assert cpu < 10.0, f"{said}\n{cpu:.1f} s of CPU: it did work or retried before failing"
             else:
                 assert proc.returncode == 0, said
                 if case.check is not None:

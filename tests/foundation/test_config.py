@@ -247,13 +247,18 @@ def test_model_folder_written_before_the_renames_reads_the_same(tmp_path):
     import json
     import shutil
 
+    from sorakit.manifest import MANIFEST
     from sorakit.modeldir import PIPELINE_FILE, builtin_model_dir, read_model_dir
 
     old = tmp_path / "old-model"
     shutil.copytree(builtin_model_dir(), old)
+    (old / MANIFEST).unlink(missing_ok=True)  # folders of that time had no manifest
     spec = json.loads((old / PIPELINE_FILE).read_text())
     sampler = spec["config"].pop("sampler")
-    spec["config"]["scheduler"] = {k.replace("guidance_", "cfg_"): v for k, v in sampler.items()}
+    renamed = {"guidance_scale": "cfg_scale", "guidance_channels": "cfg_channels"}
+    later = ("guidance_interval", "cache")  # sampler keys added after the renames (null in the shipped model)
+    assert all(sampler[k] is None for k in later if k in sampler)
+    spec["config"]["scheduler"] = {renamed.get(k, k): v for k, v in sampler.items() if k not in later}
     (old / PIPELINE_FILE).write_text(json.dumps(spec))
     assert "cfg_scale" in (old / PIPELINE_FILE).read_text()
     then, now = read_model_dir(old)[1], read_model_dir(builtin_model_dir())[1]
