@@ -21,14 +21,15 @@ Stage wall times go to ``WORKDIR/times.json``. The preset's values can be overri
 section.key=value`` (e.g. ``--set train.max_steps=2000 --set train.decay_steps=500``); they are passed on to
 ``sorakit train``.
 
-``--version 3`` (``make train-builtin``; ``--version 2``, the default of this module, reproduces the shipped v2
-recipe above) builds v3: one model for text-to-video, image-to-video, extension and loops at several sizes.
+``--version 3`` (``make train-builtin``; ``--version 2``, the default of this module, reproduces v2's recipe
+above) builds v3 (the shipped model since 2026-12-02): one model for text-to-video, image-to-video, extension and loops at several sizes.
 Its stages have the same names:
 
 1. ``data``   -- ``sorakit data synth`` of 64x64 (half), 64x96 and 96x64 frames, 8, 16 (half) or 32 frames,
    the object at a constant speed (:data:`V3_SIZES`, :data:`V3_LENGTHS`), 6000 videos;
-2. ``vae``    -- no training: the shipped model directory (v2: its autoencoder and transformer) is copied to
-   ``WORKDIR/base``, so v3 keeps v2's latent space and starts from v2's weights;
+2. ``vae``    -- no training: the model directory of ``--base`` (default the shipped one: v2 when v3 was
+   trained, v3 itself since; ``git archive 6a1edf8 src/sorakit/builtin/model | tar -x -C /tmp/v2`` gives v2's for
+   a reproduction) is copied to ``WORKDIR/base``, so v3 keeps v2's latent space and starts from its weights;
 3. ``encode`` -- ``sorakit data encode`` with the preset's bucket table: each clip's latents at its bucket;
 4. ``train``  -- ``sorakit train builtin/stdit-v3 --init WORKDIR/base --resume``: buckets (one shape per
    micro-batch, ~2048 tokens each) and ``train.mask_ratios`` (image-to-video and extension masks among them);
@@ -397,7 +398,10 @@ def main(argv: list[str] | None = None) -> int:
         "--num-videos", type=int, default=None, help="synthetic training videos (default 4000; v3 6000)"
     )
     p.add_argument(
-        "--base", default=None, help="v3: the model directory to start from (default: the shipped one)"
+        "--base",
+        default=None,
+        help="v3: the model directory to start from (default: the shipped one, v3 itself since v3 shipped; v2 for a "
+        "reproduction: `git archive 6a1edf8 src/sorakit/builtin/model | tar -x -C /tmp/v2`)",
     )
     p.add_argument("--vae-steps", type=int, default=1200, help="autoencoder training steps (default 1200)")
     p.add_argument("--eval-prompts", type=int, default=24, help="prompts per set in the final evaluation")
