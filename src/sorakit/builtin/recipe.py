@@ -22,7 +22,8 @@ section.key=value`` (e.g. ``--set train.max_steps=2000 --set train.decay_steps=5
 ``sorakit train``.
 
 ``--version 3`` (``make train-builtin``; ``--version 2``, the default of this module, reproduces v2's recipe
-above) builds v3 (the shipped model since 2026-12-02): one model for text-to-video, image-to-video, extension and loops at several sizes.
+above) builds v3 (the shipped model since 2026-12-02): one model for text-to-video, image-to-video, extension
+and loops at several sizes.
 Its stages have the same names:
 
 1. ``data``   -- ``sorakit data synth`` of 64x64 (half), 64x96 and 96x64 frames, 8, 16 (half) or 32 frames,
