@@ -146,24 +146,29 @@ def sample_spec(
     triples: Sequence[tuple[str, str, str]],
     size: int | tuple[int, int] = 64,
     frames: int = 16,
+    horizon: int | None = None,
 ) -> ShapeSpec:
     """Draw one video: a triple, object size and speed, and a start position that keeps the object inside.
 
     `size` is the side of a square frame or (H, W); object size and speed scale with the shorter side. The
-    speed is constant over the clip; a path longer than the frame allows is slowed down to fit it."""
+    speed is constant over the clip; a path longer than the frame allows is slowed down to fit it. `horizon`
+    (>= `frames`; default `frames`): the path is planned for that many frames -- slowed and placed so that the
+    object would stay inside for all of them -- of which the clip shows the first `frames` (the same draws,
+    so ``horizon=frames`` gives the video of ``horizon=None``)."""
     color, shape, motion = triples[rng.integers(len(triples))]
     height, width = frame_hw(size)
     scale = min(height, width) / 64.0
     side = float(rng.uniform(14.0, 22.0)) * scale
     speed = float(rng.uniform(1.5, 2.5)) * scale
-    travel = speed * (frames - 1)
+    span = max(int(horizon or frames), frames) - 1  # frame steps the path is planned for
+    travel = speed * span
     dx, dy = MOTION_VECTORS[motion]
     # along the motion axis the whole path must fit; across it any position inside the frame
     free_x, free_y = width - side, height - side
     free = free_x if dx else free_y
     if travel > free:  # tiny canvases / long videos: slow down so the object never leaves
-        speed = free / max(frames - 1, 1)
-        travel = speed * (frames - 1)
+        speed = free / max(span, 1)
+        travel = min(speed * span, free)  # not a rounding error past the frame
     lo_x, hi_x = (travel if dx < 0 else 0.0), (free_x - travel if dx > 0 else free_x)
     lo_y, hi_y = (travel if dy < 0 else 0.0), (free_y - travel if dy > 0 else free_y)
     x0 = float(rng.uniform(lo_x, hi_x))

@@ -47,7 +47,8 @@ def test_v3_preset_has_buckets_and_masks():
     assert set(cfg.data.buckets) == {"64x64", "64x96", "96x64"}
     assert {int(n) for table in cfg.data.buckets.values() for n in table} == {8, 16, 32}
     assert {"image_head", "quarter_head"} <= set(cfg.train.mask_ratios)  # image-to-video and extension
-    assert cfg.model.arch == v2.model.arch  # v2's network: its weights are v3's start
+    # v2's network plus the horizon embedding (created at zero when v2's weights load): its weights are v3's start
+    assert cfg.model.arch == {**v2.model.arch, "horizon": True}
 
 
 def test_v3_stages_run_end_to_end(v3_run):
@@ -55,6 +56,7 @@ def test_v3_stages_run_end_to_end(v3_run):
     assert sorted(json.loads((work / "times.json").read_text())) == sorted(recipe.STAGES)
     rows = list(csv.DictReader(open(work / "data" / "train.csv")))
     assert len(rows) == 10 and len({(r["num_frames"], r["height"], r["width"]) for r in rows}) >= 3
+    assert {int(r["horizon"]) >= int(r["num_frames"]) for r in rows} == {True}  # the CSV says each clip's horizon
     meta = json.loads((work / "cache" / "meta.json").read_text())
     assert "buckets" in meta and sum(meta["buckets"].values()) == 10
     log = (work / "stdit" / "train.log").read_text()

@@ -1,5 +1,6 @@
 """Reference frames through TextToVideoPipeline (tiny components): image-to-video holds frame 0 at the reference's
-latent, video extension, interpolation between two images, looping, per-segment prompts, the resize/crop like
+latent, video extension, interpolation between two images, looping (each segment told the frames left from its
+start), per-segment prompts, the resize/crop like
 training data, and one-line errors for bad references or strategies."""
 
 from __future__ import annotations
@@ -95,3 +96,23 @@ def test_reference_needs_an_stdit_model(tiny_pipe: TextToVideoPipeline, monkeypa
     monkeypatch.setattr(tiny_pipe.transformer, "forward", forward)
     with pytest.raises(UserError, match="reference frames need an STDiT model"):
         tiny_pipe("x", reference=_image(), seed=0, **KW)
+
+
+def test_a_loop_tells_each_segment_the_frames_left(tiny_model_dir):
+    from sorakit.models.checkpoint import load_checkpoint
+    from sorakit.models.stdit import STDiT
+
+    pipe = TextToVideoPipeline.from_pretrained(tiny_model_dir, device="cpu", dtype="fp32")
+    old = pipe.transformer
+    model = STDiT(horizon=True, **old.config).eval()
+    load_checkpoint(model, old.state_dict())
+    model.prediction_type = old.prediction_type
+    pipe.transformer = model
+    seen: list = []
+    model.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw.get("horizon")), with_kwargs=True)
+    kw = KW | dict(num_inference_steps=2, seed=0)
+    pipe("a cat", loop=3, condition_frames=1, **kw)
+    assert sorted(set(seen), reverse=True) == [10.0, 7.0, 4.0]  # 3 x 4 - 2 x 1 = 10 frames, then 7, then 4
+    seen.clear()
+    pipe("a cat", **kw)
+    assert set(seen) == {4.0}  # one segment: its own length, ratio 1

@@ -86,6 +86,8 @@ STAGES = ("data", "vae", "encode", "train", "export", "eval")
 # v3's data: sizes (H, W) and lengths drawn uniformly from these lists, so 64x64 and 16 frames are half of it
 V3_SIZES = ((64, 64), (64, 64), (64, 96), (96, 64))
 V3_LENGTHS = (8, 16, 16, 32)
+# v3's share of clips that open a longer path (``synth --long-paths``): the horizon embedding's training data
+V3_LONG_PATHS = 0.4
 
 
 # --------------------------------------------------------------------------------------------------
@@ -373,7 +375,7 @@ def _run_stages_v3(args: argparse.Namespace, stages: list[str]) -> None:
         if stage == "data":
             if not (csv_path.is_file() and sum(1 for _ in open(csv_path)) - 1 >= args.num_videos):
                 synthesize(work / "data", args.num_videos, seed=cfg.train.seed, workers=args.workers,
-                           size=list(V3_SIZES), frames=list(V3_LENGTHS))  # fmt: skip
+                           size=list(V3_SIZES), frames=list(V3_LENGTHS), long_paths=args.long_paths)  # fmt: skip
         elif stage == "vae":
             base = stage_base_v3(work, Path(args.base) if args.base else None)
         elif stage == "encode":
@@ -404,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         help="v3: the model directory to start from (default: the shipped one, v3 itself since v3 shipped; v2 for a "
         "reproduction: `git archive 6a1edf8 src/sorakit/builtin/model | tar -x -C /tmp/v2`)",
     )
+    p.add_argument("--long-paths", type=float, default=V3_LONG_PATHS,
+                   help=f"v3: share of clips that open a longer path (default {V3_LONG_PATHS})")  # fmt: skip
     p.add_argument("--vae-steps", type=int, default=1200, help="autoencoder training steps (default 1200)")
     p.add_argument("--eval-prompts", type=int, default=24, help="prompts per set in the final evaluation")
     p.add_argument(

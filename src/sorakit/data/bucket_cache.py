@@ -103,8 +103,9 @@ class BucketLatentCache(torch.utils.data.Dataset):
         if self.has_text:
             out["y"] = data["y"][pos].float().unsqueeze(1)
             out["mask"] = data["mask"][pos].long()
-        if "label" in data:
-            out["label"] = data["label"][pos]
+        for key in ("label", "horizon"):
+            if key in data:
+                out[key] = data[key][pos]
         return out
 
     def __getitem__(self, key: int | tuple) -> dict[str, Any]:

@@ -9,6 +9,7 @@ Layout of a cache directory (written by ``sorakit data encode``)::
                                    mask    [n, L_shard] uint8                       -- text models
                                    label   [n] int64                                -- class models
                                    row     [n] int64  (the CSV row each sample came from)
+                                   horizon [n] int64  (when the CSV has a horizon column; 0 = empty)
 
 With ``data.buckets`` (``sorakit data encode --config`` a bucketed preset) every clip is stored at its bucket's
 shape, one bucket per shard: ``DIR/bucket-<T>x<H>x<W>-00000.safetensors``, and meta.json counts the samples of
@@ -241,6 +242,8 @@ class LatentCacheDataset(torch.utils.data.Dataset):
             item["mask"] = rows["mask"].long()
         if "label" in rows:
             item["label"] = int(rows["label"])
+        if "horizon" in rows:
+            item["horizon"] = int(rows["horizon"])
         return item
 
     def get_batch(self, indices: list[int]) -> dict[str, Any]:
@@ -252,8 +255,9 @@ class LatentCacheDataset(torch.utils.data.Dataset):
         if self.has_text:
             out["y"] = self._data["y"].index_select(0, idx).float().unsqueeze(1)
             out["mask"] = self._data["mask"].index_select(0, idx).long()
-        if "label" in self._data:
-            out["label"] = self._data["label"].index_select(0, idx)
+        for key in ("label", "horizon"):
+            if key in self._data:
+                out[key] = self._data[key].index_select(0, idx)
         return out
 
 
@@ -425,7 +429,7 @@ def encode_shard(
 
 def _encode_batch(dataset, vae, text_encoder, chunk, settings, parts, failures, shapes) -> None:
     """Load and encode one batch of rows, appending tensors to `parts` and failed rows to `failures`."""
-    videos, texts, labels, ok = [], [], [], []
+    videos, texts, labels, horizons, ok = [], [], [], [], []
     for i in chunk:
         try:
             rng = sample_rng(settings.seed, 0, i)
@@ -436,6 +440,7 @@ def _encode_batch(dataset, vae, text_encoder, chunk, settings, parts, failures, 
             continue
         texts.append(dataset.rows[i].text)
         labels.append(dataset.rows[i].label)
+        horizons.append(int(dataset.rows[i].horizon or 0))
         ok.append(i)
     if not ok:
         return
@@ -446,6 +451,8 @@ def _encode_batch(dataset, vae, text_encoder, chunk, settings, parts, failures, 
                        generator=torch.Generator(device=device).manual_seed(settings.seed + ok[0])).float().cpu()  # fmt: skip
         parts.setdefault("latents", []).append(z)
         parts.setdefault("row", []).append(torch.tensor(ok, dtype=torch.long))
+        if getattr(dataset, "has_horizon", False):
+            parts.setdefault("horizon", []).append(torch.tensor(horizons, dtype=torch.long))
         if settings.label:
             parts.setdefault("label", []).append(torch.tensor(labels, dtype=torch.long))
         else:

@@ -29,7 +29,7 @@ from sorakit.logging import get_logger
 
 log = get_logger(__name__)
 
-OPTIONAL_INT_COLUMNS = ("num_frames", "height", "width", "start_frame", "end_frame")
+OPTIONAL_INT_COLUMNS = ("num_frames", "height", "width", "start_frame", "end_frame", "horizon")
 
 
 @dataclass
@@ -44,6 +44,7 @@ class Row:
     end_frame: int | None = None
     height: int | None = None
     width: int | None = None
+    horizon: int | None = None  # frames the motion of the clip's first frame is planned for (None: its own)
 
 
 def read_table(
@@ -102,6 +103,7 @@ def _parse_row(csv_path: Path, lineno: int, rec: dict[str, str], root: Path, lab
         end_frame=ints["end_frame"],
         height=ints["height"],
         width=ints["width"],
+        horizon=ints["horizon"],
     )
 
 
@@ -154,6 +156,8 @@ class VideoTextDataset(torch.utils.data.Dataset):
         self.flip = flip
         self.label_column = label_column
         self.max_retries = max_retries
+        # a `horizon` column: items carry it (0 where empty: the clip's own length), as does a cache of them
+        self.has_horizon = any(r.horizon is not None for r in self.rows)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -200,6 +204,8 @@ class VideoTextDataset(torch.utils.data.Dataset):
             item: dict[str, Any] = {"video": video, "text": row.text, "index": current, "skipped": skipped}
             if self.label_column:
                 item["label"] = row.label
+            if self.has_horizon:
+                item["horizon"] = int(row.horizon or 0)
             return item
         raise UserError(
             f"{self.max_retries + 1} files in a row could not be read (last: {skipped[-1][0]}: {skipped[-1][1]})"

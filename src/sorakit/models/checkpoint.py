@@ -16,6 +16,9 @@ Explicit adapters (each reported):
     `attn_temp` weights, the temporal attention is created: its qkv keeps the model's initialisation and
     its output projection is zeroed, so the STDiT computes exactly what PixArt computes, frame by frame.
     PixArt-MS size embedders (`csize_embedder.*`, `ar_embedder.*`) are ignored in this case.
+  * an STDiT built with ``horizon=True`` receiving a checkpoint without ``h_embedder.*`` (a model trained
+    without the horizon embedding): the embedder keeps the model's initialisation, whose output layer is zero,
+    so the model computes exactly what the checkpoint's model computed.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ POS_EMBED_NAMES = ("pos_embed", "pos_embed_spatial", "pos_embed_temporal", "temp
 WRAPPER_KEYS = ("ema", "model", "state_dict", "module")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
 PIXART_MS_PREFIXES = ("csize_embedder.", "ar_embedder.")
+HORIZON_PREFIX = "h_embedder."
 
 
 @dataclass
@@ -195,6 +199,10 @@ def load_checkpoint(
     new_sd = _adapt(sd, target, ignore, report)
     if report.pixart_to_stdit:
         _create_temporal_attention(new_sd, target, report)
+    if isinstance(model, STDiT) and not any(k.startswith(HORIZON_PREFIX) for k in sd):
+        for k in (k for k in target if k.startswith(HORIZON_PREFIX)):
+            new_sd[k] = target[k]
+            report.created[k] = "model init (output layer zero: the horizon adds nothing until trained)"
     for k in pos_buffers:
         new_sd[k] = target[k]
     _check_fit(new_sd, target, report.source, type(model).__name__)

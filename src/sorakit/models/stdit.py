@@ -31,6 +31,7 @@ from sorakit.models.layers import (
     Attention,
     CaptionEmbedder,
     DropPath,
+    HorizonEmbedder,
     Mlp,
     MultiHeadCrossAttention,
     PatchEmbed3D,
@@ -195,6 +196,7 @@ class STDiT(DiffusionTransformer):
         space_scale: float = 1.0,
         time_scale: float = 1.0,
         base_size: int | None = None,
+        horizon: bool = False,
         freeze: str | None = None,
         dtype: Any = None,
         enable_flashattn: bool = False,
@@ -213,6 +215,8 @@ class STDiT(DiffusionTransformer):
         if base_size is not None:  # only when set, so configs of upstream models stay as they were
             self.config["base_size"] = int(base_size)
         self.base_size = int(base_size) if base_size is not None else None
+        if horizon:  # likewise: a sorakit extension, absent from upstream configs and state dicts
+            self.config["horizon"] = True
         self.input_size = tuple(input_size)
         self.patch_size = tuple(patch_size)
         self.in_channels = in_channels
@@ -240,6 +244,7 @@ class STDiT(DiffusionTransformer):
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
         self.y_embedder = CaptionEmbedder(caption_channels, hidden_size, class_dropout_prob, model_max_length)
+        self.h_embedder = HorizonEmbedder(hidden_size) if horizon else None
         rates = [drop_path * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.blocks = nn.ModuleList(
             [
@@ -275,6 +280,10 @@ class STDiT(DiffusionTransformer):
             nn.init.constant_(block.cross_attn.proj.bias, 0)
         nn.init.constant_(self.final_layer.linear.weight, 0)
         nn.init.constant_(self.final_layer.linear.bias, 0)
+        if self.h_embedder is not None:
+            nn.init.normal_(self.h_embedder.mlp[0].weight, std=0.02)
+            nn.init.constant_(self.h_embedder.mlp[2].weight, 0)  # adds nothing until trained
+            nn.init.constant_(self.h_embedder.mlp[2].bias, 0)
         self.initialize_temporal()
 
     def initialize_temporal(self) -> None:
@@ -292,22 +301,28 @@ class STDiT(DiffusionTransformer):
         force_drop_ids: torch.Tensor | None = None,
         x_mask: torch.Tensor | None = None,
         step_cache: Callable[..., torch.Tensor] | None = None,
+        horizon: torch.Tensor | float | None = None,
     ) -> torch.Tensor:
         """x `[B, C, T, H, W]`, timestep `[B]`, y `[B, 1, L, Cy]`, mask `[n, L]` 0/1 (n divides B) or None,
         force_drop_ids `[B]` (1 = replace the caption by the null caption), x_mask `[B, T]` bool over latent
         frames (True = generate, False = condition frame: modulated as timestep 0) or None (all generated,
         Open-Sora 1.0). `step_cache(x, signal, run_blocks)` (a `sorakit.diffusion.step_cache.StepCache`), when
-        given, decides whether the block stack runs at this sampling step. Returns `[B, C_out, T, H, W]`."""
+        given, decides whether the block stack runs at this sampling step. `horizon` (a model built with
+        ``horizon=True``): the frames the clip's motion is planned for, a number or `[B]` (None: the clip's own
+        T latent frames); other models ignore it. Returns `[B, C_out, T, H, W]`."""
         B = x.shape[0]
         grid = self.patch_grid(x)
         nt, nh, nw = grid
 
+        num_frames = x.shape[2]
         x = self.x_embedder(x)  # [B, N, D]
         x = rearrange(x, "B (T S) D -> B T S D", T=nt)
         x = x + self._spatial_pos_embed(self.pos_embed, nh, nw, self.space_scale, self.base_size, x)
         x = rearrange(x, "B T S D -> B (T S) D")
 
+        h = self._horizon_embed(horizon, B, num_frames, x)  # [B, D] or None
         t = self.t_embedder(timestep, dtype=x.dtype)  # [B, D]
+        t = t if h is None else t + h
         t0 = self.t_block(t)  # [B, 6D]
         y_mask, y_len = trimmed_caption_mask(mask, B)  # padding after the last used token is cut off
         y = self.y_embedder(y, self.training, force_drop_ids, length=y_len).squeeze(1)  # [B, L', D]
@@ -316,6 +331,7 @@ class STDiT(DiffusionTransformer):
         if x_mask is not None:
             frame_mask = token_frame_mask(x_mask.to(x.device), B, nt, self.patch_size[0])
             t_zero = self.t_embedder(torch.zeros_like(timestep), dtype=x.dtype)  # [B, D]
+            t_zero = t_zero if h is None else t_zero + h
             t0_zero = self.t_block(t_zero)
 
         extra = () if frame_mask is None else (frame_mask, t0_zero)
@@ -332,3 +348,16 @@ class STDiT(DiffusionTransformer):
 
         x = self.final_layer(x, t, frame_mask, t_zero)  # [B, N, prod(patch) * C_out]
         return self.unpatchify(x, grid)
+
+    def _horizon_embed(
+        self, horizon: torch.Tensor | float | None, batch: int, num_frames: int, like: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The horizon embedding `[B, D]` (None without an embedder): ratio horizon / T, 1 when not given."""
+        if self.h_embedder is None:
+            return None
+        if horizon is None:
+            ratio = torch.ones(batch, device=like.device)
+        else:
+            ratio = torch.as_tensor(horizon, dtype=torch.float32, device=like.device).reshape(-1) / num_frames
+            ratio = ratio.expand(batch) if ratio.numel() == 1 else ratio
+        return self.h_embedder(ratio, dtype=like.dtype)

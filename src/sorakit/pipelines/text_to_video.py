@@ -18,6 +18,7 @@ fp32 (``text_encoder.dtype``; never fp16, where it overflows).
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import os
 from collections.abc import Callable, Iterator
@@ -468,10 +469,12 @@ class TextToVideoPipeline:
         how: tuple[str, str, Any, Any, Any, CacheSpec | None],
         condition: Any,
         progress: bool,
+        horizon: int | None = None,
     ) -> torch.Tensor:
         """Latents `shape` `[B, C, T, h, w]` for `prompts`: captions, starting noise, the sampler's steps.
         `how` = (sampler name, the model's prediction type, parity profile or None, step callback or None,
-        guidance interval or None, step cache setting or None)."""
+        guidance interval or None, step cache setting or None). `horizon`: the frames this segment's motion is
+        planned for (a model with a horizon embedding; None: the segment's own length)."""
         cfg = self.config
         sampler, prediction, profile, report, interval, cache = how
         # 1. prompts -> caption embeddings (and the null caption for guidance)
@@ -487,8 +490,11 @@ class TextToVideoPipeline:
             {} if cache is None else {"step_cache": StepCache(cache.threshold, total_calls=solver.num_steps)}
         )
         self.last_step_caches += list(step_cache.values())
+        denoiser = self._denoiser
+        if horizon is not None and getattr(self.transformer, "h_embedder", None) is not None:
+            denoiser = functools.partial(self._denoiser, horizon=float(horizon))
         model_fn = guidance_model_fn(
-            self._denoiser,
+            denoiser,
             y,
             y_null,
             scale,
@@ -591,11 +597,14 @@ class TextToVideoPipeline:
         shape = (len(prompts), self.vae.latent_channels, *latent_size)
         texts = [split_loop_prompt(p, loop) for p in prompts]  # [prompt][segment]
         segments, self.last_step_caches = [], []
+        total = loop * num_frames - (loop - 1) * condition_frames
         for seg in range(loop):  # one segment unless looping: each later one starts with the last one's end
             condition = refs.condition(seg, shape, self.device) if refs is not None else None
             report = None if callback is None else _segment_callback(callback, seg, steps, loop)
+            horizon = total - seg * (num_frames - condition_frames)  # the frames from this segment's start on
             segments.append(self._denoise([t[seg] for t in texts], shape, solver, generator, scale,
-                                          (sampler, prediction, profile, report, interval, cache), condition, progress))  # fmt: skip
+                                          (sampler, prediction, profile, report, interval, cache), condition, progress,
+                                          horizon))  # fmt: skip
             if seg + 1 < loop:
                 refs.add_segment(segments[-1], seg + 1)
         latents = join_segments(segments, condition_frames)

@@ -59,7 +59,7 @@ def video_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index)])
 
 
-CSV_COLUMNS = ("path", "text", "num_frames", "fps", "height", "width", "color", "shape", "motion")
+CSV_COLUMNS = ("path", "text", "num_frames", "fps", "height", "width", "color", "shape", "motion", "horizon")
 
 
 def _triples(rng: np.random.Generator, holdout: str, concepts: str, new_fraction: float | None) -> list:
@@ -73,6 +73,8 @@ def _triples(rng: np.random.Generator, holdout: str, concepts: str, new_fraction
 
 
 _SHAPE_TAG = 0x73697A65  # the stream that picks a video's size and length (apart from its spec's stream)
+_HORIZON_TAG = 0x686F727A  # the stream that picks whether (and how far) a video's path runs on past its end
+MAX_HORIZON_RATIO = 3.0  # a long path is planned for up to 3x the clip's frames
 
 
 def video_shape(
@@ -86,12 +88,26 @@ def video_shape(
     return (int(size[0]), int(size[1])), int(lengths[int(rng.integers(len(lengths)))])
 
 
+def video_horizon(seed: int, index: int, frames: int, long_paths: float) -> int:
+    """The frames video `index`'s path is planned for: its own `frames`, or with probability `long_paths`
+    ``frames x U(1, MAX_HORIZON_RATIO]`` (drawn from its own seeded stream): the clip is then the opening of a
+    longer video, paced to keep the object inside for all of it (what a loop's first segment must do)."""
+    if long_paths <= 0:
+        return frames
+    rng = np.random.default_rng([int(seed), int(index), _HORIZON_TAG])
+    if rng.random() >= long_paths:
+        return frames
+    return max(frames + 1, int(round(frames * rng.uniform(1.0, MAX_HORIZON_RATIO))))
+
+
 def _make_one(job: tuple) -> dict[str, str]:
-    index, seed, holdout, sizes, lengths, fps, out_dir, concepts, new_fraction = job
+    index, seed, holdout, sizes, lengths, fps, out_dir, concepts, new_fraction, long_paths = job
 
     size, frames = video_shape(seed, index, sizes, lengths)
+    horizon = video_horizon(seed, index, frames, long_paths)
     rng = video_rng(seed, index)
-    spec = sample_spec(rng, _triples(rng, holdout, concepts, new_fraction), size=size, frames=frames)
+    spec = sample_spec(rng, _triples(rng, holdout, concepts, new_fraction), size=size, frames=frames,
+                       horizon=horizon)  # fmt: skip
     path = Path(out_dir) / "videos" / f"{index:06d}.mp4"
     if not path.exists():  # resumable: an existing file was written atomically by the same (seed, index)
         write_video(path, render(spec, size, frames), fps=fps)
@@ -106,6 +122,7 @@ def _make_one(job: tuple) -> dict[str, str]:
         "color": spec.color,
         "shape": spec.shape,
         "motion": spec.motion,
+        "horizon": str(horizon),
     }
 
 
@@ -158,7 +175,8 @@ def parse_lengths(text: str) -> list[int]:
 
 
 def check_options(num_videos: int, size: SizeArg, frames: int | Sequence[int], fps: float, holdout: str,
-                  concepts: str = "default", new_fraction: float | None = None) -> None:  # fmt: skip
+                  concepts: str = "default", new_fraction: float | None = None,
+                  long_paths: float = 0.0) -> None:  # fmt: skip
     """Raise UserError for a setting synthesize cannot use (before any pool is started)."""
     if num_videos < 1:
         raise UserError(f"--num-videos must be >= 1, got {num_videos}")
@@ -174,6 +192,8 @@ def check_options(num_videos: int, size: SizeArg, frames: int | Sequence[int], f
     combos(holdout, concepts)  # validates the modes
     if new_fraction is not None and (concepts == "default" or not 0.0 <= new_fraction <= 1.0):
         raise UserError(f"--new-fraction must be in [0, 1] and needs --concepts extended, got {new_fraction}")
+    if not 0.0 <= long_paths <= 1.0:
+        raise UserError(f"--long-paths must be in [0, 1], got {long_paths}")
 
 
 def synthesize(
@@ -191,6 +211,7 @@ def synthesize(
     progress: bool = False,
     concepts: str = "default",
     new_fraction: float | None = None,
+    long_paths: float = 0.0,
 ) -> Path:
     """Write `num_videos` videos under ``output/videos/`` and ``output/train.csv``; returns the CSV path.
 
@@ -200,15 +221,17 @@ def synthesize(
     (``sorakit.shapes_world``); ``new_fraction`` is then the share of videos showing one of them (default:
     every triple equally likely). `size` (a side, (H, W) or a list of them) and `frames` (an int or a list):
     with several, each video draws its size and length (:func:`video_shape`); the CSV row says which.
+    `long_paths`: the share of videos that open a longer path (:func:`video_horizon`); the CSV's ``horizon``
+    column says how many frames each video's path is planned for (its own length otherwise).
     """
-    check_options(num_videos, size, frames, fps, holdout, concepts, new_fraction)
+    check_options(num_videos, size, frames, fps, holdout, concepts, new_fraction, long_paths)
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     out = Path(output)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     sizes, lengths = tuple(size_list(size)), tuple(length_list(frames))
     jobs = [
-        (i, seed, holdout, sizes, lengths, float(fps), str(out), concepts, new_fraction)
+        (i, seed, holdout, sizes, lengths, float(fps), str(out), concepts, new_fraction, float(long_paths))
         for i in range(num_videos)
     ]
     parts = out / "train.parts"

@@ -239,13 +239,15 @@ def _conditions(
 
 def _model_fn(
     model: nn.Module, y: torch.Tensor, mask: torch.Tensor | None, drop: torch.Tensor | None, device_type: str,
-    autocast_dtype: torch.dtype | None,
+    autocast_dtype: torch.dtype | None, horizon: torch.Tensor | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:  # fmt: skip
-    """``model_fn(x_t, t)`` for the objective: the model under autocast (weights stay float32), output float32."""
+    """``model_fn(x_t, t)`` for the objective: the model under autocast (weights stay float32), output float32.
+    `horizon` `[B]` (the data's planned path lengths) goes to a model with a horizon embedding."""
+    extra = {} if horizon is None else {"horizon": horizon}
 
     def model_fn(x_t: torch.Tensor, timestep: torch.Tensor, **kw: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            out = model(x_t, timestep, y, mask, drop, **kw)  # kw: x_mask of reference frames
+            out = model(x_t, timestep, y, mask, drop, **kw, **extra)  # kw: x_mask of reference frames
         return out.float()
 
     return model_fn
@@ -477,7 +479,9 @@ def train_step(
                                               shape, tcfg.caption_dropout, part, ts.masker)  # fmt: skip
     drop = drop.to(dev) if drop is not None else None
     masked = {} if x_mask is None else {"x_mask": x_mask.to(dev)}  # condition frames: clean, out of the loss
-    model_fn = _model_fn(ts.train_model, y, mask, drop, dev.type, autocast_dtype(tcfg.mixed_precision))
+    horizon = batch.get("horizon") if getattr(ts.model, "h_embedder", None) is not None else None
+    horizon = None if horizon is None else horizon.to(dev, torch.float32)
+    model_fn = _model_fn(ts.train_model, y, mask, drop, dev.type, autocast_dtype(tcfg.mixed_precision), horizon)
     ts.train_model.train()
     loss = objective.training_losses(model_fn, x0, t.to(dev), noise.to(dev), **masked)["loss"].mean()
     if not torch.isfinite(loss):

@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "synth",
         help="generate the synthetic 'shapes' text-to-video dataset (videos + train.csv)",
         description="Write N videos of one coloured shape moving left/right/up/down on black (H.264 MP4 under "
-        "DIR/videos/) and DIR/train.csv (path,text,num_frames,fps,height,width,color,shape,motion). "
+        "DIR/videos/) and DIR/train.csv (path,text,num_frames,fps,height,width,color,shape,motion,horizon). "
         "Deterministic for a seed; the held-out colour-shape-motion combinations are excluded unless "
         "--holdout none. Existing videos of the same seed are reused, so an interrupted run can be resumed.",
     )
@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--new-fraction", type=float, default=None,
                    help="with --concepts extended: share of videos showing orange or a diamond (default: every "
                         "colour-shape-motion combination equally likely)")  # fmt: skip
+    p.add_argument("--long-paths", type=float, default=0.0,
+                   help="share of videos that open a longer path: paced and placed for up to 3x their frames "
+                        "(the CSV's horizon column), to train a model with arch.horizon (default 0)")  # fmt: skip
     p.add_argument("--workers", type=int, default=None, help="same as --executor local:N")
     add_executor_args(p)
     p.set_defaults(func=run)
@@ -51,13 +54,14 @@ def run(args: argparse.Namespace) -> int:
 
     spec = executor_from_args(args)
     sizes, lengths = parse_sizes(args.size), parse_lengths(args.frames)
-    check_options(args.num_videos, sizes, lengths, args.fps, args.holdout, args.concepts, args.new_fraction)
+    check_options(args.num_videos, sizes, lengths, args.fps, args.holdout, args.concepts, args.new_fraction,
+                  args.long_paths)  # fmt: skip
     t0 = time.perf_counter()
     with open_pool(spec) as pool:
         csv_path = synthesize(
             args.output, args.num_videos, seed=args.seed, size=sizes, frames=lengths, fps=args.fps,
             holdout=args.holdout, pool=pool, retries=args.retries, shard_items=args.shard_items, progress=True,
-            concepts=args.concepts, new_fraction=args.new_fraction,
+            concepts=args.concepts, new_fraction=args.new_fraction, long_paths=args.long_paths,
         )  # fmt: skip
     print(f"wrote {args.num_videos} videos and {csv_path} in {time.perf_counter() - t0:.1f}s")
     return 0

@@ -20,6 +20,7 @@ from sorakit.models.layers.blocks import (
 )
 from sorakit.models.layers.embeddings import (
     CaptionEmbedder,
+    HorizonEmbedder,
     LabelEmbedder,
     PatchEmbed3D,
     TimestepEmbedder,
@@ -33,6 +34,7 @@ __all__ = [
     "CaptionEmbedder",
     "DropPath",
     "FinalLayer",
+    "HorizonEmbedder",
     "LabelEmbedder",
     "Mlp",
     "MultiHeadCrossAttention",

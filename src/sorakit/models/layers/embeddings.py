@@ -64,6 +64,28 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(t_freq.to(dtype))
 
 
+class HorizonEmbedder(nn.Module):
+    """The length a clip's motion is planned for -> `[B, D]`, added to the timestep embedding.
+
+    A clip of T frames may open a longer video (a loop's first segment opens a 40-frame video): the model is
+    told the ratio ``horizon / T >= 1`` so it can pace the motion for the whole length. ``log2`` of the ratio
+    goes through sinusoidal features (x 100, so ratios 1-8 span the low frequencies) and an MLP whose output
+    layer starts at zero, so a model that gains the embedder computes exactly what it computed before."""
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 64) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size, bias=True),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size, bias=True),
+        )
+        self.frequency_embedding_size = frequency_embedding_size
+
+    def forward(self, ratio: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        feats = timestep_features(100.0 * torch.log2(ratio.float().clamp(min=1.0)), self.frequency_embedding_size)
+        return self.mlp(feats.to(dtype))
+
+
 class CaptionEmbedder(nn.Module):
     """Caption embeddings `[B, 1, L, Cy]` -> `[B, 1, L, D]` through a tanh-GELU MLP.
 

@@ -1,0 +1,145 @@
+"""The horizon embedding (``arch.horizon``): a clip tells the model how many frames its motion is planned for,
+so a loop's first segment can pace the object for the whole loop. Checked here: a model that gains the
+embedder computes exactly what the checkpoint it loads computed; the horizon changes the output only through
+the ratio horizon / T, per sample; the data carries it from the CSV to the cache and the trainer; a loop
+tells each segment the frames left from its start."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from sorakit.data.bucket_cache import BucketLatentCache
+from sorakit.data.cache import LatentCacheDataset
+from sorakit.data.dataset import VideoTextDataset
+from sorakit.models.checkpoint import load_checkpoint
+from sorakit.models.stdit import STDiT
+from sorakit.tools import synth
+
+KW = dict(input_size=(8, 8, 8), in_channels=4, patch_size=(2, 2, 2), hidden_size=32, depth=2, num_heads=2,
+          caption_channels=16, model_max_length=6, pred_sigma=False)  # fmt: skip
+
+
+def _pair() -> tuple[STDiT, STDiT]:
+    torch.manual_seed(0)
+    plain = STDiT(**KW).eval()
+    with torch.no_grad():  # every weight non-zero, so no zero-initialised layer hides a difference
+        for p in plain.parameters():
+            p.normal_(0, 0.1)
+    horizon = STDiT(horizon=True, **KW).eval()
+    report = load_checkpoint(horizon, plain.state_dict())
+    assert sorted(report.created) == sorted(k for k in horizon.state_dict() if k.startswith("h_embedder."))
+    return plain, horizon
+
+
+def _inputs(b: int = 2):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(b, 4, 8, 8, 8, generator=g)
+    t = torch.tensor([10.0, 700.0][:b])
+    y = torch.randn(b, 1, 6, 16, generator=g)
+    x_mask = torch.ones(b, 8, dtype=torch.bool)
+    x_mask[:, :2] = False
+    return x, t, y, x_mask
+
+
+@torch.no_grad()
+def test_gaining_the_embedder_changes_nothing_until_trained():
+    plain, horizon = _pair()
+    x, t, y, x_mask = _inputs()
+    for h in (None, 8, 20.0, torch.tensor([8.0, 24.0])):
+        assert torch.equal(plain(x, t, y, horizon=h), horizon(x, t, y, horizon=h))
+        assert torch.equal(plain(x, t, y, x_mask=x_mask), horizon(x, t, y, x_mask=x_mask, horizon=h))
+    assert "horizon" not in plain.config and horizon.config["horizon"] is True
+
+
+@torch.no_grad()
+def test_horizon_acts_through_its_ratio_per_sample():
+    _, model = _pair()
+    torch.nn.init.normal_(model.h_embedder.mlp[2].weight, std=0.5)  # as if trained
+    x, t, y, x_mask = _inputs()
+    own = model(x, t, y)
+    assert torch.equal(own, model(x, t, y, horizon=8))  # T = 8 latent frames: ratio 1 is the default
+    assert torch.equal(own, model(x, t, y, horizon=torch.tensor([4.0, 2.0])))  # below T counts as T
+    longer = model(x, t, y, horizon=20)
+    assert (longer - own).abs().max() > 1e-3
+    mixed = model(x, t, y, x_mask=x_mask, horizon=torch.tensor([8.0, 20.0]))
+    assert torch.allclose(mixed[0], model(x[:1], t[:1], y[:1], x_mask=x_mask[:1])[0], atol=1e-5)
+    assert torch.allclose(mixed[1], model(x[1:], t[1:], y[1:], x_mask=x_mask[1:], horizon=20)[0], atol=1e-5)
+
+
+def test_long_paths_keep_the_object_inside_for_the_whole_horizon():
+    triples = synth.combos("default")
+    for i in range(40):
+        same = [synth.sample_spec(synth.video_rng(0, i), triples, 64, 16, horizon=h) for h in (None, 16)]
+        assert same[0] == same[1]  # the horizon of the clip's own length is the old draw
+        spec = synth.sample_spec(synth.video_rng(0, i), triples, 64, 16, horizon=40)
+        end = synth.render(spec, 64, frames=1, start=39)[0]  # the path's last frame
+        side = int(np.ceil(spec.side))
+        assert end.any(axis=-1).sum() >= 0.45 * side * side  # the whole object still on the canvas
+        first = synth.render(spec, 64, frames=16)
+        assert np.array_equal(first[0], synth.render(spec, 64, frames=1)[0]) and first.shape[0] == 16
+        assert spec.speed * 39 <= 64 - spec.side + 1e-6  # paced for 40 frames
+
+
+def test_video_horizon_is_seeded_and_bounded():
+    draws = [synth.video_horizon(7, i, 16, 0.4) for i in range(400)]
+    assert draws == [synth.video_horizon(7, i, 16, 0.4) for i in range(400)]
+    longer = [d for d in draws if d > 16]
+    assert 0.3 < len(longer) / len(draws) < 0.5
+    assert max(draws) <= 16 * synth.MAX_HORIZON_RATIO and min(draws) == 16
+    assert all(synth.video_horizon(7, i, 16, 0.0) == 16 for i in range(50))
+
+
+@pytest.fixture(scope="module")
+def horizon_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("horizon-data")
+    csv_path = synth.synthesize(out, 12, seed=3, size=[(32, 32)], frames=[8], long_paths=0.5)
+    return csv_path, [int(r["horizon"]) for r in csv.DictReader(open(csv_path))]
+
+
+def test_horizon_goes_from_csv_through_cache_to_the_trained_embedder(horizon_data, tmp_path):
+    from safetensors.torch import load_file
+
+    from sorakit.cli.main import main
+    from sorakit.pipelines.tiny import make_tiny_vae
+
+    csv_path, horizons = horizon_data
+    assert any(h > 8 for h in horizons) and any(h == 8 for h in horizons)
+    ds = VideoTextDataset(csv_path, num_frames=8, frame_interval=1, image_size=(32, 32), flip=False)
+    assert [ds[i]["horizon"] for i in range(len(ds))] == horizons
+    vae = make_tiny_vae(tmp_path / "vae")
+    cache = tmp_path / "cache"
+    assert main(["data", "encode", str(csv_path), f"vae.path={vae}", "data.image_size=[32,32]", "data.num_frames=8",
+                 "--output", str(cache), "--shard-size", "5"]) == 0  # fmt: skip
+    cached = LatentCacheDataset(cache)
+    rows = cached.get_batch(list(range(len(cached))))
+    by_row = dict(zip(cached._data["row"].tolist(), rows["horizon"].tolist()))
+    assert by_row == dict(enumerate(horizons))
+    assert cached[0]["horizon"] == by_row[int(cached._data["row"][0])]
+
+    # training feeds it to the embedder: its zero output layer moves (a model without one ignores it)
+    assert main(["train", "tiny", "train.tensorboard=false", "model.arch.hidden_size=32", "model.arch.horizon=true",
+                 "--data", str(cache), "--output", str(tmp_path / "run"), "--max-steps", "2",
+                 "--batch-size", "4"]) == 0  # fmt: skip
+    weights = load_file(str(tmp_path / "run" / "checkpoints" / "step-00000002" / "model.safetensors"))
+    assert weights["h_embedder.mlp.2.weight"].abs().max() > 0
+
+
+def test_bucket_cache_carries_horizon(horizon_data, tmp_path):
+    from sorakit.cli.main import main
+    from sorakit.pipelines.tiny import make_tiny_vae
+
+    csv_path, horizons = horizon_data
+    vae = make_tiny_vae(tmp_path / "vae")
+    cache = tmp_path / "cache"
+    preset = tmp_path / "buckets.toml"
+    preset.write_text('base = "builtin/stdit"\n[data]\nbuckets = { "32x32" = { 8 = [1.0, 4] } }\n')
+    assert main(["data", "encode", str(csv_path), "--config", str(preset), f"vae.path={vae}",
+                 "--output", str(cache)]) == 0  # fmt: skip
+    cached = BucketLatentCache(cache)
+    batch = cached.get_batch(list(range(len(cached))))
+    rows = [int(cached.groups[n]["row"][j]) for n, j in cached.index]
+    assert batch["horizon"].tolist() == [horizons[r] for r in rows]
