@@ -56,7 +56,9 @@ def test_v3_stages_run_end_to_end(v3_run):
     assert sorted(json.loads((work / "times.json").read_text())) == sorted(recipe.STAGES)
     rows = list(csv.DictReader(open(work / "data" / "train.csv")))
     assert len(rows) == 10 and len({(r["num_frames"], r["height"], r["width"]) for r in rows}) >= 3
-    assert {int(r["horizon"]) >= int(r["num_frames"]) for r in rows} == {True}  # the CSV says each clip's horizon
+    assert {int(r["horizon"]) >= int(r["num_frames"]) for r in rows} == {
+        True
+    }  # the CSV says each clip's horizon
     meta = json.loads((work / "cache" / "meta.json").read_text())
     assert "buckets" in meta and sum(meta["buckets"].values()) == 10
     log = (work / "stdit" / "train.log").read_text()

@@ -481,7 +481,9 @@ def train_step(
     masked = {} if x_mask is None else {"x_mask": x_mask.to(dev)}  # condition frames: clean, out of the loss
     horizon = batch.get("horizon") if getattr(ts.model, "h_embedder", None) is not None else None
     horizon = None if horizon is None else horizon.to(dev, torch.float32)
-    model_fn = _model_fn(ts.train_model, y, mask, drop, dev.type, autocast_dtype(tcfg.mixed_precision), horizon)
+    model_fn = _model_fn(
+        ts.train_model, y, mask, drop, dev.type, autocast_dtype(tcfg.mixed_precision), horizon
+    )
     ts.train_model.train()
     loss = objective.training_losses(model_fn, x0, t.to(dev), noise.to(dev), **masked)["loss"].mean()
     if not torch.isfinite(loss):

@@ -82,7 +82,9 @@ class HorizonEmbedder(nn.Module):
         self.frequency_embedding_size = frequency_embedding_size
 
     def forward(self, ratio: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        feats = timestep_features(100.0 * torch.log2(ratio.float().clamp(min=1.0)), self.frequency_embedding_size)
+        feats = timestep_features(
+            100.0 * torch.log2(ratio.float().clamp(min=1.0)), self.frequency_embedding_size
+        )
         return self.mlp(feats.to(dtype))
 
 
