@@ -27,7 +27,9 @@ and loops at several sizes.
 Its stages have the same names:
 
 1. ``data``   -- ``sorakit data synth`` of 64x64 (half), 64x96 and 96x64 frames, 8, 16 (half) or 32 frames,
-   the object at a constant speed (:data:`V3_SIZES`, :data:`V3_LENGTHS`), 6000 videos;
+   the object at a constant speed (:data:`V3_SIZES`, :data:`V3_LENGTHS`), 6000 videos, 40% of them the opening
+   of a path planned for up to 3x their length (``--long-paths``, the CSV's ``horizon`` column: what the
+   model's horizon embedding learns from, so a loop's first segment paces the object for the whole loop);
 2. ``vae``    -- no training: the model directory of ``--base`` (default the shipped one: v2 when v3 was
    trained, v3 itself since; ``git archive 6a1edf8 src/sorakit/builtin/model | tar -x -C /tmp/v2`` gives v2's for
    a reproduction) is copied to ``WORKDIR/base``, so v3 keeps v2's latent space and starts from its weights;
@@ -37,6 +39,12 @@ Its stages have the same names:
 5. ``export`` -- as v2;
 6. ``eval``   -- ``sorakit eval shapes`` for each task of the issue: text-to-video with shape fidelity,
    ``--task i2v``, ``--task extend``, 64x96 / 96x64, 32 frames and ``--loop 3`` (``WORKDIR/eval.md``).
+
+The shipped model is v3.1 (2026-12-02): v3 fine-tuned by this recipe with the horizon embedding
+(``arch.horizon``, created at zero) and the long paths, ``--base`` v3's directory (``git archive 99546c4
+src/sorakit/builtin/model | tar -x -C /tmp/v3``) and ``--set train.max_steps=4000 --set train.warmup_steps=100
+--set train.decay_steps=2000``: data 2.5 min, encode 34 min, train 39 min (0.58 s/step) on the shared 2-core
+CPU. Its sampler guides only at t >= 950 (``[sampler] guidance_interval`` of the preset).
 
 v3's time plan (2-core CPU; step times measured per bucket by ``benchmarks/builtin_v3_steps.py``: a v3 step
 over the data mix costs 1.09 v2 steps, and v2's took 0.26 s): data ~3 min, base copy 0 s, encode ~10 min,
