@@ -130,7 +130,6 @@ def run(args: argparse.Namespace) -> int:
             from sorakit.modeldir import builtin_model_dir
 
             cfg.train.init_from = str(builtin_model_dir())
-        _adopt_init_horizon(cfg)
     from sorakit.training.export import absolute_component_paths
 
     absolute_component_paths(cfg)  # the run's config.toml (and its exports) work from any folder
@@ -146,14 +145,3 @@ def run(args: argparse.Namespace) -> int:
     if result.checkpoint is not None:
         print(result.checkpoint)
     return 0
-
-
-def _adopt_init_horizon(cfg) -> None:  # noqa: ANN001 - sorakit.config.Config
-    """`--init` a model directory whose STDiT has the horizon embedding (the built-in model since v3.1): the run's
-    network gets it too (``model.arch.horizon``), unless the config says otherwise, so its weights fit."""
-    from sorakit.modeldir import is_model_dir, read_model_dir
-
-    if not cfg.train.init_from or not is_model_dir(cfg.train.init_from) or "horizon" in cfg.model.arch:
-        return
-    if read_model_dir(cfg.train.init_from)[1].model.arch.get("horizon"):
-        cfg.model.arch["horizon"] = True

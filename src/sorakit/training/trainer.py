@@ -54,6 +54,7 @@ from sorakit.errors import ConfigError, UserError
 from sorakit.fileutil import SafeFileHandler, atomic_write, open_append, refuse_links, write_text_atomic
 from sorakit.logging import get_logger
 from sorakit.masks import MaskGenerator, normalise_ratios
+from sorakit.modeldir import is_model_dir, read_model_dir
 from sorakit.models import build_from_config, load_checkpoint, model_spec
 from sorakit.parallel.mesh import ParallelState, all_reduce_mean, all_reduce_sum, init_distributed, shutdown
 from sorakit.parallel.parallelize import compile_backend, parallelize
@@ -191,6 +192,7 @@ def build_encoders(cfg: Config, state: ParallelState, components: Components) ->
 
 def build_model(cfg: Config, data: DataSource) -> nn.Module:
     """The diffusion transformer for this data's latent size (float32, random init, seeded)."""
+    _adopt_init_horizon(cfg)
     torch.manual_seed(cfg.train.seed)
     return build_from_config(
         cfg, data.latent_size, in_channels=data.latent_channels, caption_channels=data.caption_channels,
@@ -198,6 +200,16 @@ def build_model(cfg: Config, data: DataSource) -> nn.Module:
         # rectified flow predicts a velocity: there is no variance to learn
         learn_variance=False if cfg.train.objective == "rflow" else None,
     )  # fmt: skip
+
+
+def _adopt_init_horizon(cfg: Config) -> None:
+    """An init model directory whose STDiT has the horizon embedding (the built-in model since v3.1): the run's
+    network gets it too (``model.arch.horizon``) unless the config sets it, so the weights fit."""
+    init = cfg.train.init_from or cfg.model.from_pretrained
+    if not init or "horizon" in cfg.model.arch or not is_model_dir(init):
+        return
+    if read_model_dir(init)[1].model.arch.get("horizon"):
+        cfg.model.arch["horizon"] = True
 
 
 def load_init_weights(model: nn.Module, path: str) -> None:
