@@ -572,8 +572,7 @@ class TextToVideoPipeline:
                 in all. Prompts may be per segment (`|0|first text|2|from segment 2 on`).
             guidance_interval: ``(lo, hi)`` model timesteps (0..num_timesteps) where guidance applies; the other
                 steps run the conditional rows only. Default ``sampler.guidance_interval`` (None: every step).
-            vae_batch: frames decoded at once (less memory, same frames); default ``vae.micro_batch_size``.
-            cache: step caching ``"teacache[:THRESHOLD]"`` or ``"none"`` (STDiT; :mod:`sorakit.diffusion.step_cache`);
+            vae_batch: frames decoded at once (less memory, same frames); default ``vae.micro_batch_size``. cache: step caching ``"teacache[:THRESHOLD]"`` or ``"none"`` (STDiT; :mod:`sorakit.diffusion.step_cache`);
                 default ``sampler.cache``. ``last_step_caches`` then holds each sampling run's cache.
         """
         cfg = self.config
@@ -597,14 +596,12 @@ class TextToVideoPipeline:
         shape = (len(prompts), self.vae.latent_channels, *latent_size)
         texts = [split_loop_prompt(p, loop) for p in prompts]  # [prompt][segment]
         segments, self.last_step_caches = [], []
-        total = loop * num_frames - (loop - 1) * condition_frames
         for seg in range(loop):  # one segment unless looping: each later one starts with the last one's end
             condition = refs.condition(seg, shape, self.device) if refs is not None else None
             report = None if callback is None else _segment_callback(callback, seg, steps, loop)
-            horizon = total - seg * (num_frames - condition_frames)  # the frames from this segment's start on
             segments.append(self._denoise([t[seg] for t in texts], shape, solver, generator, scale,
                                           (sampler, prediction, profile, report, interval, cache), condition, progress,
-                                          horizon))  # fmt: skip
+                                          (loop - seg) * (num_frames - condition_frames) + condition_frames))  # fmt: skip
             if seg + 1 < loop:
                 refs.add_segment(segments[-1], seg + 1)
         latents = join_segments(segments, condition_frames)
