@@ -64,28 +64,19 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(t_freq.to(dtype))
 
 
-class HorizonEmbedder(nn.Module):
+class HorizonEmbedder(TimestepEmbedder):
     """The length a clip's motion is planned for -> `[B, D]`, added to the timestep embedding.
 
     A clip of T frames may open a longer video (a loop's first segment opens a 40-frame video): the model is
-    told the ratio ``horizon / T >= 1`` so it can pace the motion for the whole length. ``log2`` of the ratio
-    goes through sinusoidal features (x 100, so ratios 1-8 span the low frequencies) and an MLP whose output
-    layer starts at zero, so a model that gains the embedder computes exactly what it computed before."""
+    told the ratio ``horizon / T >= 1`` so it can pace the motion for the whole length. A timestep embedder of
+    ``100 x log2`` of the ratio (so ratios 1-8 span the low frequencies) whose output layer the model starts at
+    zero, so a model that gains the embedder computes exactly what it computed before."""
 
     def __init__(self, hidden_size: int, frequency_embedding_size: int = 64) -> None:
-        super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(frequency_embedding_size, hidden_size, bias=True),
-            nn.SiLU(),
-            nn.Linear(hidden_size, hidden_size, bias=True),
-        )
-        self.frequency_embedding_size = frequency_embedding_size
+        super().__init__(hidden_size, frequency_embedding_size)
 
     def forward(self, ratio: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        feats = timestep_features(
-            100.0 * torch.log2(ratio.float().clamp(min=1.0)), self.frequency_embedding_size
-        )
-        return self.mlp(feats.to(dtype))
+        return super().forward(100.0 * torch.log2(ratio.float().clamp(min=1.0)), dtype)
 
 
 class CaptionEmbedder(nn.Module):
