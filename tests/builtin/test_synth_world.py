@@ -238,3 +238,8 @@ def test_bad_sizes_and_lengths_are_one_line(tmp_path, capsys):
     assert main(["data", "synth", "-o", str(tmp_path), "-n", "2", "--frames", "32-8"]) == 2
     assert "--frames" in capsys.readouterr().err
     assert main(["data", "synth", "-o", str(tmp_path), "-n", "2", "--frames", "8,1"]) == 2
+    capsys.readouterr()
+    for flag in ("--long-paths", "--path-windows"):
+        assert main(["data", "synth", "-o", str(tmp_path), "-n", "2", flag, "1.5"]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} must be in [0, 1]" in err and len(err.strip().splitlines()) == 1

@@ -15,6 +15,7 @@ import torch
 from sorakit.data.bucket_cache import BucketLatentCache
 from sorakit.data.cache import LatentCacheDataset
 from sorakit.data.dataset import VideoTextDataset
+from sorakit.data.video import read_video
 from sorakit.models.checkpoint import load_checkpoint
 from sorakit.models.stdit import STDiT
 from sorakit.tools import synth
@@ -91,6 +92,30 @@ def test_video_horizon_is_seeded_and_bounded():
     assert 0.3 < len(longer) / len(draws) < 0.5
     assert max(draws) <= 16 * synth.MAX_HORIZON_RATIO and min(draws) == 16
     assert all(synth.video_horizon(7, i, 16, 0.0) == 16 for i in range(50))
+
+
+def test_path_windows_show_a_later_stretch_of_the_same_path(tmp_path):
+    starts = [synth.video_window(5, i, 16, 40, 0.6) for i in range(400)]
+    assert starts == [synth.video_window(5, i, 16, 40, 0.6) for i in range(400)]  # seeded
+    later = [s for s in starts if s > 0]
+    assert 0.5 < len(later) / len(starts) < 0.7 and max(later) <= 40 - 16
+    assert all(synth.video_window(5, i, 16, 16, 1.0) == 0 for i in range(50))  # no longer path: the opening
+    assert all(synth.video_window(5, i, 16, 40, 0.0) == 0 for i in range(50))
+
+    csv_path = synth.synthesize(tmp_path, 16, seed=4, size=[(32, 32)], frames=[8], long_paths=1.0, windows=0.5)
+    rows = list(csv.DictReader(open(csv_path)))
+    triples = synth.combos("default")
+    shown_later = 0
+    for i, row in enumerate(rows):
+        planned = synth.video_horizon(4, i, 8, 1.0)
+        start = synth.video_window(4, i, 8, planned, 0.5)
+        assert int(row["horizon"]) == planned - start >= 8  # the frames the path runs on for
+        spec = synth.sample_spec(synth.video_rng(4, i), triples, (32, 32), 8, horizon=planned)
+        want = synth.render(spec, (32, 32), 8, start=start)  # frames start .. start + 7 of that path
+        got = read_video(tmp_path / row["path"])
+        assert got.shape[0] == 8 and np.abs(got.astype(int) - want.astype(int)).mean() < 3  # (lossy codec)
+        shown_later += start > 0
+    assert shown_later > 0
 
 
 @pytest.fixture(scope="module")

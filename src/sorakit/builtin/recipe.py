@@ -96,6 +96,8 @@ V3_SIZES = ((64, 64), (64, 64), (64, 96), (96, 64))
 V3_LENGTHS = (8, 16, 16, 32)
 # v3's share of clips that open a longer path (``synth --long-paths``): the horizon embedding's training data
 V3_LONG_PATHS = 0.4
+# the share of those long paths shown from a later frame (``synth --path-windows``): a loop's later segments
+V3_PATH_WINDOWS = 0.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -383,7 +385,8 @@ def _run_stages_v3(args: argparse.Namespace, stages: list[str]) -> None:
         if stage == "data":
             if not (csv_path.is_file() and sum(1 for _ in open(csv_path)) - 1 >= args.num_videos):
                 synthesize(work / "data", args.num_videos, seed=cfg.train.seed, workers=args.workers,
-                           size=list(V3_SIZES), frames=list(V3_LENGTHS), long_paths=args.long_paths)  # fmt: skip
+                           size=list(V3_SIZES), frames=list(V3_LENGTHS), long_paths=args.long_paths,
+                           windows=args.path_windows)  # fmt: skip
         elif stage == "vae":
             base = stage_base_v3(work, Path(args.base) if args.base else None)
         elif stage == "encode":
@@ -416,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--long-paths", type=float, default=V3_LONG_PATHS,
                    help=f"v3: share of clips that open a longer path (default {V3_LONG_PATHS})")  # fmt: skip
+    p.add_argument("--path-windows", type=float, default=V3_PATH_WINDOWS,
+                   help=f"v3: share of the long paths shown from a later frame (default {V3_PATH_WINDOWS})")  # fmt: skip
     p.add_argument("--vae-steps", type=int, default=1200, help="autoencoder training steps (default 1200)")
     p.add_argument("--eval-prompts", type=int, default=24, help="prompts per set in the final evaluation")
     p.add_argument(

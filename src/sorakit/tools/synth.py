@@ -74,6 +74,7 @@ def _triples(rng: np.random.Generator, holdout: str, concepts: str, new_fraction
 
 _SHAPE_TAG = 0x73697A65  # the stream that picks a video's size and length (apart from its spec's stream)
 _HORIZON_TAG = 0x686F727A  # the stream that picks whether (and how far) a video's path runs on past its end
+_WINDOW_TAG = 0x77696E64  # the stream that picks where on a long path a video's window starts
 MAX_HORIZON_RATIO = 3.0  # a long path is planned for up to 3x the clip's frames
 
 
@@ -100,17 +101,32 @@ def video_horizon(seed: int, index: int, frames: int, long_paths: float) -> int:
     return max(frames + 1, int(round(frames * rng.uniform(1.0, MAX_HORIZON_RATIO))))
 
 
+def video_window(seed: int, index: int, frames: int, planned: int, windows: float) -> int:
+    """The first frame of video `index`'s clip on a path planned for `planned` frames: 0 (the opening), or with
+    probability `windows` (when the path is longer than the clip) a uniform start in ``0 .. planned -
+    frames``, drawn from its own seeded stream: the clip is then a later window of the path, which runs on
+    for ``planned - start`` frames from the clip's first one (what a loop's later segments continue)."""
+    if windows <= 0 or planned <= frames:
+        return 0
+    rng = np.random.default_rng([int(seed), int(index), _WINDOW_TAG])
+    if rng.random() >= windows:
+        return 0
+    return int(rng.integers(0, planned - frames + 1))
+
+
 def _make_one(job: tuple) -> dict[str, str]:
-    index, seed, holdout, sizes, lengths, fps, out_dir, concepts, new_fraction, long_paths = job
+    index, seed, holdout, sizes, lengths, fps, out_dir, concepts, new_fraction, long_paths, windows = job
 
     size, frames = video_shape(seed, index, sizes, lengths)
-    horizon = video_horizon(seed, index, frames, long_paths)
+    planned = video_horizon(seed, index, frames, long_paths)
+    start = video_window(seed, index, frames, planned, windows)
+    horizon = planned - start  # the frames the path runs on for from the clip's first one
     rng = video_rng(seed, index)
     spec = sample_spec(rng, _triples(rng, holdout, concepts, new_fraction), size=size, frames=frames,
-                       horizon=horizon)  # fmt: skip
+                       horizon=planned)  # fmt: skip
     path = Path(out_dir) / "videos" / f"{index:06d}.mp4"
     if not path.exists():  # resumable: an existing file was written atomically by the same (seed, index)
-        write_video(path, render(spec, size, frames), fps=fps)
+        write_video(path, render(spec, size, frames, start=start), fps=fps)
     return {
         # relative to the CSV's folder (where every reader resolves it): the dataset can be moved
         "path": f"videos/{index:06d}.mp4",
@@ -176,7 +192,7 @@ def parse_lengths(text: str) -> list[int]:
 
 def check_options(num_videos: int, size: SizeArg, frames: int | Sequence[int], fps: float, holdout: str,
                   concepts: str = "default", new_fraction: float | None = None,
-                  long_paths: float = 0.0) -> None:  # fmt: skip
+                  long_paths: float = 0.0, windows: float = 0.0) -> None:  # fmt: skip
     """Raise UserError for a setting synthesize cannot use (before any pool is started)."""
     if num_videos < 1:
         raise UserError(f"--num-videos must be >= 1, got {num_videos}")
@@ -194,6 +210,8 @@ def check_options(num_videos: int, size: SizeArg, frames: int | Sequence[int], f
         raise UserError(f"--new-fraction must be in [0, 1] and needs --concepts extended, got {new_fraction}")
     if not 0.0 <= long_paths <= 1.0:
         raise UserError(f"--long-paths must be in [0, 1], got {long_paths}")
+    if not 0.0 <= windows <= 1.0:
+        raise UserError(f"--path-windows must be in [0, 1], got {windows}")
 
 
 def synthesize(
@@ -212,6 +230,7 @@ def synthesize(
     concepts: str = "default",
     new_fraction: float | None = None,
     long_paths: float = 0.0,
+    windows: float = 0.0,
 ) -> Path:
     """Write `num_videos` videos under ``output/videos/`` and ``output/train.csv``; returns the CSV path.
 
@@ -222,16 +241,19 @@ def synthesize(
     every triple equally likely). `size` (a side, (H, W) or a list of them) and `frames` (an int or a list):
     with several, each video draws its size and length (:func:`video_shape`); the CSV row says which.
     `long_paths`: the share of videos that open a longer path (:func:`video_horizon`); the CSV's ``horizon``
-    column says how many frames each video's path is planned for (its own length otherwise).
+    column says for how many frames each video's path runs on from its first frame (its own length otherwise).
+    `windows`: the share of those longer paths shown from a later frame than their opening
+    (:func:`video_window`); 0 keeps the videos of earlier versions unchanged.
     """
-    check_options(num_videos, size, frames, fps, holdout, concepts, new_fraction, long_paths)
+    check_options(num_videos, size, frames, fps, holdout, concepts, new_fraction, long_paths, windows)
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     out = Path(output)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     sizes, lengths = tuple(size_list(size)), tuple(length_list(frames))
     jobs = [
-        (i, seed, holdout, sizes, lengths, float(fps), str(out), concepts, new_fraction, float(long_paths))
+        (i, seed, holdout, sizes, lengths, float(fps), str(out), concepts, new_fraction, float(long_paths),
+         float(windows))
         for i in range(num_videos)
     ]
     parts = out / "train.parts"

@@ -41,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--long-paths", type=float, default=0.0,
                    help="share of videos that open a longer path: paced and placed for up to 3x their frames "
                         "(the CSV's horizon column), to train a model with arch.horizon (default 0)")  # fmt: skip
+    p.add_argument("--path-windows", type=float, default=0.0,
+                   help="share of those longer paths shown from a later frame than their opening (horizon = "
+                        "the frames left from the clip's first one), what a loop's later segments continue "
+                        "(default 0)")  # fmt: skip
     p.add_argument("--workers", type=int, default=None, help="same as --executor local:N")
     add_executor_args(p)
     p.set_defaults(func=run)
@@ -55,13 +59,14 @@ def run(args: argparse.Namespace) -> int:
     spec = executor_from_args(args)
     sizes, lengths = parse_sizes(args.size), parse_lengths(args.frames)
     check_options(args.num_videos, sizes, lengths, args.fps, args.holdout, args.concepts, args.new_fraction,
-                  args.long_paths)  # fmt: skip
+                  args.long_paths, args.path_windows)  # fmt: skip
     t0 = time.perf_counter()
     with open_pool(spec) as pool:
         csv_path = synthesize(
             args.output, args.num_videos, seed=args.seed, size=sizes, frames=lengths, fps=args.fps,
             holdout=args.holdout, pool=pool, retries=args.retries, shard_items=args.shard_items, progress=True,
             concepts=args.concepts, new_fraction=args.new_fraction, long_paths=args.long_paths,
+            windows=args.path_windows,
         )  # fmt: skip
     print(f"wrote {args.num_videos} videos and {csv_path} in {time.perf_counter() - t0:.1f}s")
     return 0
