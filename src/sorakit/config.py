@@ -161,6 +161,13 @@ class SamplerConfig:
         None,
         bounds=Bounds(ge=0, length=2),
     )
+    horizon_guidance: float = _doc(
+        "a model with a horizon embedding (loops): extrapolate the prediction for a segment planned longer than"
+        " its frames away from the same segment planned for its own length, by this much (0 = off; costs a"
+        " second row per sample on those segments; sorakit.diffusion.guidance.horizon_guided)",
+        0.0,
+        bounds=NON_NEGATIVE,
+    )
     cache: str | None = _doc(
         "step caching (STDiT): 'teacache' or 'teacache:THRESHOLD' reuses the block stack's last residual on"
         " steps whose input changed little (sorakit.diffusion.step_cache); None = compute every step",

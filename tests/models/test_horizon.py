@@ -71,6 +71,28 @@ def test_horizon_acts_through_its_ratio_per_sample():
     assert torch.allclose(mixed[1], model(x[1:], t[1:], y[1:], x_mask=x_mask[1:], horizon=20)[0], atol=1e-5)
 
 
+@torch.no_grad()
+def test_horizon_guidance_extrapolates_away_from_the_clips_own_length():
+    from sorakit.diffusion.guidance import horizon_guided
+
+    _, model = _pair()
+    torch.nn.init.normal_(model.h_embedder.mlp[2].weight, std=0.5)  # as if trained
+    x, t, y, x_mask = _inputs()
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0]])  # [1, L]: shared by every row
+    far = model(x, t, y, mask=mask, x_mask=x_mask, horizon=20)
+    near = model(x, t, y, mask=mask, x_mask=x_mask)  # T = 8: its own length
+    for w in (1.0, 2.5):
+        guided = horizon_guided(model, 20, w)(x, t, y, mask=mask, x_mask=x_mask)  # one call of 2B rows
+        assert torch.allclose(guided, far + w * (far - near), atol=1e-5)
+    # off, or a horizon no longer than the clip: exactly the plain model planned for that horizon
+    assert torch.equal(horizon_guided(model, 20, 0.0)(x, t, y, mask=mask), model(x, t, y, mask=mask, horizon=20))
+    assert torch.equal(horizon_guided(model, 8, 3.0)(x, t, y, mask=mask), model(x, t, y, mask=mask, horizon=8))
+    calls: list = []
+    model.register_forward_pre_hook(lambda _m, a, kw: calls.append(a[0].shape[0]), with_kwargs=True)
+    horizon_guided(model, 20, 1.0)(x, t, y)
+    assert calls == [4]  # one model call per sampler step (a step cache sees one call)
+
+
 def test_long_paths_keep_the_object_inside_for_the_whole_horizon():
     triples = synth.combos("default")
     for i in range(40):

@@ -116,3 +116,13 @@ def test_a_loop_tells_each_segment_the_frames_left(tiny_model_dir):
     seen.clear()
     pipe("a cat", **kw)
     assert set(seen) == {4.0}  # one segment: its own length, ratio 1
+
+    # horizon guidance: the segments planned longer than their 4 frames run rows of both plans at once
+    seen.clear()
+    plain = pipe("a cat", loop=3, condition_frames=1, output_type="latent", **kw)
+    pipe.config.sampler.horizon_guidance = 1.0
+    guided = pipe("a cat", loop=3, condition_frames=1, output_type="latent", **kw)
+    plans = {tuple(sorted(set(h.tolist()), reverse=True)) if torch.is_tensor(h) else h for h in seen}
+    assert {p for p in plans if isinstance(p, tuple)} == {(10.0, 4.0), (7.0, 4.0)}
+    assert 4.0 in plans  # the last segment, 4 frames left: no second plan
+    assert guided.shape == plain.shape and torch.isfinite(guided).all() and not torch.equal(guided, plain)

@@ -19,6 +19,15 @@ interval"): guidance is applied only at model timesteps `lo <= t <= hi` (the 0..
 sampler passes, 1000 = pure noise). Outside it the null-caption rows are not computed at all: the model
 is called with the n conditional rows only, so those steps cost half. An interval covering every step
 gives exactly the output of no interval.
+
+Horizon guidance (`horizon_guided`, sorakit's own): a model with a horizon embedding (STDiT
+``arch.horizon``) is told how many frames the motion of the clip it makes is planned for -- a loop's first
+segment must pace the object for the whole loop, not for its own frames. The embedding alone moves the
+prediction too little (the built-in model paced a 40-frame loop's first segment like a 16-frame clip), so the
+prediction planned for the horizon is extrapolated away from the same call planned for the clip's own
+length, ``out_h + w * (out_h - out_own)``, as classifier-free guidance does with the caption; both in one
+batched model call, so a sampler (and a step cache) still sees one call per step. w = 0, or a horizon no
+longer than the clip, is exactly the plain model.
 """
 
 from __future__ import annotations
@@ -126,6 +135,42 @@ class GuidedModel:
             return torch.ones(n, dtype=torch.bool, device=t.device)
         lo, hi = self.interval
         return (t >= lo) & (t <= hi)
+
+
+class HorizonGuided:
+    """`model(x, t, y, mask=None, **kw)` whose prediction for a clip planned for `horizon` frames is pushed
+    away from the prediction for its own length by `scale` (module docstring). Rows are doubled: the first
+    half planned for `horizon`, the second for ``x.shape[2]`` (the clip's own frames)."""
+
+    def __init__(self, model: Callable[..., torch.Tensor], horizon: float, scale: float) -> None:
+        self.model = model
+        self.horizon = float(horizon)
+        self.scale = float(scale)
+
+    def __call__(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, **kw
+    ) -> torch.Tensor:
+        own = float(x.shape[2])
+        if self.scale == 0.0 or self.horizon <= own:
+            return self.model(x, t, y, mask=mask, horizon=self.horizon, **kw)
+        n = x.shape[0]
+        planned = torch.cat([x.new_full((n,), self.horizon), x.new_full((n,), own)])
+        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(n)
+        out = self.model(
+            torch.cat([x, x]),
+            torch.cat([t, t]),
+            torch.cat([y, y]),
+            mask=None if mask is None else _repeat_rows(mask, n),
+            horizon=planned,
+            **{k: _repeat_rows(v, n) if torch.is_tensor(v) else v for k, v in kw.items()},
+        )
+        far, near = out[:n], out[n:]
+        return far + self.scale * (far - near)
+
+
+def horizon_guided(model: Callable[..., torch.Tensor], horizon: float, scale: float) -> HorizonGuided:
+    """The model with horizon guidance of `scale` for a clip planned for `horizon` frames (`HorizonGuided`)."""
+    return HorizonGuided(model, horizon, scale)
 
 
 def guidance_model_fn(

@@ -18,7 +18,6 @@ fp32 (``text_encoder.dtype``; never fp16, where it overflows).
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import os
 from collections.abc import Callable, Iterator
@@ -32,6 +31,7 @@ from sorakit import parity
 from sorakit.config import Config, apply_overrides
 from sorakit.diffusion import build_sampler, guidance_model_fn, sampler_name
 from sorakit.diffusion.common import randn
+from sorakit.diffusion.guidance import horizon_guided
 from sorakit.diffusion.rflow import rflow_options, velocity_as_eps
 from sorakit.diffusion.step_cache import CacheSpec, StepCache
 from sorakit.encoders.text import ClassLabelEncoder, build_text_encoder, peek_output_dim
@@ -492,7 +492,7 @@ class TextToVideoPipeline:
         self.last_step_caches += list(step_cache.values())
         denoiser = self._denoiser
         if horizon is not None and getattr(self.transformer, "h_embedder", None) is not None:
-            denoiser = functools.partial(self._denoiser, horizon=float(horizon))
+            denoiser = horizon_guided(self._denoiser, horizon, cfg.sampler.horizon_guidance)
         model_fn = guidance_model_fn(
             denoiser,
             y,
