@@ -85,8 +85,12 @@ def test_horizon_guidance_extrapolates_away_from_the_clips_own_length():
         guided = horizon_guided(model, 20, w)(x, t, y, mask=mask, x_mask=x_mask)  # one call of 2B rows
         assert torch.allclose(guided, far + w * (far - near), atol=1e-5)
     # off, or a horizon no longer than the clip: exactly the plain model planned for that horizon
-    assert torch.equal(horizon_guided(model, 20, 0.0)(x, t, y, mask=mask), model(x, t, y, mask=mask, horizon=20))
-    assert torch.equal(horizon_guided(model, 8, 3.0)(x, t, y, mask=mask), model(x, t, y, mask=mask, horizon=8))
+    assert torch.equal(
+        horizon_guided(model, 20, 0.0)(x, t, y, mask=mask), model(x, t, y, mask=mask, horizon=20)
+    )
+    assert torch.equal(
+        horizon_guided(model, 8, 3.0)(x, t, y, mask=mask), model(x, t, y, mask=mask, horizon=8)
+    )
     calls: list = []
     model.register_forward_pre_hook(lambda _m, a, kw: calls.append(a[0].shape[0]), with_kwargs=True)
     horizon_guided(model, 20, 1.0)(x, t, y)
@@ -124,7 +128,9 @@ def test_path_windows_show_a_later_stretch_of_the_same_path(tmp_path):
     assert all(synth.video_window(5, i, 16, 16, 1.0) == 0 for i in range(50))  # no longer path: the opening
     assert all(synth.video_window(5, i, 16, 40, 0.0) == 0 for i in range(50))
 
-    csv_path = synth.synthesize(tmp_path, 16, seed=4, size=[(32, 32)], frames=[8], long_paths=1.0, windows=0.5)
+    csv_path = synth.synthesize(
+        tmp_path, 16, seed=4, size=[(32, 32)], frames=[8], long_paths=1.0, windows=0.5
+    )
     rows = list(csv.DictReader(open(csv_path)))
     triples = synth.combos("default")
     shown_later = 0

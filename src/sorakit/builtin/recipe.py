@@ -45,6 +45,12 @@ The shipped model is v3.1 (2026-12-02): v3 fine-tuned by this recipe with the ho
 src/sorakit/builtin/model | tar -x -C /tmp/v3``) and ``--set train.max_steps=4000 --set train.warmup_steps=100
 --set train.decay_steps=2000``: data 2.5 min, encode 34 min, train 39 min (0.58 s/step) on the shared 2-core
 CPU. Its sampler guides only at t >= 950 (``[sampler] guidance_interval`` of the preset).
+The shipped model is v3.2 since (2026-12-02): v3.1 fine-tuned by this recipe (``--base`` v3.1's directory,
+``git archive 347a75f src/sorakit/builtin/model``) on 3000 fresh clips, half of them on a long path and 60% of
+those a later window of it (``--num-videos 3000 --long-paths 0.5 --path-windows 0.6 --set
+train.max_steps=2500 --set train.warmup_steps=100 --set train.decay_steps=1500``): data 1.7 min, encode 26 min
+(beside another job), train 26 min; its sampler adds horizon guidance 1 (``[sampler] horizon_guidance``) for
+loops.
 
 v3's time plan (2-core CPU; step times measured per bucket by ``benchmarks/builtin_v3_steps.py``: a v3 step
 over the data mix costs 1.09 v2 steps, and v2's took 0.26 s): data ~3 min, base copy 0 s, encode ~10 min,

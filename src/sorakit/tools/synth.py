@@ -255,7 +255,7 @@ def synthesize(
         (i, seed, holdout, sizes, lengths, float(fps), str(out), concepts, new_fraction, float(long_paths),
          float(windows))
         for i in range(num_videos)
-    ]
+    ]  # fmt: skip
     parts = out / "train.parts"
     with pool_for(pool, workers) as ex:
         done = map_items(_make_one, jobs, ex, parts, shard_items, retries, desc="synth" if progress else None)
