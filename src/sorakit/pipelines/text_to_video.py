@@ -517,6 +517,17 @@ class TextToVideoPipeline:
             log.info("step cache %s: the blocks ran at %d of %d steps", cache, c.computed, c.calls)
         return latents
 
+    def _video_size(
+        self, num_frames: int | None, height: int | None, width: int | None
+    ) -> tuple[int, int, int]:
+        """(frames, height, width) of a call, each None taken from the ``inference`` settings."""
+        inference = self.config.inference
+        return (
+            inference.num_frames if num_frames is None else int(num_frames),
+            inference.image_size[0] if height is None else int(height),
+            inference.image_size[1] if width is None else int(width),
+        )
+
     def _build_sampler(self, sampler: str, steps: int, prediction: str, shape: tuple[int, int, int]) -> Any:
         """The sampler `sampler` with `steps` steps for a model predicting `prediction` (rflow: flow only);
         `shape` (frames, height, width in pixels) sets rflow's resolution-aware shift when the config has it."""
@@ -572,14 +583,13 @@ class TextToVideoPipeline:
                 in all. Prompts may be per segment (`|0|first text|2|from segment 2 on`).
             guidance_interval: ``(lo, hi)`` model timesteps (0..num_timesteps) where guidance applies; the other
                 steps run the conditional rows only. Default ``sampler.guidance_interval`` (None: every step).
-            vae_batch: frames decoded at once (less memory, same frames); default ``vae.micro_batch_size``. cache: step caching ``"teacache[:THRESHOLD]"`` or ``"none"`` (STDiT; :mod:`sorakit.diffusion.step_cache`);
+            vae_batch: frames decoded at once (less memory, same frames); default ``vae.micro_batch_size``.
+            cache: step caching ``"teacache[:THRESHOLD]"`` or ``"none"`` (STDiT; :mod:`sorakit.diffusion.step_cache`);
                 default ``sampler.cache``. ``last_step_caches`` then holds each sampling run's cache.
         """
         cfg = self.config
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        num_frames = cfg.inference.num_frames if num_frames is None else int(num_frames)
-        height = cfg.inference.image_size[0] if height is None else int(height)
-        width = cfg.inference.image_size[1] if width is None else int(width)
+        num_frames, height, width = self._video_size(num_frames, height, width)
         steps = cfg.sampler.num_sampling_steps if num_inference_steps is None else int(num_inference_steps)
         scale = cfg.sampler.guidance_scale if guidance_scale is None else float(guidance_scale)
         interval, cache = self._check_speed_options(guidance_interval, vae_batch, cache)
