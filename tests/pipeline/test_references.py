@@ -107,6 +107,8 @@ def test_a_loop_tells_each_segment_the_frames_left(tiny_model_dir):
     model = STDiT(horizon=True, **old.config).eval()
     load_checkpoint(model, old.state_dict())
     model.prediction_type = old.prediction_type
+    # the embedder starts at zero (adds nothing): give it weights so that the horizon matters
+    torch.nn.init.normal_(model.h_embedder.mlp[2].weight, std=0.5)
     pipe.transformer = model
     seen: list = []
     model.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw.get("horizon")), with_kwargs=True)
