@@ -7,6 +7,8 @@ An adapter folder is what ``peft`` itself writes and reads (``PeftModel.save_pre
                                   the base model: its name in base_model_name_or_path, its fingerprint in
                                   revision ("sorakit-sha256:<hex>": a content hash is that base's version)
       adapter_model.safetensors   base_model.model.<module>.lora_A.weight [r, in], ...lora_B.weight [out, r]
+      vae/                        optional: an adapter folder of the same form for the VAE's decoder (its base
+                                  the autoencoder; ``sorakit.training.vae_lora``), applied with the folder
 
 The base-model **fingerprint** is the sha256 of the base transformer's parameters (names, shapes and values
 rounded to float16, in name order): an adapter trained on one base is refused by any other, and float32 /
@@ -34,8 +36,9 @@ from sorakit.safeload import load_safetensors
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."
-FINGERPRINT_TAG = "sorakit-sha256:"  # adapter_config.json's "revision": the base model's fingerprint  # the key prefix PeftModel.save_pretrained gives every tensor
+PEFT_PREFIX = "base_model.model."  # the key prefix PeftModel.save_pretrained gives every tensor
+FINGERPRINT_TAG = "sorakit-sha256:"  # adapter_config.json's "revision": the base model's fingerprint
+VAE_ADAPTER_DIR = "vae"  # an adapter folder's optional second adapter, for the VAE's decoder
 # the adaLN-single projection (timestep -> the 6 shift / scale / gate vectors of every block)
 ADALN_TARGETS: tuple[str, ...] = ("t_block.1",)
 
@@ -215,6 +218,23 @@ def check_base(spec: AdapterSpec, path: str | os.PathLike, fingerprint: str, nam
         )
 
 
+def check_adapters(adapters: list[tuple[str | os.PathLike, float]], fingerprint: str, name: str
+                   ) -> list[tuple[AdapterSpec, Path]]:  # fmt: skip
+    """(spec, weights file) of every adapter folder, each checked against the base `fingerprint` (nothing loaded)."""
+    specs = []
+    for path, _ in adapters:
+        spec, weights = read_adapter(path)
+        check_base(spec, path, fingerprint, name)
+        specs.append((spec, weights))
+    return specs
+
+
+def vae_adapter(path: str | os.PathLike) -> Path | None:
+    """An adapter folder's VAE decoder adapter (the subfolder ``vae/``, ``sorakit.training.vae_lora``) or None."""
+    sub = Path(path) / VAE_ADAPTER_DIR
+    return sub if (sub / ADAPTER_CONFIG).is_file() else None
+
+
 def load_adapter_weights(model: nn.Module, weights: Path, adapter_name: str) -> None:
     """Copy a peft file's tensors into the injected adapter `adapter_name` of `model` (every tensor must fit)."""
     tensors = load_safetensors(weights)  # a damaged file: one UserError naming it
@@ -245,11 +265,7 @@ def apply_adapters(model: nn.Module, adapters: list[tuple[str | os.PathLike, flo
     """Load adapter folders ``[(dir, scale), ...]`` onto `model` (every base checked first). ``merge``: add
     each ``scale * B @ A`` into the base weights and drop the LoRA layers (a plain model, as fast as the base);
     else keep them as separate active adapters. Returns the adapter names used (``lora<i>``)."""
-    specs = []
-    for path, _ in adapters:
-        spec, weights = read_adapter(path)
-        check_base(spec, path, fingerprint, name)
-        specs.append((spec, weights))
+    specs = check_adapters(adapters, fingerprint, name)
     names = []
     for i, ((spec, weights), (_, scale)) in enumerate(zip(specs, adapters), start=first_index):
         adapter_name = f"lora{i}"

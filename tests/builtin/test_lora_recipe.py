@@ -1,12 +1,14 @@
 """`make lora-demo` at toy scale: every stage runs offline (data with the new concepts, cache, LoRA training
-on the built-in model, PEFT export, evaluation), and a second run resumes: it redoes nothing."""
+on the built-in model, PEFT export, the VAE decoder adapter, evaluation), and a second run resumes: it redoes
+nothing."""
 
 from __future__ import annotations
 
 import json
 
 from sorakit.builtin.lora_recipe import main
-from sorakit.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_adapter
+from sorakit.encoders.vae import load_autoencoder
+from sorakit.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VAE_ADAPTER_DIR, base_fingerprint, read_adapter
 from sorakit.modeldir import BUILTIN_MODEL_DIR
 
 
@@ -14,14 +16,19 @@ def test_lora_recipe_end_to_end_and_resume(tmp_path, capfd):
     work = tmp_path / "lora-demo"
     argv = ["--workdir", str(work), "--num-videos", "8", "--eval-prompts", "1", "--eval-steps", "2",
             "--timing-repeats", "1", "--set", "train.max_steps=2", "--set", "train.batch_size=2",
-            "--set", "train.warmup_steps=0", "--set", "train.decay_steps=0"]  # fmt: skip
+            "--set", "train.warmup_steps=0", "--set", "train.decay_steps=0", "--vae-steps", "2"]  # fmt: skip
     assert main(argv) == 0
     out = capfd.readouterr().out
     assert "| new |" in out and "| train |" in out and "without the adapter" in out
     adapter = work / "adapter"
-    assert {p.name for p in adapter.iterdir()} == {ADAPTER_CONFIG, ADAPTER_WEIGHTS}
+    assert {p.name for p in adapter.iterdir()} == {ADAPTER_CONFIG, ADAPTER_WEIGHTS, VAE_ADAPTER_DIR}
     spec, _ = read_adapter(adapter)
     assert spec.rank == 8 and spec.base_name == "the built-in model"
+    vae_spec, _ = read_adapter(adapter / VAE_ADAPTER_DIR)  # the decoder adapter, on the built-in VAE
+    assert vae_spec.rank == 4 and vae_spec.base_fingerprint == base_fingerprint(
+        load_autoencoder(BUILTIN_MODEL_DIR / "vae")
+    )
+    assert all(m.startswith("decoder.") for m in vae_spec.target_modules)
     result = json.loads((work / "eval.json").read_text())
     assert result["adapter_bytes"] < 1_000_000 and set(result["timing"]) == {"batch", "without_s", "merged_s"}
     assert set(result["summary"]) >= {"new", "train", "new, without the adapter"}

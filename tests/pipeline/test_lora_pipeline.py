@@ -1,7 +1,8 @@
 """LoRA adapters after training: `sorakit export` writes a peft folder that peft itself loads onto the same
 base with the same outputs; merged equals unmerged; `--merge-lora` writes a plain model; `generate --lora`
 and `TextToVideoPipeline.load_lora` apply adapters (several, each with its scale); a wrong base, path or
-scale is a one-line error. The base is the built-in model; the adapter trains 3 steps on a random cache."""
+scale is a one-line error. The base is the built-in model; the adapter trains 3 steps on a random cache. A VAE
+decoder adapter (``vae/`` in an adapter folder) is peft format too, applied by load_lora and merged by export."""
 
 from __future__ import annotations
 
@@ -16,11 +17,20 @@ from safetensors.torch import load_file
 
 from sorakit.cli.main import main
 from sorakit.config import load_config
+from sorakit.encoders.vae import VideoVAE, load_autoencoder
 from sorakit.errors import UserError
-from sorakit.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_adapters, base_fingerprint
+from sorakit.lora import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    apply_adapters,
+    base_fingerprint,
+    inject,
+    read_adapter,
+)
 from sorakit.modeldir import BUILTIN_MODEL_DIR
 from sorakit.models import from_pretrained
 from sorakit.pipelines import TextToVideoPipeline
+from sorakit.tools.synth import synthesize
 from sorakit.training.export import export_run
 from sorakit.training.trainer import train
 
@@ -161,3 +171,129 @@ def test_generate_lora_cli_sidecar_replay_and_errors(lora_run, tmp_path, capsys)
         assert main([*args, "--lora", bad, "--output", str(tmp_path / "x.mp4")]) == 2, bad
         err = capsys.readouterr().err.strip()
         assert err.startswith("sorakit: error: ") and words in err and "\n" not in err, err
+
+
+# --------------------------------------------------------------------------------------------------
+# The VAE decoder adapter (adapter/vae/): trained by `train-vae --decoder-lora`, applied by load_lora, merged
+# by `export --merge-lora --vae-lora`
+
+
+def _builtin_autoencoder() -> torch.nn.Module:
+    return load_autoencoder(BUILTIN_MODEL_DIR / "vae").eval()
+
+
+@pytest.fixture(scope="module")
+def vae_adapter(tmp_path_factory) -> Path:
+    """A decoder adapter of the built-in VAE, 2 steps at a large rate on 2 synthetic clips of the new concepts."""
+    tmp = tmp_path_factory.mktemp("vae-lora")
+    csv_path = synthesize(tmp / "data", 2, seed=0, frames=4, concepts="extended", new_fraction=1.0)
+    argv = ["train-vae", "--csv", str(csv_path), "-o", str(tmp / "vae"), "--decoder-lora", "builtin",
+            "--steps", "2", "--batch-size", "2", "--lr", "5e-2"]  # fmt: skip
+    assert main(argv) == 0
+    return tmp / "vae"
+
+
+def _latents(n: int = 2) -> torch.Tensor:
+    return torch.randn(n, 4, 16, 16, generator=torch.Generator().manual_seed(5))
+
+
+def test_decoder_adapter_is_peft_format_zero_b_exact_and_peft_reproduces_it(vae_adapter):
+    from peft import PeftModel
+
+    config = json.loads((vae_adapter / ADAPTER_CONFIG).read_text())
+    assert config["revision"] == f"sorakit-sha256:{base_fingerprint(_builtin_autoencoder())}"
+    assert "decoder.conv_in" in config["target_modules"] and config["r"] == 4
+    assert not any(
+        m.startswith("encoder.") for m in config["target_modules"]
+    )  # the latents stay as they were
+    z = _latents()
+    with torch.no_grad():
+        plain = _builtin_autoencoder().decode(z).sample
+        zero = _builtin_autoencoder()
+        spec, _ = read_adapter(vae_adapter)
+        inject(zero, spec)  # B = 0: exactly the base
+        assert torch.equal(zero.decode(z).sample, plain)
+        by_peft = PeftModel.from_pretrained(_builtin_autoencoder(), str(vae_adapter)).eval()
+        peft_out = by_peft.base_model.model.decode(z).sample
+        ours = _builtin_autoencoder()
+        apply_adapters(ours, [(vae_adapter, 1.0)], base_fingerprint(ours), "vae", merge=False)
+        merged = _builtin_autoencoder()
+        apply_adapters(merged, [(vae_adapter, 1.0)], base_fingerprint(merged), "vae", merge=True)
+        encoded = merged.encode(torch.rand(1, 3, 64, 64) * 2 - 1).latent_dist.mean
+        base_encoded = _builtin_autoencoder().encode(torch.rand(1, 3, 64, 64) * 2 - 1).latent_dist.mean
+    assert (peft_out - plain).abs().max() > 1e-2  # the adapter does something
+    torch.testing.assert_close(ours.decode(z).sample, peft_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(merged.decode(z).sample, peft_out, atol=1e-4, rtol=1e-4)
+    assert encoded.shape == base_encoded.shape and not any(
+        ".lora_" in n for n, _ in merged.named_parameters()
+    )
+
+
+def test_load_lora_applies_the_vae_adapter_of_an_adapter_folder(lora_run, vae_adapter, tmp_path):
+    adapter = export_run(lora_run, tmp_path / "adapter")
+    both = tmp_path / "both"
+    shutil.copytree(adapter, both)
+    shutil.copytree(vae_adapter, both / "vae")
+    kw = dict(num_frames=4, num_inference_steps=2, seed=0, progress=False, output_type="pt")
+    prompt = "a red circle moving to the right"
+    outs = {}
+    for name, folder in (("transformer", adapter), ("both", both)):
+        pipe = TextToVideoPipeline.from_pretrained(None, device="cpu")
+        pipe.load_lora(folder)
+        outs[name] = pipe(prompt, **kw)
+        latents = pipe(prompt, **{**kw, "output_type": "latent"})
+        outs[name + " latents"] = latents
+        outs[name + " decoder"] = pipe.vae.decode(latents)
+    torch.testing.assert_close(
+        outs["both latents"], outs["transformer latents"]
+    )  # the VAE adapter only draws
+    assert (outs["both"] - outs["transformer"]).abs().max() > 1e-2
+    reference = _builtin_autoencoder()
+    apply_adapters(reference, [(vae_adapter, 1.0)], base_fingerprint(reference), "vae")
+    vae = VideoVAE(
+        reference, scaling_factor=TextToVideoPipeline.from_pretrained(None, device="cpu").vae.scaling_factor
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(
+            outs["both decoder"], vae.decode(outs["both latents"]), atol=1e-5, rtol=1e-5
+        )
+
+    other = tmp_path / "other"
+    shutil.copytree(both, other)
+    config = json.loads((other / "vae" / ADAPTER_CONFIG).read_text())
+    config.update(base_model_name_or_path="another VAE", revision="sorakit-sha256:" + "e" * 64)
+    (other / "vae" / ADAPTER_CONFIG).write_text(json.dumps(config))
+    pipe = TextToVideoPipeline.from_pretrained(None, device="cpu")
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    with pytest.raises(UserError, match=r"was trained for base model another VAE .*not for the VAE of"):
+        pipe.load_lora(other)
+    assert all(torch.equal(v, before[k]) for k, v in pipe.transformer.state_dict().items())  # nothing applied
+
+
+def test_merge_lora_export_with_the_vae_adapter(lora_run, vae_adapter, tmp_path):
+    merged_dir = export_run(lora_run, tmp_path / "merged", merge_lora=True, vae_lora=vae_adapter)
+    ae = load_autoencoder(merged_dir / "vae").eval()
+    reference = _builtin_autoencoder()
+    apply_adapters(reference, [(vae_adapter, 1.0)], base_fingerprint(reference), "vae", merge=False)
+    z = _latents()
+    with torch.no_grad():
+        torch.testing.assert_close(ae.decode(z).sample, reference.decode(z).sample, atol=1e-4, rtol=1e-4)
+    pipe = TextToVideoPipeline.from_pretrained(merged_dir, device="cpu")
+    base = TextToVideoPipeline.from_pretrained(None, device="cpu")
+    assert pipe.vae.scaling_factor == base.vae.scaling_factor
+    with pytest.raises(UserError, match="add --merge-lora"):
+        export_run(lora_run, tmp_path / "x", vae_lora=vae_adapter)
+    with pytest.raises(UserError, match="not a LoRA adapter folder"):
+        export_run(lora_run, tmp_path / "y", merge_lora=True, vae_lora=tmp_path)
+
+
+def test_train_vae_decoder_lora_errors(tmp_path, capsys):
+    csv_path = synthesize(tmp_path / "data", 1, seed=0, frames=2)
+    for base, words in ((str(tmp_path), "not a VAE folder or a model directory"),):
+        argv = ["train-vae", "--csv", str(csv_path), "-o", str(tmp_path / "v"), "--decoder-lora", base]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("sorakit: error: ") and words in err and "\n" not in err, err
+    assert main(["train-vae", "--csv", str(csv_path), "-o", str(tmp_path / "v"), "--decoder-lora", "builtin",
+                 "--rank", "0"]) == 2  # fmt: skip
+    assert "--rank must be >= 1" in capsys.readouterr().err

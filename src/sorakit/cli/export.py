@@ -34,6 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a LoRA run: add the adapter into its base and write a plain model directory "
         "(default: the adapter alone, as a peft folder for `generate --lora`)",
     )
+    parser.add_argument(
+        "--vae-lora",
+        metavar="DIR",
+        help="with --merge-lora: also merge a VAE decoder adapter (DIR/vae/ of an adapter folder, or a VAE "
+        "adapter folder from `sorakit train-vae --decoder-lora`) into the base's VAE, bundled in OUT_DIR",
+    )
     parser.set_defaults(func=run)
 
 
@@ -50,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         bundle_vae=args.bundle_vae,
         merge_lora=args.merge_lora,
+        vae_lora=Path(args.vae_lora) if args.vae_lora else None,
     )
     print(out)
     return 0

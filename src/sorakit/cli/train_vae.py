@@ -1,4 +1,5 @@
-"""`sorakit train-vae --csv CSV --output DIR`: train a small per-frame AutoencoderKL on video frames."""
+"""`sorakit train-vae --csv CSV --output DIR`: train a small per-frame AutoencoderKL on video frames (or, with
+`--decoder-lora BASE`, a LoRA on the decoder of an existing one)."""
 
 from __future__ import annotations
 
@@ -26,10 +27,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--csv", required=True, help="CSV with a path column (all videos the same size)")
     p.add_argument("-o", "--output", required=True, help="output directory (diffusers AutoencoderKL format)")
-    p.add_argument("--steps", type=int, default=1500, help="optimizer steps (default 1500)")
+    p.add_argument(
+        "--decoder-lora",
+        metavar="BASE",
+        help="instead of a new autoencoder, train a LoRA on the decoder of BASE's VAE ('builtin', a model "
+        "directory or a VAE folder), encoder frozen; DIR becomes a peft adapter folder (put it in an adapter "
+        "folder as vae/ to load it with `generate --lora`)",
+    )
+    p.add_argument("--rank", type=int, default=4, help="with --decoder-lora: the LoRA rank (default 4)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="optimizer steps (default 1500; 400 with --decoder-lora)"
+    )
     p.add_argument("--batch-size", type=int, default=16, help="frames per step (default 16)")
     p.add_argument(
-        "--lr", type=float, default=1e-3, help="peak AdamW learning rate (cosine decay; default 1e-3)"
+        "--lr",
+        type=float,
+        default=None,
+        help="peak AdamW learning rate (cosine decay; default 1e-3; constant 2e-3 with --decoder-lora)",
     )
     p.add_argument(
         "--block-out-channels",
@@ -49,9 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from sorakit.errors import UserError
 
-    for name in ("steps", "batch_size", "latent_channels", "layers_per_block", "max_videos"):
+    if args.steps is None:
+        args.steps = 400 if args.decoder_lora else 1500
+    for name in ("steps", "batch_size", "latent_channels", "layers_per_block", "max_videos", "rank"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.lr is None:
+        args.lr = 2e-3 if args.decoder_lora else 1e-3
     if args.lr <= 0 or args.kl_weight < 0:
         raise UserError("--lr must be > 0 and --kl-weight >= 0")
     import torch
@@ -60,6 +78,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.decoder_lora:
+        from sorakit.training.vae_lora import DecoderLoRAConfig, train_decoder_lora
+
+        lora_cfg = DecoderLoRAConfig(rank=args.rank, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                     seed=args.seed, max_videos=args.max_videos)  # fmt: skip
+        out = train_decoder_lora(args.csv, args.output, args.decoder_lora, lora_cfg)
+        print(f"saved the VAE decoder adapter to {out}")
+        return 0
     cfg = VAETrainConfig(
         block_out_channels=args.block_out_channels,
         layers_per_block=args.layers_per_block,

@@ -39,7 +39,7 @@ from sorakit.encoders.vae import VideoVAE, build_vae
 from sorakit.errors import UserError
 from sorakit.hub import resolve_file
 from sorakit.logging import get_logger
-from sorakit.lora import apply_adapters, base_fingerprint, parse_lora_arg
+from sorakit.lora import apply_adapters, base_fingerprint, check_adapters, parse_lora_arg, vae_adapter
 from sorakit.masks import split_loop_prompt
 from sorakit.modeldir import builtin_model_dir, read_model_dir, save_model_dir
 from sorakit.models import build_from_config, from_pretrained, load_checkpoint, prediction_type_of_objective
@@ -141,6 +141,7 @@ class TextToVideoPipeline:
         # a LoRA names its base by a fingerprint of float16-rounded weights: taken before a bf16 cast loses them
         lossy = self.dtype == torch.bfloat16 and next(transformer.parameters()).dtype != torch.bfloat16
         self._base_fingerprint = base_fingerprint(transformer) if lossy else None
+        self._vae_fingerprint = base_fingerprint(vae.autoencoder) if lossy else None  # for VAE adapters
         self._loras: list[str] = []
         self.offload = self.config.inference.offload if offload is None else bool(offload)
         self.compile = self.config.inference.compile if compile is None else bool(compile)
@@ -258,15 +259,27 @@ class TextToVideoPipeline:
         `scale` applies to entries without their own. ``merge`` (default): each ``scale * B @ A`` is added
         into the weights, so sampling costs what it did without the adapter; else the adapters stay separate
         layers. An adapter trained on another base model is refused (UserError naming both), before any is
-        applied. Returns the names the adapters got (``lora0``, ``lora1``, ...)."""
+        applied. A folder's ``vae/`` subfolder (a VAE decoder adapter, ``sorakit.training.vae_lora``) is
+        applied to the VAE with the same scale. Returns the names the adapters got (``lora0``, ``lora1``, ...)."""
         items = adapters if isinstance(adapters, list) else [adapters]
         pairs = [(str(a[0]), float(a[1])) if isinstance(a, tuple) else parse_lora_arg(str(a)) for a in items]
         pairs = [(d, s * scale) for d, s in pairs]
         if self._base_fingerprint is None:  # the base before the first adapter changes it
             self._base_fingerprint = base_fingerprint(self.transformer)
+        vae_pairs = [(str(sub), s) for d, s in pairs if (sub := vae_adapter(d)) is not None]
+        if vae_pairs and self._vae_fingerprint is None:
+            self._vae_fingerprint = base_fingerprint(self.vae.autoencoder)
+        vae_name = f"the VAE of {self.model_name}"
+        check_adapters(
+            vae_pairs, self._vae_fingerprint or "", vae_name
+        )  # every base checked before any change
         names = apply_adapters(self.transformer, pairs, self._base_fingerprint, self.model_name, merge=merge,
                                first_index=len(self._loras))  # fmt: skip
         self.transformer.to(self.device, self.dtype)
+        if vae_pairs:
+            apply_adapters(self.vae.autoencoder, vae_pairs, self._vae_fingerprint, vae_name, merge=merge,
+                           first_index=len(self._loras))  # fmt: skip
+            self.vae.to(self.vae.device, self.dtype)
         self._loras += [f"{d}:{s!r}" for d, s in pairs]
         log.info("LoRA: %s%s", ", ".join(f"{d} (scale {s:g})" for d, s in pairs), " merged" if merge else "")
         return names

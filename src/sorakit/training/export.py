@@ -7,9 +7,17 @@ from pathlib import Path
 from sorakit.config import LoRAConfig, load_config
 from sorakit.encoders.vae import VideoVAE, load_autoencoder
 from sorakit.errors import UserError
-from sorakit.lora import AdapterSpec, base_fingerprint, merge_into, save_adapter
+from sorakit.lora import (
+    AdapterSpec,
+    apply_adapters,
+    base_fingerprint,
+    merge_into,
+    read_adapter,
+    save_adapter,
+    vae_adapter,
+)
 from sorakit.manifest import MANIFEST
-from sorakit.modeldir import is_model_dir, save_model_dir
+from sorakit.modeldir import is_model_dir, read_model_dir, save_model_dir
 from sorakit.models import build_architecture, instantiate, load_checkpoint, prediction_type_of_objective
 from sorakit.runtime import DTYPES
 from sorakit.training import checkpoint as ckpt
@@ -65,13 +73,17 @@ def export_run(
     dtype: str = "fp32",
     bundle_vae: bool = False,
     merge_lora: bool = False,
+    vae_lora: Path | None = None,
 ) -> Path:
     """Write the EMA (or raw) weights of a run's checkpoint as a model directory; returns its path.
 
     With ``bundle_vae`` the run's VAE (``vae.path``, a local diffusers AutoencoderKL directory) is copied into
     the model directory, which then needs nothing but the text encoder to generate. A LoRA run's checkpoint
     holds an adapter: it is written as a peft adapter folder (``sorakit.lora``), or with ``merge_lora`` added
-    into its base model and written as a plain model directory."""
+    into its base model and written as a plain model directory; ``vae_lora`` (an adapter folder with a ``vae/``
+    subfolder, or a VAE decoder adapter folder) is then merged into the base's VAE, which is bundled."""
+    if vae_lora is not None and not merge_lora:
+        raise UserError("--vae-lora merges a VAE adapter into a model directory: add --merge-lora")
     path = resolve_checkpoint(run_dir, step)
     info = ckpt.load_train_state(path)
     spec = info.get("model") or {}
@@ -107,7 +119,9 @@ def export_run(
     cfg.train.init_from = None
     cfg.data.csv = cfg.data.cache_dir = cfg.data.data_root = None  # training data is not part of the model
     vae = None
-    if bundle_vae:
+    if vae_lora is not None:
+        vae = merged_vae(vae_lora, info["lora"].get("base_path"), cfg)
+    elif bundle_vae:
         vae = VideoVAE(load_autoencoder(cfg.vae.path), scaling_factor=cfg.vae.scaling_factor)
     return save_model_dir(out_dir, model, cfg, vae=vae, dtype=DTYPES[dtype])
 
@@ -138,3 +152,21 @@ def merged_model(path: Path, info: dict, weights: str, prediction_type: str):  #
                         f"trained on {adapter.base_fingerprint[:12]})")  # fmt: skip
     merge_into(model, adapter, ckpt.load_tensors(path, f"{weights}.safetensors"))
     return model
+
+
+def merged_vae(adapter_dir: Path, base: str | None, cfg) -> VideoVAE:  # noqa: ANN001 - sorakit.config.Config
+    """The base's VAE (its model directory's ``vae/``, else the run's local ``vae.path``) with the decoder
+    adapter of `adapter_dir` merged in (refused, naming both, when it was trained on another VAE)."""
+    folder = vae_adapter(adapter_dir) or Path(adapter_dir)
+    read_adapter(folder)  # one line when it is no adapter folder
+    if base and is_model_dir(base) and (Path(base) / "vae").is_dir():
+        vae_dir, scaling = Path(base) / "vae", read_model_dir(base)[1].vae.scaling_factor
+    elif cfg.vae.path and Path(cfg.vae.path).is_dir():
+        vae_dir, scaling = Path(cfg.vae.path), cfg.vae.scaling_factor
+    else:
+        raise UserError(
+            f"--vae-lora needs the base's VAE as a local folder; the run's vae.path is {cfg.vae.path!r}"
+        )
+    ae = load_autoencoder(vae_dir)
+    apply_adapters(ae, [(folder, 1.0)], base_fingerprint(ae), str(vae_dir))
+    return VideoVAE(ae, scaling_factor=scaling)

@@ -107,11 +107,9 @@ def load_frames(csv_path: str | os.PathLike, max_videos: int) -> np.ndarray:
     return np.concatenate(frames)
 
 
-def vae_loss(model, x: torch.Tensor, cfg: VAETrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of a batch of frames ``[B, 3, H, W]`` in [-1, 1]."""
-    post = model.encode(x).latent_dist
-    z = post.sample()
-    y = model.decode(z).sample
+def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, edge_weight: float) -> tuple[torch.Tensor, ...]:
+    """(l1 + l2 + edge_weight * edge, l1, edge) of decoded frames `y` against `x` (``[B, 3, H, W]`` in [-1, 1]):
+    foreground-weighted L1 and L2, L1 of the finite differences."""
     fg = (x.amax(dim=1, keepdim=True) > -0.8).float()  # any channel brighter than ~10%
     w = 1.0 + (FG_WEIGHT - 1.0) * fg
     l1 = (w * (y - x).abs()).mean()
@@ -119,8 +117,15 @@ def vae_loss(model, x: torch.Tensor, cfg: VAETrainConfig) -> tuple[torch.Tensor,
     edge = ((y[..., 1:, :] - y[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])).abs().mean() + (
         (y[..., :, 1:] - y[..., :, :-1]) - (x[..., :, 1:] - x[..., :, :-1])
     ).abs().mean()
+    return l1 + l2 + edge_weight * edge, l1, edge
+
+
+def vae_loss(model, x: torch.Tensor, cfg: VAETrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of a batch of frames ``[B, 3, H, W]`` in [-1, 1]."""
+    post = model.encode(x).latent_dist
+    rec, l1, edge = reconstruction_loss(model.decode(post.sample()).sample, x, cfg.edge_weight)
     kl = post.kl().mean()
-    loss = l1 + l2 + cfg.edge_weight * edge + cfg.kl_weight * kl
+    loss = rec + cfg.kl_weight * kl
     return loss, {"loss": loss.item(), "l1": l1.item(), "edge": edge.item(), "kl": kl.item()}
 
 
