@@ -8,7 +8,7 @@ Stages (each skipped when its output exists, so an interrupted run resumes where
    shapes world in which a share F shows the colour orange and/or the shape diamond, the rest old concepts
    (so that the adapter keeps them);
 2. ``encode`` -- latents of the built-in model's VAE and MiniLM caption embeddings, as a latent cache;
-3. ``train``  -- ``sorakit train builtin/stdit --init <built-in model> lora.rank=8 ... --resume`` (800 steps;
+3. ``train``  -- ``sorakit train builtin/stdit --init <built-in model> lora.rank=8 ... --resume`` (1200 steps;
    STDiT's default layers, the caption projection and the adaLN table): only the adapter trains (its
    checkpoints are a few hundred kB);
 4. ``export`` -- ``sorakit export WORKDIR/lora WORKDIR/adapter``: the adapter in PEFT's format;
@@ -59,7 +59,7 @@ TARGETS = ["attn.qkv", "attn.proj", "attn_temp.qkv", "attn_temp.proj", "cross_at
            "cross_attn.proj", "mlp.fc1", "mlp.fc2", "y_embedder.y_proj.fc1", "y_embedder.y_proj.fc2"]  # fmt: skip
 TRAIN_SETTINGS = [
     "lora.rank=8", "lora.alpha=8", "lora.adaln=true", f"lora.target_modules={json.dumps(TARGETS)}",
-    "train.lr=3e-3", "train.max_steps=800", "train.warmup_steps=30", "train.decay_steps=300",
+    "train.lr=3e-3", "train.max_steps=1200", "train.warmup_steps=30", "train.decay_steps=450",
     "train.ema_decay=0.99", "train.ckpt_every=50", "train.log_every=50", "train.keep_last=2",
 ]  # fmt: skip
 
