@@ -58,7 +58,7 @@ GUIDANCE_INTERVAL = (0.0, 1000.0)
 TARGETS = ["attn.qkv", "attn.proj", "attn_temp.qkv", "attn_temp.proj", "cross_attn.q_linear", "cross_attn.kv_linear",
            "cross_attn.proj", "mlp.fc1", "mlp.fc2", "y_embedder.y_proj.fc1", "y_embedder.y_proj.fc2"]  # fmt: skip
 TRAIN_SETTINGS = [
-    "lora.rank=8", "lora.alpha=8", "lora.adaln=true", f"lora.target_modules={json.dumps(TARGETS)}",
+    "lora.rank=8", "lora.alpha=8", "lora.adaln=true", f"lora.target_modules={json.dumps(TARGETS, allow_nan=False)}",
     "train.lr=3e-3", "train.max_steps=1200", "train.warmup_steps=30", "train.decay_steps=450",
     "train.ema_decay=0.99", "train.ckpt_every=50", "train.log_every=50", "train.keep_last=2",
 ]  # fmt: skip
