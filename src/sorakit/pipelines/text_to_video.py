@@ -267,12 +267,12 @@ class TextToVideoPipeline:
         if self._base_fingerprint is None:  # the base before the first adapter changes it
             self._base_fingerprint = base_fingerprint(self.transformer)
         vae_pairs = [(str(sub), s) for d, s in pairs if (sub := vae_adapter(d)) is not None]
-        if vae_pairs and self._vae_fingerprint is None:
-            self._vae_fingerprint = base_fingerprint(self.vae.autoencoder)
         vae_name = f"the VAE of {self.model_name}"
-        check_adapters(
-            vae_pairs, self._vae_fingerprint or "", vae_name
-        )  # every base checked before any change
+        if vae_pairs:
+            if self._vae_fingerprint is None:
+                self._vae_fingerprint = base_fingerprint(self.vae.autoencoder)
+            # the VAE's bases are checked here, before the transformer changes (apply_adapters checks its own)
+            check_adapters(vae_pairs, self._vae_fingerprint, vae_name)
         names = apply_adapters(self.transformer, pairs, self._base_fingerprint, self.model_name, merge=merge,
                                first_index=len(self._loras))  # fmt: skip
         self.transformer.to(self.device, self.dtype)

@@ -82,8 +82,12 @@ def export_run(
     holds an adapter: it is written as a peft adapter folder (``sorakit.lora``), or with ``merge_lora`` added
     into its base model and written as a plain model directory; ``vae_lora`` (an adapter folder with a ``vae/``
     subfolder, or a VAE decoder adapter folder) is then merged into the base's VAE, which is bundled."""
-    if vae_lora is not None and not merge_lora:
-        raise UserError("--vae-lora merges a VAE adapter into a model directory: add --merge-lora")
+    vae_folder = None
+    if vae_lora is not None:  # checked before any weights load
+        if not merge_lora:
+            raise UserError("--vae-lora merges a VAE adapter into a model directory: add --merge-lora")
+        vae_folder = vae_adapter(vae_lora) or Path(vae_lora)
+        read_adapter(vae_folder)  # one line when it is no adapter folder
     path = resolve_checkpoint(run_dir, step)
     info = ckpt.load_train_state(path)
     spec = info.get("model") or {}
@@ -119,8 +123,8 @@ def export_run(
     cfg.train.init_from = None
     cfg.data.csv = cfg.data.cache_dir = cfg.data.data_root = None  # training data is not part of the model
     vae = None
-    if vae_lora is not None:
-        vae = merged_vae(vae_lora, info["lora"].get("base_path"), cfg)
+    if vae_folder is not None:
+        vae = merged_vae(vae_folder, info["lora"].get("base_path"), cfg)
     elif bundle_vae:
         vae = VideoVAE(load_autoencoder(cfg.vae.path), scaling_factor=cfg.vae.scaling_factor)
     return save_model_dir(out_dir, model, cfg, vae=vae, dtype=DTYPES[dtype])
@@ -154,11 +158,9 @@ def merged_model(path: Path, info: dict, weights: str, prediction_type: str):  #
     return model
 
 
-def merged_vae(adapter_dir: Path, base: str | None, cfg) -> VideoVAE:  # noqa: ANN001 - sorakit.config.Config
+def merged_vae(folder: Path, base: str | None, cfg) -> VideoVAE:  # noqa: ANN001 - sorakit.config.Config
     """The base's VAE (its model directory's ``vae/``, else the run's local ``vae.path``) with the decoder
-    adapter of `adapter_dir` merged in (refused, naming both, when it was trained on another VAE)."""
-    folder = vae_adapter(adapter_dir) or Path(adapter_dir)
-    read_adapter(folder)  # one line when it is no adapter folder
+    adapter folder `folder` merged in (refused, naming both, when it was trained on another VAE)."""
     if base and is_model_dir(base) and (Path(base) / "vae").is_dir():
         vae_dir, scaling = Path(base) / "vae", read_model_dir(base)[1].vae.scaling_factor
     elif cfg.vae.path and Path(cfg.vae.path).is_dir():

@@ -32,7 +32,7 @@ from sorakit.errors import UserError
 from sorakit.logging import get_logger
 from sorakit.lora import AdapterSpec, base_fingerprint, inject, is_adapter_key, save_adapter
 from sorakit.modeldir import BUILTIN_MODEL_DIR, is_model_dir
-from sorakit.training.vae import load_frames, reconstruction_loss, to_tensor
+from sorakit.training.vae import VAETrainConfig, load_frames, reconstruction_loss, to_tensor
 
 logger = get_logger(__name__)
 
@@ -77,7 +77,9 @@ def resolve_vae_dir(base: str | os.PathLike) -> Path:
     return path
 
 
-def decoder_loss(autoencoder: nn.Module, x: torch.Tensor, edge_weight: float = 0.5) -> torch.Tensor:
+def decoder_loss(
+    autoencoder: nn.Module, x: torch.Tensor, edge_weight: float = VAETrainConfig.edge_weight
+) -> torch.Tensor:
     """`train-vae`'s reconstruction loss (foreground-weighted L1 + L2, edges) of a batch of frames
     ``[B, 3, H, W]`` in [-1, 1] after encoding (frozen, sampled) and decoding."""
     with torch.no_grad():
