@@ -9,6 +9,9 @@ An adapter folder is what ``peft`` itself writes and reads (``PeftModel.save_pre
       adapter_model.safetensors   base_model.model.<module>.lora_A.weight [r, in], ...lora_B.weight [out, r]
       vae/                        optional: an adapter folder of the same form for the VAE's decoder (its base
                                   the autoencoder; ``sorakit.training.vae_lora``), applied with the folder
+      sampler.json                optional: sampler settings the adapter was made for, e.g.
+                                  {"guidance_interval": [500, 1000]}; they replace the base model's [sampler]
+                                  defaults where the adapter is loaded, and a user's own settings replace them
 
 The base-model **fingerprint** is the sha256 of the base transformer's parameters (names, shapes and values
 rounded to float16, in name order): an adapter trained on one base is refused by any other, and float32 /
@@ -39,6 +42,10 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # the key prefix PeftModel.save_pretrained gives every tensor
 FINGERPRINT_TAG = "sorakit-sha256:"  # adapter_config.json's "revision": the base model's fingerprint
 VAE_ADAPTER_DIR = "vae"  # an adapter folder's optional second adapter, for the VAE's decoder
+ADAPTER_SAMPLER = "sampler.json"  # an adapter folder's optional sampler settings
+# what sampler.json may set: how to sample, not the diffusion process the base was trained with
+SAMPLER_KEYS: tuple[str, ...] = ("type", "num_sampling_steps", "guidance_scale", "guidance_interval",
+                                 "guidance_channels", "cache")  # fmt: skip
 # the adaLN-single projection (timestep -> the 6 shift / scale / gate vectors of every block)
 ADALN_TARGETS: tuple[str, ...] = ("t_block.1",)
 
@@ -227,6 +234,42 @@ def check_adapters(adapters: list[tuple[str | os.PathLike, float]], fingerprint:
         check_base(spec, path, fingerprint, name)
         specs.append((spec, weights))
     return specs
+
+
+def _check_sampler_keys(settings: dict[str, Any], where: str = "") -> None:
+    unknown = sorted(set(settings) - set(SAMPLER_KEYS))
+    if unknown:
+        raise UserError(
+            f"{where}{', '.join(unknown)} cannot be set by an adapter (valid: {', '.join(SAMPLER_KEYS)})"
+        )
+
+
+def sampler_overrides(path: str | os.PathLike) -> list[str]:
+    """An adapter folder's ``sampler.json`` as ``sampler.key=value`` overrides ([] without one); a bad file or
+    a key outside SAMPLER_KEYS is a UserError naming it. The values are checked where they are applied."""
+    file = Path(path) / ADAPTER_SAMPLER
+    if not file.is_file():
+        return []
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{file}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
+    if not isinstance(data, dict):
+        raise UserError(
+            f'{file}: expected an object of sampler settings, e.g. {{"guidance_interval": [500, 1000]}}'
+        )
+    _check_sampler_keys(data, f"{file}: ")
+    return [
+        f"sampler.{k}={v if isinstance(v, str) else json.dumps(v, allow_nan=False)}" for k, v in data.items()
+    ]
+
+
+def write_sampler_settings(path: str | os.PathLike, settings: dict[str, Any]) -> Path:
+    """Write an adapter folder's ``sampler.json`` (keys of SAMPLER_KEYS); returns the file."""
+    _check_sampler_keys(settings)
+    file = Path(path) / ADAPTER_SAMPLER
+    write_text_atomic(file, json.dumps(settings, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    return file
 
 
 def vae_adapter(path: str | os.PathLike) -> Path | None:

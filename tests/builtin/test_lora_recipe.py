@@ -6,10 +6,21 @@ from __future__ import annotations
 
 import json
 
-from sorakit.builtin.lora_recipe import main
+import torch
+from safetensors.torch import load_file
+
+from sorakit.builtin.lora_recipe import GUIDANCE_INTERVAL, main
 from sorakit.encoders.vae import load_autoencoder
-from sorakit.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VAE_ADAPTER_DIR, base_fingerprint, read_adapter
+from sorakit.lora import (
+    ADAPTER_CONFIG,
+    ADAPTER_SAMPLER,
+    ADAPTER_WEIGHTS,
+    VAE_ADAPTER_DIR,
+    base_fingerprint,
+    read_adapter,
+)
 from sorakit.modeldir import BUILTIN_MODEL_DIR
+from sorakit.pipelines import TextToVideoPipeline
 
 
 def test_lora_recipe_end_to_end_and_resume(tmp_path, capfd):
@@ -21,9 +32,22 @@ def test_lora_recipe_end_to_end_and_resume(tmp_path, capfd):
     out = capfd.readouterr().out
     assert "| new |" in out and "| train |" in out and "without the adapter" in out
     adapter = work / "adapter"
-    assert {p.name for p in adapter.iterdir()} == {ADAPTER_CONFIG, ADAPTER_WEIGHTS, VAE_ADAPTER_DIR}
+    assert {p.name for p in adapter.iterdir()} == {
+        ADAPTER_CONFIG,
+        ADAPTER_WEIGHTS,
+        VAE_ADAPTER_DIR,
+        ADAPTER_SAMPLER,
+    }
     spec, _ = read_adapter(adapter)
     assert spec.rank == 8 and spec.base_name == "the built-in model"
+    # the adapter's sampler.json: its guidance interval is what `--lora` samples with
+    sampler = json.loads((adapter / ADAPTER_SAMPLER).read_text())
+    assert sampler == {"guidance_interval": list(GUIDANCE_INTERVAL)}
+    pipe = TextToVideoPipeline.from_pretrained(None, device="cpu")
+    pipe.load_lora(adapter)
+    assert tuple(pipe.config.sampler.guidance_interval) == GUIDANCE_INTERVAL
+    for folder in (adapter, adapter / VAE_ADAPTER_DIR):  # stored in fp16: half the bytes
+        assert {t.dtype for t in load_file(str(folder / ADAPTER_WEIGHTS)).values()} == {torch.float16}
     vae_spec, _ = read_adapter(adapter / VAE_ADAPTER_DIR)  # the decoder adapter, on the built-in VAE
     assert vae_spec.rank == 4 and vae_spec.base_fingerprint == base_fingerprint(
         load_autoencoder(BUILTIN_MODEL_DIR / "vae")

@@ -26,10 +26,12 @@ from sorakit.lora import (
     base_fingerprint,
     inject,
     read_adapter,
+    write_sampler_settings,
 )
 from sorakit.modeldir import BUILTIN_MODEL_DIR
 from sorakit.models import from_pretrained
 from sorakit.pipelines import TextToVideoPipeline
+from sorakit.pipelines.validate import ModelSource, flag_overrides
 from sorakit.tools.synth import synthesize
 from sorakit.training.export import export_run
 from sorakit.training.trainer import train
@@ -173,6 +175,54 @@ def test_generate_lora_cli_sidecar_replay_and_errors(lora_run, tmp_path, capsys)
         assert err.startswith("sorakit: error: ") and words in err and "\n" not in err, err
 
 
+def test_an_adapters_sampler_json_sets_the_defaults_under_the_users_settings(lora_run, tmp_path, capsys):
+    adapter = export_run(lora_run, tmp_path / "adapter")
+    write_sampler_settings(adapter, {"guidance_interval": [500, 1000], "guidance_scale": 2.5})
+    kw = dict(num_frames=4, num_inference_steps=3, seed=0, output_type="latent", progress=False)
+    prompt = "a red circle moving to the right"
+    pipe = TextToVideoPipeline.from_pretrained(None, device="cpu")
+    default_interval = pipe.config.sampler.guidance_interval
+    assert default_interval != [500.0, 1000.0]
+    pipe.load_lora(adapter)
+    assert (
+        pipe.config.sampler.guidance_interval == [500.0, 1000.0] and pipe.config.sampler.guidance_scale == 2.5
+    )
+    plain = TextToVideoPipeline.from_pretrained(None, device="cpu")
+    plain.load_lora(adapter, sampler=False)
+    assert plain.config.sampler.guidance_interval == default_interval
+    out = pipe(prompt, **kw)
+    torch.testing.assert_close(out, plain(prompt, **kw, guidance_interval=(500, 1000), guidance_scale=2.5))
+    assert (out - plain(prompt, **kw)).abs().max() > 1e-4  # the settings change the samples
+    # generate --lora: the adapter's settings replace the model's, a flag replaces the adapter's
+    assert ModelSource.choose(loras=[str(adapter)]).config().sampler.guidance_interval == [500.0, 1000.0]
+    flags = flag_overrides([], None, "0,1000", None, False, False, None)
+    assert ModelSource.choose(overrides=flags, loras=[str(adapter)]).config().sampler.guidance_interval == [
+        0,
+        1000,
+    ]
+    args = ["generate", prompt, "--num-frames", "4", "--steps", "2", "--no-progress", "--lora", str(adapter)]
+    for extra, scale in (([], 2.5), (["--guidance", "4"], 4.0)):
+        out_file = tmp_path / f"g{scale}.mp4"
+        assert main([*args, *extra, "--output", str(out_file)]) == 0
+        assert json.loads(out_file.with_suffix(".json").read_text())["guidance"] == scale
+
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    for text, words in (
+        ('{"shift": 3}', "shift cannot be set by an adapter"),
+        ("{not json", "invalid JSON"),
+        ("[500, 1000]", "expected an object of sampler settings"),
+        ('{"guidance_interval": [-5, 1000]}', "guidance_interval"),
+    ):
+        (adapter / "sampler.json").write_text(text)
+        with pytest.raises(UserError, match=words):
+            pipe.load_lora(adapter)
+        assert main([*args, "--output", str(tmp_path / "x.mp4")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("sorakit: error: ") and words in err and "\n" not in err, err
+    assert all(torch.equal(v, before[k]) for k, v in pipe.transformer.state_dict().items())  # nothing applied
+    assert pipe.config.sampler.guidance_interval == [500.0, 1000.0]
+
+
 # --------------------------------------------------------------------------------------------------
 # The VAE decoder adapter (adapter/vae/): trained by `train-vae --decoder-lora`, applied by load_lora, merged
 # by `export --merge-lora --vae-lora`
@@ -281,6 +331,14 @@ def test_merge_lora_export_with_the_vae_adapter(lora_run, vae_adapter, tmp_path)
     pipe = TextToVideoPipeline.from_pretrained(merged_dir, device="cpu")
     base = TextToVideoPipeline.from_pretrained(None, device="cpu")
     assert pipe.vae.scaling_factor == base.vae.scaling_factor
+    folder = tmp_path / "folder"  # an adapter folder: its vae/ merges, its sampler.json goes into the config
+    shutil.copytree(vae_adapter, folder / "vae")
+    write_sampler_settings(folder, {"guidance_interval": [400, 1000]})
+    merged_dir = export_run(lora_run, tmp_path / "merged2", merge_lora=True, vae_lora=folder)
+    assert TextToVideoPipeline.from_pretrained(merged_dir, device="cpu").config.sampler.guidance_interval == [
+        400,
+        1000,
+    ]
     with pytest.raises(UserError, match="add --merge-lora"):
         export_run(lora_run, tmp_path / "x", vae_lora=vae_adapter)
     with pytest.raises(UserError, match="not a LoRA adapter folder"):

@@ -36,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--rank", type=int, default=4, help="with --decoder-lora: the LoRA rank (default 4)")
     p.add_argument(
+        "--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+        help="with --decoder-lora: the stored adapter's weight dtype (default fp32; fp16 halves the file)",
+    )  # fmt: skip
+    p.add_argument(
         "--steps", type=int, default=None, help="optimizer steps (default 1500; 400 with --decoder-lora)"
     )
     p.add_argument("--batch-size", type=int, default=16, help="frames per step (default 16)")
@@ -82,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         from sorakit.training.vae_lora import DecoderLoRAConfig, train_decoder_lora
 
         lora_cfg = DecoderLoRAConfig(rank=args.rank, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                     seed=args.seed, max_videos=args.max_videos)  # fmt: skip
+                                     seed=args.seed, max_videos=args.max_videos, dtype=args.dtype)  # fmt: skip
         out = train_decoder_lora(args.csv, args.output, args.decoder_lora, lora_cfg)
         print(f"saved the VAE decoder adapter to {out}")
         return 0

@@ -18,6 +18,7 @@ fp32 (``text_encoder.dtype``; never fp16, where it overflows).
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import os
 from collections.abc import Callable, Iterator
@@ -39,7 +40,14 @@ from sorakit.encoders.vae import VideoVAE, build_vae
 from sorakit.errors import UserError
 from sorakit.hub import resolve_file
 from sorakit.logging import get_logger
-from sorakit.lora import apply_adapters, base_fingerprint, check_adapters, parse_lora_arg, vae_adapter
+from sorakit.lora import (
+    apply_adapters,
+    base_fingerprint,
+    check_adapters,
+    parse_lora_arg,
+    sampler_overrides,
+    vae_adapter,
+)
 from sorakit.masks import split_loop_prompt
 from sorakit.modeldir import builtin_model_dir, read_model_dir, save_model_dir
 from sorakit.models import build_from_config, from_pretrained, load_checkpoint, prediction_type_of_objective
@@ -245,14 +253,18 @@ class TextToVideoPipeline:
         else:
             pipe = cls.from_pretrained(
                 source.model if source.kind == "model" else None, device=device, dtype=dtype,
-                text_encoder=source.text_encoder, vae=source.vae, overrides=source.overrides, ckpt=source.ckpt,
+                text_encoder=source.text_encoder, vae=source.vae, overrides=source.all_overrides(), ckpt=source.ckpt,
             )  # fmt: skip
-        if source.loras:
-            pipe.load_lora(source.loras)
+        if source.loras:  # their sampler settings are in the config already, under the user's own
+            pipe.load_lora(source.loras, sampler=False)
         return pipe
 
     def load_lora(
-        self, adapters: str | os.PathLike | list[Any], scale: float = 1.0, merge: bool = True
+        self,
+        adapters: str | os.PathLike | list[Any],
+        scale: float = 1.0,
+        merge: bool = True,
+        sampler: bool = True,
     ) -> list[str]:
         """Load LoRA adapter folders (peft format, e.g. from ``sorakit export`` of a LoRA run) onto the
         transformer: one folder, or a list of folders, ``"DIR:SCALE"`` strings or ``(DIR, scale)`` pairs;
@@ -260,10 +272,16 @@ class TextToVideoPipeline:
         into the weights, so sampling costs what it did without the adapter; else the adapters stay separate
         layers. An adapter trained on another base model is refused (UserError naming both), before any is
         applied. A folder's ``vae/`` subfolder (a VAE decoder adapter, ``sorakit.training.vae_lora``) is
-        applied to the VAE with the same scale. Returns the names the adapters got (``lora0``, ``lora1``, ...)."""
+        applied to the VAE with the same scale. ``sampler`` (default): a folder's ``sampler.json`` (settings it
+        was made for, e.g. a guidance interval) replaces ``config.sampler``'s values, later folders last; the
+        arguments of a call still override them. Returns the names the adapters got (``lora0``, ``lora1``, ...)."""
         items = adapters if isinstance(adapters, list) else [adapters]
         pairs = [(str(a[0]), float(a[1])) if isinstance(a, tuple) else parse_lora_arg(str(a)) for a in items]
         pairs = [(d, s * scale) for d, s in pairs]
+        settings = [o for d, _ in pairs for o in sampler_overrides(d)] if sampler else []
+        sampler_cfg = apply_overrides(
+            copy.deepcopy(self.config), settings
+        ).sampler  # checked before any change
         if self._base_fingerprint is None:  # the base before the first adapter changes it
             self._base_fingerprint = base_fingerprint(self.transformer)
         vae_pairs = [(str(sub), s) for d, s in pairs if (sub := vae_adapter(d)) is not None]
@@ -281,7 +299,10 @@ class TextToVideoPipeline:
                            first_index=len(self._loras))  # fmt: skip
             self.vae.to(self.vae.device, self.dtype)
         self._loras += [f"{d}:{s!r}" for d, s in pairs]
+        self.config.sampler = sampler_cfg
         log.info("LoRA: %s%s", ", ".join(f"{d} (scale {s:g})" for d, s in pairs), " merged" if merge else "")
+        if settings:
+            log.info("LoRA sampler settings: %s", ", ".join(settings))
         return names
 
     def load_transformer_checkpoint(self, ckpt: str | os.PathLike) -> None:

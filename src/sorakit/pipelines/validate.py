@@ -41,7 +41,7 @@ from sorakit.encoders.text import CLASS_DATASETS
 from sorakit.encoders.vae import peek_downsample_factor
 from sorakit.errors import ConfigError, UserError
 from sorakit.hub import download_hint, names_local_path
-from sorakit.lora import parse_lora_arg
+from sorakit.lora import parse_lora_arg, sampler_overrides
 from sorakit.modeldir import builtin_model_dir, read_model_dir
 from sorakit.models import MODELS, read_model_config
 from sorakit.pipelines.memory import check_memory
@@ -213,13 +213,17 @@ class ModelSource:
             return None
         return builtin_model_dir() if self.kind == "builtin" else Path(self.model)
 
+    def all_overrides(self) -> list[str]:
+        """The adapters' sampler settings (their ``sampler.json``, in order), then the user's `overrides`."""
+        return [o for text in self.loras for o in sampler_overrides(parse_lora_arg(text)[0])] + self.overrides
+
     def config(self) -> Config:
         """The (light) config of the chosen model: no weights are read."""
         if self.kind == "preset":
-            cfg = load_config(self.preset, self.overrides)
+            cfg = load_config(self.preset, self.all_overrides())
         else:
             _, cfg = read_model_dir(self.model_dir)
-            apply_overrides(cfg, self.overrides)
+            apply_overrides(cfg, self.all_overrides())
         if self.text_encoder:
             cfg.text_encoder.path = self.text_encoder
         if self.vae:

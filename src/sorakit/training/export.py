@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sorakit.config import LoRAConfig, load_config
+from sorakit.config import LoRAConfig, apply_overrides, load_config
 from sorakit.encoders.vae import VideoVAE, load_autoencoder
 from sorakit.errors import UserError
 from sorakit.lora import (
@@ -13,6 +13,7 @@ from sorakit.lora import (
     base_fingerprint,
     merge_into,
     read_adapter,
+    sampler_overrides,
     save_adapter,
     vae_adapter,
 )
@@ -81,13 +82,15 @@ def export_run(
     the model directory, which then needs nothing but the text encoder to generate. A LoRA run's checkpoint
     holds an adapter: it is written as a peft adapter folder (``sorakit.lora``), or with ``merge_lora`` added
     into its base model and written as a plain model directory; ``vae_lora`` (an adapter folder with a ``vae/``
-    subfolder, or a VAE decoder adapter folder) is then merged into the base's VAE, which is bundled."""
-    vae_folder = None
+    subfolder, or a VAE decoder adapter folder) is then merged into the base's VAE, which is bundled, and that
+    folder's ``sampler.json`` (if any) becomes the model's sampler defaults."""
+    vae_folder, sampler = None, []
     if vae_lora is not None:  # checked before any weights load
         if not merge_lora:
             raise UserError("--vae-lora merges a VAE adapter into a model directory: add --merge-lora")
         vae_folder = vae_adapter(vae_lora) or Path(vae_lora)
         read_adapter(vae_folder)  # one line when it is no adapter folder
+        sampler = sampler_overrides(vae_lora)
     path = resolve_checkpoint(run_dir, step)
     info = ckpt.load_train_state(path)
     spec = info.get("model") or {}
@@ -125,6 +128,7 @@ def export_run(
     vae = None
     if vae_folder is not None:
         vae = merged_vae(vae_folder, info["lora"].get("base_path"), cfg)
+        apply_overrides(cfg, sampler)  # the adapter folder's sampler.json, if any
     elif bundle_vae:
         vae = VideoVAE(load_autoencoder(cfg.vae.path), scaling_factor=cfg.vae.scaling_factor)
     return save_model_dir(out_dir, model, cfg, vae=vae, dtype=DTYPES[dtype])

@@ -32,6 +32,7 @@ from sorakit.errors import UserError
 from sorakit.logging import get_logger
 from sorakit.lora import AdapterSpec, base_fingerprint, inject, is_adapter_key, save_adapter
 from sorakit.modeldir import BUILTIN_MODEL_DIR, is_model_dir
+from sorakit.runtime import DTYPES
 from sorakit.training.vae import VAETrainConfig, load_frames, reconstruction_loss, to_tensor
 
 logger = get_logger(__name__)
@@ -53,6 +54,7 @@ class DecoderLoRAConfig:
     seed: int = 0
     max_videos: int = 2000
     log_every: int = 25
+    dtype: str = "fp32"  # the stored adapter's weights: "fp32", "bf16" or "fp16" (half the file)
 
 
 def decoder_targets(autoencoder: nn.Module) -> list[str]:
@@ -115,6 +117,7 @@ def train_decoder_lora(
         if step % cfg.log_every == 0 or step == cfg.steps:
             logger.info("train-vae --decoder-lora step %d/%d loss %.5f (%.2f steps/s)", step, cfg.steps,
                         loss.item(), step / (time.perf_counter() - t0))  # fmt: skip
-    out = save_adapter(output, spec, {n: p for n, p in ae.named_parameters() if is_adapter_key(n)})
+    tensors = {n: p for n, p in ae.named_parameters() if is_adapter_key(n)}
+    out = save_adapter(output, spec, tensors, dtype=None if cfg.dtype == "fp32" else DTYPES[cfg.dtype])
     logger.info("train-vae --decoder-lora: adapter written to %s", out)
     return out
