@@ -196,10 +196,8 @@ def test_an_adapters_sampler_json_sets_the_defaults_under_the_users_settings(lor
     # generate --lora: the adapter's settings replace the model's, a flag replaces the adapter's
     assert ModelSource.choose(loras=[str(adapter)]).config().sampler.guidance_interval == [500.0, 1000.0]
     flags = flag_overrides([], None, "0,1000", None, False, False, None)
-    assert ModelSource.choose(overrides=flags, loras=[str(adapter)]).config().sampler.guidance_interval == [
-        0,
-        1000,
-    ]
+    source = ModelSource.choose(overrides=flags, loras=[str(adapter)])
+    assert source.config().sampler.guidance_interval == [0, 1000]
     args = ["generate", prompt, "--num-frames", "4", "--steps", "2", "--no-progress", "--lora", str(adapter)]
     for extra, scale in (([], 2.5), (["--guidance", "4"], 4.0)):
         out_file = tmp_path / f"g{scale}.mp4"

@@ -279,9 +279,8 @@ class TextToVideoPipeline:
         pairs = [(str(a[0]), float(a[1])) if isinstance(a, tuple) else parse_lora_arg(str(a)) for a in items]
         pairs = [(d, s * scale) for d, s in pairs]
         settings = [o for d, _ in pairs for o in sampler_overrides(d)] if sampler else []
-        sampler_cfg = apply_overrides(
-            copy.deepcopy(self.config), settings
-        ).sampler  # checked before any change
+        # checked on a copy, before any weight changes
+        sampler_cfg = apply_overrides(copy.deepcopy(self.config), settings).sampler
         if self._base_fingerprint is None:  # the base before the first adapter changes it
             self._base_fingerprint = base_fingerprint(self.transformer)
         vae_pairs = [(str(sub), s) for d, s in pairs if (sub := vae_adapter(d)) is not None]
