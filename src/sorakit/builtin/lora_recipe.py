@@ -28,6 +28,7 @@ Stages (each skipped when its output exists, so an interrupted run resumes where
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -111,10 +112,10 @@ def stage_eval(work: Path, adapter: Path, n: int, seed: int = 0, steps: int | No
     tuned.load_lora(adapter)
     prompts = build_prompts(["new", "train"], n, seed)
     (work / "videos").mkdir(exist_ok=True)
-    kw = {"num_inference_steps": steps}  # the adapter's sampler settings, as `generate --lora` uses them
+    base.config.sampler = copy.deepcopy(tuned.config.sampler)  # the adapter's sampler.json for both
+    kw = {"num_inference_steps": steps}
     scores = generate_and_score(tuned, prompts, 8, seed, save_dir=work / "videos", progress=True, **kw)
     summary = summarize(scores)
-    kw["guidance_interval"] = tuned.config.sampler.guidance_interval  # the same sampling without the adapter
     without = summarize(generate_and_score(base, build_prompts(["new"], max(1, n // 3), seed), 8, seed, **kw))
     summary["new, without the adapter"] = without["new"]
     batch = [p for _, p in prompts[:4]]
