@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -169,6 +170,21 @@ def save_adapter(out_dir: str | os.PathLike, spec: AdapterSpec, tensors: dict[st
     return out
 
 
+def _lora_numbers(data: dict[str, Any], cfg_file: Path) -> tuple[int, float, float]:
+    """(r, lora_alpha, lora_dropout) of a peft adapter config, each checked: a UserError naming the file."""
+    rank, alpha, dropout = data.get("r", 8), data.get("lora_alpha", 8), data.get("lora_dropout") or 0.0
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise UserError(f"{cfg_file}: r must be a whole number >= 1, got {rank!r}")
+    ok = [
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (alpha, dropout)
+    ]
+    if not ok[0] or alpha <= 0:
+        raise UserError(f"{cfg_file}: lora_alpha must be a finite number > 0, got {alpha!r}")
+    if not ok[1] or not 0 <= dropout < 1:
+        raise UserError(f"{cfg_file}: lora_dropout must be in [0, 1), got {dropout!r}")
+    return rank, float(alpha), float(dropout)
+
+
 def read_adapter(path: str | os.PathLike) -> tuple[AdapterSpec, Path]:
     """An adapter folder -> (its spec, the weights file), checked without reading the weights."""
     root = Path(path)
@@ -180,15 +196,16 @@ def read_adapter(path: str | os.PathLike) -> tuple[AdapterSpec, Path]:
             f"--lora {path}: not a LoRA adapter folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})"
         )
     try:
-        data = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{cfg_file}: invalid JSON ({exc.msg})") from None
+        data = json.loads(cfg_file.read_text(), parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise UserError(f"{cfg_file}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
     if not isinstance(data, dict) or data.get("peft_type") != "LORA":
         raise UserError(f"{cfg_file}: not a LoRA adapter (peft_type={data.get('peft_type') if isinstance(data, dict) else None!r})")  # fmt: skip
     revision = str(data.get("revision") or "")
     targets = data.get("target_modules") or []
+    rank, alpha, dropout = _lora_numbers(data, cfg_file)
     spec = AdapterSpec(
-        rank=int(data.get("r", 8)), alpha=float(data.get("lora_alpha", 8)), dropout=float(data.get("lora_dropout") or 0.0),
+        rank=rank, alpha=alpha, dropout=dropout,
         target_modules=[targets] if isinstance(targets, str) else list(targets),
         base_name=str(data.get("base_model_name_or_path") or "an unknown base"),
         base_fingerprint=revision.removeprefix(FINGERPRINT_TAG) if revision.startswith(FINGERPRINT_TAG) else "",
@@ -244,6 +261,11 @@ def _check_sampler_keys(settings: dict[str, Any], where: str = "") -> None:
         )
 
 
+def _no_constant(name: str) -> Any:
+    """json's hook for the bare NaN / Infinity / -Infinity it would otherwise accept: not a setting."""
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def sampler_overrides(path: str | os.PathLike) -> list[str]:
     """An adapter folder's ``sampler.json`` as ``sampler.key=value`` overrides ([] without one); a bad file or
     a key outside SAMPLER_KEYS is a UserError naming it. The values are checked where they are applied."""
@@ -251,17 +273,21 @@ def sampler_overrides(path: str | os.PathLike) -> list[str]:
     if not file.is_file():
         return []
     try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(file.read_text(), parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise UserError(f"{file}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
     if not isinstance(data, dict):
         raise UserError(
             f'{file}: expected an object of sampler settings, e.g. {{"guidance_interval": [500, 1000]}}'
         )
     _check_sampler_keys(data, f"{file}: ")
-    return [
-        f"sampler.{k}={v if isinstance(v, str) else json.dumps(v, allow_nan=False)}" for k, v in data.items()
-    ]
+    out = []
+    for k, v in data.items():
+        try:
+            out.append(f"sampler.{k}={v if isinstance(v, str) else json.dumps(v, allow_nan=False)}")
+        except ValueError:  # a number beyond float's range (1e400) parses as inf
+            raise UserError(f"{file}: {k} must be finite, got {v!r}") from None
+    return out
 
 
 def write_sampler_settings(path: str | os.PathLike, settings: dict[str, Any]) -> Path:

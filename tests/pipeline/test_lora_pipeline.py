@@ -161,9 +161,21 @@ def test_generate_lora_cli_sidecar_replay_and_errors(lora_run, tmp_path, capsys)
     shutil.copytree(adapter, other)
     config = json.loads((other / ADAPTER_CONFIG).read_text())
     config.update(base_model_name_or_path="/models/another-stdit", revision="sorakit-sha256:" + "f" * 64)
-    (other / ADAPTER_CONFIG).write_text(json.dumps(config))
+    (other / ADAPTER_CONFIG).write_text(json.dumps(config, allow_nan=False))
+    numbers = {}  # adapter configs whose numbers would scale every update wrongly (NaN: a black video)
+    for key, value, words in (
+        ("lora_alpha", float("nan"), "NaN is not a number JSON allows"),  # Python's json would read it
+        ("lora_alpha", 0, "lora_alpha must be a finite number > 0"),
+        ("r", "8", "r must be a whole number >= 1"),
+        ("lora_dropout", 1.5, "lora_dropout must be in [0, 1)"),
+    ):
+        folder = numbers[words] = tmp_path / f"bad-{len(numbers)}"
+        shutil.copytree(adapter, folder)
+        bad_config = {**json.loads((adapter / ADAPTER_CONFIG).read_text()), key: value}
+        (folder / ADAPTER_CONFIG).write_text(json.dumps(bad_config, allow_nan=True))  # NaN on purpose
     capsys.readouterr()
     for bad, words in (
+        *((str(folder), words) for words, folder in numbers.items()),
         (str(tmp_path / "missing"), "--lora: no such directory"),
         (f"{adapter}:abc", "the scale after ':' must be a number"),
         (f"{adapter}:nan", "finite number"),
@@ -210,6 +222,8 @@ def test_an_adapters_sampler_json_sets_the_defaults_under_the_users_settings(lor
         ("{not json", "invalid JSON"),
         ("[500, 1000]", "expected an object of sampler settings"),
         ('{"guidance_interval": [-5, 1000]}', "guidance_interval"),
+        ('{"guidance_scale": NaN}', "NaN is not a number JSON allows"),  # Python's json would read it
+        ('{"guidance_interval": [1e400, 1000]}', "guidance_interval must be finite"),  # parses as inf
     ):
         (adapter / "sampler.json").write_text(text)
         with pytest.raises(UserError, match=words):
