@@ -35,7 +35,7 @@ def test_single_prompt_mp4(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert meta["model"]["model"] == str(tiny_model_dir.resolve())
 
 
-def test_prompt_file_names_seeds_and_replay(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_prompt_file_names_seeds_and_replay(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n\n  A blue square, bouncing!  \nwaves at sunset\n")
     out_dir = tmp_path / "out"
@@ -61,6 +61,25 @@ def test_prompt_file_names_seeds_and_replay(tiny_model_dir: Path, tmp_path: Path
     np.testing.assert_array_equal(read_video(replay), read_video(out_dir / "0001-a-blue-square-bouncing.mp4"))
     # and it is not the same as its batch neighbour
     assert not np.array_equal(read_video(replay), read_video(out_dir / "0000-a-red-circle.mp4"))
+
+    # a damaged sidecar is a one-line error, and nothing is written
+    good = json.loads((out_dir / "0001-a-blue-square-bouncing.json").read_text())
+    for damage, words in (
+        (lambda m: m.pop("num_frames"), "not a sorakit sidecar (KeyError: 'num_frames')"),
+        (lambda m: m.pop("output"), "not a sorakit sidecar (KeyError: 'output')"),
+        (lambda m: m["batch"].pop("indices"), "not a sorakit sidecar (KeyError: 'indices')"),
+        (lambda m: m["batch"].update(index="x"), "not a sorakit sidecar (ValueError"),
+        (lambda m: m["batch"].update(index=2), "batch index 2 is outside its batch of 2 prompt(s)"),
+    ):
+        meta = json.loads(json.dumps(good, allow_nan=False))
+        damage(meta)
+        side, out = tmp_path / "damaged.json", tmp_path / "damaged.mp4"
+        side.write_text(json.dumps(meta, allow_nan=False))
+        capsys.readouterr()
+        assert _gen("--replay", str(side), "--output", str(out)) == 2, words
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("sorakit: error: --replay ") and words in err and "\n" not in err, err
+        assert not out.exists()
 
 
 def test_threads_option_sets_torch_threads(tiny_model_dir: Path, tmp_path: Path) -> None:

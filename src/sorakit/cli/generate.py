@@ -217,26 +217,34 @@ def _replay_plan(args: argparse.Namespace) -> Plan:
     try:
         meta = json.loads(path.read_text())
         source, batch = ModelSource.from_dict(meta["model"]), meta["batch"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UserError(f"--replay {path}: not a sorakit sidecar ({exc})") from exc
-    suffix = Path(meta["output"]).suffix
+        suffix, prompts = Path(meta["output"]).suffix, list(batch["prompts"])
+        index, indices, previous = (
+            int(batch["index"]),
+            list(batch["indices"]),
+            list(batch.get("previous", [])),
+        )
+        sizes = {k: meta[k] for k in ("num_frames", "height", "width", "steps", "sampler", "guidance", "fps")}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError is a ValueError
+        raise UserError(f"--replay {path}: not a sorakit sidecar ({type(exc).__name__}: {exc})") from None
+    if not 0 <= index < len(prompts):
+        raise UserError(
+            f"--replay {path}: batch index {index} is outside its batch of {len(prompts)} prompt(s)"
+        )
     out = Path(args.output) if args.output else path.with_name(f"{path.stem}-replay{suffix}")
     if source.kind == "model" and not Path(source.model).is_dir():
         raise UserError(f"--replay: the model directory {source.model} is gone")
     settings = TextToVideoPipeline.validate(
-        source.config(), source, num_frames=meta["num_frames"], height=meta["height"], width=meta["width"],
-        steps=meta["steps"], sampler=meta["sampler"], guidance=meta["guidance"], fps=meta["fps"],
-        batch_size=len(batch["prompts"]), seed=batch["seed"], names=FLAG_NAMES,
+        source.config(), source, **sizes, batch_size=len(prompts), seed=batch["seed"], names=FLAG_NAMES,
         device=args.device or str(meta.get("device", "auto")).split(":")[0], dtype=args.dtype or meta.get("dtype"),
         **replay_references(meta),
     )  # fmt: skip
     _check_suffix(out, settings.num_frames)
     check_writable_file(out)
-    outputs = [out if k == batch["index"] else None for k in range(len(batch["prompts"]))]
+    outputs = [out if k == index else None for k in range(len(prompts))]
     # under --parity the batches before this one drew from the same RNG stream: run them again, unwritten
-    seed, previous = int(batch["seed"]), batch.get("previous", [])
+    seed = int(batch["seed"])
     batches = [Batch(list(p), seed, [], [None] * len(p)) for p in previous]
-    batches.append(Batch(list(batch["prompts"]), seed, list(batch["indices"]), outputs))
+    batches.append(Batch(prompts, seed, indices, outputs))
     return Plan(source, settings, meta.get("parity"), batches)
 
 
