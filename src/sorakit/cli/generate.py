@@ -207,44 +207,31 @@ def make_plan(args: argparse.Namespace) -> Plan:
 def _replay_plan(args: argparse.Namespace) -> Plan:
     """Rebuild the plan of one video from its sidecar."""
     from sorakit.pipelines import TextToVideoPipeline
-    from sorakit.pipelines.validate import ModelSource, replay_references
+    from sorakit.pipelines.validate import read_sidecar, replay_references
 
     if args.prompt is not None or args.prompt_file or args.class_label:
         raise UserError("--replay takes its prompt from the sidecar: give no prompt")
     path = Path(args.replay)
     if not path.is_file():
         raise UserError(f"--replay: no such file: {path}")
-    try:
-        meta = json.loads(path.read_text())
-        source, batch = ModelSource.from_dict(meta["model"]), meta["batch"]
-        suffix, prompts = Path(meta["output"]).suffix, list(batch["prompts"])
-        index, indices, previous = (
-            int(batch["index"]),
-            list(batch["indices"]),
-            list(batch.get("previous", [])),
-        )
-        sizes = {k: meta[k] for k in ("num_frames", "height", "width", "steps", "sampler", "guidance", "fps")}
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError is a ValueError
-        raise UserError(f"--replay {path}: not a sorakit sidecar ({type(exc).__name__}: {exc})") from None
-    if not 0 <= index < len(prompts):
-        raise UserError(
-            f"--replay {path}: batch index {index} is outside its batch of {len(prompts)} prompt(s)"
-        )
-    out = Path(args.output) if args.output else path.with_name(f"{path.stem}-replay{suffix}")
+    side = read_sidecar(path)
+    meta, source = side.meta, side.source
+    out = Path(args.output) if args.output else path.with_name(f"{path.stem}-replay{side.output.suffix}")
     if source.kind == "model" and not Path(source.model).is_dir():
         raise UserError(f"--replay: the model directory {source.model} is gone")
     settings = TextToVideoPipeline.validate(
-        source.config(), source, **sizes, batch_size=len(prompts), seed=batch["seed"], names=FLAG_NAMES,
+        source.config(), source, **side.settings, batch_size=len(side.prompts), seed=meta["batch"]["seed"],
+        names=FLAG_NAMES,
         device=args.device or str(meta.get("device", "auto")).split(":")[0], dtype=args.dtype or meta.get("dtype"),
         **replay_references(meta),
     )  # fmt: skip
     _check_suffix(out, settings.num_frames)
     check_writable_file(out)
-    outputs = [out if k == index else None for k in range(len(prompts))]
+    outputs = [out if k == side.index else None for k in range(len(side.prompts))]
     # under --parity the batches before this one drew from the same RNG stream: run them again, unwritten
-    seed = int(batch["seed"])
-    batches = [Batch(list(p), seed, [], [None] * len(p)) for p in previous]
-    batches.append(Batch(prompts, seed, indices, outputs))
+    seed = int(meta["batch"]["seed"])
+    batches = [Batch(list(p), seed, [], [None] * len(p)) for p in side.previous]
+    batches.append(Batch(side.prompts, seed, side.indices, outputs))
     return Plan(source, settings, meta.get("parity"), batches)
 
 

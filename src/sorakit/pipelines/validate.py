@@ -15,6 +15,7 @@ Messages name the inputs as the caller calls them (`names`, e.g. the CLI's "--st
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import os
 import re
@@ -276,6 +277,40 @@ class Settings:
             return {}
         return {key: getattr(rp, attr), "mask_strategy": rp.strategy, "condition_frames": rp.condition_frames,
                 "loop": rp.loops}  # fmt: skip
+
+
+@dataclass
+class Sidecar:
+    """What `sorakit generate --replay` reads from a video's sidecar JSON (written next to each video)."""
+
+    meta: dict[str, Any]
+    source: ModelSource
+    prompts: list[str]  # the video's batch
+    index: int  # the video's place in it
+    indices: list[int]
+    previous: list[list[str]]  # the batches sampled before it from the same RNG stream (--parity)
+    settings: dict[str, Any]  # num_frames, height, width, steps, sampler, guidance, fps as recorded
+    output: Path  # where the video was written
+
+
+def read_sidecar(path: Path) -> Sidecar:
+    """A sidecar checked to have every field replay needs: a one-line UserError naming the file otherwise."""
+    try:
+        meta = json.loads(path.read_text())
+        batch = meta["batch"]
+        side = Sidecar(
+            meta, ModelSource.from_dict(meta["model"]), list(batch["prompts"]), int(batch["index"]),
+            list(batch["indices"]), list(batch.get("previous", [])),
+            {k: meta[k] for k in ("num_frames", "height", "width", "steps", "sampler", "guidance", "fps")},
+            Path(meta["output"]),
+        )  # fmt: skip
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError is a ValueError
+        raise UserError(f"--replay {path}: not a sorakit sidecar ({type(exc).__name__}: {exc})") from None
+    if not 0 <= side.index < len(side.prompts):
+        raise UserError(
+            f"--replay {path}: batch index {side.index} is outside its batch of {len(side.prompts)} prompt(s)"
+        )
+    return side
 
 
 def replay_references(meta: Mapping[str, Any]) -> dict[str, Any]:
