@@ -31,6 +31,26 @@ def dumps(value: Any, **kwargs: Any) -> str:
     return json.dumps(finite(value), allow_nan=False, **kwargs)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is beyond float's range")
+    return value
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in `path`, read strictly: the bare NaN / Infinity Python's json accepts, a number beyond
+    float's range (1e400, read as inf) and invalid JSON or text are a UserError naming the file."""
+    try:
+        return json.loads(path.read_text(), parse_constant=_no_constant, parse_float=_finite_float)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"{path}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
+
+
 def read_versioned(path: Path, fmt: str, max_version: int, what: str, version_key: str = "version") -> dict:
     """The JSON object in `path`, checked to be sorakit's format `fmt` at a version this sorakit reads:
     invalid JSON, another format or a newer version is a UserError naming the file (`what` names the format,

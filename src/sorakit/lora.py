@@ -36,6 +36,7 @@ from torch import nn
 
 from sorakit.errors import UserError
 from sorakit.fileutil import save_safetensors, write_text_atomic
+from sorakit.jsonutil import read_json
 from sorakit.safeload import load_safetensors
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -170,17 +171,18 @@ def save_adapter(out_dir: str | os.PathLike, spec: AdapterSpec, tensors: dict[st
     return out
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _lora_numbers(data: dict[str, Any], cfg_file: Path) -> tuple[int, float, float]:
     """(r, lora_alpha, lora_dropout) of a peft adapter config, each checked: a UserError naming the file."""
     rank, alpha, dropout = data.get("r", 8), data.get("lora_alpha", 8), data.get("lora_dropout") or 0.0
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise UserError(f"{cfg_file}: r must be a whole number >= 1, got {rank!r}")
-    ok = [
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (alpha, dropout)
-    ]
-    if not ok[0] or alpha <= 0:
+    if not _is_number(alpha) or alpha <= 0:
         raise UserError(f"{cfg_file}: lora_alpha must be a finite number > 0, got {alpha!r}")
-    if not ok[1] or not 0 <= dropout < 1:
+    if not _is_number(dropout) or not 0 <= dropout < 1:
         raise UserError(f"{cfg_file}: lora_dropout must be in [0, 1), got {dropout!r}")
     return rank, float(alpha), float(dropout)
 
@@ -195,10 +197,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[AdapterSpec, Path]:
         raise UserError(
             f"--lora {path}: not a LoRA adapter folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})"
         )
-    try:
-        data = json.loads(cfg_file.read_text(), parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-        raise UserError(f"{cfg_file}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
+    data = read_json(cfg_file)
     if not isinstance(data, dict) or data.get("peft_type") != "LORA":
         raise UserError(f"{cfg_file}: not a LoRA adapter (peft_type={data.get('peft_type') if isinstance(data, dict) else None!r})")  # fmt: skip
     revision = str(data.get("revision") or "")
@@ -261,33 +260,21 @@ def _check_sampler_keys(settings: dict[str, Any], where: str = "") -> None:
         )
 
 
-def _no_constant(name: str) -> Any:
-    """json's hook for the bare NaN / Infinity / -Infinity it would otherwise accept: not a setting."""
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
 def sampler_overrides(path: str | os.PathLike) -> list[str]:
     """An adapter folder's ``sampler.json`` as ``sampler.key=value`` overrides ([] without one); a bad file or
     a key outside SAMPLER_KEYS is a UserError naming it. The values are checked where they are applied."""
     file = Path(path) / ADAPTER_SAMPLER
     if not file.is_file():
         return []
-    try:
-        data = json.loads(file.read_text(), parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-        raise UserError(f"{file}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
+    data = read_json(file)
     if not isinstance(data, dict):
         raise UserError(
             f'{file}: expected an object of sampler settings, e.g. {{"guidance_interval": [500, 1000]}}'
         )
     _check_sampler_keys(data, f"{file}: ")
-    out = []
-    for k, v in data.items():
-        try:
-            out.append(f"sampler.{k}={v if isinstance(v, str) else json.dumps(v, allow_nan=False)}")
-        except ValueError:  # a number beyond float's range (1e400) parses as inf
-            raise UserError(f"{file}: {k} must be finite, got {v!r}") from None
-    return out
+    return [
+        f"sampler.{k}={v if isinstance(v, str) else json.dumps(v, allow_nan=False)}" for k, v in data.items()
+    ]
 
 
 def write_sampler_settings(path: str | os.PathLike, settings: dict[str, Any]) -> Path:

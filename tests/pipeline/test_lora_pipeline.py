@@ -223,7 +223,7 @@ def test_an_adapters_sampler_json_sets_the_defaults_under_the_users_settings(lor
         ("[500, 1000]", "expected an object of sampler settings"),
         ('{"guidance_interval": [-5, 1000]}', "guidance_interval"),
         ('{"guidance_scale": NaN}', "NaN is not a number JSON allows"),  # Python's json would read it
-        ('{"guidance_interval": [1e400, 1000]}', "guidance_interval must be finite"),  # parses as inf
+        ('{"guidance_interval": [1e400, 1000]}', "1e400 is beyond float's range"),  # Python reads inf
     ):
         (adapter / "sampler.json").write_text(text)
         with pytest.raises(UserError, match=words):

@@ -229,9 +229,8 @@ def _replay_plan(args: argparse.Namespace) -> Plan:
     check_writable_file(out)
     outputs = [out if k == side.index else None for k in range(len(side.prompts))]
     # under --parity the batches before this one drew from the same RNG stream: run them again, unwritten
-    seed = int(meta["batch"]["seed"])
-    batches = [Batch(list(p), seed, [], [None] * len(p)) for p in side.previous]
-    batches.append(Batch(side.prompts, seed, side.indices, outputs))
+    batches = [Batch(list(p), settings.seed, [], [None] * len(p)) for p in side.previous]
+    batches.append(Batch(side.prompts, settings.seed, side.indices, outputs))
     return Plan(source, settings, meta.get("parity"), batches)
 
 
