@@ -232,7 +232,7 @@ COVERAGE: dict[str, Run | Fetch | Serve] = {
     "sorakit export runs/lora adapter --dtype fp16": Run("lora", (), _adapter("adapter")),
     "sorakit train-vae --csv new/train.csv -o adapter/vae --decoder-lora builtin":
         Run("lora", ("--steps", "2", "--batch-size", "2", "--threads", "1"), _adapter("adapter/vae")),
-    'sorakit generate "an orange diamond moving to the left" --lora adapter --guidance-interval 500,1000 --output orange.mp4':
+    'sorakit generate "an orange diamond moving to the left" --lora adapter --guidance 7 --guidance-interval 500,1000 --output orange.mp4':
         Run("lora", GEN, _is_video("orange.mp4", 16)),
     "sorakit export runs/lora merged --merge-lora --vae-lora adapter":
         Run("lora", (), _is_model("merged", "vae/config.json")),

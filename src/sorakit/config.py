@@ -283,6 +283,11 @@ class TrainConfig:
         factory=dict,
         bounds=Bounds(values=FRACTION),
     )
+    loss_channel_weights: list[float] = _doc(
+        "weights of the latent channels in the diffusion MSE, one per channel, rescaled to a mean of 1; [] = equal",
+        factory=list,
+        bounds=Bounds(gt=0, le=1000),
+    )
 
 
 @dataclass

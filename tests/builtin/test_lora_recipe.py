@@ -9,7 +9,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from sorakit.builtin.lora_recipe import GUIDANCE_INTERVAL, main
+from sorakit.builtin.lora_recipe import GUIDANCE_INTERVAL, GUIDANCE_SCALE, main
 from sorakit.encoders.vae import load_autoencoder
 from sorakit.lora import (
     ADAPTER_CONFIG,
@@ -40,12 +40,16 @@ def test_lora_recipe_end_to_end_and_resume(tmp_path, capfd):
     }
     spec, _ = read_adapter(adapter)
     assert spec.rank == 8 and spec.base_name == "the built-in model"
-    # the adapter's sampler.json: its guidance interval is what `--lora` samples with
+    # the adapter's sampler.json: its guidance interval and scale are what `--lora` samples with
     sampler = json.loads((adapter / ADAPTER_SAMPLER).read_text())
-    assert sampler == {"guidance_interval": list(GUIDANCE_INTERVAL)}
+    assert sampler == {"guidance_interval": list(GUIDANCE_INTERVAL), "guidance_scale": GUIDANCE_SCALE}
     pipe = TextToVideoPipeline.from_pretrained(None, device="cpu")
+    base_scale = pipe.config.sampler.guidance_scale
     pipe.load_lora(adapter)
     assert tuple(pipe.config.sampler.guidance_interval) == GUIDANCE_INTERVAL
+    assert pipe.config.sampler.guidance_scale == GUIDANCE_SCALE != base_scale
+    # the run weighted latent channel 3 in its loss (the recipe's setting, in the run's saved config)
+    assert "loss_channel_weights = [1.0, 1.0, 1.0, 3.0]" in (work / "lora" / "config.toml").read_text()
     for folder in (adapter, adapter / VAE_ADAPTER_DIR):  # stored in fp16: half the bytes
         assert {t.dtype for t in load_file(str(folder / ADAPTER_WEIGHTS)).values()} == {torch.float16}
     vae_spec, _ = read_adapter(adapter / VAE_ADAPTER_DIR)  # the decoder adapter, on the built-in VAE

@@ -98,3 +98,37 @@ def test_all_true_mask_equals_no_mask(name, out_factor):
         "loss"
     ]
     torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("name,out_factor", OBJECTIVES)
+def test_channel_weights_scale_each_channels_error(name, out_factor):
+    """`channel_weights` (train.loss_channel_weights): the MSE is sum_c w_c / mean(w) * mse_c / C, equal weights
+    change nothing, the variational bound (learned sigma) stays unweighted, and masks still apply."""
+    obj = build_objective(name)
+    x0, noise = _data(1)
+    t = torch.tensor([5, 400, 999]) if name == "iddpm" else torch.tensor([5.0, 400.0, 999.0])
+    model = PerFrame(out_factor)
+    key = "mse" if name == "iddpm" else "loss"
+    with torch.no_grad():
+        plain = obj.training_losses(model, x0, t, noise)
+        equal = obj.training_losses(model, x0, t, noise, channel_weights=torch.full((C,), 3.0))
+        assert torch.equal(equal["loss"], plain["loss"])
+        # the error of each channel on its own: weights that keep only channel c (in the limit) give C x mse_c
+        per_channel = []
+        for c in range(C):
+            w = torch.full((C,), 1e-9)
+            w[c] = 1.0
+            per_channel.append(obj.training_losses(model, x0, t, noise, channel_weights=w)[key] / C)
+        torch.testing.assert_close(sum(per_channel), plain[key], rtol=1e-6, atol=1e-7)
+        weighted = obj.training_losses(model, x0, t, noise, channel_weights=torch.tensor([1.0, 3.0]))
+        torch.testing.assert_close(weighted[key], (1.0 * per_channel[0] + 3.0 * per_channel[1]) / 2.0)
+        assert not torch.allclose(weighted[key], plain[key])
+        if name == "iddpm":
+            torch.testing.assert_close(weighted["vb"], plain["vb"])
+        masked = obj.training_losses(
+            model, x0, t, noise, x_mask=X_MASK, channel_weights=torch.tensor([1.0, 3.0])
+        )
+        unmasked_frames = obj.training_losses(model, x0, t, noise, x_mask=X_MASK)
+        assert not torch.allclose(masked[key], unmasked_frames[key])
+    with pytest.raises(ValueError, match="expected 2 values"):
+        obj.training_losses(model, x0, t, noise, channel_weights=torch.ones(3))

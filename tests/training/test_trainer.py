@@ -259,3 +259,25 @@ def test_lr_schedule_warmup_stable_decay_and_resume_with_longer_run(tmp_path):
             tmp_path / "bad",
             components=_components(),
         )
+
+
+def test_loss_channel_weights_change_the_loss_and_are_checked(tmp_path):
+    """`train.loss_channel_weights`: the logged loss is the weighted one (equal weights: the same run), and a
+    list that does not match the latents' channels is a one-line config error before any step."""
+    paths = write_clips(tmp_path / "v", 2, frames=4, size=16)
+    csv = write_csv(tmp_path / "d.csv", [{"path": str(p), "text": f"clip {i}"} for i, p in enumerate(paths)])
+    over = [f"data.csv={csv}", "train.batch_size=2", "train.log_every=1", "train.max_steps=2"]
+
+    def losses(name: str, *extra: str) -> list[float]:
+        train(tiny_config(*over, *extra), tmp_path / name, components=_components())
+        return [json.loads(x)["loss"] for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    plain = losses("plain")
+    channels = tiny_vae().latent_channels
+    assert losses("equal", f"train.loss_channel_weights={[2.0] * channels}") == plain
+    weighted = losses("weighted", f"train.loss_channel_weights={[1.0] * (channels - 1) + [6.0]}")
+    assert weighted[0] != pytest.approx(plain[0], rel=1e-3)
+    with pytest.raises(ConfigError, match=f"has 2 values; the latents have {channels} channels"):
+        losses("bad", "train.loss_channel_weights=[1.0, 2.0]")
+    with pytest.raises(ConfigError, match="loss_channel_weights"):
+        tiny_config(*over, "train.loss_channel_weights=[1.0, -2.0, 1.0, 1.0]")

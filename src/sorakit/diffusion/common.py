@@ -52,6 +52,17 @@ def masked_mean_flat(x: torch.Tensor, frame_mask: torch.Tensor | None = None) ->
     return (per_frame * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
 
 
+def channel_weighted(sq: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Squared errors `sq [B, C, ...]` times per-latent-channel `weights [C]` rescaled to a mean of 1, so the
+    loss keeps its scale (``train.loss_channel_weights``); `weights` None returns `sq` itself."""
+    if weights is None:
+        return sq
+    if weights.dim() != 1 or weights.shape[0] != sq.shape[1]:
+        raise ValueError(f"channel weights: expected {sq.shape[1]} values, got shape {tuple(weights.shape)}")
+    w = (weights / weights.mean()).to(sq.device, sq.dtype)
+    return sq * w.view(1, -1, *([1] * (sq.dim() - 2)))
+
+
 def expand_to(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """[B] -> [B, 1, 1, ...] with as many dims as `like`."""
     return v.reshape(v.shape + (1,) * (like.dim() - v.dim()))

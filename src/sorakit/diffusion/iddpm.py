@@ -31,6 +31,7 @@ from sorakit.diffusion import condition as cnd
 from sorakit.diffusion.common import (
     CallCounter,
     ModelFn,
+    channel_weighted,
     compute_dtype,
     expand_to,
     masked_mean_flat,
@@ -434,6 +435,7 @@ class IDDPM:
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         x_mask: torch.Tensor | None = None,
+        channel_weights: torch.Tensor | None = None,
         **model_kwargs,
     ) -> dict[str, torch.Tensor]:
         """Open-Sora 1.0's loss: MSE on eps + variational bound (bits) for the learned variance.
@@ -447,6 +449,8 @@ class IDDPM:
                 frames stay clean (t = 0 for them; upstream adds its t = 0 noise, std 0.01, here they are
                 exactly the latents sampling holds them at), the model gets `x_mask=`, and MSE and bound
                 average generated frames only.
+            channel_weights: optional [C] weights of the latent channels in the MSE (rescaled to a mean of 1;
+                the bound is unweighted).
 
         Returns:
             dict with loss, mse, vb (each [B]) and x_t.
@@ -461,7 +465,7 @@ class IDDPM:
             model_kwargs["x_mask"] = x_mask
         model_output = model_fn(x_t, self.model_timesteps(t), **model_kwargs)
         eps, v = split_prediction(model_output, x_start.shape[1])
-        mse = masked_mean_flat((noise - eps) ** 2, x_mask)
+        mse = masked_mean_flat(channel_weighted((noise - eps) ** 2, channel_weights), x_mask)
         if v is None:
             vb = torch.zeros_like(mse)
         else:

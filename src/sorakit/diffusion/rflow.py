@@ -25,6 +25,7 @@ from sorakit.diffusion import condition as cnd
 from sorakit.diffusion.common import (
     CallCounter,
     ModelFn,
+    channel_weighted,
     compute_dtype,
     expand_to,
     masked_mean_flat,
@@ -238,6 +239,7 @@ class RectifiedFlow:
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         x_mask: torch.Tensor | None = None,
+        channel_weights: torch.Tensor | None = None,
         **model_kwargs,
     ) -> dict[str, torch.Tensor]:
         """Per-sample MSE between the predicted velocity and x_0 - noise.
@@ -247,6 +249,7 @@ class RectifiedFlow:
             x_start: clean latents [B, C, ...]; t: times [B] on [0, T] (drawn if None).
             x_mask: optional [B, T] bool over frames (dim 2), True = generate: condition frames (False) stay
                 clean (t = 0 for them), the model gets `x_mask=`, and the loss averages generated frames only.
+            channel_weights: optional [C] weights of the latent channels in the MSE (rescaled to a mean of 1).
         Returns:
             dict with loss [B] and x_t.
         """
@@ -259,7 +262,7 @@ class RectifiedFlow:
             x_t = cnd.select_frames(x_mask, x_t, x_start)
             model_kwargs["x_mask"] = x_mask
         v, _ = split_prediction(model_fn(x_t, t, **model_kwargs), x_start.shape[1])
-        loss = masked_mean_flat((v - (x_start - noise)) ** 2, x_mask)
+        loss = masked_mean_flat(channel_weighted((v - (x_start - noise)) ** 2, channel_weights), x_mask)
         return {"loss": loss, "x_t": x_t}
 
     # -- sampling -----------------------------------------------------------------------------

@@ -497,6 +497,8 @@ def train_step(
         ts.train_model, y, mask, drop, dev.type, autocast_dtype(tcfg.mixed_precision), horizon
     )
     ts.train_model.train()
+    if tcfg.loss_channel_weights:
+        masked["channel_weights"] = torch.tensor(tcfg.loss_channel_weights, device=dev)
     loss = objective.training_losses(model_fn, x0, t.to(dev), noise.to(dev), **masked)["loss"].mean()
     if not torch.isfinite(loss):
         raise RuntimeError(
@@ -660,6 +662,7 @@ def _train(
     handler = _add_file_log(run_dir) if state.is_main else None
     try:
         data = build_data(cfg, state, components)
+        _check_channel_weights(cfg, data)
         save_config(cfg, run_dir, state)  # after the data settled it: the config this run actually uses
         model = components.model if components.model is not None else build_model(cfg, data)
         init_weights(cfg, model, data, state, from_init=latest is None and components.model is None)
@@ -726,6 +729,15 @@ def _validate(cfg: Config, state: ParallelState) -> None:
         compile_backend(state.device)  # an unknown backend or no C++ compiler: one line, before any work
     if t.mask_ratios:
         normalise_ratios(t.mask_ratios)
+
+
+def _check_channel_weights(cfg: Config, data: DataSource) -> None:
+    """``train.loss_channel_weights``: one weight per latent channel of the data, or none."""
+    weights = cfg.train.loss_channel_weights
+    if weights and len(weights) != data.latent_channels:
+        raise ConfigError(
+            f"train.loss_channel_weights has {len(weights)} values; the latents have {data.latent_channels} channels"
+        )
 
 
 def _mask_generator(cfg: Config, model: nn.Module) -> Any:
