@@ -15,7 +15,6 @@ Messages name the inputs as the caller calls them (`names`, e.g. the CLI's "--st
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import os
 import re
@@ -42,6 +41,7 @@ from sorakit.encoders.text import CLASS_DATASETS
 from sorakit.encoders.vae import peek_downsample_factor
 from sorakit.errors import ConfigError, UserError
 from sorakit.hub import download_hint, names_local_path
+from sorakit.jsonutil import read_json
 from sorakit.lora import parse_lora_arg, sampler_overrides
 from sorakit.modeldir import builtin_model_dir, read_model_dir
 from sorakit.models import MODELS, read_model_config
@@ -295,8 +295,8 @@ class Sidecar:
 
 def read_sidecar(path: Path) -> Sidecar:
     """A sidecar checked to have every field replay needs: a one-line UserError naming the file otherwise."""
+    meta = read_json(path)  # strict: invalid JSON, NaN or 1e400 is a UserError naming the file
     try:
-        meta = json.loads(path.read_text())
         batch = meta["batch"]
         side = Sidecar(
             meta, ModelSource.from_dict(meta["model"]), list(batch["prompts"]), int(batch["index"]),
@@ -304,7 +304,7 @@ def read_sidecar(path: Path) -> Sidecar:
             {k: meta[k] for k in ("num_frames", "height", "width", "steps", "sampler", "guidance", "fps")},
             Path(meta["output"]),
         )  # fmt: skip
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError is a ValueError
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"--replay {path}: not a sorakit sidecar ({type(exc).__name__}: {exc})") from None
     if not 0 <= side.index < len(side.prompts):
         raise UserError(

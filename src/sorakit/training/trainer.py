@@ -490,7 +490,7 @@ def train_step(
         t, noise, drop, x_mask = _draw_global(objective, ts.generators["train"], tcfg.batch_size * state.dp_size,
                                               shape, tcfg.caption_dropout, part, ts.masker)  # fmt: skip
     drop = drop.to(dev) if drop is not None else None
-    masked = {} if x_mask is None else {"x_mask": x_mask.to(dev)}  # condition frames: clean, out of the loss
+    loss_kw = {} if x_mask is None else {"x_mask": x_mask.to(dev)}  # condition frames: clean, out of the loss
     horizon = batch.get("horizon") if getattr(ts.model, "h_embedder", None) is not None else None
     horizon = None if horizon is None else horizon.to(dev, torch.float32)
     model_fn = _model_fn(
@@ -498,8 +498,8 @@ def train_step(
     )
     ts.train_model.train()
     if tcfg.loss_channel_weights:
-        masked["channel_weights"] = torch.tensor(tcfg.loss_channel_weights, device=dev)
-    loss = objective.training_losses(model_fn, x0, t.to(dev), noise.to(dev), **masked)["loss"].mean()
+        loss_kw["channel_weights"] = torch.tensor(tcfg.loss_channel_weights, device=dev)
+    loss = objective.training_losses(model_fn, x0, t.to(dev), noise.to(dev), **loss_kw)["loss"].mean()
     if not torch.isfinite(loss):
         raise RuntimeError(
             f"loss is {loss.item()} at step {ts.step}: lower train.lr or use bf16 instead of fp16"
