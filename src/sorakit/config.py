@@ -288,6 +288,11 @@ class TrainConfig:
         factory=list,
         bounds=Bounds(gt=0, le=1000),
     )
+    timestep_shift: float | None = _doc(
+        "rflow: the time shift of the training timesteps only (None = sampler.shift; sampling keeps sampler.shift)",
+        None,
+        bounds=Bounds(gt=0, le=1000),
+    )
 
 
 @dataclass

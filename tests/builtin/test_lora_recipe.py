@@ -44,12 +44,15 @@ def test_lora_recipe_end_to_end_and_resume(tmp_path, capfd):
     sampler = json.loads((adapter / ADAPTER_SAMPLER).read_text())
     assert sampler == {"guidance_interval": list(GUIDANCE_INTERVAL), "guidance_scale": GUIDANCE_SCALE}
     pipe = TextToVideoPipeline.from_pretrained(None, device="cpu")
-    base_scale = pipe.config.sampler.guidance_scale
+    base_scale, base_shift = pipe.config.sampler.guidance_scale, pipe.config.sampler.shift
     pipe.load_lora(adapter)
+    assert pipe.config.sampler.shift == base_shift  # the run's timestep_shift moved training times only
     assert tuple(pipe.config.sampler.guidance_interval) == GUIDANCE_INTERVAL
     assert pipe.config.sampler.guidance_scale == GUIDANCE_SCALE != base_scale
-    # the run weighted latent channel 3 in its loss (the recipe's setting, in the run's saved config)
-    assert "loss_channel_weights = [1.0, 1.0, 1.0, 3.0]" in (work / "lora" / "config.toml").read_text()
+    # the run weighted latent channel 3 in its loss and drew its times with shift 3 (in its saved config)
+    run_config = (work / "lora" / "config.toml").read_text()
+    assert "loss_channel_weights = [1.0, 1.0, 1.0, 3.0]" in run_config
+    assert "timestep_shift = 3.0" in run_config
     for folder in (adapter, adapter / VAE_ADAPTER_DIR):  # stored in fp16: half the bytes
         assert {t.dtype for t in load_file(str(folder / ADAPTER_WEIGHTS)).values()} == {torch.float16}
     vae_spec, _ = read_adapter(adapter / VAE_ADAPTER_DIR)  # the decoder adapter, on the built-in VAE

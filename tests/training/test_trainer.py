@@ -220,6 +220,32 @@ def test_objective_follows_the_sampler_settings():
     )
 
 
+def test_timestep_shift_moves_only_the_training_times(tmp_path):
+    """`train.timestep_shift`: rflow training draws its times with that shift instead of the sampler's (the
+    sampler's shift, which generation uses, is unchanged); equal to it, the same times; IDDPM refuses it."""
+    from sorakit.config import load_config
+    from sorakit.diffusion.rflow import time_shift
+
+    def times(*over: str) -> torch.Tensor:
+        cfg = load_config("builtin/stdit", list(over))
+        return build_objective(cfg).sample_timesteps(1000, torch.Generator().manual_seed(0), "cpu")
+
+    default = times()
+    cfg = load_config("builtin/stdit", ["train.timestep_shift=3"])
+    assert cfg.sampler.shift == 8.0 and cfg.train.timestep_shift == 3.0
+    torch.testing.assert_close(times("train.timestep_shift=8"), default)
+    plain = times("sampler.shift=1")
+    torch.testing.assert_close(times("train.timestep_shift=3"), time_shift(plain, 3.0))
+    assert times("train.timestep_shift=3").median() < default.median()  # more of training at lower noise
+    paths = write_clips(tmp_path / "v", 2, frames=4, size=16)
+    csv = write_csv(tmp_path / "d.csv", [{"path": str(p), "text": f"clip {i}"} for i, p in enumerate(paths)])
+    with pytest.raises(ConfigError, match="train.timestep_shift applies to rflow training, not 'iddpm'"):
+        train(tiny_config(f"data.csv={csv}", "train.objective=iddpm", "train.timestep_shift=3"), tmp_path / "r",
+              components=_components())  # fmt: skip
+    with pytest.raises(ConfigError, match="timestep_shift"):
+        load_config("builtin/stdit", ["train.timestep_shift=0"])
+
+
 def test_lr_schedule_warmup_stable_decay_and_resume_with_longer_run(tmp_path):
     from sorakit.training.optim import lr_factor
 

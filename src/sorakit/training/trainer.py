@@ -103,6 +103,8 @@ def build_objective(cfg: Config) -> Any:
     name = cfg.train.objective
     h, w = cfg.data.image_size
     extra = rflow_options(cfg.sampler, h, w, cfg.data.num_frames) if name == "rflow" else {}
+    if name == "rflow" and cfg.train.timestep_shift is not None:  # a fixed shift for training times only
+        extra = {"shift": float(cfg.train.timestep_shift)}
     return objective_by_name(name, num_timesteps=cfg.sampler.num_timesteps, **extra)
 
 
@@ -729,6 +731,8 @@ def _validate(cfg: Config, state: ParallelState) -> None:
         compile_backend(state.device)  # an unknown backend or no C++ compiler: one line, before any work
     if t.mask_ratios:
         normalise_ratios(t.mask_ratios)
+    if t.timestep_shift is not None and t.objective != "rflow":
+        raise ConfigError(f"train.timestep_shift applies to rflow training, not {t.objective!r}")
 
 
 def _check_channel_weights(cfg: Config, data: DataSource) -> None:
