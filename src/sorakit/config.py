@@ -289,7 +289,8 @@ class TrainConfig:
         bounds=Bounds(gt=0, le=1000),
     )
     timestep_shift: float | None = _doc(
-        "rflow: the time shift of the training timesteps only (None = sampler.shift; sampling keeps sampler.shift)",
+        "rflow: a fixed time shift of the training timesteps only, in place of sampler.shift and its resolution-aware"
+        " transform (None: those); sampling keeps sampler.shift",
         None,
         bounds=Bounds(gt=0, le=1000),
     )
