@@ -13,7 +13,9 @@ from a checkout or a git directory, imported with the stand-ins of `benchmarks/u
 same weights (checked: outputs and gradients match before timing), forward+backward of both interleaved in one
 run (ABBA rounds, medians), in float32 and bfloat16 autocast; it prints ratios sorakit / upstream. Memory there
 is the peak of bytes held by the CPU allocator during the step (torch.profiler's allocation events; on GPU the
-peak CUDA memory) and, as a second figure, the bytes saved for the backward.
+peak CUDA memory) and, as a second figure, the bytes saved for the backward. "matmul ms" is the time of each
+side's matrix multiplications replayed on their own (`gemm_floor_ms`), and "floor" sorakit's over upstream's
+step time: changes to the other ops alone cannot bring the time ratio below it.
 
     python benchmarks/models.py                      # CPU, small
     python benchmarks/models.py --full               # GPU: XL sizes, 32x32 latents (256px), 1..64 frames
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sorakit.models import build_model, flops_per_sample
 
@@ -222,6 +225,55 @@ def max_rel_diff(ours, theirs, inputs, dtype: torch.dtype, device: torch.device)
     return out_rel, grad_rel
 
 
+_GEMMS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+          torch.ops.aten.baddbmm.default}  # fmt: skip
+
+
+class _GemmRecorder(TorchDispatchMode):
+    """Records (op, shapes, strides, dtype) of every matrix multiplication that runs under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[tuple, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in _GEMMS:
+            key = (
+                func,
+                tuple((tuple(a.shape), tuple(a.stride()), a.dtype) for a in args if torch.is_tensor(a)),
+            )
+            self.calls[key] = self.calls.get(key, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def _random_strided(shape, stride, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Random values in exactly this layout (broadcast strides of 0 included)."""
+    size = 1 + sum((n - 1) * st for n, st in zip(shape, stride) if n > 0)
+    return torch.randn(size, dtype=dtype, device=device).as_strided(shape, stride)
+
+
+def gemm_floor_ms(step, device: torch.device, repeats: int = 5) -> float:
+    """Milliseconds that the matrix multiplications of one `step()` take on their own: every mm/addmm/bmm the
+    step runs is recorded (shapes, strides, dtype), replayed on random tensors of that layout and timed (median
+    of `repeats`), times its count. A floor under the step time that no change to the other ops can go below;
+    kernels that do their own matmuls inside (SDPA) are not in it."""
+    rec = _GemmRecorder()
+    with rec:
+        step()
+    total = 0.0
+    for (func, specs), count in rec.calls.items():
+        ins = [_random_strided(shape, stride, dt, device) for shape, stride, dt in specs]
+        times = []
+        for _ in range(repeats + 1):
+            sync(device)
+            t0 = time.perf_counter()
+            func(*ins)
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        total += statistics.median(times[1:]) * count
+    return total * 1e3
+
+
 def compare_upstream(args, device: torch.device, machine: str) -> None:
     """The table sorakit vs Open-Sora 1.0's STDiT (ratios; < 1 = sorakit faster / lighter)."""
     try:
@@ -239,9 +291,9 @@ def compare_upstream(args, device: torch.device, machine: str) -> None:
     mem_label = "peak CUDA mem" if device.type == "cuda" else "peak alloc"
     print(
         f"| precision | frames | sorakit ms | upstream ms | time ratio | round ratios (min-max) | {mem_label} MB "
-        f"(ours / up) | {mem_label} ratio | saved act ratio | max rel diff out / grad |"
+        f"(ours / up) | {mem_label} ratio | saved act ratio | matmul ms (ours / up) | floor | max rel diff out / grad |"
     )
-    print("|---|---:|---:|---:|---:|---|---:|---:|---:|---|")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|")  # fmt: skip
     for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
         for frames in args.frames:
@@ -249,7 +301,9 @@ def compare_upstream(args, device: torch.device, machine: str) -> None:
             out_rel, grad_rel = max_rel_diff(ours, theirs, inputs, dtype, device)
             tol = 1e-3 if dtype == torch.float32 else 0.1
             if out_rel > tol:  # a comparison between two different computations means nothing
-                print(f"| {dtype_name} | {frames} | outputs differ: {out_rel:.2e} > {tol} | | | | | | | |")
+                print(
+                    f"| {dtype_name} | {frames} | outputs differ: {out_rel:.2e} > {tol} | | | | | | | | | |"
+                )
                 continue
             steps = [train_step(m, inputs, dtype, device) for m in (ours, theirs)]
             for step in steps:
@@ -265,10 +319,12 @@ def compare_upstream(args, device: torch.device, machine: str) -> None:
             ratios = [a / b for a, b in zip(*times)]
             mem = [peak_allocated_bytes(step, device) for step in steps]
             act = [saved_activation_bytes(step) for step in steps]
+            gemm = [gemm_floor_ms(step, device) for step in steps]
             med = [statistics.median(t) * 1e3 for t in times]
             print(f"| {dtype_name} | {frames} | {med[0]:.0f} | {med[1]:.0f} | **{med[0] / med[1]:.2f}** | "
                   f"{min(ratios):.2f}-{max(ratios):.2f} | {mem[0] / 2**20:.0f} / {mem[1] / 2**20:.0f} | "
-                  f"**{mem[0] / mem[1]:.2f}** | {act[0] / act[1]:.2f} | {out_rel:.1e} / {grad_rel:.1e} |",
+                  f"**{mem[0] / mem[1]:.2f}** | {act[0] / act[1]:.2f} | {gemm[0]:.0f} / {gemm[1]:.0f} | "
+                  f"{gemm[0] / med[1]:.2f} | {out_rel:.1e} / {grad_rel:.1e} |",
                   flush=True)  # fmt: skip
             del ours, theirs, steps
             if device.type == "cuda":

@@ -147,6 +147,7 @@ def sample_spec(
     size: int | tuple[int, int] = 64,
     frames: int = 16,
     horizon: int | None = None,
+    slack: float = 0.0,
 ) -> ShapeSpec:
     """Draw one video: a triple, object size and speed, and a start position that keeps the object inside.
 
@@ -154,7 +155,9 @@ def sample_spec(
     speed is constant over the clip; a path longer than the frame allows is slowed down to fit it. `horizon`
     (>= `frames`; default `frames`): the path is planned for that many frames -- slowed and placed so that the
     object would stay inside for all of them -- of which the clip shows the first `frames` (the same draws,
-    so ``horizon=frames`` gives the video of ``horizon=None``)."""
+    so ``horizon=frames`` gives the video of ``horizon=None``). `slack` in [0, 1): a path slowed down to fit
+    is slowed to span ``1 - slack`` of the free width instead of all of it, and its start is drawn anywhere in
+    the rest (no extra draw: ``slack=0`` gives the same video as before)."""
     color, shape, motion = triples[rng.integers(len(triples))]
     height, width = frame_hw(size)
     scale = min(height, width) / 64.0
@@ -166,9 +169,10 @@ def sample_spec(
     # along the motion axis the whole path must fit; across it any position inside the frame
     free_x, free_y = width - side, height - side
     free = free_x if dx else free_y
-    if travel > free:  # tiny canvases / long videos: slow down so the object never leaves
-        speed = free / max(span, 1)
-        travel = min(speed * span, free)  # not a rounding error past the frame
+    fit = free * (1.0 - slack)
+    if travel > fit:  # tiny canvases / long videos: slow down so the object never leaves
+        speed = fit / max(span, 1)
+        travel = min(speed * span, fit)  # not a rounding error past the frame
     lo_x, hi_x = (travel if dx < 0 else 0.0), (free_x - travel if dx > 0 else free_x)
     lo_y, hi_y = (travel if dy < 0 else 0.0), (free_y - travel if dy > 0 else free_y)
     x0 = float(rng.uniform(lo_x, hi_x))

@@ -243,3 +243,6 @@ def test_bad_sizes_and_lengths_are_one_line(tmp_path, capsys):
         assert main(["data", "synth", "-o", str(tmp_path), "-n", "2", flag, "1.5"]) == 2
         err = capsys.readouterr().err
         assert f"{flag} must be in [0, 1]" in err and len(err.strip().splitlines()) == 1
+    assert main(["data", "synth", "-o", str(tmp_path), "-n", "2", "--path-slack", "0.8"]) == 2
+    err = capsys.readouterr().err
+    assert "--path-slack must be in [0, 0.5]" in err and len(err.strip().splitlines()) == 1

@@ -16,6 +16,7 @@ from sorakit.data.bucket_cache import BucketLatentCache
 from sorakit.data.cache import LatentCacheDataset
 from sorakit.data.dataset import VideoTextDataset
 from sorakit.data.video import read_video
+from sorakit.errors import UserError
 from sorakit.models.checkpoint import load_checkpoint
 from sorakit.models.stdit import STDiT
 from sorakit.tools import synth
@@ -144,6 +145,52 @@ def test_path_windows_show_a_later_stretch_of_the_same_path(tmp_path):
         assert got.shape[0] == 8 and np.abs(got.astype(int) - want.astype(int)).mean() < 3  # (lossy codec)
         shown_later += start > 0
     assert shown_later > 0
+
+
+def test_path_slack_leaves_a_margin_on_slowed_paths_only(tmp_path):
+    triples = synth.combos("default")
+    margins = []
+    for i in range(60):
+        slack = synth.video_slack(2, i, 0.3)
+        assert slack == synth.video_slack(2, i, 0.3) and 0.0 <= slack <= 0.3  # seeded, bounded
+        base = synth.sample_spec(synth.video_rng(2, i), triples, 64, 16, horizon=40)
+        spec = synth.sample_spec(synth.video_rng(2, i), triples, 64, 16, horizon=40, slack=slack)
+        assert all(
+            getattr(spec, f) == getattr(base, f) for f in ("color", "shape", "motion", "side", "caption")
+        )
+        free = 64 - spec.side
+        assert spec.speed * 39 == pytest.approx(free * (1 - slack))  # spans 1 - slack of the free width
+        dx, dy = synth.MOTION_VECTORS[spec.motion]
+        end_x, end_y = spec.x0 + 39 * spec.speed * dx, spec.y0 + 39 * spec.speed * dy
+        assert all(-1e-9 <= p <= free + 1e-9 for p in (spec.x0, spec.y0, end_x, end_y))  # inside all along
+        start = spec.x0 if dx else spec.y0
+        margins.append(start if (dx or dy) > 0 else free - start)  # gap to the border it starts from
+        short = synth.sample_spec(synth.video_rng(2, i), triples, 64, 8, slack=slack)  # fits: not slowed
+        assert short == synth.sample_spec(synth.video_rng(2, i), triples, 64, 8)
+    assert max(margins) > 3.0  # starts are spread over the margin, not pinned to the border
+    assert all(synth.video_slack(2, i, 0.0) == 0.0 for i in range(20))
+    with pytest.raises(UserError, match="--path-slack"):
+        synth.check_options(4, 64, 16, 8, "default", slack=0.9)
+    plain = synth.synthesize(tmp_path / "a", 3, seed=1, size=[(32, 32)], frames=[8], long_paths=1.0)
+    zero = synth.synthesize(tmp_path / "b", 3, seed=1, size=[(32, 32)], frames=[8], long_paths=1.0, slack=0.0)
+    for row_a, row_b in zip(csv.DictReader(open(plain)), csv.DictReader(open(zero))):
+        assert np.array_equal(
+            read_video(plain.parent / row_a["path"]), read_video(zero.parent / row_b["path"])
+        )
+    slack_csv = synth.synthesize(
+        tmp_path / "c", 4, seed=1, size=[(32, 32)], frames=[16], long_paths=1.0, slack=0.4
+    )
+    moved = 0
+    for i, row in enumerate(csv.DictReader(open(slack_csv))):
+        planned = synth.video_horizon(1, i, 16, 1.0)
+        spec = synth.sample_spec(synth.video_rng(1, i), triples, (32, 32), 16, horizon=planned,
+                                 slack=synth.video_slack(1, i, 0.4))  # fmt: skip
+        got = read_video(slack_csv.parent / row["path"]).astype(int)
+        err = np.abs(got - synth.render(spec, (32, 32), 16).astype(int)).mean()
+        assert err < 3  # (lossy codec)
+        unslacked = synth.sample_spec(synth.video_rng(1, i), triples, (32, 32), 16, horizon=planned)
+        moved += np.abs(got - synth.render(unslacked, (32, 32), 16).astype(int)).mean() > err + 2
+    assert moved >= 1  # the videos follow the slackened paths, not the old ones
 
 
 @pytest.fixture(scope="module")

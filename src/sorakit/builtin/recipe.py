@@ -104,6 +104,8 @@ V3_LENGTHS = (8, 16, 16, 32)
 V3_LONG_PATHS = 0.4
 # the share of those long paths shown from a later frame (``synth --path-windows``): a loop's later segments
 V3_PATH_WINDOWS = 0.0
+# the largest margin a slowed-down path leaves (``synth --path-slack``); 0 = border to border, as v3-v3.2 trained
+V3_PATH_SLACK = 0.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -392,7 +394,7 @@ def _run_stages_v3(args: argparse.Namespace, stages: list[str]) -> None:
             if not (csv_path.is_file() and sum(1 for _ in open(csv_path)) - 1 >= args.num_videos):
                 synthesize(work / "data", args.num_videos, seed=cfg.train.seed, workers=args.workers,
                            size=list(V3_SIZES), frames=list(V3_LENGTHS), long_paths=args.long_paths,
-                           windows=args.path_windows)  # fmt: skip
+                           windows=args.path_windows, slack=args.path_slack)  # fmt: skip
         elif stage == "vae":
             base = stage_base_v3(work, Path(args.base) if args.base else None)
         elif stage == "encode":
@@ -427,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"v3: share of clips that open a longer path (default {V3_LONG_PATHS})")  # fmt: skip
     p.add_argument("--path-windows", type=float, default=V3_PATH_WINDOWS,
                    help=f"v3: share of the long paths shown from a later frame (default {V3_PATH_WINDOWS})")  # fmt: skip
+    p.add_argument("--path-slack", type=float, default=V3_PATH_SLACK,
+                   help=f"v3: a path slowed down to fit spans 1 - U(0, S) of the free width (default {V3_PATH_SLACK})")  # fmt: skip
     p.add_argument("--vae-steps", type=int, default=1200, help="autoencoder training steps (default 1200)")
     p.add_argument("--eval-prompts", type=int, default=24, help="prompts per set in the final evaluation")
     p.add_argument(

@@ -75,7 +75,9 @@ def _triples(rng: np.random.Generator, holdout: str, concepts: str, new_fraction
 _SHAPE_TAG = 0x73697A65  # the stream that picks a video's size and length (apart from its spec's stream)
 _HORIZON_TAG = 0x686F727A  # the stream that picks whether (and how far) a video's path runs on past its end
 _WINDOW_TAG = 0x77696E64  # the stream that picks where on a long path a video's window starts
+_SLACK_TAG = 0x736C636B  # the stream that picks the margin a slowed-down path leaves
 MAX_HORIZON_RATIO = 3.0  # a long path is planned for up to 3x the clip's frames
+MAX_PATH_SLACK = 0.5  # a slowed-down path spans at least half of the free width
 
 
 def video_shape(
@@ -114,8 +116,19 @@ def video_window(seed: int, index: int, frames: int, planned: int, windows: floa
     return int(rng.integers(0, planned - frames + 1))
 
 
+def video_slack(seed: int, index: int, slack: float) -> float:
+    """The share of the free width that video `index`'s path leaves unused when it has to be slowed down to fit
+    (:func:`sorakit.shapes_world.sample_spec`): uniform in ``[0, slack]`` from its own seeded stream, 0 when
+    `slack` is 0 (the videos of earlier versions)."""
+    if slack <= 0:
+        return 0.0
+    return float(np.random.default_rng([int(seed), int(index), _SLACK_TAG]).uniform(0.0, slack))
+
+
 def _make_one(job: tuple) -> dict[str, str]:
-    index, seed, holdout, sizes, lengths, fps, out_dir, concepts, new_fraction, long_paths, windows = job
+    index, seed, holdout, sizes, lengths, fps, out_dir, concepts, new_fraction, long_paths, windows, slack = (
+        job
+    )
 
     size, frames = video_shape(seed, index, sizes, lengths)
     planned = video_horizon(seed, index, frames, long_paths)
@@ -123,7 +136,7 @@ def _make_one(job: tuple) -> dict[str, str]:
     horizon = planned - start  # the frames the path runs on for from the clip's first one
     rng = video_rng(seed, index)
     spec = sample_spec(rng, _triples(rng, holdout, concepts, new_fraction), size=size, frames=frames,
-                       horizon=planned)  # fmt: skip
+                       horizon=planned, slack=video_slack(seed, index, slack))  # fmt: skip
     path = Path(out_dir) / "videos" / f"{index:06d}.mp4"
     if not path.exists():  # resumable: an existing file was written atomically by the same (seed, index)
         write_video(path, render(spec, size, frames, start=start), fps=fps)
@@ -192,7 +205,7 @@ def parse_lengths(text: str) -> list[int]:
 
 def check_options(num_videos: int, size: SizeArg, frames: int | Sequence[int], fps: float, holdout: str,
                   concepts: str = "default", new_fraction: float | None = None,
-                  long_paths: float = 0.0, windows: float = 0.0) -> None:  # fmt: skip
+                  long_paths: float = 0.0, windows: float = 0.0, slack: float = 0.0) -> None:  # fmt: skip
     """Raise UserError for a setting synthesize cannot use (before any pool is started)."""
     if num_videos < 1:
         raise UserError(f"--num-videos must be >= 1, got {num_videos}")
@@ -212,6 +225,8 @@ def check_options(num_videos: int, size: SizeArg, frames: int | Sequence[int], f
         raise UserError(f"--long-paths must be in [0, 1], got {long_paths}")
     if not 0.0 <= windows <= 1.0:
         raise UserError(f"--path-windows must be in [0, 1], got {windows}")
+    if not 0.0 <= slack <= MAX_PATH_SLACK:
+        raise UserError(f"--path-slack must be in [0, {MAX_PATH_SLACK}], got {slack}")
 
 
 def synthesize(
@@ -231,6 +246,7 @@ def synthesize(
     new_fraction: float | None = None,
     long_paths: float = 0.0,
     windows: float = 0.0,
+    slack: float = 0.0,
 ) -> Path:
     """Write `num_videos` videos under ``output/videos/`` and ``output/train.csv``; returns the CSV path.
 
@@ -243,9 +259,11 @@ def synthesize(
     `long_paths`: the share of videos that open a longer path (:func:`video_horizon`); the CSV's ``horizon``
     column says for how many frames each video's path runs on from its first frame (its own length otherwise).
     `windows`: the share of those longer paths shown from a later frame than their opening
-    (:func:`video_window`); 0 keeps the videos of earlier versions unchanged.
+    (:func:`video_window`); 0 keeps the videos of earlier versions unchanged. `slack`: a path too long for the
+    frame is slowed down to span a random ``1 - U(0, slack)`` of the free width, not all of it
+    (:func:`video_slack`), so the object does not touch both borders; 0 keeps earlier videos unchanged.
     """
-    check_options(num_videos, size, frames, fps, holdout, concepts, new_fraction, long_paths, windows)
+    check_options(num_videos, size, frames, fps, holdout, concepts, new_fraction, long_paths, windows, slack)
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     out = Path(output)
@@ -253,7 +271,7 @@ def synthesize(
     sizes, lengths = tuple(size_list(size)), tuple(length_list(frames))
     jobs = [
         (i, seed, holdout, sizes, lengths, float(fps), str(out), concepts, new_fraction, float(long_paths),
-         float(windows))
+         float(windows), float(slack))
         for i in range(num_videos)
     ]  # fmt: skip
     parts = out / "train.parts"

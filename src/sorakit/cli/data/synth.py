@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="share of those longer paths shown from a later frame than their opening (horizon = "
                         "the frames left from the clip's first one), what a loop's later segments continue "
                         "(default 0)")  # fmt: skip
+    p.add_argument("--path-slack", type=float, default=0.0,
+                   help="a path too long for the frame (long clips, long paths) is slowed to span a random "
+                        "1 - U(0, S) of the free width instead of border to border, its start anywhere in the "
+                        "rest; S in [0, 0.5] (default 0)")  # fmt: skip
     p.add_argument("--workers", type=int, default=None, help="same as --executor local:N")
     add_executor_args(p)
     p.set_defaults(func=run)
@@ -59,14 +63,14 @@ def run(args: argparse.Namespace) -> int:
     spec = executor_from_args(args)
     sizes, lengths = parse_sizes(args.size), parse_lengths(args.frames)
     check_options(args.num_videos, sizes, lengths, args.fps, args.holdout, args.concepts, args.new_fraction,
-                  args.long_paths, args.path_windows)  # fmt: skip
+                  args.long_paths, args.path_windows, args.path_slack)  # fmt: skip
     t0 = time.perf_counter()
     with open_pool(spec) as pool:
         csv_path = synthesize(
             args.output, args.num_videos, seed=args.seed, size=sizes, frames=lengths, fps=args.fps,
             holdout=args.holdout, pool=pool, retries=args.retries, shard_items=args.shard_items, progress=True,
             concepts=args.concepts, new_fraction=args.new_fraction, long_paths=args.long_paths,
-            windows=args.path_windows,
+            windows=args.path_windows, slack=args.path_slack,
         )  # fmt: skip
     print(f"wrote {args.num_videos} videos and {csv_path} in {time.perf_counter() - t0:.1f}s")
     return 0
