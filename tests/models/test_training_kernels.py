@@ -4,6 +4,8 @@ computes what the plain ops compute: forward, gradients, and the whole model's t
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -130,10 +132,44 @@ def test_mlp_recomputed_gelu_matches_plain_ops(autocast):
 
     (out, grads), (ref, ref_grads) = run(True), run(False)
     assert "_GeluLinearBackward" in _graph_nodes(out)
-    assert out.dtype == ref.dtype and torch.equal(out, ref)
+    assert out.dtype == ref.dtype and torch.equal(
+        out, ref
+    )  # the forward is aten's; the backward's GELU below
     for a, b in zip(grads, ref_grads):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_gelu_kernels_match_aten(dtype):
+    """The CPU training backward's GELU (sigmoid form, float32 chunks) against aten's tanh-GELU and its gradient: over
+    chunk boundaries (300 rows), strided inputs and the tails (|x| up to 12)."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.cat(
+        [torch.randn(300, 2, 40, generator=g), torch.linspace(-12, 12, 2 * 300 * 40).view(300, 2, 40)]
+    )
+    h = h.to(dtype).transpose(0, 1)  # [2, 600, 40], not contiguous
+    grad = torch.randn(h.shape, generator=g).to(dtype)
+    ref = F.gelu(h, approximate="tanh")
+    ref_g = torch.ops.aten.gelu_backward(grad, h, approximate="tanh")
+    out, g_h = blocks_mod.gelu_tanh_backward(grad, h)  # the recomputed activation and the input gradient
+    assert out.dtype == g_h.dtype == dtype and out.shape == g_h.shape == h.shape
+    # float64 truth of the tanh-GELU and its derivative (at the inputs as stored)
+    x = h.double()
+    u = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)
+    du = math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * x**2)
+    truth = 0.5 * x * (1 + torch.tanh(u))
+    truth_g = grad.double() * (0.5 * (1 + torch.tanh(u)) + 0.5 * x * (1 - torch.tanh(u) ** 2) * du)
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, ref, atol=5e-6, rtol=1e-6)  # aten loses the far tails to 1 + tanh
+        torch.testing.assert_close(g_h, ref_g, atol=5e-6, rtol=1e-5)
+        torch.testing.assert_close(out.double(), truth, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(g_h.double(), truth_g, atol=1e-6, rtol=1e-5)
+    else:  # one rounding of a float32 result: within a bfloat16 unit of the truth, and mostly aten's values
+        for mine, theirs, exact in ((out, ref, truth), (g_h, ref_g, truth_g)):
+            assert ((mine.double() - exact).abs() <= exact.abs() * 2.0**-8 + 1e-6).all()
+            core = x.abs() < 3  # where aten's 1 + tanh(u) still has its digits
+            assert (mine == theirs)[core].double().mean() > 0.99
 
 
 def test_trimmed_caption_mask():

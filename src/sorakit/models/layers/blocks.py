@@ -5,18 +5,58 @@ final layers. Names follow Open-Sora 1.0 (timm's `Mlp` keys `fc1`/`fc2`, `scale_
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+_GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_K = 0.044715
+_GELU_ROWS = 128  # rows per chunk: a chunk's float32 temporaries stay in the core's cache between passes
+
+
+def _gelu_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """`0.5 (1 + tanh(u))` as `sigmoid(2u)`, u = sqrt(2/pi) (x + 0.044715 x^3), in a new tensor: the tanh-GELU's
+    gate without tanh, which is several times slower than sigmoid on CPU."""
+    t = x * x
+    return t.mul_(2 * _GELU_C * _GELU_K).add_(2 * _GELU_C).mul_(x).sigmoid_()
+
+
+def _chunks(*tensors: torch.Tensor):
+    """Row chunks `[n, D]` of same-shaped tensors, the leading dims flattened."""
+    flat = [t.view(-1, t.shape[-1]) for t in tensors]
+    for i in range(0, flat[0].shape[0], _GELU_ROWS):
+        yield [f[i : i + _GELU_ROWS] for f in flat]
+
+
+def gelu_tanh_backward(grad: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(gelu(h), grad * gelu'(h))` of the tanh-GELU in one chunked float32 pass over h, both in h's dtype: the
+    recomputed activation (for the next layer's weight gradient) and the input gradient share the sigmoid. Two
+    to three times faster on CPU than aten's `gelu` + `gelu_backward` in bfloat16, whose every pass goes to
+    memory; equal to them up to float32 rounding.
+    gelu' = s + 2 x u' s (1 - s), s = sigmoid(2u), u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2)."""
+    a, g_h = (torch.empty(h.shape, dtype=h.dtype, device=h.device) for _ in range(2))
+    for x, g, a_c, g_c in _chunks(h.contiguous(), grad.contiguous(), a, g_h):
+        x = x.float()
+        s = _gelu_sigmoid(x)
+        a_c.copy_(x * s)
+        d = x * x
+        d.mul_(6 * _GELU_C * _GELU_K).add_(2 * _GELU_C).mul_(x)  # 2 x u'
+        g_c.copy_(d.mul_(s).mul_(1 - s).add_(s).mul_(g))
+    return a, g_h
+
 
 class _GeluLinear(torch.autograd.Function):
-    """`linear(gelu_tanh(h), weight, bias)` as one autograd node that keeps only `h` for the backward and
-    recomputes the GELU there (one elementwise pass): autograd on the separate ops keeps both `h` and `gelu(h)`,
-    the two largest activations of a transformer block (4x its width each)."""
+    """`linear(gelu(h), weight, bias)` (tanh-GELU) as one autograd node that keeps only `h` for the backward and
+    recomputes the GELU there: autograd on the separate ops keeps both `h` and `gelu(h)`, the two largest
+    activations of a transformer block (4x its width each). On CPU the backward's GELU and its gradient are the
+    chunked float32 kernel above (`gelu_tanh_backward`; the recomputed activation agrees with the forward's to
+    float32 rounding); elsewhere the aten ones."""
 
     @staticmethod
     def forward(ctx, h, weight, bias):
+        # aten's GELU here, so that the forward is the plain modules' bit for bit (with or without a gradient)
         out = F.linear(F.gelu(h, approximate="tanh"), weight, bias)  # under autocast: weight cast as usual
         ctx.save_for_backward(h, weight)
         ctx.has_bias = bias is not None
@@ -25,13 +65,16 @@ class _GeluLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         h, weight = ctx.saved_tensors
-        a = F.gelu(h, approximate="tanh")
         g2 = grad.reshape(-1, grad.shape[-1])
+        g_a = (grad @ weight.to(grad.dtype)).to(h.dtype)
+        if h.device.type == "cpu":
+            a, g_h = gelu_tanh_backward(g_a, h)
+        else:
+            a = F.gelu(h, approximate="tanh")
+            g_h = torch.ops.aten.gelu_backward(g_a, h, approximate="tanh")
         # in the compute dtype (autocast's), then cast to the parameters', as autograd does through the cast
         g_w = (g2.t() @ a.reshape(-1, a.shape[-1]).to(g2.dtype)).to(weight.dtype)
         g_b = g2.sum(0).to(weight.dtype) if ctx.has_bias else None
-        g_a = grad @ weight.to(grad.dtype)
-        g_h = torch.ops.aten.gelu_backward(g_a.to(h.dtype), h, approximate="tanh")
         return g_h, g_w, g_b
 
 
