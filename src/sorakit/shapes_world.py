@@ -155,9 +155,11 @@ def sample_spec(
     speed is constant over the clip; a path longer than the frame allows is slowed down to fit it. `horizon`
     (>= `frames`; default `frames`): the path is planned for that many frames -- slowed and placed so that the
     object would stay inside for all of them -- of which the clip shows the first `frames` (the same draws,
-    so ``horizon=frames`` gives the video of ``horizon=None``). `slack` in [0, 1): a path slowed down to fit
-    is slowed to span ``1 - slack`` of the free width instead of all of it, and its start is drawn anywhere in
-    the rest (no extra draw: ``slack=0`` gives the same video as before)."""
+    so ``horizon=frames`` gives the video of ``horizon=None``). `slack` in [0, 1): a path longer than ``1 -
+    slack`` of the free width is slowed to span exactly that, and its start is drawn anywhere in the rest (no
+    extra draw: ``slack=0`` gives the same video as before)."""
+    if not 0.0 <= slack < 1.0:
+        raise ValueError(f"slack must be in [0, 1), got {slack}")
     color, shape, motion = triples[rng.integers(len(triples))]
     height, width = frame_hw(size)
     scale = min(height, width) / 64.0

@@ -169,6 +169,8 @@ def test_path_slack_leaves_a_margin_on_slowed_paths_only(tmp_path):
         assert short == synth.sample_spec(synth.video_rng(2, i), triples, 64, 8)
     assert max(margins) > 3.0  # starts are spread over the margin, not pinned to the border
     assert all(synth.video_slack(2, i, 0.0) == 0.0 for i in range(20))
+    with pytest.raises(ValueError, match="slack"):  # the object would leave the frame
+        synth.sample_spec(synth.video_rng(2, 0), triples, 64, 16, horizon=40, slack=-0.1)
     with pytest.raises(UserError, match="--path-slack"):
         synth.check_options(4, 64, 16, 8, "default", slack=0.9)
     plain = synth.synthesize(tmp_path / "a", 3, seed=1, size=[(32, 32)], frames=[8], long_paths=1.0)
