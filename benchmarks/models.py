@@ -37,6 +37,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sorakit.models import build_model, flops_per_sample
+from sorakit.models.layers.linear import onednn_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from upstream_stub import HOW_TO_GET, UPSTREAM_REF, UpstreamMissing, load_upstream_stdit  # noqa: E402
@@ -227,10 +228,17 @@ def max_rel_diff(ours, theirs, inputs, dtype: torch.dtype, device: torch.device)
 
 _GEMMS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
           torch.ops.aten.baddbmm.default}  # fmt: skip
+if onednn_available():  # sorakit's float32 CPU linears (sorakit.models.layers.linear)
+    _GEMMS.add(torch.ops.mkldnn._linear_pointwise.default)
+
+
+class _TensorSpec(tuple):
+    """(shape, stride, dtype) of a recorded tensor argument."""
 
 
 class _GemmRecorder(TorchDispatchMode):
-    """Records (op, shapes, strides, dtype) of every matrix multiplication that runs under it."""
+    """Records (op, arguments) of every matrix multiplication that runs under it, each tensor argument as its
+    (shape, strides, dtype) (`_TensorSpec`), the others as they are (oneDNN's linear takes strings and lists)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -238,10 +246,12 @@ class _GemmRecorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in _GEMMS:
-            key = (
-                func,
-                tuple((tuple(a.shape), tuple(a.stride()), a.dtype) for a in args if torch.is_tensor(a)),
-            )
+            spec = tuple(
+                _TensorSpec((tuple(a.shape), tuple(a.stride()), a.dtype)) if torch.is_tensor(a)
+                else tuple(a) if isinstance(a, list) else a
+                for a in args
+            )  # fmt: skip
+            key = (func, spec)
             self.calls[key] = self.calls.get(key, 0) + 1
         return func(*args, **(kwargs or {}))
 
@@ -253,8 +263,8 @@ def _random_strided(shape, stride, dtype: torch.dtype, device: torch.device) -> 
 
 
 def gemm_floor_ms(step, device: torch.device, repeats: int = 5) -> float:
-    """Milliseconds that the matrix multiplications of one `step()` take on their own: every mm/addmm/bmm the
-    step runs is recorded (shapes, strides, dtype), replayed on random tensors of that layout and timed (median
+    """Milliseconds that the matrix multiplications of one `step()` take on their own: every mm/addmm/bmm (and
+    oneDNN linear) the step runs is recorded (shapes, strides, dtype), replayed on random tensors of that layout and timed (median
     of `repeats`), times its count. A floor under the step time that no change to the other ops can go below;
     kernels that do their own matmuls inside (SDPA) are not in it."""
     rec = _GemmRecorder()
@@ -262,7 +272,14 @@ def gemm_floor_ms(step, device: torch.device, repeats: int = 5) -> float:
         step()
     total = 0.0
     for (func, specs), count in rec.calls.items():
-        ins = [_random_strided(shape, stride, dt, device) for shape, stride, dt in specs]
+        ins = [
+            _random_strided(*a, device)
+            if isinstance(a, _TensorSpec)
+            else list(a)
+            if isinstance(a, tuple)
+            else a
+            for a in specs
+        ]
         times = []
         for _ in range(repeats + 1):
             sync(device)

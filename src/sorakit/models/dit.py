@@ -21,6 +21,7 @@ from sorakit.models.layers import (
     CaptionEmbedder,
     FinalLayer,
     LabelEmbedder,
+    Linear,
     Mlp,
     PatchEmbed3D,
     TimestepEmbedder,
@@ -37,7 +38,7 @@ class DiTBlock(nn.Module):
         super().__init__()
         self.attn = Attention(hidden_size, num_heads, qkv_bias=True)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(hidden_size, 6 * hidden_size, bias=True))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """x `[B, N, D]`, c `[B, D]` -> `[B, N, D]`."""

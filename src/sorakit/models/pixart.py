@@ -18,6 +18,7 @@ from sorakit.models.layers import (
     Attention,
     CaptionEmbedder,
     DropPath,
+    Linear,
     Mlp,
     MultiHeadCrossAttention,
     PatchEmbed3D,
@@ -125,7 +126,7 @@ class PixArt(DiffusionTransformer):
 
         self.x_embedder = PatchEmbed3D(self.patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
-        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
+        self.t_block = nn.Sequential(nn.SiLU(), Linear(hidden_size, 6 * hidden_size, bias=True))
         self.y_embedder = CaptionEmbedder(caption_channels, hidden_size, class_dropout_prob, model_max_length)
         self.register_buffer(
             "pos_embed", get_2d_sincos_pos_embed(hidden_size, nh, nw, space_scale, self.base_size)

@@ -32,6 +32,7 @@ from sorakit.models.layers import (
     CaptionEmbedder,
     DropPath,
     HorizonEmbedder,
+    Linear,
     Mlp,
     MultiHeadCrossAttention,
     PatchEmbed3D,
@@ -56,6 +57,20 @@ def _norm_modulate(
         return modulated_layer_norm(x, shift, scale)
     x = rearrange(x, "B (T S) D -> B T S D", T=num_frames)
     return rearrange(modulated_layer_norm(x, shift, scale), "B T S D -> B (T S) D")
+
+
+def _gated_residual(
+    x: torch.Tensor, gate: torch.Tensor, out: torch.Tensor, num_frames: int, drop_path: nn.Module
+) -> torch.Tensor:
+    """`x + drop_path(gate * out)` for tokens `[B, T'*S, D]`, gate `[B, 1, D]` or `[B, T', 1, D]`; without
+    stochastic depth one `addcmul` pass (the same rounding for both gate shapes)."""
+    if not isinstance(drop_path, nn.Identity):
+        return x + drop_path(_gate(gate, out, num_frames))
+    if gate.dim() == 3:
+        return torch.addcmul(x, gate, out)
+    split = "B (T S) D -> B T S D"
+    res = torch.addcmul(rearrange(x, split, T=num_frames), gate, rearrange(out, split, T=num_frames))
+    return rearrange(res, "B T S D -> B (T S) D")
 
 
 def _gate(gate: torch.Tensor, x: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -141,7 +156,7 @@ class STDiTBlock(nn.Module):
         x_s = rearrange(x_s, "B (T S) D -> (B T) S D", T=num_frames)
         x_s = self.attn(x_s)
         x_s = rearrange(x_s, "(B T) S D -> B (T S) D", T=num_frames)
-        x = x + self.drop_path(_gate(gate_msa, x_s, nt))
+        x = _gated_residual(x, gate_msa, x_s, nt, self.drop_path)
 
         # temporal: attention across frames at each spatial position; no norm, reuses gate_msa
         x_t = rearrange(x, "B (T S) D -> (B S) T D", T=num_frames)
@@ -149,14 +164,14 @@ class STDiTBlock(nn.Module):
             x_t = x_t + tpe
         x_t = self.attn_temp(x_t)
         x_t = rearrange(x_t, "(B S) T D -> B (T S) D", B=B)
-        x = x + self.drop_path(_gate(gate_msa, x_t, nt))
+        x = _gated_residual(x, gate_msa, x_t, nt, self.drop_path)
 
         # cross-attention to the caption: no norm, no gate
         x = x + self.cross_attn(x, y, y_mask)
 
         # MLP
         x_m = _norm_modulate(x, shift_mlp, scale_mlp, nt)
-        x = x + self.drop_path(_gate(gate_mlp, self.mlp(x_m), nt))
+        x = _gated_residual(x, gate_mlp, self.mlp(x_m), nt, self.drop_path)
         return x
 
 
@@ -242,7 +257,7 @@ class STDiT(DiffusionTransformer):
 
         self.x_embedder = PatchEmbed3D(self.patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
-        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
+        self.t_block = nn.Sequential(nn.SiLU(), Linear(hidden_size, 6 * hidden_size, bias=True))
         self.y_embedder = CaptionEmbedder(caption_channels, hidden_size, class_dropout_prob, model_max_length)
         self.h_embedder = HorizonEmbedder(hidden_size) if horizon else None
         rates = [drop_path * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]

@@ -28,6 +28,7 @@ from sorakit.models.layers.embeddings import (
     get_2d_sincos_pos_embed,
     timestep_features,
 )
+from sorakit.models.layers.linear import Linear, linear, use_onednn
 
 __all__ = [
     "Attention",
@@ -36,6 +37,7 @@ __all__ = [
     "FinalLayer",
     "HorizonEmbedder",
     "LabelEmbedder",
+    "Linear",
     "Mlp",
     "MultiHeadCrossAttention",
     "PatchEmbed3D",
@@ -47,9 +49,11 @@ __all__ = [
     "get_1d_sincos_pos_embed",
     "get_2d_sincos_pos_embed",
     "layer_norm",
+    "linear",
     "modulate_fp32_norm",
     "modulated_layer_norm",
     "per_frame",
     "t2i_modulate",
     "timestep_features",
+    "use_onednn",
 ]

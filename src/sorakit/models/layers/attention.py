@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sorakit.models.layers.linear import Linear
+
 
 def _heads(x: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """`[B, N, H, hd]` (any strides) -> contiguous `[B*H, N, hd]`, times `scale` in the same pass."""
@@ -118,8 +120,8 @@ class Attention(nn.Module):
             raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
@@ -147,9 +149,9 @@ class MultiHeadCrossAttention(nn.Module):
             raise ValueError(f"hidden size {d_model} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
-        self.q_linear = nn.Linear(d_model, d_model)
-        self.kv_linear = nn.Linear(d_model, d_model * 2)
-        self.proj = nn.Linear(d_model, d_model)
+        self.q_linear = Linear(d_model, d_model)
+        self.kv_linear = Linear(d_model, d_model * 2)
+        self.proj = Linear(d_model, d_model)
 
     def forward(
         self, x: torch.Tensor, cond: torch.Tensor, key_mask: torch.Tensor | None = None

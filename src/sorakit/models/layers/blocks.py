@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sorakit.models.layers.linear import Linear, linear, mm
+
 _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_K = 0.044715
 _GELU_ROWS = 128  # rows per chunk: a chunk's float32 temporaries stay in the core's cache between passes
@@ -34,17 +36,21 @@ def gelu_tanh_backward(grad: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tenso
     """`(gelu(h), grad * gelu'(h))` of the tanh-GELU in one chunked float32 pass over h, both in h's dtype: the
     recomputed activation (for the next layer's weight gradient) and the input gradient share the sigmoid. Two
     to three times faster on CPU than aten's `gelu` + `gelu_backward` in bfloat16, whose every pass goes to
-    memory; equal to them up to float32 rounding.
+    memory; equal to them up to float32 rounding. The input gradient is written over `grad` (a temporary of the
+    caller's, same shape and dtype as h): one fresh buffer fewer to fault in.
     gelu' = s + 2 x u' s (1 - s), s = sigmoid(2u), u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2)."""
-    a, g_h = (torch.empty(h.shape, dtype=h.dtype, device=h.device) for _ in range(2))
-    for x, g, a_c, g_c in _chunks(h.contiguous(), grad.contiguous(), a, g_h):
+    if grad.dtype != h.dtype or not grad.is_contiguous():
+        grad = grad.to(h.dtype, memory_format=torch.contiguous_format, copy=True)
+    a = torch.empty(h.shape, dtype=h.dtype, device=h.device)
+    for x, g, a_c in _chunks(h.contiguous(), grad, a):
         x = x.float()
         s = _gelu_sigmoid(x)
-        a_c.copy_(x * s)
+        torch.mul(x, s, out=a_c)
         d = x * x
         d.mul_(6 * _GELU_C * _GELU_K).add_(2 * _GELU_C).mul_(x)  # 2 x u'
-        g_c.copy_(d.mul_(s).mul_(1 - s).add_(s).mul_(g))
-    return a, g_h
+        d.mul_(s).mul_(1 - s).add_(s)
+        torch.mul(d, g, out=g)
+    return a, grad
 
 
 class _GeluLinear(torch.autograd.Function):
@@ -57,7 +63,7 @@ class _GeluLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias):
         # aten's GELU here, so that the forward is the plain modules' bit for bit (with or without a gradient)
-        out = F.linear(F.gelu(h, approximate="tanh"), weight, bias)  # under autocast: weight cast as usual
+        out = linear(F.gelu(h, approximate="tanh"), weight, bias)  # under autocast: weight cast as usual
         ctx.save_for_backward(h, weight)
         ctx.has_bias = bias is not None
         return out
@@ -66,14 +72,14 @@ class _GeluLinear(torch.autograd.Function):
     def backward(ctx, grad):
         h, weight = ctx.saved_tensors
         g2 = grad.reshape(-1, grad.shape[-1])
-        g_a = (grad @ weight.to(grad.dtype)).to(h.dtype)
+        g_a = mm(g2, weight.to(grad.dtype)).view(*grad.shape[:-1], -1).to(h.dtype)
         if h.device.type == "cpu":
             a, g_h = gelu_tanh_backward(g_a, h)
         else:
             a = F.gelu(h, approximate="tanh")
             g_h = torch.ops.aten.gelu_backward(g_a, h, approximate="tanh")
         # in the compute dtype (autocast's), then cast to the parameters', as autograd does through the cast
-        g_w = (g2.t() @ a.reshape(-1, a.shape[-1]).to(g2.dtype)).to(weight.dtype)
+        g_w = mm(g2.t(), a.reshape(-1, a.shape[-1]).to(g2.dtype)).to(weight.dtype)
         g_b = g2.sum(0).to(weight.dtype) if ctx.has_bias else None
         return g_h, g_w, g_b
 
@@ -84,9 +90,9 @@ class Mlp(nn.Module):
     def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None) -> None:
         super().__init__()
         out_features = out_features or in_features
-        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.fc1 = Linear(in_features, hidden_features)
         self.act = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(hidden_features, out_features)
+        self.fc2 = Linear(hidden_features, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(x)
@@ -100,7 +106,7 @@ class Mlp(nn.Module):
         return (
             torch.is_grad_enabled()
             and (h.requires_grad or fc2.weight.requires_grad)
-            and type(fc2) is nn.Linear
+            and type(fc2) in (nn.Linear, Linear)
             and not (fc2._forward_hooks or fc2._forward_pre_hooks)
             and type(act) is nn.GELU
             and act.approximate == "tanh"
@@ -195,7 +201,7 @@ class T2IFinalLayer(nn.Module):
 
     def __init__(self, hidden_size: int, num_patch: int, out_channels: int) -> None:
         super().__init__()
-        self.linear = nn.Linear(hidden_size, num_patch * out_channels, bias=True)
+        self.linear = Linear(hidden_size, num_patch * out_channels, bias=True)
         self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
         self.out_channels = out_channels
 
@@ -223,8 +229,8 @@ class FinalLayer(nn.Module):
 
     def __init__(self, hidden_size: int, num_patch: int, out_channels: int) -> None:
         super().__init__()
-        self.linear = nn.Linear(hidden_size, num_patch * out_channels, bias=True)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=True))
+        self.linear = Linear(hidden_size, num_patch * out_channels, bias=True)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(hidden_size, 2 * hidden_size, bias=True))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)

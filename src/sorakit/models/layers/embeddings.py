@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from sorakit.models.layers.blocks import Mlp
+from sorakit.models.layers.linear import Linear
 
 
 class PatchEmbed3D(nn.Module):
@@ -53,9 +54,9 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, hidden_size: int, frequency_embedding_size: int = 256) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(frequency_embedding_size, hidden_size, bias=True),
+            Linear(frequency_embedding_size, hidden_size, bias=True),
             nn.SiLU(),
-            nn.Linear(hidden_size, hidden_size, bias=True),
+            Linear(hidden_size, hidden_size, bias=True),
         )
         self.frequency_embedding_size = frequency_embedding_size
 

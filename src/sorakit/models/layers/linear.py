@@ -1,0 +1,153 @@
+"""float32 linear layers through oneDNN on CPU.
+
+PyTorch runs a CPU float32 `F.linear` / `mm` through MKL's sgemm, but a bfloat16 one through oneDNN. On AMD CPUs
+MKL does not use its AVX-512 kernels: on this project's machine (AMD EPYC, Zen 5, one thread) sgemm reaches
+~100 GFLOP/s at a transformer's shapes where oneDNN's float32 kernel reaches ~230, with float32 arithmetic
+throughout (docs/benchmarks.md, "float32 GEMMs on oneDNN"). The GEMMs are three quarters of a float32 training
+step, so `Linear` (an `nn.Linear`: same parameters, state-dict keys and `isinstance`) sends its float32 CPU products to
+oneDNN, forward and backward (`torch.ops.mkldnn._linear_pointwise`, the op inductor itself uses).
+
+Everything else keeps PyTorch's own path, bit for bit: other dtypes and devices, autocast (its bfloat16 linear
+already runs on oneDNN), products of fewer than `MIN_ROWS` rows (where oneDNN's call costs more than it saves),
+tensor subclasses (FSDP's DTensor), `torch.compile` (inductor chooses its own kernels). `SORAKIT_ONEDNN=0` in the
+environment, or `use_onednn(False)`, turns the oneDNN path off. Results agree with MKL's to float32 rounding (the
+sums run in another order), not bit for bit; a forward with and without a gradient takes the same path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import register_flop_formula
+
+MIN_ROWS = 16  # below this many rows (tokens) MKL's call is the cheaper one
+_PLAIN = (torch.Tensor, nn.Parameter)
+_enabled = os.environ.get("SORAKIT_ONEDNN", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@functools.cache
+def onednn_available() -> bool:
+    """This torch build has oneDNN and its float32 linear op (CPU builds for x86 and arm64 do)."""
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return False
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        x = torch.ones(MIN_ROWS, 4)
+        return bool(
+            torch.equal(op(x, torch.ones(3, 4), None, "none", [], ""), torch.full((MIN_ROWS, 3), 4.0))
+        )
+    except RuntimeError:
+        return False
+
+
+def _register_flops() -> None:
+    """Teach `torch.utils.flop_counter` oneDNN's linear (2 M N K, as aten's addmm), so that FLOP counts of a
+    sorakit model do not depend on the kernel that ran."""
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return
+
+    @register_flop_formula(op)
+    def _linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        rows = 1
+        for n in x_shape[:-1]:
+            rows *= n
+        return 2 * rows * w_shape[0] * w_shape[1]
+
+
+_register_flops()
+
+
+@contextlib.contextmanager
+def use_onednn(enabled: bool) -> Iterator[None]:
+    """Turn the oneDNN float32 path on or off inside the block (benchmarks compare both; tests check both)."""
+    global _enabled
+    before, _enabled = _enabled, enabled
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+def _onednn_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (
+        _enabled
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.dim() >= 2
+        and x.numel() >= MIN_ROWS * x.shape[-1]
+        and type(x) in _PLAIN
+        and type(weight) in _PLAIN
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and onednn_available()
+    )
+
+
+def _dnnl_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x `[..., K]` @ weight `[N, K]`^T (+ bias `[N]`) by oneDNN; any strides (it reorders what it needs)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`a @ b` for 2-D tensors, through oneDNN when `a` is a float32 CPU product that `linear` would send there."""
+    if b.dim() == 2 and _onednn_eligible(a, b):
+        return _dnnl_linear(a, b.t(), None)
+    return a @ b
+
+
+class _OneDnnLinear(torch.autograd.Function):
+    """`F.linear` with all three GEMMs by oneDNN; keeps x only for a weight gradient and the weight only for an
+    input gradient, as aten's linear does."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        need_x, need_w = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(x if need_w else None, weight if need_x else None)
+        ctx.has_bias = bias is not None
+        return _dnnl_linear(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        g2 = grad.reshape(-1, grad.shape[-1])
+        g_x = g_w = g_b = None
+        if ctx.needs_input_grad[0]:
+            g_x = _dnnl_linear(grad, weight.t(), None)  # grad @ weight
+        if ctx.needs_input_grad[1]:
+            g_w = _dnnl_linear(g2.t(), x.reshape(-1, x.shape[-1]).t(), None)  # grad^T @ x
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            g_b = g2.sum(0)
+        return g_x, g_w, g_b
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)`; float32 products on CPU through oneDNN (module docstring)."""
+    if not _onednn_eligible(x, weight) or (
+        bias is not None and (bias.dtype != torch.float32 or type(bias) not in _PLAIN)
+    ):
+        return F.linear(x, weight, bias)
+    if torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    ):
+        return _OneDnnLinear.apply(x, weight, bias)
+    return _dnnl_linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` (same parameters, keys and init) whose float32 CPU products run on oneDNN."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
