@@ -208,3 +208,21 @@ def test_short_component_names_map_to_hub_ids(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="huggingface-cli download DeepFloyd/t5-v1_1-xxl"):
         resolve_dir("t5-v1_1-xxl", what="t5 text encoder", flag="--text-encoder")
+
+
+def test_text_encoders_run_their_float32_linears_on_onednn(tiny_t5_dir, minilm: MiniLMEncoder) -> None:
+    """Every nn.Linear of a loaded encoder becomes sorakit's oneDNN `Linear` (same parameters and keys), and the
+    embeddings agree with the encoder run through PyTorch's own linears to float32 rounding (summed in another
+    order, over 6 layers with their LayerNorms: up to ~1e-4 of a value)."""
+    from sorakit.models.layers import Linear, use_onednn
+
+    enc = build_text_encoder(TextEncoderConfig(type="t5", path=str(tiny_t5_dir), model_max_length=12))
+    for e in (enc, minilm):
+        linears = [m for m in e.model.modules() if isinstance(m, torch.nn.Linear)]
+        assert linears and all(type(m) is Linear for m in linears)
+        prompts = ["a red circle", "a blue square moving to the right"]
+        emb, _ = e.encode(prompts)
+        with use_onednn(False):
+            ref, _ = e.encode(prompts)
+        torch.testing.assert_close(emb, ref, rtol=2e-4, atol=2e-4)
+        assert (emb - ref).abs().mean() < 1e-6

@@ -31,6 +31,7 @@ from sorakit.encoders.caption_clean import clean_for_t5
 from sorakit.errors import UserError
 from sorakit.hub import resolve_dir
 from sorakit.logging import get_logger
+from sorakit.models.layers.linear import onednn_linears
 
 if TYPE_CHECKING:
     from sorakit.config import TextEncoderConfig
@@ -105,6 +106,7 @@ class TextEncoder(nn.Module):
     def _freeze(self) -> None:
         self.eval()
         self.requires_grad_(False)
+        onednn_linears(self.model)  # float32 CPU products on oneDNN (sorakit.models.layers.linear)
 
     def preprocess(self, prompts: list[str]) -> list[str]:
         """The text actually tokenised for each prompt (unchanged here; T5 cleans it)."""

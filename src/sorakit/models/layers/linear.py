@@ -151,3 +151,15 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
+
+
+def onednn_linears(module: nn.Module) -> int:
+    """Make every plain `nn.Linear` inside `module` (a transformers text encoder, say) a `Linear`, in place: the
+    class changes, the parameters and keys stay. Returns how many. A T5-large-sized encoder (24 layers, width
+    1024) encodes 2 x 120 tokens in 0.61 s instead of 0.91 s here (float32, 2 threads)."""
+    n = 0
+    for m in module.modules():
+        if type(m) is nn.Linear:
+            m.__class__ = Linear
+            n += 1
+    return n
