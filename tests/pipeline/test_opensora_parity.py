@@ -111,9 +111,9 @@ def test_pipeline_reproduces_upstream_samples(ref, sampler: str) -> None:
         assert torch.equal(states[b], t[f"{sampler}/rng_state/{b}"]), f"batch {b}: different noise"
         want = t[f"{sampler}/latents/{b}"]
         err = ((latents[b] - want).abs().max() / want.abs().max()).item()
-        assert err < 2e-6, f"batch {b} latents differ by {err} (relative)"  # measured 5.0e-7..6.4e-7
+        assert err < 2e-6, f"batch {b} latents differ by {err} (relative)"  # measured 5.0e-7..6.5e-7
         level = (frames[b].int() - t[f"{sampler}/frames"][2 * b : 2 * b + 2].int()).abs().max().item()
-        assert level <= 1, f"batch {b} frames differ by {level} levels"  # measured: 0-1, on <= 6 of 98304
+        assert level <= 1, f"batch {b} frames differ by {level} levels"  # measured: 0-1, on <= 10 of 98304
 
 
 def test_without_the_profile_iddpm_differs_from_upstream(ref) -> None:
