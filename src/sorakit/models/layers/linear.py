@@ -33,7 +33,7 @@ _enabled = os.environ.get("SORAKIT_ONEDNN", "1").strip().lower() not in ("0", "f
 
 @functools.cache
 def onednn_available() -> bool:
-    """This torch build has oneDNN and its float32 linear op (CPU builds for x86 and arm64 do)."""
+    """This torch build has oneDNN and its float32 linear op, and the op runs (the x86 CPU wheels have it)."""
     try:
         op = torch.ops.mkldnn._linear_pointwise
     except (AttributeError, RuntimeError):
