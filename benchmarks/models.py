@@ -262,24 +262,24 @@ def _random_strided(shape, stride, dtype: torch.dtype, device: torch.device) -> 
     return torch.randn(size, dtype=dtype, device=device).as_strided(shape, stride)
 
 
+def _replay_arg(a, device: torch.device):
+    """A recorded argument made callable again: a random tensor of the recorded layout, a list, or the value."""
+    if isinstance(a, _TensorSpec):
+        return _random_strided(*a, device)
+    return list(a) if isinstance(a, tuple) else a
+
+
 def gemm_floor_ms(step, device: torch.device, repeats: int = 5) -> float:
     """Milliseconds that the matrix multiplications of one `step()` take on their own: every mm/addmm/bmm (and
-    oneDNN linear) the step runs is recorded (shapes, strides, dtype), replayed on random tensors of that layout and timed (median
-    of `repeats`), times its count. A floor under the step time that no change to the other ops can go below;
+    oneDNN linear) the step runs is recorded (shapes, strides, dtype), replayed on random tensors of that layout
+    and timed (median of `repeats`), times its count. A floor under the step time that no change to the other ops can go below;
     kernels that do their own matmuls inside (SDPA) are not in it."""
     rec = _GemmRecorder()
     with rec:
         step()
     total = 0.0
     for (func, specs), count in rec.calls.items():
-        ins = [
-            _random_strided(*a, device)
-            if isinstance(a, _TensorSpec)
-            else list(a)
-            if isinstance(a, tuple)
-            else a
-            for a in specs
-        ]
+        ins = [_replay_arg(a, device) for a in specs]
         times = []
         for _ in range(repeats + 1):
             sync(device)

@@ -1,17 +1,19 @@
 """float32 linear layers through oneDNN on CPU.
 
-PyTorch runs a CPU float32 `F.linear` / `mm` through MKL's sgemm, but a bfloat16 one through oneDNN. On AMD CPUs
-MKL does not use its AVX-512 kernels: on this project's machine (AMD EPYC, Zen 5, one thread) sgemm reaches
-~100 GFLOP/s at a transformer's shapes where oneDNN's float32 kernel reaches ~230, with float32 arithmetic
-throughout (docs/benchmarks.md, "float32 GEMMs on oneDNN"). The GEMMs are three quarters of a float32 training
-step, so `Linear` (an `nn.Linear`: same parameters, state-dict keys and `isinstance`) sends its float32 CPU products to
-oneDNN, forward and backward (`torch.ops.mkldnn._linear_pointwise`, the op inductor itself uses).
+PyTorch runs a CPU float32 `F.linear` / `mm` through MKL's sgemm, but a bfloat16 one through oneDNN. On AMD
+CPUs MKL does not use its AVX-512 kernels: on this project's machine (AMD EPYC, Zen 5, one thread) sgemm
+reaches ~100 GFLOP/s at a transformer's shapes where oneDNN's float32 kernel reaches ~230, with float32
+arithmetic throughout (docs/benchmarks.md, "float32 GEMMs on oneDNN"). The GEMMs are three quarters of a
+float32 training step, so `Linear` (an `nn.Linear`: same parameters, state-dict keys and `isinstance`) sends
+its float32 CPU products to oneDNN, forward and backward (`torch.ops.mkldnn._linear_pointwise`, the op
+inductor itself uses).
 
 Everything else keeps PyTorch's own path, bit for bit: other dtypes and devices, autocast (its bfloat16 linear
-already runs on oneDNN), products of fewer than `MIN_ROWS` rows (where oneDNN's call costs more than it saves),
-tensor subclasses (FSDP's DTensor), `torch.compile` (inductor chooses its own kernels). `SORAKIT_ONEDNN=0` in the
-environment, or `use_onednn(False)`, turns the oneDNN path off. Results agree with MKL's to float32 rounding (the
-sums run in another order), not bit for bit; a forward with and without a gradient takes the same path.
+already runs on oneDNN), products of fewer than `MIN_ROWS` rows (where oneDNN's call costs more than it
+saves), tensor subclasses (FSDP's DTensor), `torch.compile` (inductor chooses its own kernels).
+`SORAKIT_ONEDNN=0` in the environment, or `use_onednn(False)`, turns the oneDNN path off. Results agree with
+MKL's to float32 rounding (the sums run in another order), not bit for bit; a forward with and without a
+gradient takes the same path.
 """
 
 from __future__ import annotations
@@ -31,14 +33,19 @@ _PLAIN = (torch.Tensor, nn.Parameter)
 _enabled = os.environ.get("SORAKIT_ONEDNN", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def _linear_op():
+    """oneDNN's linear op (an OpOverloadPacket), or None in a build without it."""
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
 @functools.cache
 def onednn_available() -> bool:
     """This torch build has oneDNN and its float32 linear op, and the op runs (the x86 CPU wheels have it)."""
-    try:
-        op = torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):
-        return False
-    if not torch.backends.mkldnn.is_available():
+    op = _linear_op()
+    if op is None or not torch.backends.mkldnn.is_available():
         return False
     try:
         x = torch.ones(MIN_ROWS, 4)
@@ -52,9 +59,8 @@ def onednn_available() -> bool:
 def _register_flops() -> None:
     """Teach `torch.utils.flop_counter` oneDNN's linear (2 M N K, as aten's addmm), so that FLOP counts of a
     sorakit model do not depend on the kernel that ran."""
-    try:
-        op = torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):
+    op = _linear_op()
+    if op is None:
         return
 
     @register_flop_formula(op)
@@ -79,9 +85,10 @@ def use_onednn(enabled: bool) -> Iterator[None]:
         _enabled = before
 
 
-def _onednn_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def _onednn_eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
     return (
         _enabled
+        and (bias is None or (bias.dtype == torch.float32 and type(bias) in _PLAIN))
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
@@ -135,9 +142,7 @@ class _OneDnnLinear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`; float32 products on CPU through oneDNN (module docstring)."""
-    if not _onednn_eligible(x, weight) or (
-        bias is not None and (bias.dtype != torch.float32 or type(bias) not in _PLAIN)
-    ):
+    if not _onednn_eligible(x, weight, bias):
         return F.linear(x, weight, bias)
     if torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
@@ -153,13 +158,10 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
-def onednn_linears(module: nn.Module) -> int:
+def onednn_linears(module: nn.Module) -> None:
     """Make every plain `nn.Linear` inside `module` (a transformers text encoder, say) a `Linear`, in place: the
-    class changes, the parameters and keys stay. Returns how many. A T5-large-sized encoder (24 layers, width
-    1024) encodes 2 x 120 tokens in 0.61 s instead of 0.91 s here (float32, 2 threads)."""
-    n = 0
+    class changes, the parameters and keys stay. A T5-large-sized encoder (24 layers, width 1024) encodes
+    2 x 120 tokens in 0.61 s instead of 0.91 s here (float32, 2 threads)."""
     for m in module.modules():
         if type(m) is nn.Linear:
             m.__class__ = Linear
-            n += 1
-    return n
