@@ -15,11 +15,14 @@ run (ABBA rounds, medians), in float32 and bfloat16 autocast; it prints ratios s
 is the peak of bytes held by the CPU allocator during the step (torch.profiler's allocation events; on GPU the
 peak CUDA memory) and, as a second figure, the bytes saved for the backward. "matmul ms" is the time of each
 side's matrix multiplications replayed on their own (`gemm_floor_ms`), and "floor" sorakit's over upstream's
-step time: changes to the other ops alone cannot bring the time ratio below it.
+step time: changes to the other ops alone cannot bring the time ratio below it. With `--compile` sorakit's STDiT
+is torch.compile'd as `train.compile` does it (inductor, or $SORAKIT_COMPILE_BACKEND); upstream stays eager, the
+compile time is printed, and the matmul / saved-activation columns (hooks the compiled graph does not run) are "-".
 
     python benchmarks/models.py                      # CPU, small
     python benchmarks/models.py --full               # GPU: XL sizes, 32x32 latents (256px), 1..64 frames
     python benchmarks/models.py --upstream ~/Open-Sora  # vs upstream v1.0: hidden 384, depth 4, 8 and 32 frames
+    python benchmarks/models.py --upstream ~/Open-Sora --compile --dtype bfloat16  # sorakit compiled, minutes
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from sorakit.models import build_model, flops_per_sample
 from sorakit.models.layers.linear import onednn_available
+from sorakit.parallel.parallelize import compile_backend
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from upstream_stub import HOW_TO_GET, UPSTREAM_REF, UpstreamMissing, load_upstream_stdit  # noqa: E402
@@ -315,7 +319,15 @@ def compare_upstream(args, device: torch.device, machine: str) -> None:
         dtype = getattr(torch, dtype_name)
         for frames in args.frames:
             ours, theirs, inputs = upstream_pair(upstream_cls, frames, args, device)
-            out_rel, grad_rel = max_rel_diff(ours, theirs, inputs, dtype, device)
+            t0 = time.perf_counter()
+            if args.compile:
+                ours.compile(backend=compile_backend(device))
+            out_rel, grad_rel = max_rel_diff(ours, theirs, inputs, dtype, device)  # compiles, if asked
+            if args.compile:
+                print(
+                    f"# {dtype_name}, {frames} frames: compiled in {time.perf_counter() - t0:.0f} s",
+                    flush=True,
+                )
             tol = 1e-3 if dtype == torch.float32 else 0.1
             if out_rel > tol:  # a comparison between two different computations means nothing
                 print(
@@ -335,13 +347,17 @@ def compare_upstream(args, device: torch.device, machine: str) -> None:
                     times[i].append(time.perf_counter() - t0)
             ratios = [a / b for a, b in zip(*times)]
             mem = [peak_allocated_bytes(step, device) for step in steps]
-            act = [saved_activation_bytes(step) for step in steps]
-            gemm = [gemm_floor_ms(step, device) for step in steps]
             med = [statistics.median(t) * 1e3 for t in times]
-            print(f"| {dtype_name} | {frames} | {med[0]:.0f} | {med[1]:.0f} | **{med[0] / med[1]:.2f}** | "
+            if args.compile:
+                label, act_col, gemm_cols = f"{dtype_name} (sorakit compiled)", "-", "- | -"
+            else:
+                act = [saved_activation_bytes(step) for step in steps]
+                gemm = [gemm_floor_ms(step, device) for step in steps]
+                label, act_col = dtype_name, f"{act[0] / act[1]:.2f}"
+                gemm_cols = f"{gemm[0]:.0f} / {gemm[1]:.0f} | {gemm[0] / med[1]:.2f}"
+            print(f"| {label} | {frames} | {med[0]:.0f} | {med[1]:.0f} | **{med[0] / med[1]:.2f}** | "
                   f"{min(ratios):.2f}-{max(ratios):.2f} | {mem[0] / 2**20:.0f} / {mem[1] / 2**20:.0f} | "
-                  f"**{mem[0] / mem[1]:.2f}** | {act[0] / act[1]:.2f} | {gemm[0]:.0f} / {gemm[1]:.0f} | "
-                  f"{gemm[0] / med[1]:.2f} | {out_rel:.1e} / {grad_rel:.1e} |",
+                  f"**{mem[0] / mem[1]:.2f}** | {act_col} | {gemm_cols} | {out_rel:.1e} / {grad_rel:.1e} |",
                   flush=True)  # fmt: skip
             del ours, theirs, steps
             if device.type == "cuda":
@@ -373,6 +389,7 @@ def main() -> None:
     )
     p.add_argument("--upstream-ref", default=UPSTREAM_REF, help="git tag/commit read from a git DIR")
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the upstream comparison")
+    p.add_argument("--compile", action="store_true", help="with --upstream: torch.compile sorakit's STDiT")
     p.add_argument("--flops-only", action="store_true",
                    help="only the analytic FLOPs table (no timing; models built on the meta device)")  # fmt: skip
     args = p.parse_args()

@@ -132,23 +132,27 @@ def test_mlp_recomputed_gelu_matches_plain_ops(autocast):
 
     (out, grads), (ref, ref_grads) = run(True), run(False)
     assert "_GeluLinearBackward" in _graph_nodes(out)
-    # the forward's GELU is aten's, bit for bit; the backward's is the chunked kernel tested below
+    # the forward's GELU is Mlp.act's, bit for bit; the backward's is the chunked kernel tested below
     assert out.dtype == ref.dtype and torch.equal(out, ref)
     for a, b in zip(grads, ref_grads):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_chunked_gelu_backward_matches_aten_and_the_truth(dtype):
-    """The CPU training backward's GELU (sigmoid form, float32 chunks) against aten's tanh-GELU, its gradient
-    and their float64 values: over chunk boundaries (600 rows), strided inputs and the tails (|x| up to 12)."""
+def _gelu_inputs(dtype):
+    """[2, 600, 40] (not contiguous) over chunk boundaries and the tails (|x| up to 12), and a gradient."""
     g = torch.Generator().manual_seed(0)
     h = torch.cat(
         [torch.randn(300, 2, 40, generator=g), torch.linspace(-12, 12, 2 * 300 * 40).view(300, 2, 40)]
     )
-    h = h.to(dtype).transpose(0, 1)  # [2, 600, 40], not contiguous
-    grad = torch.randn(h.shape, generator=g).to(dtype)
+    return h.to(dtype).transpose(0, 1), torch.randn(2, 600, 40, generator=g).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_gelu_backward_matches_aten_and_the_truth(dtype):
+    """The CPU training backward's GELU (sigmoid form, float32 chunks) against aten's tanh-GELU, its gradient
+    and their float64 values: over chunk boundaries (600 rows), strided inputs and the tails (|x| up to 12)."""
+    h, grad = _gelu_inputs(dtype)
     ref = F.gelu(h, approximate="tanh")
     ref_g = torch.ops.aten.gelu_backward(grad, h, approximate="tanh")
     scratch = grad.clone()
@@ -171,6 +175,35 @@ def test_chunked_gelu_backward_matches_aten_and_the_truth(dtype):
             assert ((mine.double() - exact).abs() <= exact.abs() * 2.0**-8 + 1e-6).all()
             core = x.abs() < 3  # where aten's 1 + tanh(u) still has its digits
             assert (mine == theirs)[core].double().mean() > 0.99
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_chunked_gelu_forward_in_16_bit_floats(monkeypatch, dtype):
+    """`gelu_tanh` on CPU in 16-bit floats: one rounding of the float64 truth, aten's values where aten keeps its
+    digits, the training backward's recomputed activation bit for bit, and a gradient when one is needed."""
+    monkeypatch.setattr(blocks_mod, "_GELU_CHUNK", 64 * 40)  # several chunks and a short last one
+    h, grad = _gelu_inputs(dtype)
+    out = blocks_mod.gelu_tanh(h)
+    assert out.dtype == dtype and out.shape == h.shape
+    x = h.double()
+    truth = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    unit = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
+    assert ((out.double() - truth).abs() <= truth.abs() * unit + 1e-6).all()
+    core = x.abs() < 3
+    assert (out == F.gelu(h, approximate="tanh"))[core].double().mean() > 0.99
+    recomputed, g_ref = blocks_mod.gelu_tanh_backward(grad.clone(), h)
+    assert torch.equal(recomputed, out)
+    h_req = h.detach().requires_grad_()
+    (g_h,) = torch.autograd.grad(blocks_mod.gelu_tanh(h_req), h_req, grad)
+    assert torch.equal(g_h, g_ref)
+
+
+def test_gelu_float32_and_compiled_graphs_keep_atens(monkeypatch):
+    h = torch.randn(4, 300, 16)
+    assert torch.equal(blocks_mod.gelu_tanh(h), F.gelu(h, approximate="tanh"))
+    h16 = h.bfloat16()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert torch.equal(blocks_mod.gelu_tanh(h16), F.gelu(h16, approximate="tanh"))
 
 
 def test_trimmed_caption_mask():

@@ -123,3 +123,15 @@ def test_bad_compile_settings_are_one_line_errors(tmp_path, monkeypatch):
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("sorakit: error:"), out.stderr
         assert ("no-such-backend" if "--compile" in args else "train.compile") in lines[0]
+
+
+def test_compiled_bfloat16_training_matches_eager(tmp_path):
+    """bf16 autocast on CPU goes through sorakit's training kernels (explicit attention, the chunked GELU); compiled,
+    each hands its work to the compiler's graph instead (a layout trick of the attention's once failed there)."""
+    cache = make_cache(tmp_path / "cache", n=8)
+    bf16 = "train.mixed_precision=bf16"
+    eager = train(_cfg(cache, bf16), tmp_path / "eager", components=Components(model=_model(_cfg(cache))))
+    compiled = train(_cfg(cache, bf16, "train.compile=true"), tmp_path / "compiled",
+                     components=Components(model=_model(_cfg(cache))))  # fmt: skip
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-3)

@@ -28,8 +28,10 @@ from sorakit.models.layers.linear import Linear
 def _heads(x: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """`[B, N, H, hd]` (any strides) -> contiguous `[B*H, N, hd]`, times `scale` in the same pass."""
     B, N, H, hd = x.shape
-    out = torch.empty(B, H, N, hd, dtype=x.dtype, device=x.device)
     src = x.transpose(1, 2)
+    if torch.compiler.is_compiling():  # no out=: a compiled graph may give it the strides of src
+        return (src if scale is None else src * scale).reshape(B * H, N, hd)
+    out = torch.empty(B, H, N, hd, dtype=x.dtype, device=x.device)
     if scale is None:
         out.copy_(src)
     else:
