@@ -144,9 +144,7 @@ class _GeluLinear(torch.autograd.Function):
         h, weight = ctx.saved_tensors
         g2 = grad.reshape(-1, grad.shape[-1])
         g_a = mm(g2, weight.to(grad.dtype)).view(*grad.shape[:-1], -1).to(h.dtype)
-        if (
-            h.device.type == "cpu" and not torch.compiler.is_compiling()
-        ):  # compiled: the compiler fuses aten's
+        if h.device.type == "cpu" and not torch.compiler.is_compiling():  # compiled: aten's, fused
             a, g_h = gelu_tanh_backward(g_a, h)
         else:
             a = F.gelu(h, approximate="tanh")
