@@ -138,3 +138,39 @@ def test_environment_switch_turns_onednn_off():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     ).stdout
     assert "aten." in out and "mkldnn" not in out
+
+
+class _Backend:
+    """A torch.compile backend that records the ops of the forward and backward graphs, then runs them eagerly."""
+
+    def __init__(self):
+        self.targets = []
+
+    def __call__(self, gm, example_inputs):
+        from functorch.compile import make_boxed_func
+        from torch._dynamo.backends.common import aot_autograd
+
+        def record(g, _inputs):
+            self.targets += [str(n.target) for n in g.graph.nodes if n.op == "call_function"]
+            return make_boxed_func(g.forward)
+
+        return aot_autograd(fw_compiler=record, bw_compiler=record)(gm, example_inputs)
+
+
+@needs_onednn
+def test_compiled_graphs_keep_the_onednn_products():
+    """Under torch.compile the float32 products are sorakit's operator (a compiler keeps it as a call): forward and
+    both backward GEMMs, the same values as eager; under autocast the graph has aten's linear."""
+    layer, x, g = _layer(), torch.randn(2, 24, 48), torch.randn(2, 24, 40)
+    backend = _Backend()
+    compiled = torch.compile(layer, backend=backend, fullgraph=True)
+    out, gx, gw, gb = _run(compiled, x, g)
+    assert sum("sorakit.onednn_linear" in t for t in backend.targets) == 3, backend.targets
+    assert not any(t.startswith(("aten.mm", "aten.addmm")) for t in backend.targets), backend.targets
+    for mine, ref in zip((out, gx, gw, gb), _run(layer, x, g)):
+        torch.testing.assert_close(mine, ref, rtol=1e-6, atol=1e-6)
+    torch._dynamo.reset()
+    backend = _Backend()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.compile(layer, backend=backend)(x)
+    assert not any("sorakit.onednn_linear" in t for t in backend.targets), backend.targets

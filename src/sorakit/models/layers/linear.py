@@ -10,10 +10,11 @@ inductor itself uses).
 
 Everything else keeps PyTorch's own path, bit for bit: other dtypes and devices, autocast (its bfloat16 linear
 already runs on oneDNN), products of fewer than `MIN_ROWS` rows (where oneDNN's call costs more than it
-saves), tensor subclasses (FSDP's DTensor), `torch.compile` (inductor chooses its own kernels).
-`SORAKIT_ONEDNN=0` in the environment, or `use_onednn(False)`, turns the oneDNN path off. Results agree with
-MKL's to float32 rounding (the sums run in another order), not bit for bit; a forward with and without a
-gradient takes the same path.
+saves), tensor subclasses (FSDP's DTensor). Inside `torch.compile` the same products call oneDNN through the
+operator `sorakit::onednn_linear` (with its backward), which a compiler keeps as a call: inductor does not
+lower oneDNN's op itself and would otherwise swap in MKL's GEMMs. `SORAKIT_ONEDNN=0` in the environment, or
+`use_onednn(False)`, turns the oneDNN path off. Results agree with MKL's to float32 rounding (the sums run in
+another order), not bit for bit; a forward with and without a gradient takes the same path.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def _register_flops() -> None:
 
 
 _register_flops()
+_ONEDNN = onednn_available()
 
 
 @contextlib.contextmanager
@@ -85,7 +87,9 @@ def use_onednn(enabled: bool) -> Iterator[None]:
         _enabled = before
 
 
-def _onednn_eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+def _onednn_eligible(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, compiling: bool = False
+) -> bool:
     return (
         _enabled
         and (bias is None or (bias.dtype == torch.float32 and type(bias) in _PLAIN))
@@ -97,14 +101,51 @@ def _onednn_eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         and type(x) in _PLAIN
         and type(weight) in _PLAIN
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
-        and onednn_available()
+        and (compiling or not torch.compiler.is_compiling())
+        and _ONEDNN
     )
 
 
 def _dnnl_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x `[..., K]` @ weight `[N, K]`^T (+ bias `[N]`) by oneDNN; any strides (it reorders what it needs)."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+@torch.library.custom_op("sorakit::onednn_linear", mutates_args=())
+def _onednn_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`_dnnl_linear` as an operator a compiled graph calls as it is (inductor does not lower the mkldnn op)."""
+    return _dnnl_linear(x, weight, bias)
+
+
+@_onednn_linear_op.register_fake
+def _(x, weight, bias):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def _linear_backward(ctx, grad, gemm):
+    """The gradients of x, weight and bias from the tensors `ctx` saved (x only for a weight gradient, the weight
+    only for an input gradient, as aten's linear keeps them), the products by `gemm` (`_dnnl_linear`'s call)."""
+    x, weight = ctx.saved_tensors
+    g2 = grad.reshape(-1, grad.shape[-1])
+    g_x = g_w = g_b = None
+    if ctx.needs_input_grad[0]:
+        g_x = gemm(grad, weight.t(), None)  # grad @ weight
+    if ctx.needs_input_grad[1]:
+        g_w = gemm(g2.t(), x.reshape(-1, x.shape[-1]).t(), None)  # grad^T @ x
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        g_b = g2.sum(0)
+    return g_x, g_w, g_b
+
+
+def _op_setup(ctx, inputs, output) -> None:
+    x, weight, bias = inputs
+    ctx.save_for_backward(x if weight.requires_grad else None, weight if x.requires_grad else None)
+    ctx.has_bias = bias is not None
+
+
+_onednn_linear_op.register_autograd(
+    lambda ctx, grad: _linear_backward(ctx, grad, _onednn_linear_op), setup_context=_op_setup
+)
 
 
 def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -115,8 +156,7 @@ def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class _OneDnnLinear(torch.autograd.Function):
-    """`F.linear` with all three GEMMs by oneDNN; keeps x only for a weight gradient and the weight only for an
-    input gradient, as aten's linear does."""
+    """`F.linear` with all three GEMMs by oneDNN (eager; `_onednn_linear_op` is the compiled graphs' form)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
@@ -128,20 +168,15 @@ class _OneDnnLinear(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        g2 = grad.reshape(-1, grad.shape[-1])
-        g_x = g_w = g_b = None
-        if ctx.needs_input_grad[0]:
-            g_x = _dnnl_linear(grad, weight.t(), None)  # grad @ weight
-        if ctx.needs_input_grad[1]:
-            g_w = _dnnl_linear(g2.t(), x.reshape(-1, x.shape[-1]).t(), None)  # grad^T @ x
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            g_b = g2.sum(0)
-        return g_x, g_w, g_b
+        return _linear_backward(ctx, grad, _dnnl_linear)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`; float32 products on CPU through oneDNN (module docstring)."""
+    if torch.compiler.is_compiling():  # the graph calls oneDNN through the operator (inductor keeps it)
+        if _onednn_eligible(x, weight, bias, compiling=True):
+            return _onednn_linear_op(x, weight, bias)
+        return F.linear(x, weight, bias)
     if not _onednn_eligible(x, weight, bias):
         return F.linear(x, weight, bias)
     if torch.is_grad_enabled() and (
