@@ -140,7 +140,7 @@ def test_mlp_recomputed_gelu_matches_plain_ops(autocast):
 
 
 def _gelu_inputs(dtype):
-    """[2, 600, 40] (not contiguous) over chunk boundaries and the tails (|x| up to 12), and a gradient."""
+    """[2, 600, 40] (not contiguous; 1200 rows) with the tails (|x| up to 12), and a gradient."""
     g = torch.Generator().manual_seed(0)
     h = torch.cat(
         [torch.randn(300, 2, 40, generator=g), torch.linspace(-12, 12, 2 * 300 * 40).view(300, 2, 40)]
@@ -149,9 +149,10 @@ def _gelu_inputs(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_chunked_gelu_backward_matches_aten_and_the_truth(dtype):
+def test_chunked_gelu_backward_matches_aten_and_the_truth(monkeypatch, dtype):
     """The CPU training backward's GELU (sigmoid form, float32 chunks) against aten's tanh-GELU, its gradient
-    and their float64 values: over chunk boundaries (600 rows), strided inputs and the tails (|x| up to 12)."""
+    and their float64 values: over chunk boundaries (1200 rows in chunks of 64), strided inputs and the tails."""
+    monkeypatch.setattr(blocks_mod, "_GELU_CHUNK", 64 * 40)
     h, grad = _gelu_inputs(dtype)
     ref = F.gelu(h, approximate="tanh")
     ref_g = torch.ops.aten.gelu_backward(grad, h, approximate="tanh")
