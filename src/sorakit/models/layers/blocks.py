@@ -28,11 +28,15 @@ def _low_precision_cpu(h: torch.Tensor) -> bool:
     )
 
 
+def _chunk_rows(width: int) -> int:
+    """Rows of a `width`-wide chunk: ~`_GELU_CHUNK` elements."""
+    return max(1, _GELU_CHUNK // max(width, 1))
+
+
 def _row_chunks(*tensors: torch.Tensor):
-    """Row chunks `[n, D]` of same-shaped contiguous tensors (the leading dims flattened), ~`_GELU_CHUNK` elements
-    each."""
+    """Row chunks `[n, D]` of same-shaped contiguous tensors (the leading dims flattened), `_chunk_rows(D)` each."""
     flat = [t.view(-1, t.shape[-1]) for t in tensors]
-    rows = max(1, _GELU_CHUNK // flat[0].shape[1])
+    rows = _chunk_rows(flat[0].shape[1])
     for i in range(0, flat[0].shape[0], rows):
         yield [f[i : i + rows] for f in flat]
 
@@ -40,7 +44,7 @@ def _row_chunks(*tensors: torch.Tensor):
 def _scratch(n: int, like: torch.Tensor) -> list[torch.Tensor]:
     """`n` float32 buffers of one row chunk of `like`, reused by every chunk (no allocation inside the loop)."""
     D = like.shape[-1]
-    rows = min(max(1, _GELU_CHUNK // D), max(1, like.numel() // max(D, 1)))
+    rows = min(_chunk_rows(D), max(1, like.numel() // max(D, 1)))
     return [torch.empty(rows, D, dtype=torch.float32, device=like.device) for _ in range(n)]
 
 
@@ -93,8 +97,6 @@ def gelu_tanh(h: torch.Tensor) -> torch.Tensor:
 
 class GELUTanh(nn.Module):
     """`nn.GELU(approximate="tanh")` through `gelu_tanh`."""
-
-    approximate = "tanh"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return gelu_tanh(x)

@@ -87,9 +87,7 @@ def use_onednn(enabled: bool) -> Iterator[None]:
         _enabled = before
 
 
-def _onednn_eligible(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, compiling: bool = False
-) -> bool:
+def _onednn_eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
     return (
         _enabled
         and (bias is None or (bias.dtype == torch.float32 and type(bias) in _PLAIN))
@@ -101,7 +99,6 @@ def _onednn_eligible(
         and type(x) in _PLAIN
         and type(weight) in _PLAIN
         and not torch.is_autocast_enabled("cpu")
-        and (compiling or not torch.compiler.is_compiling())
         and _ONEDNN
     )
 
@@ -150,7 +147,7 @@ _onednn_linear_op.register_autograd(
 
 def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """`a @ b` for 2-D tensors, through oneDNN when `a` is a float32 CPU product that `linear` would send there."""
-    if b.dim() == 2 and _onednn_eligible(a, b):
+    if b.dim() == 2 and not torch.compiler.is_compiling() and _onednn_eligible(a, b):  # compiled: aten's
         return _dnnl_linear(a, b.t(), None)
     return a @ b
 
@@ -173,12 +170,10 @@ class _OneDnnLinear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`; float32 products on CPU through oneDNN (module docstring)."""
-    if torch.compiler.is_compiling():  # the graph calls oneDNN through the operator (inductor keeps it)
-        if _onednn_eligible(x, weight, bias, compiling=True):
-            return _onednn_linear_op(x, weight, bias)
-        return F.linear(x, weight, bias)
     if not _onednn_eligible(x, weight, bias):
         return F.linear(x, weight, bias)
+    if torch.compiler.is_compiling():  # the graph calls oneDNN through the operator (inductor keeps it)
+        return _onednn_linear_op(x, weight, bias)
     if torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     ):
