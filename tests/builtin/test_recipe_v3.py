@@ -15,7 +15,9 @@ import torch
 
 from sorakit.builtin import recipe
 from sorakit.config import load_config
+from sorakit.manifest import verify_folder
 from sorakit.modeldir import builtin_model_dir
+from sorakit.safeload import load_safetensors
 
 
 def _tree_hash(path) -> str:
@@ -32,7 +34,7 @@ def v3_run(tmp_path_factory):
     shipped = _tree_hash(builtin_model_dir())
     argv = [
         "--version", "3", "--workdir", str(work), "--export", str(work / "model"), "--num-videos", "10",
-        "--eval-prompts", "1", "--eval-steps", "1", "--threads", "1",
+        "--eval-prompts", "1", "--eval-steps", "1", "--threads", "1", "--decoder-videos", "2", "--decoder-steps", "2",
         "--set", "train.max_steps=2", "--set", "train.decay_steps=1", "--set", "train.log_every=1",
         "--set", "train.tensorboard=false",
     ]  # fmt: skip
@@ -53,7 +55,7 @@ def test_v3_preset_has_buckets_and_masks():
 
 def test_v3_stages_run_end_to_end(v3_run):
     work, _ = v3_run
-    assert sorted(json.loads((work / "times.json").read_text())) == sorted(recipe.STAGES)
+    assert sorted(json.loads((work / "times.json").read_text())) == sorted(recipe.STAGES_V3)
     rows = list(csv.DictReader(open(work / "data" / "train.csv")))
     assert len(rows) == 10 and len({(r["num_frames"], r["height"], r["width"]) for r in rows}) >= 3
     assert {int(r["horizon"]) >= int(r["num_frames"]) for r in rows} == {
@@ -88,6 +90,23 @@ def test_v3_export_does_every_task(v3_run):
     )
     assert pipe("a red square moving right", num_frames=8, **kw).shape == (1, 8, 64, 64, 3)
     assert pipe("a red square moving right", loop=3, **kw).shape == (1, 40, 64, 64, 3)
+
+
+def test_v3_decoder_stage_tunes_the_decoder_only(v3_run):
+    work, argv = v3_run
+    weights = "vae/diffusion_pytorch_model.safetensors"
+    base, tuned = load_safetensors(work / "base" / weights), load_safetensors(work / "model" / weights)
+    assert torch.equal(
+        tuned["decoder.conv_in.weight"],
+        load_safetensors(work / "decoder" / weights)["decoder.conv_in.weight"],
+    )
+    encoder = [k for k in base if k.startswith(("encoder.", "quant_conv."))]
+    assert encoder and all(torch.equal(base[k], tuned[k]) for k in encoder)  # the latent space is the same
+    assert any(not torch.equal(base[k], tuned[k]) for k in base if k.startswith("decoder."))
+    assert verify_folder(work / "model").status == "verified"  # the manifest was rewritten
+    manifest = (work / "model" / "manifest.json").read_bytes()
+    assert recipe.main([*argv, "--stages", "decoder"]) == 0  # done already: nothing trained or written
+    assert (work / "model" / "manifest.json").read_bytes() == manifest
 
 
 def test_v3_rerun_resumes_training(v3_run):

@@ -37,7 +37,11 @@ Its stages have the same names:
 4. ``train``  -- ``sorakit train builtin/stdit-v3 --init WORKDIR/base --resume``: buckets (one shape per
    micro-batch, ~2048 tokens each) and ``train.mask_ratios`` (image-to-video and extension masks among them);
 5. ``export`` -- as v2;
-6. ``eval``   -- ``sorakit eval shapes`` for each task of the issue: text-to-video with shape fidelity,
+6. ``decoder`` -- the exported model generates 640 videos for 64x64 16-frame training captions, and the VAE's
+   decoder is tuned to decode their latents into clean renderings of the objects they show
+   (:mod:`sorakit.builtin.decoder`; the encoder, hence the latent space, unchanged), then installed into the
+   model directory (``WORKDIR/decoder/vae``; ``--decoder-videos``, ``--decoder-steps``);
+7. ``eval``   -- ``sorakit eval shapes`` for each task of the issue: text-to-video with shape fidelity,
    ``--task i2v``, ``--task extend``, 64x96 / 96x64, 32 frames and ``--loop 3`` (``WORKDIR/eval.md``).
 
 The shipped model is v3.1 (2026-12-02): v3 fine-tuned by this recipe with the horizon embedding
@@ -50,12 +54,13 @@ The shipped model is v3.2 since (2026-12-02): v3.1 fine-tuned by this recipe (``
 those a later window of it (``--num-videos 3000 --long-paths 0.5 --path-windows 0.6 --set
 train.max_steps=2500 --set train.warmup_steps=100 --set train.decay_steps=1500``): data 1.7 min, encode 26 min
 (beside another job), train 26 min; its sampler adds horizon guidance 1 (``[sampler] horizon_guidance``) for
-loops.
+loops. The shipped model is v3.3 since (2026-12-04): v3.2 with its decoder tuned by the ``decoder`` stage alone
+(``--num-videos 2600 --stages data,decoder`` with v3.2 as ``--export``: data 22 s, decoder DECODER_MIN min).
 
 v3's time plan (2-core CPU; step times measured per bucket by ``benchmarks/builtin_v3_steps.py``: a v3 step
 over the data mix costs 1.09 v2 steps, and v2's took 0.26 s): data ~3 min, base copy 0 s, encode ~10 min,
-12000 training steps ~57 min, export + every task's evaluation ~15 min: about 1.4 h of the 3 h budget
-(docs/benchmarks.md, "Built-in model v3"). On a CPU shared with other jobs, run it with ``OMP_NUM_THREADS=1``.
+12000 training steps ~57 min, export + every task's evaluation ~15 min, the decoder stage ~DECODER_MIN min: about
+1.8 h of the 3 h budget (docs/benchmarks.md, "Built-in model v3" and "v3.3"). On a CPU shared with other jobs, run it with ``OMP_NUM_THREADS=1``.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from sorakit.builtin.decoder import refine_decoder
 from sorakit.config import Config, load_config
 from sorakit.data.cache import is_cache_dir, shard_name, write_meta, write_shard
 from sorakit.data.video import read_video
@@ -83,13 +89,14 @@ from sorakit.encoders.vae import VideoVAE, load_autoencoder
 from sorakit.errors import UserError
 from sorakit.eval.shape_tasks import TaskSpec, generate_task
 from sorakit.eval.shapes import PROMPT_SETS, build_prompts, format_table, generate_and_score, summarize
-from sorakit.fileutil import write_text_atomic
+from sorakit.fileutil import atomic_path, write_text_atomic
 from sorakit.jsonutil import dumps
 from sorakit.logging import get_logger
+from sorakit.manifest import sha256_file, write_manifest
 from sorakit.modeldir import builtin_model_dir, is_model_dir
 from sorakit.pipelines import TextToVideoPipeline
 from sorakit.tools.synth import synthesize
-from sorakit.training.vae import VAETrainConfig, train_vae
+from sorakit.training.vae import DecoderTuneConfig, VAETrainConfig, train_vae
 
 logger = get_logger("sorakit.builtin.recipe")
 
@@ -97,6 +104,10 @@ PRESET = "builtin/stdit"
 PRESET_V3 = "builtin/stdit-v3"
 DEFAULT_EXPORT = Path(__file__).resolve().parent / "model"
 STAGES = ("data", "vae", "encode", "train", "export", "eval")
+# v3 adds `decoder` (sorakit.builtin.decoder): the exported model's VAE decoder tuned on the model's own latents
+STAGES_V3 = ("data", "vae", "encode", "train", "export", "decoder", "eval")
+# generated 64x64 16-frame videos the decoder stage learns from (~0.5 s each on the 2-core CPU)
+V3_DECODER_VIDEOS = 640
 # v3's data: sizes (H, W) and lengths drawn uniformly from these lists, so 64x64 and 16 frames are half of it
 V3_SIZES = ((64, 64), (64, 64), (64, 96), (96, 64))
 V3_LENGTHS = (8, 16, 16, 32)
@@ -379,6 +390,28 @@ def stage_eval_v3(
     return result
 
 
+def stage_decoder_v3(work: Path, csv_path: Path, out: Path, num_videos: int, steps: int) -> Path:
+    """The exported model's decoder tuned on its own latents (:mod:`sorakit.builtin.decoder`) into
+    ``WORK/decoder/vae`` (skipped when it is there), then installed into the model directory `out`: its VAE
+    files replaced and its manifest rewritten (nothing is written when they are the same already)."""
+    tuned = work / "decoder" / "vae"
+    weights = "diffusion_pytorch_model.safetensors"
+    if not (tuned / weights).is_file():
+        pipe = TextToVideoPipeline.from_pretrained(out, device="cpu", dtype="float32")
+        refine_decoder(pipe, csv_path, tuned, num_videos, DecoderTuneConfig(steps=steps), progress=True)
+    if all(
+        (out / "vae" / name).is_file() and sha256_file(out / "vae" / name) == sha256_file(tuned / name)
+        for name in ("config.json", weights)
+    ):
+        return tuned
+    for name in ("config.json", weights):
+        with atomic_path(out / "vae" / name) as tmp:
+            shutil.copyfile(tuned / name, tmp)
+    write_manifest(out)
+    logger.info("decoder: installed %s into %s", tuned, out / "vae")
+    return tuned
+
+
 def _run_stages_v3(args: argparse.Namespace, stages: list[str]) -> None:
     """v3's stages in order, each timed into ``times.json`` (the module doc)."""
     cfg = load_config(PRESET_V3, args.set)
@@ -403,6 +436,8 @@ def _run_stages_v3(args: argparse.Namespace, stages: list[str]) -> None:
             run = stage_train_v3(work, cache, base, args.set)
         elif stage == "export":
             stage_export(run, out)
+        elif stage == "decoder":
+            stage_decoder_v3(work, csv_path, out, args.decoder_videos, args.decoder_steps)
         elif stage == "eval":
             stage_eval_v3(work, out, args.eval_prompts, steps=args.eval_steps)
         _record_time(work, stage, time.perf_counter() - t)
@@ -431,6 +466,10 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"v3: share of the long paths shown from a later frame (default {V3_PATH_WINDOWS})")  # fmt: skip
     p.add_argument("--path-slack", type=float, default=V3_PATH_SLACK,
                    help=f"v3: a path slowed down to fit spans 1 - U(0, S) of the free width (default {V3_PATH_SLACK})")  # fmt: skip
+    p.add_argument("--decoder-videos", type=int, default=V3_DECODER_VIDEOS,
+                   help=f"v3: generated videos the decoder stage learns from (default {V3_DECODER_VIDEOS})")  # fmt: skip
+    p.add_argument("--decoder-steps", type=int, default=DecoderTuneConfig.steps,
+                   help=f"v3: decoder tuning steps (default {DecoderTuneConfig.steps})")  # fmt: skip
     p.add_argument("--vae-steps", type=int, default=1200, help="autoencoder training steps (default 1200)")
     p.add_argument("--eval-prompts", type=int, default=24, help="prompts per set in the final evaluation")
     p.add_argument(
@@ -439,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="v3: sampling steps of the evaluation (default: the model's)",
     )
-    p.add_argument("--stages", default=",".join(STAGES), help=f"stages to run (default {','.join(STAGES)})")
+    p.add_argument("--stages", default=None,
+                   help=f"stages to run (default {','.join(STAGES)}; v3 {','.join(STAGES_V3)})")  # fmt: skip
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the preset")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--workers", type=int, default=1, help="processes for data synthesis")
@@ -447,7 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_videos is None:
         args.num_videos = 6000 if args.version == 3 else 4000
     run = _run_stages_v3 if args.version == 3 else _run_stages
-    if (code := run_recipe(args, STAGES, lambda stages: run(args, stages))) != 0:
+    valid = STAGES_V3 if args.version == 3 else STAGES
+    args.stages = args.stages or ",".join(valid)
+    if (code := run_recipe(args, valid, lambda stages: run(args, stages))) != 0:
         return code
     logger.info("recipe: done; stage times in %s", Path(args.workdir) / "times.json")
     return 0

@@ -286,13 +286,18 @@ def video_color(frames: np.ndarray) -> str | None:
     return _CODE_TO_COLOR.get(((best >> 2) & 1, (best >> 1) & 1, best & 1))
 
 
+def min_object_area(height: int, width: int) -> int:
+    """Pixels an object needs to count as one in a frame of this size (:data:`MIN_AREA`, at least 4)."""
+    return max(4, int(MIN_AREA * height * width))
+
+
 def analyze_video(frames: np.ndarray) -> VideoAnalysis:
     """Colour, shape, direction and temporal consistency of a uint8 ``[T, H, W, 3]`` video."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be [T, H, W, 3], got {list(frames.shape)}")
     t, h, w, _ = frames.shape
-    min_area = max(4, int(MIN_AREA * h * w))
+    min_area = min_object_area(h, w)
     objs = [analyze_frame(f, min_area) for f in frames]
     present = [(i, o) for i, o in enumerate(objs) if o is not None]
     res = VideoAnalysis(

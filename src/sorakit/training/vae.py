@@ -269,3 +269,73 @@ def train_vae(csv_path: str | os.PathLike, output: str | os.PathLike, cfg: VAETr
     write_image(output / "recon.png", preview_grid(sample, reconstruct(model, sample)))
     logger.info("train-vae: saved %s (scaling_factor %.4f)", output, 1.0 / std)
     return output
+
+
+@dataclass
+class DecoderTuneConfig:
+    """Hyperparameters of :func:`finetune_decoder`."""
+
+    steps: int = 1600
+    batch_size: int = 32  # frames per step
+    lr: float = 5e-4  # linear warm-up over `warmup_steps`, constant, then linear to 0 over the second half
+    warmup_steps: int = 50
+    target_share: float = 0.6  # share of each batch from the (latent, target) pairs; the rest are anchors
+    edge_weight: float = 0.5
+    seed: int = 0
+    log_every: int = 100
+
+
+def _tune_lr(step: int, cfg: DecoderTuneConfig) -> float:
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    return cfg.lr * warm * min(1.0, 2.0 * (1.0 - step / cfg.steps))
+
+
+def _frames_of(latents: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Video pairs (latents ``[B, c, T, h, w]``, uint8 ``[B, T, H, W, 3]``) -> per-frame pairs."""
+    b, c, t, h, w = latents.shape
+    if frames.shape[:2] != (b, t):
+        raise UserError(f"latents {list(latents.shape)} and frames {list(frames.shape)} do not pair up")
+    return latents.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w), frames.reshape(b * t, *frames.shape[2:])
+
+
+def finetune_decoder(
+    autoencoder,
+    pairs: tuple[torch.Tensor, torch.Tensor],
+    anchors: tuple[torch.Tensor, torch.Tensor],
+    scaling_factor: float,
+    cfg: DecoderTuneConfig,
+):
+    """Fine-tune an ``AutoencoderKL``'s decoder (and ``post_quant_conv``; the encoder, hence the latent space,
+    stays as it is) to decode `pairs` -- scaled latents ``[B, c, T, h, w]`` and the uint8 frames ``[B, T, H, W,
+    3]`` they should decode to -- while still reconstructing `anchors` (the same, from the encoder). Each step
+    draws ``target_share`` of its frames from `pairs`; the loss is :func:`reconstruction_loss`. Returns the
+    autoencoder, in eval mode."""
+    zp, xp = _frames_of(*pairs)
+    za, xa = _frames_of(*anchors)
+    params = [*autoencoder.decoder.parameters(), *autoencoder.post_quant_conv.parameters()]
+    autoencoder.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n_pairs = max(1, min(cfg.batch_size, round(cfg.batch_size * cfg.target_share)))
+    autoencoder.train()
+    t0 = time.perf_counter()
+    for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = _tune_lr(step, cfg)
+        ip = torch.randint(0, len(zp), (n_pairs,), generator=gen)
+        ia = torch.randint(0, len(za), (cfg.batch_size - n_pairs,), generator=gen)
+        z = torch.cat([zp[ip], za[ia]]).float() / scaling_factor
+        x = to_tensor(torch.cat([xp[ip], xa[ia]]).numpy())
+        loss, _, _ = reconstruction_loss(autoencoder.decode(z).sample, x, cfg.edge_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            rate = (step + 1) / (time.perf_counter() - t0)
+            logger.info(
+                "decoder tuning step %d/%d loss %.4f (%.2f steps/s)", step + 1, cfg.steps, loss.item(), rate
+            )
+    autoencoder.requires_grad_(False)
+    return autoencoder.eval()
