@@ -22,6 +22,7 @@ directory (docs/benchmarks.md, "Built-in model v3.3", has what it changed).
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -32,11 +33,11 @@ from tqdm import tqdm
 from sorakit.data.video import read_video
 from sorakit.errors import UserError
 from sorakit.eval.shapes import FG_THRESHOLD, analyze_frame, min_object_area, score_video
-from sorakit.fileutil import atomic_path, follow_umask, save_safetensors
+from sorakit.fileutil import atomic_path, follow_umask, save_safetensors, write_text_atomic
 from sorakit.logging import get_logger
 from sorakit.safeload import load_safetensors
 from sorakit.shapes_world import ALL_COLORS, shape_coverage
-from sorakit.training.vae import DecoderTuneConfig, finetune_decoder
+from sorakit.training.vae import DecoderTuneConfig, finetune_decoder, to_uint8
 
 logger = get_logger(__name__)
 
@@ -69,11 +70,6 @@ def clean_frames(frames: np.ndarray, color: str, shape: str) -> np.ndarray | Non
     return out
 
 
-def _to_uint8(video: torch.Tensor) -> np.ndarray:
-    """Decoded ``[C, T, H, W]`` in [-1, 1] -> uint8 ``[T, H, W, C]``."""
-    return video.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(1, 2, 3, 0).numpy()
-
-
 @torch.no_grad()
 def self_pairs(
     pipe, captions: list[str], batch_size: int = 16, seed: int = 1000, progress: bool = False
@@ -90,7 +86,7 @@ def self_pairs(
                  output_type="latent")  # fmt: skip
         videos = pipe.vae.decode(z.to(pipe.dtype)).float().cpu()
         for text, lat, video in zip(part, z, videos):
-            frames = _to_uint8(video)
+            frames = to_uint8(video.transpose(0, 1))  # [C, T, H, W] -> uint8 [T, H, W, C]
             score = score_video(frames, text)
             if not (score.analysis.consistent and score.color_ok and score.shape_ok):
                 continue
@@ -153,6 +149,9 @@ def refine_decoder(
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     autoencoder.save_pretrained(str(tmp), safe_serialization=True)
+    config = json.loads((tmp / "config.json").read_text())
+    config.pop("_name_or_path", None)  # where the base was loaded from: a path on the machine that ran it
+    write_text_atomic(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
     follow_umask(out)

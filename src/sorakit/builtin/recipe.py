@@ -55,11 +55,11 @@ those a later window of it (``--num-videos 3000 --long-paths 0.5 --path-windows 
 train.max_steps=2500 --set train.warmup_steps=100 --set train.decay_steps=1500``): data 1.7 min, encode 26 min
 (beside another job), train 26 min; its sampler adds horizon guidance 1 (``[sampler] horizon_guidance``) for
 loops. The shipped model is v3.3 since (2026-12-04): v3.2 with its decoder tuned by the ``decoder`` stage alone
-(``--num-videos 2600 --stages data,decoder`` with v3.2 as ``--export``: data 22 s, decoder DECODER_MIN min).
+(``--num-videos 2600 --stages data,decoder`` with v3.2 as ``--export``: data 22 s, decoder 22.5 min).
 
 v3's time plan (2-core CPU; step times measured per bucket by ``benchmarks/builtin_v3_steps.py``: a v3 step
 over the data mix costs 1.09 v2 steps, and v2's took 0.26 s): data ~3 min, base copy 0 s, encode ~10 min,
-12000 training steps ~57 min, export + every task's evaluation ~15 min, the decoder stage ~DECODER_MIN min: about
+12000 training steps ~57 min, export + every task's evaluation ~15 min, the decoder stage ~23 min: about
 1.8 h of the 3 h budget (docs/benchmarks.md, "Built-in model v3" and "v3.3"). On a CPU shared with other jobs, run it with ``OMP_NUM_THREADS=1``.
 """
 
