@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sorakit.builtin.decoder import clean_frames
+from sorakit.builtin.decoder import clean_frames, training_clips
 from sorakit.errors import UserError
 from sorakit.eval.shapes import analyze_video, score_video
 from sorakit.shapes_world import ShapeSpec, render
@@ -67,6 +67,19 @@ def test_a_frame_without_an_object_or_with_a_cut_one_has_no_target():
     leaving = render(spec, 64, 16)  # reaches the left edge at frame 12
     assert clean_frames(leaving[:10], "red", "circle") is not None
     assert clean_frames(leaving, "red", "circle") is None
+
+
+def test_training_clips_are_the_generated_size(tmp_path):
+    (tmp_path / "train.csv").write_text(
+        "path,text,num_frames,fps,height,width\n"
+        "videos/0.mp4,a red circle moving left,8,8,64,64\n"
+        "videos/1.mp4,a blue square moving up,16,8,64,96\n"
+        "videos/2.mp4,a green triangle moving down,16,8,64,64\n"
+    )
+    caps, paths = training_clips(tmp_path / "train.csv", 5)
+    assert caps == ["a green triangle moving down"] and paths == [tmp_path / "videos/2.mp4"]
+    with pytest.raises(UserError, match="at least one"):
+        training_clips(tmp_path / "train.csv", 0)
 
 
 def test_finetune_decoder_learns_the_pairs_and_keeps_the_encoder():

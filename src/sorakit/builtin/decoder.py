@@ -103,6 +103,8 @@ def self_pairs(
 
 def training_clips(csv_path: Path, n: int) -> tuple[list[str], list[Path]]:
     """Captions and video paths of the first `n` rows of a synth CSV with the generated clips' size."""
+    if n < 1:
+        raise UserError(f"the decoder stage needs at least one video to generate, got {n}")
     caps, paths = [], []
     with open(csv_path, newline="") as fh:
         for row in csv.DictReader(fh):
