@@ -153,7 +153,9 @@ def refine_decoder(
     autoencoder.save_pretrained(str(tmp), safe_serialization=True)
     config = json.loads((tmp / "config.json").read_text())
     config.pop("_name_or_path", None)  # where the base was loaded from: a path on the machine that ran it
-    write_text_atomic(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(
+        tmp / "config.json", json.dumps(config, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    )
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
     follow_umask(out)

@@ -89,7 +89,7 @@ from sorakit.encoders.vae import VideoVAE, load_autoencoder
 from sorakit.errors import UserError
 from sorakit.eval.shape_tasks import TaskSpec, generate_task
 from sorakit.eval.shapes import PROMPT_SETS, build_prompts, format_table, generate_and_score, summarize
-from sorakit.fileutil import atomic_path, write_text_atomic
+from sorakit.fileutil import write_bytes_atomic, write_text_atomic
 from sorakit.jsonutil import dumps
 from sorakit.logging import get_logger
 from sorakit.manifest import sha256_file, write_manifest
@@ -405,8 +405,7 @@ def stage_decoder_v3(work: Path, csv_path: Path, out: Path, num_videos: int, ste
     ):
         return tuned
     for name in ("config.json", weights):
-        with atomic_path(out / "vae" / name) as tmp:
-            shutil.copyfile(tuned / name, tmp)
+        write_bytes_atomic(out / "vae" / name, (tuned / name).read_bytes())
     write_manifest(out)
     logger.info("decoder: installed %s into %s", tuned, out / "vae")
     return tuned
