@@ -107,6 +107,10 @@ def test_v3_decoder_stage_tunes_the_decoder_only(v3_run):
     manifest = (work / "model" / "manifest.json").read_bytes()
     assert recipe.main([*argv, "--stages", "decoder"]) == 0  # done already: nothing trained or written
     assert (work / "model" / "manifest.json").read_bytes() == manifest
+    (work / "decoder" / "transformer.sha256").write_text("another transformer\n")
+    assert recipe.main([*argv, "--stages", "decoder"]) == 0  # made for another transformer: made again
+    assert (work / "decoder" / "transformer.sha256").read_text().strip() != "another transformer"
+    assert verify_folder(work / "model").status == "verified"
 
 
 def test_v3_rerun_resumes_training(v3_run):

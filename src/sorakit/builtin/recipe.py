@@ -60,7 +60,8 @@ loops. The shipped model is v3.3 since (2026-12-04): v3.2 with its decoder tuned
 v3's time plan (2-core CPU; step times measured per bucket by ``benchmarks/builtin_v3_steps.py``: a v3 step
 over the data mix costs 1.09 v2 steps, and v2's took 0.26 s): data ~3 min, base copy 0 s, encode ~10 min,
 12000 training steps ~57 min, export + every task's evaluation ~15 min, the decoder stage ~23 min: about
-1.8 h of the 3 h budget (docs/benchmarks.md, "Built-in model v3" and "v3.3"). On a CPU shared with other jobs, run it with ``OMP_NUM_THREADS=1``.
+1.8 h of the 3 h budget (docs/benchmarks.md, "Built-in model v3" and "v3.3"). On a CPU shared with other jobs,
+run it with ``OMP_NUM_THREADS=1``.
 """
 
 from __future__ import annotations
@@ -392,11 +393,18 @@ def stage_eval_v3(
 
 def stage_decoder_v3(work: Path, csv_path: Path, out: Path, num_videos: int, steps: int) -> Path:
     """The exported model's decoder tuned on its own latents (:mod:`sorakit.builtin.decoder`) into
-    ``WORK/decoder/vae`` (skipped when it is there), then installed into the model directory `out`: its VAE
-    files replaced and its manifest rewritten (nothing is written when they are the same already)."""
-    tuned = work / "decoder" / "vae"
+    ``WORK/decoder/vae``, then installed into the model directory `out`: its VAE files replaced and its manifest
+    rewritten (nothing is written when they are the same already). ``WORK/decoder`` records the transformer it
+    was made for: the stage is skipped for that transformer and starts again for another (a retrained one)."""
+    folder, tuned = work / "decoder", work / "decoder" / "vae"
     weights = "diffusion_pytorch_model.safetensors"
+    made_for = sha256_file(out / "transformer" / "model.safetensors")
+    record = folder / "transformer.sha256"
+    if folder.is_dir() and not (record.is_file() and record.read_text().strip() == made_for):
+        shutil.rmtree(folder)  # pairs and decoder of another transformer
     if not (tuned / weights).is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(record, made_for + "\n")
         pipe = TextToVideoPipeline.from_pretrained(out, device="cpu", dtype="float32")
         refine_decoder(pipe, csv_path, tuned, num_videos, DecoderTuneConfig(steps=steps), progress=True)
     if all(
