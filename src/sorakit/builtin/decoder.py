@@ -35,9 +35,10 @@ from sorakit.errors import UserError
 from sorakit.eval.shapes import FG_THRESHOLD, analyze_frame, min_object_area, score_video
 from sorakit.fileutil import atomic_path, follow_umask, save_safetensors, write_text_atomic
 from sorakit.logging import get_logger
+from sorakit.pipelines import to_uint8
 from sorakit.safeload import load_safetensors
 from sorakit.shapes_world import ALL_COLORS, shape_coverage
-from sorakit.training.vae import DecoderTuneConfig, finetune_decoder, to_uint8
+from sorakit.training.vae import DecoderTuneConfig, finetune_decoder
 
 logger = get_logger(__name__)
 
@@ -84,9 +85,8 @@ def self_pairs(
         gen = torch.Generator("cpu").manual_seed(seed + k)
         z = pipe(part, num_frames=SIZE[0], height=SIZE[1], width=SIZE[2], generator=gen, progress=False,
                  output_type="latent")  # fmt: skip
-        videos = pipe.vae.decode(z.to(pipe.dtype)).float().cpu()
-        for text, lat, video in zip(part, z, videos):
-            frames = to_uint8(video.transpose(0, 1))  # [C, T, H, W] -> uint8 [T, H, W, C]
+        videos = to_uint8(pipe.vae.decode(z.to(pipe.dtype))).cpu().numpy()  # the pipeline's "np" output
+        for text, lat, frames in zip(part, z, videos):
             score = score_video(frames, text)
             if not (score.analysis.consistent and score.color_ok and score.shape_ok):
                 continue
