@@ -37,6 +37,7 @@ def test_a_clean_clip_is_its_own_target(shape):
     iou = (masks[0] & masks[1]).sum() / (masks[0] | masks[1]).sum()
     assert iou > 0.93
     assert score_video(target, f"a red {shape} moving right").fidelity > 0.9
+    np.testing.assert_array_equal(clean_frames(frames, "red", shape, a), target)  # the caller's analysis
 
 
 @pytest.mark.parametrize(("shape", "damage"), [("triangle", "blunt"), ("circle", "stem"), ("square", "dent")])

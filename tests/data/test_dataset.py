@@ -14,7 +14,7 @@ from _train_helpers import HashTextEncoder, tiny_vae, write_clips, write_csv  # 
 
 from sorakit.data.cache import LatentCacheDataset, encode_to_cache, read_meta  # noqa: E402
 from sorakit.data.dataset import ResumableBatchSampler, VideoTextDataset, read_table  # noqa: E402
-from sorakit.data.transforms import clip_indices, frames_to_tensor, resize_center_crop  # noqa: E402
+from sorakit.data.transforms import clip_indices, clips_to_tensor, frames_to_tensor, resize_center_crop  # noqa: E402
 from sorakit.errors import UserError  # noqa: E402
 
 
@@ -68,6 +68,15 @@ def test_resize_center_crop_keeps_the_center_and_aspect():
     assert out[0, 0, 4:6, 4:6].min() > 0.5 and out[0, 0, :3].max() < 0.1
     x = frames_to_tensor(np.full((2, 20, 40, 3), 255, np.uint8), (8, 8))
     assert x.shape == (3, 2, 8, 8) and torch.allclose(x, torch.ones_like(x))
+
+
+def test_clips_to_tensor_matches_frames_to_tensor_per_clip():
+    clips = np.random.default_rng(0).integers(0, 256, (2, 3, 8, 12, 3), dtype=np.uint8)
+    x = clips_to_tensor(clips)
+    assert x.shape == (2, 3, 3, 8, 12) and x.dtype == torch.float32
+    for clip, got in zip(clips, x):  # the same numbers as the dataset's path at the clip's own size
+        torch.testing.assert_close(got, frames_to_tensor(clip, (8, 12)))
+    assert float(clips_to_tensor(np.zeros((1, 1, 2, 2, 3), np.uint8)).max()) == -1.0
 
 
 def test_video_dataset_items(tmp_path):

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sorakit.data.transforms import clips_to_tensor
 from sorakit.data.video import read_video
 from sorakit.errors import UserError
-from sorakit.eval.shapes import FG_THRESHOLD, analyze_frame, min_object_area, score_video
+from sorakit.eval.shapes import FG_THRESHOLD, VideoAnalysis, analyze_video, score_video
 from sorakit.fileutil import atomic_path, follow_umask, save_safetensors, write_text_atomic
 from sorakit.logging import get_logger
 from sorakit.pipelines import to_uint8
@@ -48,24 +49,27 @@ CENTROID_V = {"circle": 0.5, "square": 0.5, "triangle": 2.0 / 3.0, "diamond": 0.
 SIZE = (16, 64, 64)  # frames, height, width of the generated clips
 
 
-def clean_frames(frames: np.ndarray, color: str, shape: str) -> np.ndarray | None:
+def clean_frames(
+    frames: np.ndarray, color: str, shape: str, analysis: VideoAnalysis | None = None
+) -> np.ndarray | None:
     """The clean rendering of the object of uint8 ``[T, H, W, 3]`` `frames`: `shape` in `color`, one side for
     the clip (the median over frames of the side whose ideal shape has the object's area), each frame's box
     placed so that the shape's centroid is the object's. None when a frame shows no object, or one cut by the
-    frame's edge (the centroid of what is left of it is not the shape's)."""
+    frame's edge (the centroid of what is left of it is not the shape's). `analysis`: the evaluator's analysis
+    of these frames when the caller has it (else it is made here)."""
     t, h, w, _ = frames.shape
-    objs = [analyze_frame(f, min_object_area(h, w)) for f in frames]
-    if any(o is None for o in objs):
+    analysis = analyze_video(frames) if analysis is None else analysis
+    if any(a is None for a in analysis.areas):
         return None
     fg = frames.max(axis=-1) > FG_THRESHOLD * 255
     if fg[:, 0].any() or fg[:, -1].any() or fg[:, :, 0].any() or fg[:, :, -1].any():
         return None
-    side = float(np.median([np.sqrt(o.area / FILL[shape]) for o in objs]))
+    side = float(np.median([np.sqrt(a / FILL[shape]) for a in analysis.areas]))
     rgb = np.asarray(ALL_COLORS[color], dtype=np.float32)
     out = np.empty_like(frames)
-    for i, o in enumerate(objs):
+    for i, (cx, cy) in enumerate(analysis.centroids):
         # the evaluator's centroids are pixel indices; the renderer's coordinates put pixel centres at +0.5
-        x, y = o.cx + 0.5 - side / 2, o.cy + 0.5 - side * CENTROID_V[shape]
+        x, y = cx + 0.5 - side / 2, cy + 0.5 - side * CENTROID_V[shape]
         cov = shape_coverage(shape, h, w, x, y, side)
         out[i] = np.clip(np.rint(cov[..., None] * rgb), 0, 255).astype(np.uint8)
     return out
@@ -90,7 +94,7 @@ def self_pairs(
             score = score_video(frames, text)
             if not (score.analysis.consistent and score.color_ok and score.shape_ok):
                 continue
-            target = clean_frames(frames, score.target[0], score.target[1])
+            target = clean_frames(frames, score.target[0], score.target[1], score.analysis)
             if target is not None:
                 latents.append(lat.float().cpu())
                 targets.append(torch.from_numpy(target))
@@ -124,8 +128,7 @@ def anchor_pairs(vae, paths: list[Path], batch_size: int = 16) -> tuple[torch.Te
     frames = torch.from_numpy(np.stack([read_video(p) for p in paths]))  # [N, T, H, W, 3]
     latents = []
     for i in range(0, len(frames), batch_size):
-        x = frames[i : i + batch_size].permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
-        latents.append(vae.encode(x, sample=False).float())
+        latents.append(vae.encode(clips_to_tensor(frames[i : i + batch_size]), sample=False).float())
     return torch.cat(latents), frames
 
 

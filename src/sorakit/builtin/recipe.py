@@ -84,6 +84,7 @@ from safetensors import safe_open
 from sorakit.builtin.decoder import refine_decoder
 from sorakit.config import Config, load_config
 from sorakit.data.cache import is_cache_dir, shard_name, write_meta, write_shard
+from sorakit.data.transforms import clips_to_tensor
 from sorakit.data.video import read_video
 from sorakit.encoders.text import MiniLMEncoder
 from sorakit.encoders.vae import VideoVAE, load_autoencoder
@@ -180,8 +181,7 @@ def stage_encode(
             frames = np.stack(
                 [read_video(Path(csv_path).parent / r["path"]) for r in chunk]
             )  # [b, T, H, W, 3]
-            x = torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1)
-            lat.append(vae.encode(x, sample=False))
+            lat.append(vae.encode(clips_to_tensor(frames), sample=False))
             y, m = text.encode([r["text"] for r in chunk])
             ys.append(y[:, 0].half())
             masks.append(m.to(torch.uint8))

@@ -43,6 +43,13 @@ def resize_center_crop(frames: torch.Tensor, size: tuple[int, int]) -> torch.Ten
     return frames[..., top : top + th, left : left + tw]
 
 
+def clips_to_tensor(clips: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 clips ``[B, T, H, W, 3]`` -> float32 ``[B, 3, T, H, W]`` in [-1, 1], as the VAE encodes them (no
+    resizing: the clips are already the size to encode)."""
+    x = torch.as_tensor(np.ascontiguousarray(clips) if isinstance(clips, np.ndarray) else clips)
+    return x.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+
+
 def frames_to_tensor(frames: np.ndarray, size: tuple[int, int], flip: bool = False) -> torch.Tensor:
     """uint8 ``[T, H, W, 3]`` -> float32 ``[3, T, size[0], size[1]]`` in [-1, 1] (channels first, as the
     VAE expects), optionally flipped left-right."""

@@ -224,8 +224,10 @@ class VideoAnalysis:
     area_ratio: float = float("inf")
     mean_fill: float = 0.0
     notes: list[str] = field(default_factory=list)
-    # per frame: the object's centroid (x, y) in px and its IoU with each ideal shape; None / {} without one
+    # per frame: the object's centroid (x, y) in px, its area in px and its IoU with each ideal shape; None / {}
+    # without one
     centroids: list[tuple[float, float] | None] = field(default_factory=list)
+    areas: list[int | None] = field(default_factory=list)
     frame_ious: list[dict[str, float]] = field(default_factory=list)
 
     def fidelity(self, shape: str) -> float:
@@ -308,6 +310,7 @@ def analyze_video(frames: np.ndarray) -> VideoAnalysis:
         num_frames=t,
         frames_with_object=len(present),
         centroids=[None if o is None else (o.cx, o.cy) for o in objs],
+        areas=[None if o is None else o.area for o in objs],
         frame_ious=[{} if o is None else o.ious for o in objs],
     )
     if not present:
