@@ -168,6 +168,13 @@ class SamplerConfig:
         0.0,
         bounds=NON_NEGATIVE,
     )
+    horizon_margin: float = _doc(
+        "a model with a horizon embedding (loops): each segment of a loop is told the frames left from its start"
+        " times this (>= 1), so that the pace it plans leaves room before the far border instead of arriving"
+        " there exactly at the last frame; 1 = the frames left; videos of one segment always get their own length",
+        1.0,
+        bounds=Bounds(ge=1, le=4),
+    )
     cache: str | None = _doc(
         "step caching (STDiT): 'teacache' or 'teacache:THRESHOLD' reuses the block stack's last residual on"
         " steps whose input changed little (sorakit.diffusion.step_cache); None = compute every step",

@@ -260,14 +260,15 @@ def test_model_folder_written_before_the_renames_reads_the_same(tmp_path):
         "guidance_interval",
         "cache",
         "horizon_guidance",
+        "horizon_margin",
     )  # sampler keys added after the renames: absent then, so their defaults
     spec["config"]["scheduler"] = {renamed.get(k, k): v for k, v in sampler.items() if k not in later}
     (old / PIPELINE_FILE).write_text(json.dumps(spec))
     assert "cfg_scale" in (old / PIPELINE_FILE).read_text()
     then, now = read_model_dir(old)[1], read_model_dir(builtin_model_dir())[1]
     assert then.sampler.guidance_interval is None and then.sampler.cache is None
-    assert then.sampler.horizon_guidance == 0.0
+    assert then.sampler.horizon_guidance == 0.0 and then.sampler.horizon_margin == 1.0
     now.sampler.guidance_interval = now.sampler.cache = None
-    now.sampler.horizon_guidance = 0.0
+    now.sampler.horizon_guidance, now.sampler.horizon_margin = 0.0, 1.0
     assert then.sampler == now.sampler and then.sampler.guidance_scale == 4.0
     assert then.to_dict() | {"vae": None} == now.to_dict() | {"vae": None}  # vae.path: each its own folder

@@ -128,3 +128,14 @@ def test_a_loop_tells_each_segment_the_frames_left(tiny_model_dir):
     assert {p for p in plans if isinstance(p, tuple)} == {(10.0, 4.0), (7.0, 4.0)}
     assert 4.0 in plans  # the last segment, 4 frames left: no second plan
     assert guided.shape == plain.shape and torch.isfinite(guided).all() and not torch.equal(guided, plain)
+
+    # a horizon margin: every segment of a loop is told the frames left x the margin (the last one too, so it
+    # gets a second plan of its own length); a video of one segment still its own length
+    pipe.config.sampler.horizon_margin = 1.5
+    seen.clear()
+    pipe("a cat", loop=3, condition_frames=1, output_type="latent", **kw)
+    plans = {tuple(sorted(set(h.tolist()), reverse=True)) for h in seen if torch.is_tensor(h)}
+    assert plans == {(15.0, 4.0), (10.5, 4.0), (6.0, 4.0)}
+    seen.clear()
+    pipe("a cat", **kw)
+    assert set(seen) == {4.0}

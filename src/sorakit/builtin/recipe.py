@@ -56,6 +56,12 @@ train.max_steps=2500 --set train.warmup_steps=100 --set train.decay_steps=1500``
 (beside another job), train 26 min; its sampler adds horizon guidance 1 (``[sampler] horizon_guidance``) for
 loops. The shipped model is v3.3 since (2026-12-04): v3.2 with its decoder tuned by the ``decoder`` stage alone
 (``--num-videos 2600 --stages data,decoder`` with v3.2 as ``--export``: data 22 s, decoder 22.5 min).
+The shipped model is v3.4 since (2026-12-04): v3.3 fine-tuned twice for loops, each ``--num-videos 3000
+--long-paths 0.8 --path-windows 0.5 --stages data,vae,encode,train,export --set train.max_steps=2500 --set
+train.warmup_steps=100 --set train.decay_steps=1500`` (the first with ``--base`` v3.3's directory, ``git archive
+6fa9392 src/sorakit/builtin/model``; the second from the first's export with ``--set train.seed=7``, fresh
+clips): data 50 s, encode 11.5 min, train 13.3 min each; its sampler adds a horizon margin of 1.2 for loops
+(``[sampler] horizon_margin``).
 
 v3's time plan (2-core CPU; step times measured per bucket by ``benchmarks/builtin_v3_steps.py``: a v3 step
 over the data mix costs 1.09 v2 steps, and v2's took 0.26 s): data ~3 min, base copy 0 s, encode ~10 min,

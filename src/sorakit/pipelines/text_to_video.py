@@ -502,7 +502,7 @@ class TextToVideoPipeline:
         how: tuple[str, str, Any, Any, Any, CacheSpec | None],
         condition: Any,
         progress: bool,
-        horizon: int | None = None,
+        horizon: float | None = None,
     ) -> torch.Tensor:
         """Latents `shape` `[B, C, T, h, w]` for `prompts`: captions, starting noise, the sampler's steps.
         `how` = (sampler name, the model's prediction type, parity profile or None, step callback or None,
@@ -644,7 +644,7 @@ class TextToVideoPipeline:
             report = None if callback is None else _segment_callback(callback, seg, steps, loop)
             segments.append(self._denoise([t[seg] for t in texts], shape, solver, generator, scale,
                                           (sampler, prediction, profile, report, interval, cache), condition, progress,
-                                          (loop - seg) * (num_frames - condition_frames) + condition_frames))  # fmt: skip
+                                          self._loop_horizon(num_frames, condition_frames, loop, seg)))  # fmt: skip
             if seg + 1 < loop:
                 refs.add_segment(segments[-1], seg + 1)
         latents = join_segments(segments, condition_frames)
@@ -652,6 +652,13 @@ class TextToVideoPipeline:
             return latents
         frames = self.decode_latents(latents, vae_batch, profile)
         return frames if output_type == "pt" else frames.numpy()
+
+    def _loop_horizon(self, num_frames: int, condition_frames: int, loop: int, segment: int) -> float:
+        """The frames segment `segment` of a `loop`-segment video is planned for: the frames left from its start
+        (``loop * T - (loop - 1) * K`` for the first), times ``sampler.horizon_margin`` in a loop; a video of
+        one segment: its own `num_frames`."""
+        left = (loop - segment) * (num_frames - condition_frames) + condition_frames
+        return float(left) if loop == 1 else left * float(self.config.sampler.horizon_margin)
 
     def _check_speed_options(
         self,
