@@ -62,6 +62,10 @@ train.warmup_steps=100 --set train.decay_steps=1500`` (the first with ``--base``
 6fa9392 src/sorakit/builtin/model``; the second from the first's export with ``--set train.seed=7``, fresh
 clips): data 50 s, encode 11.5 min, train 13.3 min each; its sampler adds a horizon margin of 1.2 for loops
 (``[sampler] horizon_margin``).
+The shipped model is v3.5 since (2026-12-04): v3.4 fine-tuned once more the same way (``--base`` v3.4's directory,
+``git archive 2f1a6c0 src/sorakit/builtin/model``, ``--set train.seed=11``, fresh clips): data 57 s, encode 10.3
+min, train 13.7 min. Reproducing the shipped model from v2 chains these runs (each one resumable command under
+the 3 h budget; about 5.5 h in all on the idle 2-core CPU, docs/benchmarks.md "Built-in model v3.5").
 
 v3's time plan (2-core CPU; step times measured per bucket by ``benchmarks/builtin_v3_steps.py``: a v3 step
 over the data mix costs 1.09 v2 steps, and v2's took 0.26 s): data ~3 min, base copy 0 s, encode ~10 min,
