@@ -65,7 +65,8 @@ clips): data 50 s, encode 11.5 min, train 13.3 min each; its sampler adds a hori
 The shipped model is v3.5 since (2026-12-04): v3.4 fine-tuned once more the same way (``--base`` v3.4's directory,
 ``git archive 2f1a6c0 src/sorakit/builtin/model``, ``--set train.seed=11``, fresh clips): data 57 s, encode 10.3
 min, train 13.7 min. Reproducing the shipped model from v2 chains these runs (each one resumable command under
-the 3 h budget; about 5.5 h in all on the idle 2-core CPU, docs/benchmarks.md "Built-in model v3.5").
+the 3 h budget; about 5.5 h in all as measured, some links on a shared 2-core CPU; docs/benchmarks.md "Built-in
+model v3.5").
 
 v3's time plan (2-core CPU; step times measured per bucket by ``benchmarks/builtin_v3_steps.py``: a v3 step
 over the data mix costs 1.09 v2 steps, and v2's took 0.26 s): data ~3 min, base copy 0 s, encode ~10 min,
