@@ -8,6 +8,7 @@ round so that a busy shared machine slows them alike; the median per bucket is d
 step time (78 min for 18000 steps on this CPU: ``--v2-step 0.26``) the projected training time.
 
     OMP_NUM_THREADS=1 python benchmarks/builtin_v3_steps.py --rounds 5
+    python benchmarks/builtin_v3_steps.py --precisions fp32,bf16   # both, interleaved: bf16's gain on this CPU
 """
 
 from __future__ import annotations
@@ -27,19 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train import build, trainer_step  # noqa: E402 - benchmarks/train.py, beside this script
 
 
-def main() -> None:
-    from sorakit.builtin.recipe import PRESET_V3, V3_LENGTHS, V3_SIZES
+def _steps(precision: str, device: torch.device) -> dict[tuple, object]:
+    """The trainer's step of every bucket of the v3 preset in `precision` (one model per precision)."""
+    from sorakit.builtin.recipe import PRESET_V3
     from sorakit.data.buckets import build_table
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=5, help="timed steps per bucket (interleaved)")
-    p.add_argument(
-        "--v2-step", type=float, default=78 * 60 / 18000, help="v2's s/step on this CPU (measured)"
-    )
-    p.add_argument("--steps", type=int, default=12000, help="v3 training steps to project")
-    args = p.parse_args()
-    device = torch.device("cpu")
-    cfg, model, objective, _ = build(PRESET_V3, [], device, text_len=32, caption_channels=384, f=4)
+    over = [f"train.mixed_precision={precision}"]
+    cfg, model, objective, _ = build(PRESET_V3, over, device, text_len=32, caption_channels=384, f=4)
     model.train()
     table = build_table(cfg.data)
     steps = {}
@@ -49,6 +44,25 @@ def main() -> None:
         steps[(b.num_frames, b.height, b.width, batch)] = trainer_step(
             cfg, model, objective, latent, device, batch, 32, 384, [0]
         )
+    return steps
+
+
+def main() -> None:
+    from sorakit.builtin.recipe import V3_LENGTHS, V3_SIZES
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=5, help="timed steps per bucket (interleaved)")
+    p.add_argument(
+        "--v2-step", type=float, default=78 * 60 / 18000, help="v2's s/step on this CPU (measured)"
+    )
+    p.add_argument("--steps", type=int, default=12000, help="v3 training steps to project")
+    p.add_argument(
+        "--precisions", default="fp32", help="train.mixed_precision values, interleaved (fp32,bf16)"
+    )
+    args = p.parse_args()
+    device = torch.device("cpu")
+    precisions = args.precisions.split(",")
+    steps = {(prec, *key): step for prec in precisions for key, step in _steps(prec, device).items()}
     for step in steps.values():  # warm-up
         step()
     times: dict[tuple, list[float]] = {k: [] for k in steps}
@@ -57,20 +71,27 @@ def main() -> None:
             t = time.perf_counter()
             step()
             times[key].append(time.perf_counter() - t)
-    ref = statistics.median(times[(16, 64, 64, 8)])
-    print("| bucket (frames x H x W) | batch | tokens | s/step (median) | x v2 step |")
-    print("|---|---:|---:|---:|---:|")
-    for (t, h, w, b), ts in sorted(times.items()):
+    ref = statistics.median(times[(precisions[0], 16, 64, 64, 8)])
+    print(
+        f"| precision | bucket (frames x H x W) | batch | tokens | s/step (median) | x v2 step ({precisions[0]}) |"
+    )
+    print("|---|---|---:|---:|---:|---:|")
+    for (prec, t, h, w, b), ts in sorted(times.items()):
         med = statistics.median(ts)
-        print(f"| {t}x{h}x{w} | {b} | {b * (t // 4) * (h // 8) * (w // 8)} | {med:.3f} | {med / ref:.2f} |")
+        print(
+            f"| {prec} | {t}x{h}x{w} | {b} | {b * (t // 4) * (h // 8) * (w // 8)} | {med:.3f} | {med / ref:.2f} |"
+        )
     # micro-batches per clip of each bucket = share of the clips / batch size
     share = Counter((t, h, w) for h, w in V3_SIZES for t in V3_LENGTHS)
     n = sum(share.values())
-    per_clip = {k: share[k[:3]] / n / k[3] for k in times}
-    mean = sum(per_clip[k] * statistics.median(times[k]) for k in times) / sum(per_clip.values()) / ref
-    samples = 1 / sum(per_clip.values())
-    print(f"\nv3 data mix: mean step = {mean:.2f} v2 steps, {samples:.2f} clips per step; "
-          f"{args.steps} steps at {args.v2_step:.2f} s per v2 step = {args.steps * mean * args.v2_step / 60:.0f} min")  # fmt: skip
+    print()
+    for prec in precisions:
+        mine = {k[1:]: statistics.median(v) for k, v in times.items() if k[0] == prec}
+        per_clip = {k: share[k[:3]] / n / k[3] for k in mine}
+        mean = sum(per_clip[k] * mine[k] for k in mine) / sum(per_clip.values()) / ref
+        samples = 1 / sum(per_clip.values())
+        print(f"v3 data mix, {prec}: mean step = {mean:.2f} v2 steps, {samples:.2f} clips per step; "
+              f"{args.steps} steps at {args.v2_step:.2f} s per v2 step = {args.steps * mean * args.v2_step / 60:.0f} min")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -47,13 +47,14 @@ def trainer_step(cfg, model, objective, latent, device: torch.device, batch: int
                  caption_channels: int, saved: list[int]):  # fmt: skip
     """The trainer's step on fixed random latents / captions: `step(count_saved=False)`; saved-tensor bytes
     of the forward are added to `saved[0]` when counted."""
+    from sorakit.runtime import autocast_dtype, resolve_mixed_precision
     from sorakit.training.ema import EMA
     from sorakit.training.optim import build_optimizer
     from sorakit.training.trainer import _model_fn
 
     opt = build_optimizer(model, cfg.train.lr)
     ema = EMA(model, cfg.train.ema_decay)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.mixed_precision)
+    dtype = autocast_dtype(resolve_mixed_precision(cfg.train.mixed_precision, device))
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(batch, 4, *latent, generator=g).to(device)
     y = torch.randn(batch, 1, text_len, caption_channels, generator=g).to(device)
@@ -85,12 +86,13 @@ def trainer_step(cfg, model, objective, latent, device: torch.device, batch: int
 def measure(preset: str, overrides: list[str], device: torch.device, batch: int, steps: int, warmup: int,
             text_len: int = 16, caption_channels: int = 384, peak: float | None = None) -> dict[str, float]:  # fmt: skip
     from sorakit.parallel.parallelize import apply_activation_checkpointing
+    from sorakit.runtime import autocast_dtype, resolve_mixed_precision
     from sorakit.training.mfu import peak_tflops, tokens_per_sample, training_flops_per_sample
 
     cfg, model, objective, latent = build(preset, overrides, device, text_len, caption_channels)
     if cfg.model.grad_checkpoint:
         apply_activation_checkpointing(model)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.mixed_precision)
+    dtype = autocast_dtype(resolve_mixed_precision(cfg.train.mixed_precision, device))
     saved = [0]
     step = trainer_step(cfg, model, objective, latent, device, batch, text_len, caption_channels, saved)
     model.train()

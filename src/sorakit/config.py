@@ -259,8 +259,10 @@ class TrainConfig:
     )
     grad_clip: float = _doc("gradient norm clipping (0 = off)", 1.0, bounds=NON_NEGATIVE)
     ema_decay: float = _doc("EMA decay of the exported weights", 0.9999, bounds=FRACTION)
-    mixed_precision: Literal["bf16", "fp16", "fp32"] = _doc(
-        "'bf16' (autocast, fp32 master weights), 'fp16' or 'fp32'", "bf16"
+    mixed_precision: Literal["bf16", "fp16", "fp32", "auto"] = _doc(
+        "'bf16' (autocast, fp32 master weights), 'fp16', 'fp32' or 'auto' (bf16 where the device has native"
+        " bf16 -- a CUDA GPU, a CPU with avx512_bf16 / AMX -- else fp32)",
+        "bf16",
     )
     caption_dropout: float = _doc(
         "probability of replacing a caption by the null caption", 0.1, bounds=FRACTION

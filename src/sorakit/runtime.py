@@ -74,6 +74,35 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
     return DTYPES[name]
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (x86 ``avx512_bf16`` or ``amx_bf16``, from Linux's
+    /proc/cpuinfo; False where that is unreadable). Without them oneDNN emulates bf16 matmuls at about half the
+    float32 rate, so bf16 autocast only pays where this is True."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    flags = {
+        flag
+        for line in cpuinfo.splitlines()
+        if line.startswith("flags")
+        for flag in line.partition(":")[2].split()
+    }
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_mixed_precision(setting: str, device: torch.device) -> str:
+    """`train.mixed_precision`: "auto" -> "bf16" where the device computes bf16 natively (a CUDA GPU with bf16,
+    a CPU with avx512_bf16 / AMX), else "fp32"; any other setting is returned as it is."""
+    if setting != "auto":
+        return setting
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """torch.bfloat16 -> "bf16" (the name flags and sidecars use)."""
     return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype))

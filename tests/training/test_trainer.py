@@ -307,3 +307,45 @@ def test_loss_channel_weights_change_the_loss_and_are_checked(tmp_path):
         losses("bad", "train.loss_channel_weights=[1.0, 2.0]")
     with pytest.raises(ConfigError, match="loss_channel_weights"):
         tiny_config(*over, "train.loss_channel_weights=[1.0, -2.0, 1.0, 1.0]")
+
+
+_FLAGS = (
+    "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw {extra}\n\nprocessor\t: 1\nflags\t\t: fpu\n"
+)
+
+
+def test_cpu_bf16_detection_reads_the_cpu_flags():
+    from sorakit.runtime import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16(_FLAGS.format(extra="avx512_bf16 avx512_vnni"))
+    assert cpu_has_native_bf16(_FLAGS.format(extra="amx_tile amx_bf16"))
+    # AVX-512 alone (oneDNN emulates bf16 there, at half the float32 rate) is not native bf16
+    assert not cpu_has_native_bf16(_FLAGS.format(extra="avx512_vnni"))
+    assert not cpu_has_native_bf16("")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_mixed_precision_auto_picks_bf16_only_where_the_cpu_has_it(tmp_path, monkeypatch, native):
+    import sorakit.runtime as runtime
+    import sorakit.training.trainer as trainer_mod
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda cpuinfo=None: native)
+    seen: list[torch.dtype | None] = []
+    model_fn = trainer_mod._model_fn
+
+    def spy(*args, **kwargs):
+        seen.append(args[5])  # the autocast dtype the step runs under
+        return model_fn(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "_model_fn", spy)
+    cache = make_cache(tmp_path / "cache")
+    cfg = tiny_config(f"data.csv={cache}", "train.max_steps=2", "train.mixed_precision=auto")
+    result = train(cfg, tmp_path / "run", components=_components())
+    want = "bf16" if native else "fp32"
+    assert seen == [torch.bfloat16 if native else None] * 2
+    # the saved config is the run's concrete choice, so a resume elsewhere does not silently switch
+    saved = (result.checkpoint / "config.toml").read_text()
+    assert f'mixed_precision = "{want}"' in saved and 'mixed_precision = "auto"' not in saved
+    assert runtime.resolve_mixed_precision("fp32", torch.device("cpu")) == "fp32"
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        train(tiny_config(f"data.csv={cache}", "train.mixed_precision=fp8"), tmp_path / "bad")

@@ -58,7 +58,7 @@ from sorakit.modeldir import is_model_dir, read_model_dir
 from sorakit.models import build_from_config, load_checkpoint, model_spec
 from sorakit.parallel.mesh import ParallelState, all_reduce_mean, all_reduce_sum, init_distributed, shutdown
 from sorakit.parallel.parallelize import compile_backend, parallelize
-from sorakit.runtime import autocast_dtype
+from sorakit.runtime import autocast_dtype, resolve_mixed_precision
 from sorakit.training import checkpoint as ckpt
 from sorakit.training import lora
 from sorakit.training.bucketed import (
@@ -660,6 +660,7 @@ def _train(
     cfg: Config, run_dir: Path, resume: bool, components: Components, state: ParallelState
 ) -> TrainResult:
     _validate(cfg, state)
+    _resolve_precision(cfg, state)
     latest = prepare_run_dir(run_dir, resume, state)
     handler = _add_file_log(run_dir) if state.is_main else None
     try:
@@ -718,8 +719,10 @@ def _validate(cfg: Config, state: ParallelState) -> None:
         raise ConfigError(
             f"train.decay_steps must be in [0, train.max_steps={t.max_steps}], got {t.decay_steps} (set both)"
         )
-    if t.mixed_precision not in ("bf16", "fp16", "fp32"):
-        raise ConfigError(f"train.mixed_precision: unknown '{t.mixed_precision}' (valid: bf16, fp16, fp32)")
+    if t.mixed_precision not in ("bf16", "fp16", "fp32", "auto"):
+        raise ConfigError(
+            f"train.mixed_precision: unknown '{t.mixed_precision}' (valid: bf16, fp16, fp32, auto)"
+        )
     if not 0.0 <= t.caption_dropout < 1.0:
         raise ConfigError(f"train.caption_dropout must be in [0, 1), got {t.caption_dropout}")
     if t.mixed_precision == "fp16" and (
@@ -733,6 +736,14 @@ def _validate(cfg: Config, state: ParallelState) -> None:
         normalise_ratios(t.mask_ratios)
     if t.timestep_shift is not None and t.objective != "rflow":
         raise ConfigError(f"train.timestep_shift applies to rflow training, not {t.objective!r}")
+
+
+def _resolve_precision(cfg: Config, state: ParallelState) -> None:
+    """``train.mixed_precision = "auto"`` becomes the concrete choice for this device, in the run's saved config."""
+    setting = cfg.train.mixed_precision
+    cfg.train.mixed_precision = resolve_mixed_precision(setting, state.device)
+    if setting == "auto" and state.is_main:
+        log.info("train.mixed_precision auto -> %s on %s", cfg.train.mixed_precision, state.device.type)
 
 
 def _check_channel_weights(cfg: Config, data: DataSource) -> None:
