@@ -5,9 +5,11 @@ torch devices and dtypes, for the pipeline, the CLI, the trainer and the exporte
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 import torch
 
+from sorakit.cpu import cpu_flags
 from sorakit.errors import UserError
 
 # The precision names sorakit's flags and configs accept.
@@ -74,23 +76,11 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
     return DTYPES[name]
 
 
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (x86 ``avx512_bf16`` or ``amx_bf16``, from Linux's
-    /proc/cpuinfo; False where that is unreadable). Without them oneDNN emulates bf16 matmuls at about half the
-    float32 rate, so bf16 autocast only pays where this is True."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return False
-    flags = {
-        flag
-        for line in cpuinfo.splitlines()
-        if line.startswith("flags")
-        for flag in line.partition(":")[2].split()
-    }
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+def cpu_has_native_bf16(flags: Iterable[str] | None = None) -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (x86 ``avx512_bf16`` or ``amx_bf16`` among `flags`,
+    default :func:`sorakit.cpu.cpu_flags`). Without them oneDNN emulates bf16 matmuls at about half the float32
+    rate, so bf16 autocast only pays where this is True."""
+    return bool(set(cpu_flags() if flags is None else flags) & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve_mixed_precision(setting: str, device: torch.device) -> str:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sorakit.data.video import read_video, x264_options
 
@@ -41,3 +42,15 @@ def test_x264_options_keep_crf() -> None:
     opts = x264_options(23)
     assert opts["crf"] == "23"
     assert set(opts) <= {"crf", "x264-params"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "capped"), [({"avx2", "avx512f", "avx512bw"}, True), ({"sse2", "avx2"}, False)]
+)
+def test_x264_runs_its_avx2_code_on_avx512_cpus(monkeypatch, flags, capped) -> None:
+    import sorakit.data.video as video
+
+    monkeypatch.setattr(video, "cpu_flags", lambda: frozenset(flags))
+    assert ("x264-params" in x264_options(23)) == capped
+    if capped:
+        assert x264_options(23)["x264-params"] == "asm=AVX2"

@@ -315,13 +315,23 @@ _FLAGS = (
 
 
 def test_cpu_bf16_detection_reads_the_cpu_flags():
+    from sorakit.cpu import cpu_flags, parse_cpu_flags
     from sorakit.runtime import cpu_has_native_bf16
 
-    assert cpu_has_native_bf16(_FLAGS.format(extra="avx512_bf16 avx512_vnni"))
-    assert cpu_has_native_bf16(_FLAGS.format(extra="amx_tile amx_bf16"))
+    def native(extra: str) -> bool:
+        return cpu_has_native_bf16(parse_cpu_flags(_FLAGS.format(extra=extra)))
+
+    # every processor's flags line counts; "flags" text elsewhere does not
+    assert parse_cpu_flags(_FLAGS.format(extra="x")) == {"fpu", "sse2", "avx2", "avx512f", "avx512bw", "x"}
+    assert parse_cpu_flags("model name\t: flags cpu\n") == frozenset()
+    assert native("avx512_bf16 avx512_vnni")
+    assert native("amx_tile amx_bf16")
     # AVX-512 alone (oneDNN emulates bf16 there, at half the float32 rate) is not native bf16
-    assert not cpu_has_native_bf16(_FLAGS.format(extra="avx512_vnni"))
-    assert not cpu_has_native_bf16("")
+    assert not native("avx512_vnni")
+    assert not cpu_has_native_bf16(())
+    # this machine's answer comes from the same flags, read once
+    assert cpu_has_native_bf16() == cpu_has_native_bf16(cpu_flags())
+    assert cpu_flags() is cpu_flags()
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -329,7 +339,7 @@ def test_mixed_precision_auto_picks_bf16_only_where_the_cpu_has_it(tmp_path, mon
     import sorakit.runtime as runtime
     import sorakit.training.trainer as trainer_mod
 
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda cpuinfo=None: native)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda flags=None: native)
     seen: list[torch.dtype | None] = []
     model_fn = trainer_mod._model_fn
 

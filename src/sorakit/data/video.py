@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import glob
 import math
 import os
-import platform
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from sorakit.cpu import cpu_flags
 from sorakit.errors import UserError
 from sorakit.fileutil import new_file_mode
 
@@ -88,28 +86,9 @@ def x264_options(crf: int) -> dict[str, str]:
     every fill byte and every size tried, and as fast. So on an AVX-512 CPU x264 runs its AVX2 code.
     """
     opts = {"crf": str(crf)}
-    if _cpu_has_avx512():
+    if {"avx512f", "avx2"} <= cpu_flags():
         opts["x264-params"] = "asm=AVX2"  # every AVX-512 CPU has AVX2, so this never names a missing ISA
     return opts
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_has_avx512() -> bool:
-    """True on an x86-64 CPU with AVX-512 (Linux: /proc/cpuinfo; macOS: sysctl)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        if platform.system() == "Darwin":
-            out = subprocess.run(["sysctl", "-n", "hw.optional.avx512f"], capture_output=True, text=True)
-            return out.stdout.strip() == "1"
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return "avx512f" in flags and "avx2" in flags
-    except OSError:
-        pass
-    return False
 
 
 def _encode_atomic(
