@@ -51,3 +51,33 @@ def test_ddp_fsdp_sp_equal_single_process(tmp_path):
         assert got.keys() == ref.keys()
         for k in ref:
             torch.testing.assert_close(got[k], ref[k], atol=1e-5, rtol=1e-5, msg=f"{name}: {k}")
+
+
+def _auto_worker(rank: int, world: int, cache: str, out: str, native_ranks: tuple[int, ...]):
+    """`train.mixed_precision = "auto"` where only `native_ranks` have bf16 units: the autocast dtype each step
+    of this rank ran under, and the precision its saved config records."""
+    import sorakit.runtime as runtime
+    import sorakit.training.trainer as trainer_mod
+
+    runtime.cpu_has_native_bf16 = lambda flags=None: rank in native_ranks
+    seen, model_fn = [], trainer_mod._model_fn
+
+    def spy(*args, **kwargs):
+        seen.append(args[5])
+        return model_fn(*args, **kwargs)
+
+    trainer_mod._model_fn = spy
+    cfg = run_config(Path(cache), 2, "parallel.strategy=ddp", "train.mixed_precision=auto")
+    cfg.train.max_steps = 2
+    res = train(cfg, Path(out), components=Components(model=random_stdit(cfg)))
+    saved = (res.checkpoint / "config.toml").read_text() if rank == 0 else ""
+    return seen, saved
+
+
+@pytest.mark.parametrize(("native_ranks", "want"), [((0,), None), ((1,), None), ((0, 1), torch.bfloat16)])
+def test_mixed_precision_auto_is_one_choice_for_all_ranks(tmp_path, native_ranks, want):
+    """bf16 only where every rank has bf16 units; a rank without them makes all of them train in float32."""
+    cache = make_cache(tmp_path / "cache", n=8)
+    results = run_distributed(_auto_worker, 2, tmp_path, str(cache), str(tmp_path / "run"), native_ranks)
+    assert results[0][0] == results[1][0] == [want] * 2
+    assert f'mixed_precision = "{"bf16" if want else "fp32"}"' in results[0][1]

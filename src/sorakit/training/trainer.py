@@ -739,11 +739,18 @@ def _validate(cfg: Config, state: ParallelState) -> None:
 
 
 def _resolve_precision(cfg: Config, state: ParallelState) -> None:
-    """``train.mixed_precision = "auto"`` becomes the concrete choice for this device, in the run's saved config."""
+    """``train.mixed_precision = "auto"`` becomes the concrete choice for this device, in the run's saved config.
+    Under torchrun every rank takes the same: bf16 only where every rank computes it natively (ranks on
+    different CPUs would otherwise train in different precisions)."""
     setting = cfg.train.mixed_precision
-    cfg.train.mixed_precision = resolve_mixed_precision(setting, state.device)
+    choice = resolve_mixed_precision(setting, state.device)
+    if setting == "auto" and state.distributed:
+        choices: list[Any] = [None] * state.world_size
+        dist.all_gather_object(choices, choice)
+        choice = "bf16" if all(c == "bf16" for c in choices) else "fp32"
+    cfg.train.mixed_precision = choice
     if setting == "auto" and state.is_main:
-        log.info("train.mixed_precision auto -> %s on %s", cfg.train.mixed_precision, state.device.type)
+        log.info("train.mixed_precision auto -> %s on %s", choice, state.device.type)
 
 
 def _check_channel_weights(cfg: Config, data: DataSource) -> None:
