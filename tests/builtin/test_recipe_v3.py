@@ -1,5 +1,5 @@
-"""The v3 recipe (`make train-builtin`: `--version 3`) end to end at toy size: multi-size synth -> the shipped
-model copied as the base -> bucketed `data encode` -> `sorakit train builtin/stdit-v3 --init base` with
+"""The v3 recipe (`make train-builtin`: `--version 3`) end to end at toy size: multi-size synth -> v2's model
+(from git history) copied as the base -> bucketed `data encode` -> `sorakit train builtin/stdit-v3 --init base` with
 reference-frame masks -> export -> every task's evaluation; then a rerun that resumes training. The shipped
 model directory is read, never written."""
 
@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +17,12 @@ import torch
 
 from sorakit.builtin import recipe
 from sorakit.config import load_config
+from sorakit.errors import UserError
 from sorakit.manifest import verify_folder
 from sorakit.modeldir import builtin_model_dir
 from sorakit.safeload import load_safetensors
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tree_hash(path) -> str:
@@ -55,6 +60,13 @@ def test_v3_preset_has_buckets_and_masks():
 
 def test_v3_stages_run_end_to_end(v3_run):
     work, _ = v3_run
+    # the base is v2 as committed at recipe.V2_REVISION: v2's network (no horizon embedding yet), v2's bytes
+    v2 = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{recipe.V2_REVISION}:{recipe.V2_PATH}/transformer/model.safetensors"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    assert (work / "base" / "transformer" / "model.safetensors").read_bytes() == v2
+    assert "horizon" not in json.loads((work / "base" / "transformer" / "config.json").read_text())["config"]
     assert sorted(json.loads((work / "times.json").read_text())) == sorted(recipe.STAGES_V3)
     rows = list(csv.DictReader(open(work / "data" / "train.csv")))
     assert len(rows) == 10 and len({(r["num_frames"], r["height"], r["width"]) for r in rows}) >= 3
@@ -111,6 +123,12 @@ def test_v3_decoder_stage_tunes_the_decoder_only(v3_run):
     assert recipe.main([*argv, "--stages", "decoder"]) == 0  # made for another transformer: made again
     assert (work / "decoder" / "transformer.sha256").read_text().strip() != "another transformer"
     assert verify_folder(work / "model").status == "verified"
+
+
+def test_v2_base_needs_its_git_revision(tmp_path):
+    with pytest.raises(UserError, match="pass --base MODEL_DIR"):
+        recipe.v2_model_from_git(tmp_path, revision="0" * 40)
+    assert not (tmp_path / "v2").exists()
 
 
 def test_v3_rerun_resumes_training(v3_run):

@@ -22,20 +22,21 @@ section.key=value`` (e.g. ``--set train.max_steps=2000 --set train.decay_steps=5
 ``sorakit train``.
 
 ``--version 3`` (``make train-builtin``; ``--version 2``, the default of this module, reproduces v2's recipe
-above) builds v3 (the shipped model since 2026-12-02): one model for text-to-video, image-to-video, extension
-and loops at several sizes.
-Its stages have the same names:
+above) builds the shipped model, v3.6 (2026-12-05): one model for text-to-video, image-to-video, extension and
+loops at several sizes, from v2's weights in one run. Its stages have the same names:
 
 1. ``data``   -- ``sorakit data synth`` of 64x64 (half), 64x96 and 96x64 frames, 8, 16 (half) or 32 frames,
-   the object at a constant speed (:data:`V3_SIZES`, :data:`V3_LENGTHS`), 6000 videos, 40% of them the opening
-   of a path planned for up to 3x their length (``--long-paths``, the CSV's ``horizon`` column: what the
-   model's horizon embedding learns from, so a loop's first segment paces the object for the whole loop);
-2. ``vae``    -- no training: the model directory of ``--base`` (default the shipped one: v2 when v3 was
-   trained, v3 itself since; ``git archive 6a1edf8 src/sorakit/builtin/model | tar -x -C /tmp/v2`` gives v2's for
-   a reproduction) is copied to ``WORKDIR/base``, so v3 keeps v2's latent space and starts from its weights;
+   the object at a constant speed (:data:`V3_SIZES`, :data:`V3_LENGTHS`), 7000 videos; 70% of them on a path
+   planned for up to 3x their length (``--long-paths``, the CSV's ``horizon`` column: what the model's horizon
+   embedding learns from, so a loop's first segment paces the object for the whole loop), half of those shown
+   from a later frame of that path (``--path-windows``: what a loop's later segments see);
+2. ``vae``    -- no training: the model directory of ``--base`` (default v2's, unpacked from this checkout's
+   git history at :data:`V2_REVISION` into ``WORKDIR/v2``) is copied to ``WORKDIR/base``, so v3 keeps v2's
+   latent space and starts from its weights (the horizon embedding, new, at zero);
 3. ``encode`` -- ``sorakit data encode`` with the preset's bucket table: each clip's latents at its bucket;
 4. ``train``  -- ``sorakit train builtin/stdit-v3 --init WORKDIR/base --resume``: buckets (one shape per
-   micro-batch, ~2048 tokens each) and ``train.mask_ratios`` (image-to-video and extension masks among them);
+   micro-batch, ~2048 tokens each) and ``train.mask_ratios`` (image-to-video and extension masks among them),
+   18000 steps (200 warm-up, a linear cooldown over the last 6000), bf16 autocast where the CPU has bf16 units;
 5. ``export`` -- as v2;
 6. ``decoder`` -- the exported model generates 640 videos for 64x64 16-frame training captions, and the VAE's
    decoder is tuned to decode their latents into clean renderings of the objects they show
@@ -44,45 +45,25 @@ Its stages have the same names:
 7. ``eval``   -- ``sorakit eval shapes`` for each task of the issue: text-to-video with shape fidelity,
    ``--task i2v``, ``--task extend``, 64x96 / 96x64, 32 frames and ``--loop 3`` (``WORKDIR/eval.md``).
 
-The shipped model is v3.1 (2026-12-02): v3 fine-tuned by this recipe with the horizon embedding
-(``arch.horizon``, created at zero) and the long paths, ``--base`` v3's directory (``git archive 99546c4
-src/sorakit/builtin/model | tar -x -C /tmp/v3``) and ``--set train.max_steps=4000 --set train.warmup_steps=100
---set train.decay_steps=2000``: data 2.5 min, encode 34 min, train 39 min (0.58 s/step) on the shared 2-core
-CPU. Its sampler guides only at t >= 950 (``[sampler] guidance_interval`` of the preset).
-The shipped model is v3.2 since (2026-12-02): v3.1 fine-tuned by this recipe (``--base`` v3.1's directory,
-``git archive 347a75f src/sorakit/builtin/model``) on 3000 fresh clips, half of them on a long path and 60% of
-those a later window of it (``--num-videos 3000 --long-paths 0.5 --path-windows 0.6 --set
-train.max_steps=2500 --set train.warmup_steps=100 --set train.decay_steps=1500``): data 1.7 min, encode 26 min
-(beside another job), train 26 min; its sampler adds horizon guidance 1 (``[sampler] horizon_guidance``) for
-loops. The shipped model is v3.3 since (2026-12-04): v3.2 with its decoder tuned by the ``decoder`` stage alone
-(``--num-videos 2600 --stages data,decoder`` with v3.2 as ``--export``: data 22 s, decoder 22.5 min).
-The shipped model is v3.4 since (2026-12-04): v3.3 fine-tuned twice for loops, each ``--num-videos 3000
---long-paths 0.8 --path-windows 0.5 --stages data,vae,encode,train,export --set train.max_steps=2500 --set
-train.warmup_steps=100 --set train.decay_steps=1500`` (the first with ``--base`` v3.3's directory, ``git archive
-6fa9392 src/sorakit/builtin/model``; the second from the first's export with ``--set train.seed=7``, fresh
-clips): data 50 s, encode 11.5 min, train 13.3 min each; its sampler adds a horizon margin of 1.2 for loops
-(``[sampler] horizon_margin``).
-The shipped model is v3.5 since (2026-12-04): v3.4 fine-tuned once more the same way (``--base`` v3.4's directory,
-``git archive 2f1a6c0 src/sorakit/builtin/model``, ``--set train.seed=11``, fresh clips): data 57 s, encode 10.3
-min, train 13.7 min. Reproducing the shipped model from v2 chains these runs (each one resumable command under
-the 3 h budget; about 5.5 h in all as measured, some links on a shared 2-core CPU; docs/benchmarks.md "Built-in
-model v3.5").
-
-v3's time plan (2-core CPU; step times measured per bucket by ``benchmarks/builtin_v3_steps.py``: a v3 step
-over the data mix costs 1.09 v2 steps, and v2's took 0.26 s): data ~3 min, base copy 0 s, encode ~10 min,
-12000 training steps ~57 min, export + every task's evaluation ~15 min, the decoder stage ~23 min: about
-1.8 h of the 3 h budget (docs/benchmarks.md, "Built-in model v3" and "v3.3"). On a CPU shared with other jobs,
-run it with ``OMP_NUM_THREADS=1``.
+The shipped v3.6's run on the 2-core AMD EPYC (Zen 5, bf16 units): data 1.9 min, encode 26 min, train 88 min
+(0.23 s/step alone; ~15 min of it beside another job), export 8 s, decoder 30 min, eval 10 min: 2.6 h of the
+3 h budget. Without bf16 units training runs in float32 (``train.mixed_precision = "auto"``), on this CPU at
+1/0.61 of the step time: about 3 h in all (an estimate, not a measured run). v3 to v3.5
+were a chain of fine-tunes of this recipe (``--base`` the previous model, other data mixes and schedules) that
+this one run replaced; docs/benchmarks.md ("Built-in model v3.6" and below) has their commands and tables.
+On a CPU shared with other jobs, run it with ``OMP_NUM_THREADS=1``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,7 +87,7 @@ from sorakit.fileutil import write_bytes_atomic, write_text_atomic
 from sorakit.jsonutil import dumps
 from sorakit.logging import get_logger
 from sorakit.manifest import sha256_file, write_manifest
-from sorakit.modeldir import builtin_model_dir, is_model_dir
+from sorakit.modeldir import is_model_dir
 from sorakit.pipelines import TextToVideoPipeline
 from sorakit.tools.synth import synthesize
 from sorakit.training.vae import DecoderTuneConfig, VAETrainConfig, train_vae
@@ -125,9 +106,12 @@ V3_DECODER_VIDEOS = 640
 V3_SIZES = ((64, 64), (64, 64), (64, 96), (96, 64))
 V3_LENGTHS = (8, 16, 16, 32)
 # v3's share of clips that open a longer path (``synth --long-paths``): the horizon embedding's training data
-V3_LONG_PATHS = 0.4
+V3_LONG_PATHS = 0.7
 # the share of those long paths shown from a later frame (``synth --path-windows``): a loop's later segments
-V3_PATH_WINDOWS = 0.0
+V3_PATH_WINDOWS = 0.5
+# the model v3 starts from: v2 as committed (the package holds the newest model only)
+V2_REVISION = "6a1edf8"
+V2_PATH = "src/sorakit/builtin/model"
 # the largest margin a slowed-down path leaves (``synth --path-slack``); 0 = border to border, as v3-v3.2 trained
 V3_PATH_SLACK = 0.0
 
@@ -331,15 +315,49 @@ def _run_stages(args: argparse.Namespace, stages: list[str]) -> None:
 # v3: buckets and reference-frame masks, fine-tuned from v2
 
 
+def v2_model_from_git(work: Path, revision: str = V2_REVISION) -> Path:
+    """v2's model directory as committed at `revision` (``git archive REV src/sorakit/builtin/model`` of the
+    checkout this package runs from), unpacked once into ``WORK/v2``: v3's start since v2 left the package."""
+    dest = work / "v2"
+    if is_model_dir(dest):
+        return dest
+    repo = Path(__file__).resolve().parents[3]
+    cmd = ["git", "-C", str(repo), "archive", "--format=tar", revision, V2_PATH]
+    try:
+        archive = subprocess.run(cmd, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        why = (
+            exc.stderr.decode(errors="replace").strip()
+            if isinstance(exc, subprocess.CalledProcessError)
+            else exc
+        )
+        raise UserError(
+            f"v2's weights come from git history (revision {revision} of a sorakit checkout), not found from "
+            f"{repo}: {why}; pass --base MODEL_DIR"
+        ) from None
+    tmp = work / "v2.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        for member in tar.getmembers():  # regular files under V2_PATH only (relative_to refuses any other)
+            if member.isfile():
+                target = tmp / Path(member.name).relative_to(V2_PATH)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(tar.extractfile(member).read())
+    tmp.rename(dest)
+    return dest
+
+
 def stage_base_v3(work: Path, source: Path | None = None) -> Path:
-    """Copy the shipped model directory (v2) to ``WORK/base`` once: v3's autoencoder and initial weights, kept
-    apart from the package directory that the export stage overwrites."""
+    """Copy the model directory `source` (default v2's, :func:`v2_model_from_git`) to ``WORK/base`` once:
+    v3's autoencoder and initial weights, kept apart from the package directory that the export stage
+    overwrites."""
     base = work / "base"
     if is_model_dir(base):
         return base
+    source = source or v2_model_from_git(work)
     tmp = work / "base.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source or builtin_model_dir(), tmp)
+    shutil.copytree(source, tmp)
     tmp.rename(base)
     return base
 
@@ -470,13 +488,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", type=int, choices=(2, 3), default=2,
                    help="2: the shipped model's recipe (default); 3: buckets + reference masks from v2's weights")  # fmt: skip
     p.add_argument(
-        "--num-videos", type=int, default=None, help="synthetic training videos (default 4000; v3 6000)"
+        "--num-videos", type=int, default=None, help="synthetic training videos (default 4000; v3 7000)"
     )
     p.add_argument(
         "--base",
         default=None,
-        help="v3: the model directory to start from (default: the shipped one, v3 itself since v3 shipped; v2 for a "
-        "reproduction: `git archive 6a1edf8 src/sorakit/builtin/model | tar -x -C /tmp/v2`)",
+        help=f"v3: the model directory to start from (default: v2's, from this checkout's git history at {V2_REVISION}; "
+        "src/sorakit/builtin/model fine-tunes the shipped model)",
     )
     p.add_argument("--long-paths", type=float, default=V3_LONG_PATHS,
                    help=f"v3: share of clips that open a longer path (default {V3_LONG_PATHS})")  # fmt: skip
@@ -503,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="processes for data synthesis")
     args = p.parse_args(argv)
     if args.num_videos is None:
-        args.num_videos = 6000 if args.version == 3 else 4000
+        args.num_videos = 7000 if args.version == 3 else 4000
     run = _run_stages_v3 if args.version == 3 else _run_stages
     valid = STAGES_V3 if args.version == 3 else STAGES
     args.stages = args.stages or ",".join(valid)
