@@ -46,7 +46,7 @@ loops at several sizes, from v2's weights in one run. Its stages have the same n
    ``--task i2v``, ``--task extend``, 64x96 / 96x64, 32 frames and ``--loop 3`` (``WORKDIR/eval.md``).
 
 The shipped v3.6's run on the 2-core AMD EPYC (Zen 5, bf16 units): data 1.9 min, encode 26 min, train 88 min
-(0.23 s/step alone; ~15 min of it beside another job), export 8 s, decoder 30 min, eval 10 min: 2.6 h of the
+(0.23 s/step alone; ~15 min of it beside another job), export 8 s, decoder 30 min, eval 11 min: 2.6 h of the
 3 h budget. Without bf16 units training runs in float32 (``train.mixed_precision = "auto"``), on this CPU at
 1/0.61 of the step time: about 3 h in all (an estimate, not a measured run). v3 to v3.5
 were a chain of fine-tunes of this recipe (``--base`` the previous model, other data mixes and schedules) that
