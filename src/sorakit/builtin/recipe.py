@@ -333,7 +333,7 @@ def v2_model_from_git(work: Path, revision: str = V2_REVISION) -> Path:
         )
         raise UserError(
             f"v2's weights come from git history (revision {revision} of a sorakit checkout), not found from "
-            f"{repo}: {why}; pass --base MODEL_DIR"
+            f"{repo}: {why}; in a shallow clone `git fetch --unshallow`, or pass --base MODEL_DIR"
         ) from None
     tmp = work / "v2.partial"
     shutil.rmtree(tmp, ignore_errors=True)
