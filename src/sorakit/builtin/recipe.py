@@ -342,7 +342,7 @@ def v2_model_from_git(work: Path, revision: str = V2_REVISION) -> Path:
             if member.isfile():
                 target = tmp / Path(member.name).relative_to(V2_PATH)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(tar.extractfile(member).read())
+                write_bytes_atomic(target, tar.extractfile(member).read())
     tmp.rename(dest)
     return dest
 
