@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "--new-fraction", type=float, default=0.5, help="share of clips with orange / diamond (0.5)"
     )
     p.add_argument(
-        "--vae-steps", type=int, default=400, help="steps of the VAE decoder adapter (default 400; 0: none)"
+        "--vae-steps", type=int, default=800, help="steps of the VAE decoder adapter (default 800; 0: none)"
     )
     p.add_argument("--eval-prompts", type=int, default=48, help="prompts per evaluation set (default 48)")
     p.add_argument(
