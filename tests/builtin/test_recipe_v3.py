@@ -145,7 +145,7 @@ def test_v3_decoder_stage_tunes_the_decoder_only(v3_run):
 
 def test_v2_base_needs_its_git_revision(tmp_path):
     with pytest.raises(UserError, match="pass --base MODEL_DIR"):
-        recipe.v2_model_from_git(tmp_path, revision="0" * 40)
+        recipe.unpack_v2_model(tmp_path / "v2", revision="0" * 40)
     assert not (tmp_path / "v2").exists()
 
 

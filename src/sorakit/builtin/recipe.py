@@ -31,8 +31,8 @@ loops at several sizes, from v2's weights in one run. Its stages have the same n
    embedding learns from, so a loop's first segment paces the object for the whole loop), half of those shown
    from a later frame of that path (``--path-windows``: what a loop's later segments see);
 2. ``vae``    -- no training: the model directory of ``--base`` (default v2's, unpacked from this checkout's
-   git history at :data:`V2_REVISION` into ``WORKDIR/v2``) is copied to ``WORKDIR/base``, so v3 keeps v2's
-   latent space and starts from its weights (the horizon embedding, new, at zero);
+   git history at :data:`V2_REVISION`) becomes ``WORKDIR/base``, so v3 keeps v2's latent space and starts
+   from its weights (the horizon embedding, new, at zero);
 3. ``encode`` -- ``sorakit data encode`` with the preset's bucket table: each clip's latents at its bucket;
 4. ``train``  -- ``sorakit train builtin/stdit-v3 --init WORKDIR/base --resume``: buckets (one shape per
    micro-batch, ~2048 tokens each) and ``train.mask_ratios`` (image-to-video and extension masks among them),
@@ -315,49 +315,46 @@ def _run_stages(args: argparse.Namespace, stages: list[str]) -> None:
 # v3: buckets and reference-frame masks, fine-tuned from v2
 
 
-def v2_model_from_git(work: Path, revision: str = V2_REVISION) -> Path:
+def unpack_v2_model(dest: Path, revision: str = V2_REVISION) -> None:
     """v2's model directory as committed at `revision` (``git archive REV src/sorakit/builtin/model`` of the
-    checkout this package runs from), unpacked once into ``WORK/v2``: v3's start since v2 left the package."""
-    dest = work / "v2"
-    if is_model_dir(dest):
-        return dest
+    checkout this package runs from), its regular files written under `dest`: v3's start since v2 left the
+    package."""
     repo = Path(__file__).resolve().parents[3]
     cmd = ["git", "-C", str(repo), "archive", "--format=tar", revision, V2_PATH]
     try:
         archive = subprocess.run(cmd, capture_output=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
-        why = (
-            exc.stderr.decode(errors="replace").strip()
-            if isinstance(exc, subprocess.CalledProcessError)
-            else exc
-        )
-        raise UserError(
-            f"v2's weights come from git history (revision {revision} of a sorakit checkout), not found from "
-            f"{repo}: {why}; in a shallow clone `git fetch --unshallow`, or pass --base MODEL_DIR"
-        ) from None
-    tmp = work / "v2.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        for member in tar.getmembers():  # regular files under V2_PATH only (relative_to refuses any other)
-            if member.isfile():
-                target = tmp / Path(member.name).relative_to(V2_PATH)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                write_bytes_atomic(target, tar.extractfile(member).read())
-    tmp.rename(dest)
-    return dest
+    except subprocess.CalledProcessError as exc:
+        why = exc.stderr.decode(errors="replace").strip()
+    except OSError as exc:  # no git
+        why = str(exc)
+    else:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            for (
+                member
+            ) in tar.getmembers():  # regular files under V2_PATH only (relative_to refuses any other)
+                if member.isfile():
+                    target = dest / Path(member.name).relative_to(V2_PATH)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    write_bytes_atomic(target, tar.extractfile(member).read())
+        return
+    raise UserError(
+        f"v2's weights come from git history (revision {revision} of a sorakit checkout), not found from "
+        f"{repo}: {why}; in a shallow clone `git fetch --unshallow`, or pass --base MODEL_DIR"
+    )
 
 
 def stage_base_v3(work: Path, source: Path | None = None) -> Path:
-    """Copy the model directory `source` (default v2's, :func:`v2_model_from_git`) to ``WORK/base`` once:
-    v3's autoencoder and initial weights, kept apart from the package directory that the export stage
-    overwrites."""
+    """The model directory `source` (default v2's, :func:`unpack_v2_model`) as ``WORK/base``, once: v3's
+    autoencoder and initial weights, kept apart from the package directory that the export stage overwrites."""
     base = work / "base"
     if is_model_dir(base):
         return base
-    source = source or v2_model_from_git(work)
     tmp = work / "base.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
+    if source is None:
+        unpack_v2_model(tmp)
+    else:
+        shutil.copytree(source, tmp)
     tmp.rename(base)
     return base
 
